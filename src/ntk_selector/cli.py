@@ -1,0 +1,286 @@
+"""Command line: one subcommand per stage plus ``select``, ``train``, ``evaluate`` and ``demo``.
+
+Flags come from the dataclass configs (config.py), so each flag has one name, one default and one
+help text everywhere; ``--config file.yaml`` supplies values below the command line's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig,
+                                 RunConfig, ScoreConfig, TrainConfig, build, known_names, load_yaml)
+from ntk_selector.errors import UserError
+
+# Subcommand-specific defaults (the final fine-tune trains longer than the warm-up).
+SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 3.0}}
+
+MODEL_SECTIONS = (ModelConfig, DataConfig, LoraSettings, RunConfig)
+
+
+def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict[str, Any]) -> None:
+    group = parser.add_argument_group(section.__name__.replace("Config", "").replace("Settings", "").lower())
+    for f in dataclasses.fields(section):
+        flag = "--" + f.name.replace("_", "-")
+        default = overrides.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        t = str(f.type)
+        if t == "bool":
+            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        elif t.startswith("list["):
+            group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
+        else:
+            conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
+            group.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+
+
+def _values(args: argparse.Namespace, command: str, sections: tuple[type, ...]) -> dict[str, Any]:
+    """Dataclass defaults < subcommand defaults < YAML < command line."""
+    values: dict[str, Any] = dict(SUBCOMMAND_DEFAULTS.get(command, {}))
+    if getattr(args, "config", None):
+        from_yaml = load_yaml(args.config)
+        unknown = set(from_yaml) - known_names()
+        if unknown:
+            raise UserError(f"{args.config}: unknown settings: {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in from_yaml.items() if k in known_names(sections)})
+    values.update({k: v for k, v in vars(args).items() if k in known_names(sections)})
+    return values
+
+
+def _configs(args: argparse.Namespace, sections: tuple[type, ...]) -> dict[type, Any]:
+    values = _values(args, args.command, sections)
+    return {s: build(s, values) for s in sections}
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from ntk_selector.pipeline import SelectConfigs, select
+
+    c = _configs(args, SECTIONS)
+    cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
+                        c[PreselectConfig], c[ScoreConfig], method=args.method)
+    summary = select(args.domain, args.pool, args.out, cfg)
+    if not cfg.run.quiet:
+        print_summary(summary, args.out)
+    return 0
+
+
+def print_summary(summary: dict[str, Any], out: str | Path, compare: dict[str, int] | None = None) -> None:
+    print(f"\nselected {summary['counts']['selected']} of {summary['counts']['pool']} pool rows "
+          f"({summary['method']}); outputs in {out}/")
+    pool_tasks = summary["pool_per_task"]
+    if len(pool_tasks) > 1 or "(none)" not in pool_tasks:
+        head = f"  {'pool task':<24}{'pool':>7}{'selected':>10}" + (f"{'random':>8}" if compare is not None else "")
+        print(head)
+        for task, n_pool in pool_tasks.items():
+            line = f"  {task:<24}{n_pool:>7}{summary['selected_per_task'].get(task, 0):>10}"
+            if compare is not None:
+                line += f"{compare.get(task, 0):>8}"
+            print(line)
+    print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    from ntk_selector.stages import Records, Session, warmup
+
+    c = _configs(args, MODEL_SECTIONS + (TrainConfig,))
+    session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
+    stats = warmup(session, Records.load(args.domain, c[DataConfig]), Path(args.out), c[DataConfig], c[TrainConfig])
+    _say(c[RunConfig], f"warm-up: {stats['steps']} steps, loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; adapter in {args.out}")
+    return 0
+
+
+def _session_for(c: dict[type, Any]) -> Any:
+    from ntk_selector.stages import Session
+
+    return Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from ntk_selector.stages import Records, embed
+
+    c = _configs(args, MODEL_SECTIONS)
+    records = Records.load(args.data, c[DataConfig])
+    embed(_session_for(c), records, Path(args.out), c[DataConfig])
+    _say(c[RunConfig], f"embedded {len(records)} rows into {args.out}")
+    return 0
+
+
+def cmd_featurize(args: argparse.Namespace) -> int:
+    from ntk_selector.stages import Records, featurize
+
+    c = _configs(args, MODEL_SECTIONS + (FeatureConfig,))
+    records = Records.load(args.data, c[DataConfig])
+    info = featurize(_session_for(c), records, Path(args.out), c[DataConfig], c[FeatureConfig])
+    _say(c[RunConfig], f"featurized {len(records)} rows ({info['dim']} dims, {info['logits_mode']} logits) into {args.out}")
+    return 0
+
+
+def cmd_preselect(args: argparse.Namespace) -> int:
+    from ntk_selector.stages import preselect, save_preselect
+
+    c = _configs(args, (PreselectConfig, RunConfig))
+    if c[PreselectConfig].n <= 0:
+        raise UserError("--n must be a positive number of examples to select")
+    result = preselect(Path(args.domain_store), Path(args.pool_store), c[PreselectConfig], c[RunConfig].seed)
+    save_preselect(result, Path(args.out))
+    _say(c[RunConfig], f"pre-selected {len(result.order)} pool rows into {args.out}")
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ntk_selector.pipeline import write_text_atomic
+    from ntk_selector.score import top_n
+    from ntk_selector.stages import ntk_scores
+
+    c = _configs(args, (ScoreConfig, RunConfig, PreselectConfig))
+    scores = ntk_scores(Path(args.domain_features), Path(args.pool_features), c[ScoreConfig])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["row,ntk_score"] + [f"{i},{'' if not np.isfinite(s) else repr(float(s))}" for i, s in enumerate(scores)]
+    write_text_atomic(out / "scores.csv", "\n".join(lines) + "\n")
+    n = c[PreselectConfig].n or len(scores)
+    write_text_atomic(out / "top.txt", "\n".join(str(int(i)) for i in top_n(scores, n)) + "\n")
+    _say(c[RunConfig], f"scored {len(scores)} rows; scores.csv and top.txt (best {n} rows) in {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ntk_selector.demo import build_demo
+    from ntk_selector.pipeline import SelectConfigs, select, task_counts
+
+    out = Path(args.out)
+    paths = build_demo(out / "data", n_domain=args.domain_size, pool_size=args.pool_size, seed=0)
+    c = _configs(args, SECTIONS)
+    if c[PreselectConfig].n <= 0:
+        c[PreselectConfig].n = args.domain_size
+    cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
+                        c[PreselectConfig], c[ScoreConfig], method="ntk")
+    print(f"demo data in {out / 'data'}: domain {paths.domain.name} (drug-review sentiment), pool {paths.pool.name}")
+    summary = select(paths.domain, paths.pool, out / "select", cfg)
+    from ntk_selector.data import read_records
+
+    pool = read_records(paths.pool)
+    rng = np.random.default_rng(cfg.run.seed)
+    random_pick = rng.choice(len(pool), size=summary["counts"]["selected"], replace=False)
+    print_summary(summary, out / "select", compare=task_counts(pool, random_pick))
+    return 0
+
+
+def _say(run: RunConfig, text: str) -> None:
+    if not run.quiet:
+        print(text)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntk-selector", description="Pick auxiliary fine-tuning data for a domain with NTK-Selector.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, sections: tuple[type, ...]) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (flag names, with _ or -)")
+        for s in sections:
+            _add_section(p, s, SUBCOMMAND_DEFAULTS.get(name, {}))
+        return p
+
+    p = add("select", cmd_select, "the whole pipeline: warm-up, embed, pre-select, featurize, score, top N", SECTIONS)
+    p.add_argument("--domain", required=True, help="domain (target) records")
+    p.add_argument("--pool", required=True, help="candidate pool records")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--method", default="ntk", help="ntk (default), random, embedding, preselect-random, less")
+
+    p = add("demo", cmd_demo, "build the packaged drug-review demo and run select on it", SECTIONS)
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--domain-size", type=int, default=100, help="domain rows (default: 100)")
+    p.add_argument("--pool-size", type=int, default=1500, help="pool rows (default: 1500)")
+
+    p = add("warmup", cmd_warmup, "train the warm-up LoRA on the domain", MODEL_SECTIONS + (TrainConfig,))
+    p.add_argument("--domain", required=True, help="domain records")
+    p.add_argument("--out", required=True, help="adapter folder to write")
+
+    p = add("embed", cmd_embed, "mean-pooled hidden-state embeddings into a store", MODEL_SECTIONS)
+    p.add_argument("--data", required=True, help="records to embed")
+    p.add_argument("--out", required=True, help="store folder")
+
+    p = add("featurize", cmd_featurize, "projected per-sample LoRA gradient features into a store", MODEL_SECTIONS + (FeatureConfig,))
+    p.add_argument("--data", required=True, help="records to featurize")
+    p.add_argument("--out", required=True, help="store folder")
+
+    p = add("preselect", cmd_preselect, "reverse-kNN pre-selection from two embedding stores", (PreselectConfig, RunConfig))
+    p.add_argument("--domain-store", required=True, help="embedding store of the domain")
+    p.add_argument("--pool-store", required=True, help="embedding store of the pool")
+    p.add_argument("--out", required=True, help="output .npz (votes, best_sim, order)")
+
+    p = add("score", cmd_score, "NTK scores of pool features against domain features", (ScoreConfig, RunConfig, PreselectConfig))
+    p.add_argument("--domain-features", required=True, help="feature store of the domain")
+    p.add_argument("--pool-features", required=True, help="feature store of the pool")
+    p.add_argument("--out", required=True, help="output folder (scores.csv, top.txt)")
+
+    for extra in _extra_commands():
+        extra(sub, add)
+    return parser
+
+
+def _extra_commands() -> list[Callable[..., None]]:
+    """Subcommands living in their own modules (train/evaluate, diagnose, predict) when present."""
+    found = []
+    for module in ("ntk_selector.finetune", "ntk_selector.evaluate", "ntk_selector.diagnostics", "ntk_selector.predict"):
+        try:
+            mod = __import__(module, fromlist=["register_cli"])
+        except ImportError:
+            continue
+        if hasattr(mod, "register_cli"):
+            found.append(mod.register_cli)
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    quiet = bool(getattr(args, "quiet", False))
+    if not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        import warnings
+
+        warnings.filterwarnings("ignore")
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UserError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"ntk-selector: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # unexpected: still one line unless --debug
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"ntk-selector: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""Typed configs: the single source of defaults for the CLI flags, YAML files and the API.
+
+Every field of every section maps to one command-line flag (``proj_dim`` -> ``--proj-dim``) and
+one YAML key, so a flag means the same thing in every subcommand. Section field names are
+unique across sections, which keeps YAML files flat (sectioned YAML is accepted too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with its CLI help text attached."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = _f(None, "HF model folder or hub id (default: packaged SmolLM2-135M-Instruct)")
+    adapter: str | None = _f(None, "PEFT adapter folder (as save_pretrained writes it)")
+    device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1 …")
+    dtype: str = _f("auto", "compute dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+
+
+@dataclass
+class DataConfig:
+    prompt_field: str = _f("prompt", "record field holding the prompt")
+    response_field: str = _f("response", "record field holding the response")
+    messages_field: str = _f("messages", "record field holding a chat list (used when present)")
+    max_length: int = _f(512, "truncate tokenized examples to this many tokens")
+    no_chat_template: bool = _f(False, "tokenize prompt + response + EOS instead of the chat template")
+    token_budget: int = _f(8192, "max padded tokens per batch (batch size x longest row)")
+    max_batch_size: int = _f(64, "max rows per batch")
+
+
+@dataclass
+class LoraSettings:
+    rank: int = _f(8, "LoRA rank r")
+    lora_alpha: float = _f(16.0, "LoRA alpha")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA")
+
+
+@dataclass
+class RunConfig:
+    seed: int = _f(0, "seed for shuffling, projections and random baselines")
+    quiet: bool = _f(False, "no progress bars or summaries")
+    debug: bool = _f(False, "show tracebacks on errors")
+    overwrite: bool = _f(False, "discard an existing output of another configuration")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = _f(1.0, "training epochs (fractions allowed)")
+    lr: float = _f(1e-4, "learning rate (AdamW)")
+    batch_size: int = _f(8, "training batch size")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    warmup_ratio: float = _f(0.0, "share of steps with linear learning-rate warm-up")
+
+
+@dataclass
+class FeatureConfig:
+    proj_dim: int = _f(8192, "projected feature dimension p (0 stores the raw LoRA gradient)")
+    objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ce: of the mean response cross-entropy (LESS)")
+    logits: str = _f("auto", "auto: summed-logit shortcut u.h when the head is linear; full: real logits")
+    store_dtype: str = _f("float32", "dtype of stored features: float32 or float16")
+
+
+@dataclass
+class PreselectConfig:
+    n: int = _f(0, "number of pool examples to select")
+    m: int | None = _f(None, "pre-selected candidates M (default 4N, capped at the pool size)")
+    k: int | None = _f(None, "neighbours each domain row votes for (default M/4)")
+    index: str = _f("auto", "FAISS index: auto (exact up to 200k rows, else HNSW), flat, hnsw, ivf")
+
+
+@dataclass
+class ScoreConfig:
+    cosine: bool = _f(False, "score with mean cosine instead of the mean inner product")
+    score_block_rows: int = _f(65536, "rows read per block when scoring")
+
+
+SECTIONS: tuple[type, ...] = (
+    ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, ScoreConfig,
+)
+
+
+def _check_unique_names() -> None:
+    seen: dict[str, type] = {}
+    for sec in SECTIONS:
+        for f in dataclasses.fields(sec):
+            assert f.name not in seen, f"config field {f.name} in {sec.__name__} and {seen[f.name].__name__}"
+            seen[f.name] = sec
+
+
+_check_unique_names()
+
+
+class ConfigError(ValueError):
+    """A config file or value that cannot be used."""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config: flat ``key: value`` or sectioned ``section: {key: value}``."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update({k.replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def build(section: type, values: Mapping[str, Any]) -> Any:
+    """Instantiate one section from a flat mapping, ignoring other sections' keys."""
+    names = {f.name for f in dataclasses.fields(section)}
+    return section(**{k: v for k, v in values.items() if k in names})
+
+
+def known_names(sections: tuple[type, ...] = SECTIONS) -> set[str]:
+    return {f.name for s in sections for f in dataclasses.fields(s)}
+
+
+def to_dict(*configs: Any) -> dict[str, Any]:
+    """Flat dict of several config sections (for run.json / meta.json)."""
+    out: dict[str, Any] = {}
+    for c in configs:
+        out.update(dataclasses.asdict(c))
+    return out

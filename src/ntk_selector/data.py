@@ -1,0 +1,264 @@
+"""Records in, token batches out.
+
+Reads JSONL / CSV / Parquet / HF ``save_to_disk`` folders into plain dicts, turns each record into
+(prompt messages, response text), tokenizes with the model's chat template (or prompt + response +
+EOS), marks the positions whose logits predict a response token, and packs rows into
+length-sorted, token-budget batches so no work is spent on padding.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ntk_selector.config import DataConfig
+from ntk_selector.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------- reading records
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSONL, CSV, Parquet file or HF on-disk dataset folder, in file order."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        records = _read_hf_disk(path)
+    else:
+        suffix = path.suffix.lower()
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            records = _read_jsonl(path)
+        elif suffix == ".csv":
+            records = _read_csv(path)
+        elif suffix in (".parquet", ".pq"):
+            records = _read_parquet(path)
+        else:
+            raise DataError(f"{path}: unknown format '{suffix}' (use .jsonl, .csv, .parquet or an HF save_to_disk folder)")
+    if not records:
+        raise DataError(f"{path}: no records (empty file)")
+    return records
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: bytes that are not UTF-8 (at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            obj.setdefault("__line__", lineno)
+            records.append(obj)
+    return records
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = []
+            for i, row in enumerate(csv.DictReader(fh)):
+                row = dict(row)
+                row["__line__"] = i + 2  # header is line 1
+                rows.append(row)
+            return rows
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: bytes that are not UTF-8 (at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for bad files
+        raise DataError(f"{path}: cannot read Parquet ({e})") from None
+    for i, row in enumerate(rows):
+        row["__line__"] = i + 1
+    return rows
+
+
+def _read_hf_disk(path: Path) -> list[dict[str, Any]]:
+    """An HF ``Dataset.save_to_disk`` folder: Arrow stream files listed in state.json."""
+    import pyarrow as pa
+
+    state = path / "state.json"
+    if not state.exists():
+        raise DataError(f"{path}: a folder but not an HF save_to_disk dataset (no state.json)")
+    files = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    rows: list[dict[str, Any]] = []
+    for name in files:
+        with pa.memory_map(str(path / name)) as src:
+            rows.extend(pa.ipc.open_stream(src).read_all().to_pylist())
+    for i, row in enumerate(rows):
+        row["__line__"] = i + 1
+    return rows
+
+
+def source_line(record: dict[str, Any]) -> Any:
+    return record.get("__line__", "?")
+
+
+def clean_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as the user wrote it (without our bookkeeping keys)."""
+    return {k: v for k, v in record.items() if k != "__line__"}
+
+
+# ----------------------------------------------------------------------------- prompt / response
+
+
+@dataclass
+class Conversation:
+    """A record reduced to what the model sees: prompt turns and the response that carries the loss."""
+
+    prompt_messages: list[dict[str, str]]
+    response: str
+
+
+def to_conversation(record: dict[str, Any], cfg: DataConfig, path: str | Path = "<records>") -> Conversation:
+    """Messages (last assistant turn = response) or prompt/response fields, type-checked."""
+    where = f"{path}:{source_line(record)}"
+    msgs = record.get(cfg.messages_field)
+    if msgs is not None and cfg.prompt_field not in record:
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            raise DataError(f"{where}: field '{cfg.messages_field}' must be a list of {{role, content}} objects")
+        for m in msgs:
+            if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(f"{where}: field '{cfg.messages_field}': each message needs string 'role' and 'content'")
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise DataError(f"{where}: field '{cfg.messages_field}' has no assistant turn to use as the response")
+        return Conversation([dict(role=m["role"], content=m["content"]) for m in msgs[:last]], msgs[last]["content"])
+    for name in (cfg.prompt_field, cfg.response_field):
+        if name not in record:
+            raise DataError(f"{where}: missing field '{name}'")
+        if not isinstance(record[name], str):
+            raise DataError(f"{where}: field '{name}' must be a string, got {type(record[name]).__name__}")
+    return Conversation([{"role": "user", "content": record[cfg.prompt_field]}], record[cfg.response_field])
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+
+@dataclass
+class Encoded:
+    """Token ids of one example and where its response starts (ids[response_start:] carry the loss)."""
+
+    input_ids: np.ndarray  # int64 [length]
+    response_start: int
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def n_response_tokens(self) -> int:
+        return max(0, self.length - self.response_start)
+
+
+def uses_chat_template(tokenizer: Any, cfg: DataConfig) -> bool:
+    return not cfg.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfig) -> list[Encoded]:
+    """Tokenize many conversations at once (fast tokenizers batch well); truncate to max_length."""
+    if uses_chat_template(tokenizer, cfg):
+        prompt_texts, response_texts = [], []
+        for conv in conversations:
+            full_msgs = conv.prompt_messages + [{"role": "assistant", "content": conv.response}]
+            prompt = tokenizer.apply_chat_template(conv.prompt_messages, tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(full_msgs, tokenize=False)
+            if not full.startswith(prompt):
+                raise DataError("the chat template does not render the prompt as a prefix of the conversation; use --no-chat-template")
+            prompt_texts.append(prompt)
+            response_texts.append(full[len(prompt):])
+        prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
+    else:
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise DataError("the tokenizer has no EOS token; use a chat template or set tokenizer.eos_token")
+        prompt_ids = tokenizer([c.prompt_messages[-1]["content"] if len(c.prompt_messages) == 1 else
+                                "\n".join(m["content"] for m in c.prompt_messages) for c in conversations],
+                               add_special_tokens=True)["input_ids"]
+        response_ids = [ids + [eos] for ids in tokenizer([c.response for c in conversations], add_special_tokens=False)["input_ids"]]
+    out = []
+    for conv, p, r in zip(conversations, prompt_ids, response_ids):
+        ids = np.asarray((list(p) + list(r))[: cfg.max_length], dtype=np.int64)
+        # An empty response text carries no information: no response tokens, never selected.
+        start = len(ids) if not conv.response.strip() else min(len(p), len(ids))
+        out.append(Encoded(ids, start))
+    return out
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:
+    """Index batches sorted by length (longest first) so that rows x longest <= token_budget."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = lengths[cur[0]] if cur else lengths[i]
+        if cur and ((len(cur) + 1) * longest > token_budget or len(cur) >= max_batch_size):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T]
+    attention_mask: torch.Tensor  # [B, T]
+    target_mask: torch.Tensor  # [B, T] bool: logits at t predict a response token (t+1 in response)
+    labels: torch.Tensor  # [B, T] next-token targets at t (IGNORE_INDEX off the response)
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.target_mask, self.labels)))
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
+    """Right-padded batch; padding never attends into real tokens and carries no target."""
+    T = max(e.length for e in items)
+    B = len(items)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    target = torch.zeros((B, T), dtype=torch.bool)
+    labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
+    for b, e in enumerate(items):
+        n = e.length
+        t = torch.from_numpy(e.input_ids)
+        ids[b, :n] = t
+        attn[b, :n] = 1
+        s = max(e.response_start, 1)
+        if s < n:
+            target[b, s - 1 : n - 1] = True
+            labels[b, s - 1 : n - 1] = t[s:n]
+    return Batch(ids, attn, target, labels)
+
+
+def chunks(n: int, size: int) -> Iterable[range]:
+    for start in range(0, n, size):
+        yield range(start, min(n, start + size))

@@ -1,0 +1,171 @@
+"""Per-sample LoRA gradients of the NTK objective, in one batched backward.
+
+Lifecycle (as a hook collector): ``GradientFeaturizer(model, ...)`` registers forward hooks on
+every LoRA ``lora_A`` / ``lora_B`` linear; each forward saves the module input and hangs a hook on
+the module output. One ``autograd.grad`` of the batch objective ``F = sum_b f_b`` then hands every
+hook ``delta = dF/d(output)``; since rows never interact (right padding, causal attention), the
+per-sample weight gradient is ``G_b = sum_t delta_{b,t} x_{b,t}^T``, which is projected at once and
+freed. ``close()`` removes the hooks.
+
+Objectives (per row b, R_b = positions whose logits predict a response token):
+- ``ntk``: ``f_b = 1/|R_b| sum_{t in R_b} sum_k z_{t,k}``. With a linear head ``sum_k z_{t,k} = u.h_t + const``
+  where ``u = W_head^T 1``, so the V x d head product is skipped ("shortcut"); heads that are not
+  a plain linear map use the real logits ("full"). ``auto`` checks which applies on a probe input.
+- ``ce``: ``f_b`` = mean cross-entropy over R_b (LESS-style gradients).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ntk_selector.data import IGNORE_INDEX, Batch
+from ntk_selector.models import lora_parameters
+from ntk_selector.projection import Projector, make_projector
+
+
+def _base_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformer body (returns final, normed hidden states) of a causal LM."""
+    base = _base_causal_lm(model)
+    if hasattr(base, "get_decoder"):
+        dec = base.get_decoder()
+        if dec is not None:
+            return dec
+    return getattr(base, base.base_model_prefix)
+
+
+def last_hidden(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    out = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def full_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+
+
+class SummedLogitHead:
+    """``sum_k z_{t,k}`` of a linear head as ``u.h_t`` (+ summed bias, which has no gradient)."""
+
+    def __init__(self, model: torch.nn.Module):
+        head = _base_causal_lm(model).get_output_embeddings()
+        if not isinstance(head, torch.nn.Linear):
+            raise TypeError("output head is not a torch.nn.Linear")
+        self.u = head.weight.detach().float().sum(0)  # [d]
+        self.bias_sum = float(head.bias.detach().float().sum()) if head.bias is not None else 0.0
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden.float() @ self.u + self.bias_sum
+
+
+def shortcut_applies(model: torch.nn.Module, batch: Batch, rtol: float = 1e-3) -> bool:
+    """True when the summed logits of the real model equal ``u.h + const`` on a probe batch."""
+    try:
+        head = SummedLogitHead(model)
+    except TypeError:
+        return False
+    with torch.no_grad():
+        real = full_logits(model, batch).float().sum(-1)
+        fast = head(last_hidden(model, batch))
+    mask = batch.attention_mask.bool()
+    err = (real - fast)[mask].abs().max()
+    return bool(err <= rtol * real[mask].abs().max().clamp_min(1.0))
+
+
+def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head: SummedLogitHead | None) -> torch.Tensor:
+    """f_b for every row of the batch, [B] (rows without response tokens give 0)."""
+    target = batch.target_mask
+    n_resp = target.sum(1).clamp_min(1).float()
+    if objective == "ntk":
+        if head is not None:
+            per_pos = head(last_hidden(model, batch))  # [B, T]
+        else:
+            per_pos = full_logits(model, batch).float().sum(-1)
+        return (per_pos * target).sum(1) / n_resp
+    if objective == "ce":
+        logits = full_logits(model, batch).float()
+        tok = F.cross_entropy(logits.transpose(1, 2), batch.labels, ignore_index=IGNORE_INDEX, reduction="none")
+        return tok.sum(1) / n_resp
+    raise ValueError(f"unknown objective '{objective}' (ntk or ce)")
+
+
+class GradientFeaturizer:
+    """Projected per-sample gradients of the objective w.r.t. the LoRA parameters."""
+
+    def __init__(self, model: torch.nn.Module, proj_dim: int, seed: int, objective: str = "ntk",
+                 logits: str = "auto", probe: Batch | None = None):
+        self.model = model
+        self.objective = objective
+        self.params = lora_parameters(model)
+        if not self.params:
+            raise ValueError("the model has no trainable LoRA parameters")
+        device = self.params[0][1].device
+        self.device = device
+        shapes = [(n, tuple(p.shape)) for n, p in self.params]
+        self.projector: Projector = make_projector(shapes, proj_dim, seed, device=device)
+        self.out_dim = self.projector.out_dim
+        self.head = self._choose_head(logits, probe)
+        self.logits_mode = "shortcut" if self.head is not None else "full"
+        self._param_of: dict[torch.nn.Module, str] = {}
+        modules = dict(model.named_modules())
+        for name, _ in self.params:
+            mod_name, _, leaf = name.rpartition(".")
+            if leaf != "weight" or not isinstance(modules.get(mod_name), torch.nn.Linear):
+                raise ValueError(f"unsupported LoRA parameter {name} (only linear LoRA A/B weights)")
+            self._param_of[modules[mod_name]] = name
+        self._handles = [m.register_forward_hook(self._on_forward) for m in self._param_of]
+        self._out: torch.Tensor | None = None
+
+    def _choose_head(self, logits: str, probe: Batch | None) -> SummedLogitHead | None:
+        if self.objective != "ntk" or logits == "full":
+            return None
+        if logits == "shortcut":
+            return SummedLogitHead(self.model)
+        if logits != "auto":
+            raise ValueError(f"unknown logits mode '{logits}' (auto, shortcut, full)")
+        if probe is None:
+            raise ValueError("logits='auto' needs a probe batch to check the shortcut")
+        return SummedLogitHead(self.model) if shortcut_applies(self.model, probe.to(self.device)) else None
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _on_forward(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if self._out is None or not output.requires_grad:
+            return
+        x = inputs[0].detach()
+        name = self._param_of[module]
+
+        def on_grad(delta: torch.Tensor) -> None:
+            # Per-sample weight gradient sum_t delta_t x_t^T: [B, out, in]
+            g = torch.einsum("bto,bti->boi", delta.float(), x.float())
+            self.projector.accumulate(name, g, self._out)
+
+        output.register_hook(on_grad)
+
+    # -- API --------------------------------------------------------------------------------
+    def features(self, batch: Batch) -> torch.Tensor:
+        """[B, out_dim] float32 features of one batch (on the model's device)."""
+        batch = batch.to(self.device)
+        self._out = torch.zeros(batch.input_ids.shape[0], self.out_dim, dtype=torch.float32, device=self.device)
+        try:
+            with torch.enable_grad():
+                f = per_row_objective(self.model, batch, self.objective, self.head)
+                torch.autograd.grad(f.sum(), [p for _, p in self.params], allow_unused=True)
+            return self._out
+        finally:
+            self._out = None
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "GradientFeaturizer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

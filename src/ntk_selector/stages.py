@@ -1,0 +1,209 @@
+"""The stages as file-to-file steps (warm-up, embed, featurize, pre-select, score), each resumable
+and each usable alone from the CLI; ``pipeline.select`` chains them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
+                                 ScoreConfig, TrainConfig, to_dict)
+from ntk_selector.data import Conversation, collate, encode, read_records, to_conversation
+from ntk_selector.embed import mean_pooled
+from ntk_selector.errors import UserError
+from ntk_selector.gradients import GradientFeaturizer
+from ntk_selector.models import (adapter_fingerprint, adapter_lora_settings, load_base_model, model_fingerprint,
+                                 model_path, with_lora)
+from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
+from ntk_selector.projection import PROJECTION_KIND
+from ntk_selector.runner import run_rows
+from ntk_selector.score import domain_direction, score_rows
+from ntk_selector.store import RowStore, open_store, write_json_atomic
+from ntk_selector.training import save_adapter_atomic, train_lora
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a data file (or of every file of a dataset folder)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Records:
+    """A data file read and reduced to conversations (validated up front, so errors come early)."""
+
+    path: Path
+    records: list[dict[str, Any]]
+    conversations: list[Conversation]
+    fingerprint: str
+
+    @classmethod
+    def load(cls, path: str | Path, data_cfg: DataConfig) -> "Records":
+        records = read_records(path)
+        convs = [to_conversation(r, data_cfg, path) for r in records]
+        return cls(Path(path), records, convs, file_fingerprint(path))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def subset(self, rows: np.ndarray, fingerprint: str) -> "Records":
+        return Records(self.path, [self.records[i] for i in rows], [self.conversations[i] for i in rows], fingerprint)
+
+
+@dataclass
+class Session:
+    """The model (base + LoRA) and tokenizer, loaded once and shared by the stages of a run."""
+
+    model_cfg: ModelConfig
+    lora: LoraSettings
+    run: RunConfig
+    model: torch.nn.Module | None = None
+    tokenizer: Any = None
+    adapter: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def load(self, adapter: str | None) -> "Session":
+        """(Re)attach LoRA: the given adapter, or a fresh seeded one."""
+        if self.model is None:
+            base, self.tokenizer = load_base_model(self.model_cfg, quiet=self.run.quiet)
+        else:
+            base = self.model.unload() if hasattr(self.model, "unload") else self.model
+        self.model = with_lora(base, self.lora, adapter, self.run.seed)
+        self.adapter = adapter
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """What defines the model side of a result (goes into store definitions)."""
+        path = model_path(self.model_cfg, quiet=True)
+        lora = adapter_lora_settings(self.adapter) if self.adapter else self.lora
+        return {"model": path, "model_fingerprint": model_fingerprint(path), "adapter_fingerprint": adapter_fingerprint(self.adapter),
+                "lora": to_dict(lora), "dtype": self.model_cfg.dtype}
+
+
+def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
+    return {"data_fingerprint": records.fingerprint, "data_rows": len(records), "max_length": data_cfg.max_length,
+            "chat_template": not data_cfg.no_chat_template, "prompt_field": data_cfg.prompt_field,
+            "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field}
+
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """Train a fresh LoRA on the domain and save it to ``out`` (skipped when already there with the same setup)."""
+    definition = {"stage": "warmup", **session.describe(), **data_definition(domain, data_cfg), "train": to_dict(train_cfg),
+                  "seed": session.run.seed}
+    state_file = out / "ntk_selector_warmup.json"
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+        if state.get("definition") == json.loads(json.dumps(definition, default=str)):
+            return state["stats"]
+        if not session.run.overwrite:
+            raise UserError(f"{out} holds a warm-up of another setup; use --overwrite or another output folder")
+    session.load(None)
+    stats = train_lora(session.model, session.tokenizer, domain.conversations, data_cfg, train_cfg, session.run.seed,
+                       quiet=session.run.quiet, desc="warm-up")
+    save_adapter_atomic(session.model, out)
+    write_json_atomic(state_file, {"definition": definition, "stats": stats})
+    return stats
+
+
+# ----------------------------------------------------------------------------- embed / featurize
+
+
+def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, desc: str = "embed") -> None:
+    """Mean-pooled hidden states of every row into a store at ``out`` (resumes)."""
+    d = int(session.model.config.hidden_size) if session.model is not None else None
+    definition = {"stage": "embed", **session.describe(), **data_definition(records, data_cfg)}
+    with RowStore(out, len(records), d, "float32", definition, overwrite=session.run.overwrite) as store:
+        run_rows(records.conversations, session.tokenizer, data_cfg, store, lambda b: mean_pooled(session.model, b),
+                 desc=desc, quiet=session.run.quiet)
+        store.finish()
+
+
+def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> GradientFeaturizer:
+    probe = None
+    if feat_cfg.logits == "auto" and feat_cfg.objective == "ntk":
+        probe = collate(encode(records.conversations[:2], session.tokenizer, data_cfg), session.tokenizer.pad_token_id)
+    return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe)
+
+
+def feature_definition(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> dict[str, Any]:
+    return {"stage": "featurize", **session.describe(), **data_definition(records, data_cfg),
+            "objective": feat_cfg.objective, "projection": PROJECTION_KIND[feat_cfg.proj_dim == 0],
+            "proj_dim": feat_cfg.proj_dim, "seed": session.run.seed}
+
+
+def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
+              desc: str = "featurize") -> dict[str, Any]:
+    """Projected per-sample gradient features of every row into a store at ``out`` (resumes)."""
+    definition = feature_definition(session, records, data_cfg, feat_cfg)
+    with featurizer_for(session, records, data_cfg, feat_cfg) as feat:
+        with RowStore(out, len(records), feat.out_dim, feat_cfg.store_dtype, definition,
+                      overwrite=session.run.overwrite) as store:
+            run_rows(records.conversations, session.tokenizer, data_cfg, store, feat.features, desc=desc,
+                     quiet=session.run.quiet)
+            store.finish(extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]})
+        return {"logits_mode": feat.logits_mode, "dim": feat.out_dim}
+
+
+# ----------------------------------------------------------------------------- pre-select / score
+
+
+def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int) -> PreselectResult:
+    d_emb, d_status, _ = open_store(domain_store)
+    p_emb, p_status, _ = open_store(pool_store)
+    m, k = default_m_k(pre_cfg.n, p_emb.shape[0], pre_cfg.m, pre_cfg.k)
+    return reverse_knn(d_emb, p_emb, m, k, pool_valid=p_status == 1, domain_valid=d_status == 1,
+                       index_kind=pre_cfg.index, seed=seed)
+
+
+def save_preselect(result: PreselectResult, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp.npz")
+    np.savez(tmp, votes=result.votes, best_sim=result.best_sim, order=result.order)
+    tmp.replace(out)
+
+
+def load_preselect(path: Path) -> PreselectResult:
+    with np.load(path) as z:
+        return PreselectResult(votes=z["votes"], best_sim=z["best_sim"], order=z["order"])
+
+
+def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> np.ndarray:
+    """Mean inner product (or cosine) of each pool row with the domain rows."""
+    d_feat, d_status, _ = open_store(domain_store)
+    p_feat, p_status, _ = open_store(pool_store)
+    direction = domain_direction(d_feat, d_status, score_cfg.cosine, score_cfg.score_block_rows)
+    return score_rows(p_feat, p_status, direction, score_cfg.cosine, score_cfg.score_block_rows)
+
+
+def max_cosine_scores(domain_store: Path, pool_store: Path, block_rows: int = 8192) -> np.ndarray:
+    """LESS-style: max over domain rows of the cosine between gradient features."""
+    d_feat, d_status, _ = open_store(domain_store)
+    p_feat, p_status, _ = open_store(pool_store)
+    dom = np.asarray(d_feat, dtype=np.float64)[d_status == 1]
+    if len(dom) == 0:
+        raise ValueError("no domain row has response tokens: nothing to score against")
+    dom /= np.maximum(np.linalg.norm(dom, axis=1, keepdims=True), 1e-30)
+    scores = np.full(p_feat.shape[0], np.nan)
+    for start in range(0, p_feat.shape[0], block_rows):
+        block = np.asarray(p_feat[start : start + block_rows], dtype=np.float64)
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-30)
+        s = (block @ dom.T).max(1)
+        ok = p_status[start : start + block_rows] == 1
+        scores[start : start + block_rows] = np.where(ok, s, np.nan)
+    return scores
+

@@ -1,0 +1,94 @@
+"""The LoRA training loop shared by warm-up (on D) and the final fine-tune (on D ∪ S): seeded
+shuffling, response-only cross-entropy, AdamW with a linear schedule, atomic adapter saves."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ntk_selector.config import DataConfig, TrainConfig
+from ntk_selector.data import IGNORE_INDEX, Conversation, Encoded, collate, encode
+from ntk_selector.models import lora_parameters
+
+
+def response_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
+    """Mean cross-entropy over all response tokens of the batch."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+    return F.cross_entropy(logits.float().transpose(1, 2), batch.labels, ignore_index=IGNORE_INDEX)
+
+
+def epoch_batches(n: int, batch_size: int, epochs: float, seed: int) -> list[np.ndarray]:
+    """Row indices of every optimizer step: each epoch a fresh seeded shuffle; fractional epochs cut the last."""
+    total_steps = max(1, math.ceil(epochs * n / batch_size))
+    steps: list[np.ndarray] = []
+    epoch = 0
+    while len(steps) < total_steps:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        steps.extend(order[i : i + batch_size] for i in range(0, n, batch_size))
+        epoch += 1
+    return steps[:total_steps]
+
+
+def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Conversation], data_cfg: DataConfig,
+               train_cfg: TrainConfig, seed: int, *, quiet: bool = False, desc: str = "train",
+               on_step: Callable[[int, torch.nn.Module], None] | None = None) -> dict[str, Any]:
+    """Train the model's LoRA parameters in place; return loss history and timing."""
+    from transformers import get_linear_schedule_with_warmup
+
+    encoded: list[Encoded] = [e for e in encode(conversations, tokenizer, data_cfg) if e.n_response_tokens > 0]
+    if not encoded:
+        raise ValueError("no training example has response tokens")
+    params = [p for _, p in lora_parameters(model)]
+    device = params[0].device
+    steps = epoch_batches(len(encoded), train_cfg.batch_size, train_cfg.epochs, seed)
+    opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    sched = get_linear_schedule_with_warmup(opt, int(train_cfg.warmup_ratio * len(steps)), len(steps))
+    torch.manual_seed(seed)
+    losses: list[float] = []
+    start = time.perf_counter()
+    if on_step is not None:
+        on_step(0, model)
+    model.train()
+    try:
+        for step, members in enumerate(tqdm(steps, desc=desc, unit="step", disable=quiet, dynamic_ncols=True), start=1):
+            batch = collate([encoded[i] for i in members], tokenizer.pad_token_id).to(device)
+            loss = response_loss(model, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            if on_step is not None:
+                model.eval()
+                on_step(step, model)
+                model.train()
+    finally:
+        model.eval()
+    return {"steps": len(steps), "examples": len(encoded), "loss_first": losses[0], "loss_last": losses[-1],
+            "losses": losses, "seconds": time.perf_counter() - start}
+
+
+def save_adapter_atomic(model: torch.nn.Module, out: str | Path) -> None:
+    """save_pretrained into a temporary folder, then swap it in: a crash never leaves half an adapter."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    old = out.with_name(out.name + ".old")
+    for p in (tmp, old):
+        if p.exists():
+            shutil.rmtree(p)
+    model.save_pretrained(str(tmp))
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
