@@ -45,13 +45,13 @@ def build_index(pool_emb: np.ndarray, ids: np.ndarray, kind: str, seed: int = 0)
         base.hnsw.efConstruction = 80
         base.hnsw.efSearch = 128
     elif kind == "ivf":
-        nlist = max(1, int(4 * np.sqrt(n)))
+        nlist = max(1, min(int(4 * np.sqrt(n)), n // 39))  # faiss wants >= 39 training points per list
         quantizer = faiss.IndexFlatIP(d)
         base = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(ids, size=min(n, 64 * nlist), replace=False))
         base.train(_normalized(pool_emb[sample]))
-        base.nprobe = max(1, nlist // 16)
+        base.nprobe = max(1, nlist // 8)
     else:
         raise ValueError(f"unknown index '{kind}' (auto, flat, hnsw, ivf)")
     index = faiss.IndexIDMap2(base) if kind != "flat" else faiss.IndexIDMap(base)

@@ -1,0 +1,122 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_jsonl
+from ntk_selector.config import DataConfig
+from ntk_selector.data import (collate, encode, plan_batches, read_records, to_conversation)
+from ntk_selector.errors import DataError
+
+ROWS = [{"prompt": "What is 2+2?", "response": "4"}, {"prompt": "Say hi", "response": "hi there"}]
+
+
+def test_jsonl_csv_parquet_agree(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    j = write_jsonl(tmp_path / "x.jsonl", ROWS)
+    c = tmp_path / "x.csv"
+    with open(c, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["prompt", "response"])
+        w.writeheader()
+        w.writerows(ROWS)
+    p = tmp_path / "x.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), p)
+    for path in (j, c, p):
+        got = [{k: r[k] for k in ("prompt", "response")} for r in read_records(path)]
+        assert got == ROWS, path
+
+
+def test_hf_save_to_disk_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
+    got = [{k: r[k] for k in ("prompt", "response")} for r in read_records(tmp_path / "ds")]
+    assert got == ROWS
+
+
+def test_hf_arrow_stream_layout(tmp_path):
+    """The on-disk layout save_to_disk writes: Arrow stream files listed in state.json."""
+    import pyarrow as pa
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    table = pa.Table.from_pylist(ROWS)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}))
+    got = [{k: r[k] for k in ("prompt", "response")} for r in read_records(folder)]
+    assert got == ROWS
+
+
+def test_messages_last_assistant_is_response():
+    rec = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    conv = to_conversation(rec, DataConfig())
+    assert conv.response == "d"
+    assert [m["content"] for m in conv.prompt_messages] == ["a", "b", "c"]
+
+
+def test_chat_template_response_mask(tok):
+    cfg = DataConfig()
+    enc = encode([to_conversation(ROWS[1], cfg)], tok, cfg)[0]
+    full = tok.apply_chat_template([{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}], tokenize=False)
+    assert tok.decode(enc.input_ids) == full
+    assert tok.decode(enc.input_ids[enc.response_start:]) == "hi there<|im_end|>\n"
+    b = collate([enc], tok.pad_token_id)
+    # logits at t predict token t+1: target positions are exactly response_start-1 .. len-2
+    t = np.flatnonzero(b.target_mask[0].numpy())
+    assert t[0] == enc.response_start - 1 and t[-1] == enc.length - 2 and len(t) == enc.n_response_tokens
+    assert (b.labels[0, t] == b.input_ids[0, t + 1]).all()
+
+
+def test_no_chat_template_layout(tok):
+    cfg = DataConfig(no_chat_template=True)
+    enc = encode([to_conversation(ROWS[0], cfg)], tok, cfg)[0]
+    p = tok("What is 2+2?")["input_ids"]
+    r = tok("4", add_special_tokens=False)["input_ids"]
+    assert enc.input_ids.tolist() == p + r + [tok.eos_token_id]
+    assert enc.response_start == len(p)
+
+
+def test_truncation_can_remove_the_response(tok):
+    cfg = DataConfig(max_length=5)
+    enc = encode([to_conversation(ROWS[0], cfg)], tok, cfg)[0]
+    assert enc.length == 5 and enc.n_response_tokens == 0
+    assert not collate([enc], tok.pad_token_id).target_mask.any()
+
+
+def test_empty_response_has_no_response_tokens(tok):
+    cfg = DataConfig()
+    enc = encode([to_conversation({"prompt": "x", "response": "  "}, cfg)], tok, cfg)[0]
+    assert enc.n_response_tokens == 0
+
+
+def test_plan_batches_budget_and_cover():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=200).tolist()
+    batches = plan_batches(lengths, token_budget=512, max_batch_size=16)
+    seen = sorted(i for b in batches for i in b)
+    assert seen == list(range(200))
+    for b in batches:
+        assert len(b) <= 16
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 512
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b'{"prompt": "a", "response": "b"}\n{"prompt": "a", \n', "x.jsonl:2: malformed JSON"),
+    (b'{"prompt": "a"}\n', "x.jsonl:1: missing field 'response'"),
+    (b'{"prompt": "a", "response": 3}\n', "x.jsonl:1: field 'response' must be a string"),
+    (b'', "no records"),
+    (b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff\xfe", "response": "b"}\n', "x.jsonl:2: bytes that are not UTF-8"),
+    (b'[1, 2]\n', "x.jsonl:1: expected a JSON object"),
+])
+def test_bad_input_messages(tmp_path, content, needle):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        for r in read_records(path):
+            to_conversation(r, DataConfig(), path)
+    assert needle in str(e.value)

@@ -1,0 +1,141 @@
+"""Per-sample features against a batch-of-one autograd reference; padding/batch invariance;
+summed-logit shortcut == real logits; raw layout == named_parameters order."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_model, synthetic_rows
+from ntk_selector.config import DataConfig
+from ntk_selector.data import collate, encode, to_conversation
+from ntk_selector.gradients import GradientFeaturizer
+from ntk_selector.models import lora_parameters
+
+
+def encoded_rows(tok, n=6, seed=0, **kw):
+    cfg = DataConfig(**kw)
+    return encode([to_conversation(r, cfg) for r in synthetic_rows(n, seed)], tok, cfg)
+
+
+def reference_gradient(model, enc, pad_id, objective):
+    """Batch of one, real logits, plain autograd, flattened in named_parameters() order."""
+    b = collate([enc], pad_id)
+    params = [p for _, p in lora_parameters(model)]
+    logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    n = b.target_mask.sum()
+    if objective == "ntk":
+        f = (logits.sum(-1) * b.target_mask).sum() / n
+    else:
+        f = F.cross_entropy(logits[0], b.labels[0], ignore_index=-100, reduction="sum") / n
+    grads = torch.autograd.grad(f, params)
+    return torch.cat([g.flatten() for g in grads])
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("objective,logits", [("ntk", "shortcut"), ("ntk", "full"), ("ce", "full")])
+def test_per_sample_raw_gradients_match_batch_of_one(lora_model, tok, objective, logits):
+    encs = encoded_rows(tok)
+    batch = collate(encs, tok.pad_token_id)
+    with GradientFeaturizer(lora_model, 0, 0, objective, logits) as feat:
+        got = feat.features(batch)
+    for i, e in enumerate(encs):
+        ref = reference_gradient(lora_model, e, tok.pad_token_id, objective)
+        assert got[i].abs().sum() > 0
+        assert rel_err(got[i], ref) < 1e-5, (i, rel_err(got[i], ref))
+
+
+def test_auto_picks_shortcut_for_linear_head_and_equals_full(lora_model, tok):
+    encs = encoded_rows(tok)
+    batch = collate(encs, tok.pad_token_id)
+    with GradientFeaturizer(lora_model, 256, 3, "ntk", "auto", probe=batch) as fast:
+        assert fast.logits_mode == "shortcut"
+        a = fast.features(batch)
+    with GradientFeaturizer(lora_model, 256, 3, "ntk", "full") as slow:
+        b = slow.features(batch)
+    assert rel_err(a, b) < 1e-5
+
+
+def test_auto_falls_back_to_full_logits_with_softcapping(tok):
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model(len(tok))
+    torch.manual_seed(1)
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    # A head that is not a plain linear map: soft-cap the logits with tanh.
+    base = pm.get_base_model()
+    orig_forward = base.forward
+
+    def capped(*args, **kwargs):
+        out = orig_forward(*args, **kwargs)
+        out.logits = 0.05 * torch.tanh(out.logits / 0.05)
+        return out
+
+    base.forward = capped
+    encs = encoded_rows(tok, n=3)
+    batch = collate(encs, tok.pad_token_id)
+    with GradientFeaturizer(pm, 0, 0, "ntk", "auto", probe=batch) as feat:
+        assert feat.logits_mode == "full"
+        got = feat.features(batch)
+    ref = reference_gradient(pm, encs[1], tok.pad_token_id, "ntk")
+    assert rel_err(got[1], ref) < 1e-5
+
+
+def test_padding_and_batch_composition_invariance(lora_model, tok):
+    encs = encoded_rows(tok, n=8, seed=4)
+    with GradientFeaturizer(lora_model, 512, 0, "ntk", "shortcut") as feat:
+        together = feat.features(collate(encs, tok.pad_token_id))
+        alone = torch.cat([feat.features(collate([e], tok.pad_token_id)) for e in encs])
+        shuffled_order = [3, 0, 7, 5, 1, 6, 2, 4]
+        shuffled = feat.features(collate([encs[i] for i in shuffled_order], tok.pad_token_id))
+    assert rel_err(together, alone) < 1e-5
+    assert rel_err(shuffled, together[shuffled_order]) < 1e-5
+
+
+def test_raw_layout_is_named_parameters_order(lora_model, tok):
+    encs = encoded_rows(tok, n=2)
+    with GradientFeaturizer(lora_model, 0, 0, "ntk", "shortcut") as feat:
+        got = feat.features(collate(encs, tok.pad_token_id))
+    names = [n for n, _ in lora_parameters(lora_model)]
+    assert names == [n for n, p in lora_model.named_parameters() if p.requires_grad]
+    assert ".lora_A." in names[0] and ".lora_B." in names[1]
+    ref = reference_gradient(lora_model, encs[0], tok.pad_token_id, "ntk")
+    offset = 0
+    for n, p in lora_parameters(lora_model):
+        k = p.numel()
+        assert rel_err(got[0, offset:offset + k], ref[offset:offset + k]) < 1e-5, n
+        offset += k
+    assert offset == got.shape[1]
+
+
+def test_tied_embeddings_model(tok):
+    from peft import LoraConfig, get_peft_model
+
+    model = make_model(len(tok), tie=True)
+    torch.manual_seed(2)
+    pm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "o_proj"], init_lora_weights=False))
+    encs = encoded_rows(tok, n=3)
+    batch = collate(encs, tok.pad_token_id)
+    with GradientFeaturizer(pm, 0, 0, "ntk", "auto", probe=batch) as feat:
+        assert feat.logits_mode == "shortcut"
+        got = feat.features(batch)
+    assert rel_err(got[2], reference_gradient(pm, encs[2], tok.pad_token_id, "ntk")) < 1e-5
+
+
+def test_projected_features_are_projection_of_raw(lora_model, tok):
+    encs = encoded_rows(tok, n=3)
+    batch = collate(encs, tok.pad_token_id)
+    with GradientFeaturizer(lora_model, 0, 0, "ntk", "shortcut") as raw_f:
+        raw = raw_f.features(batch)
+    with GradientFeaturizer(lora_model, 128, 7, "ntk", "shortcut") as proj_f:
+        proj = proj_f.features(batch)
+        # apply the projector to the raw gradient, module by module
+        expect = torch.zeros_like(proj)
+        offset = 0
+        for n, p in lora_parameters(lora_model):
+            k = p.numel()
+            proj_f.projector.accumulate(n, raw[:, offset:offset + k].reshape(-1, *p.shape), expect)
+            offset += k
+    assert rel_err(proj, expect) < 1e-5

@@ -1,0 +1,76 @@
+import numpy as np
+import torch
+
+from ntk_selector.projection import FactoredRademacher, RawGradient, make_projector
+
+SHAPES = [("l0.q.lora_A.weight", (4, 24)), ("l0.q.lora_B.weight", (24, 4)), ("l0.v.lora_A.weight", (4, 24)),
+          ("l0.v.lora_B.weight", (12, 4))]
+
+
+def project(shapes, grads, dim, seed):
+    proj = make_projector(shapes, dim, seed)
+    out = torch.zeros(grads[0].shape[0], proj.out_dim)
+    for (name, _), g in zip(shapes, grads):
+        proj.accumulate(name, g, out)
+    return out
+
+
+def random_grads(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, *s, generator=gen, dtype=torch.float64) for _, s in SHAPES]
+
+
+def test_same_seed_identical_other_seed_differs():
+    g = random_grads(3, 0)
+    a, b, c = project(SHAPES, g, 64, 5), project(SHAPES, g, 64, 5), project(SHAPES, g, 64, 6)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_projected_inner_products_unbiased():
+    """Averaged over many seeds, <Pg, Pg'> converges to <g, g'> (incl. cross terms of other pairs)."""
+    g = random_grads(3, 1)
+    raw = torch.cat([x.reshape(3, -1) for x in g], 1)
+    exact = raw @ raw.T
+    seeds = 400
+    acc = torch.zeros(3, 3, dtype=torch.float64)
+    single_err = []
+    for s in range(seeds):
+        p = project(SHAPES, g, 32, s).double()
+        gram = p @ p.T
+        acc += gram
+        single_err.append(float((gram - exact).abs().max()))
+    mean = acc / seeds
+    # the mean error shrinks like 1/sqrt(seeds) relative to a single projection's error
+    assert float((mean - exact).abs().max()) < 0.2 * np.mean(single_err)
+    assert float((mean - exact).abs().max() / exact.abs().max()) < 0.05
+
+
+def test_raw_gradient_layout():
+    g = random_grads(2, 2)
+    raw = project(SHAPES, g, 0, 0)
+    assert raw.shape[1] == sum(int(np.prod(s)) for _, s in SHAPES)
+    assert torch.allclose(raw.double(), torch.cat([x.reshape(2, -1) for x in g], 1))
+    assert isinstance(make_projector(SHAPES, 0, 0), RawGradient)
+
+
+def test_factored_equals_explicit_dense_matrix():
+    """The factored projection is a linear map; build it column by column and compare."""
+    shapes = SHAPES[:2]
+    proj = FactoredRademacher(shapes, 16, seed=3)
+    total = sum(int(np.prod(s)) for _, s in shapes)
+    dense = torch.zeros(total, 16)
+    offset = 0
+    for name, s in shapes:
+        k = int(np.prod(s))
+        for j in range(k):
+            e = torch.zeros(1, k)
+            e[0, j] = 1.0
+            proj.accumulate(name, e.reshape(1, *s), dense[offset + j : offset + j + 1])
+        offset += k
+    # entries are +-1/sqrt(cols) or 0 (zero-padded rank side never used here since s divides 16)
+    nz = dense[dense != 0].abs()
+    assert torch.allclose(nz, nz[0].expand_as(nz))
+    g = [torch.randn(2, *s) for _, s in shapes]
+    flat = torch.cat([x.reshape(2, -1) for x in g], 1)
+    assert torch.allclose(project(shapes, g, 16, 3), flat @ dense, atol=1e-5)
