@@ -55,6 +55,7 @@ class RunConfig:
     quiet: bool = _f(False, "no progress bars or summaries")
     debug: bool = _f(False, "show tracebacks on errors")
     overwrite: bool = _f(False, "discard an existing output of another configuration")
+    work_dir: str | None = _f(None, "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same data can share one")
 
 
 @dataclass

@@ -90,7 +90,7 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
         raise UserError("--n must be a positive number of examples to select")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stages = out / "stages"
+    stages = Path(cfg.run.work_dir) if cfg.run.work_dir else out / "stages"
     clock = StageClock()
     with clock("load data"):
         domain = Records.load(domain_path, cfg.data)
@@ -135,14 +135,15 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
             feat_cfg = cfg.feature if cfg.method == "ntk" else replace(cfg.feature, objective="ce")
             cand = pool.subset(pre.order, _subset_fingerprint(pool.fingerprint, pre.order))
             tag = "features" if cfg.method == "ntk" else "less_features"
+            pool_tag = f"{tag}_pool" if not cfg.run.work_dir else f"{tag}_pool_{cand.fingerprint[:8]}"
             with clock("featurize"):
                 featurize(session, domain, stages / f"{tag}_domain", cfg.data, feat_cfg, desc="featurize domain")
-                featurize(session, cand, stages / f"{tag}_pool", cfg.data, feat_cfg, desc="featurize pool")
+                featurize(session, cand, stages / pool_tag, cfg.data, feat_cfg, desc="featurize pool")
             with clock("score"):
                 if cfg.method == "ntk":
-                    cand_scores = ntk_scores(stages / f"{tag}_domain", stages / f"{tag}_pool", cfg.score)
+                    cand_scores = ntk_scores(stages / f"{tag}_domain", stages / pool_tag, cfg.score)
                 else:
-                    cand_scores = max_cosine_scores(stages / f"{tag}_domain", stages / f"{tag}_pool")
+                    cand_scores = max_cosine_scores(stages / f"{tag}_domain", stages / pool_tag)
                 scores[pre.order] = cand_scores
                 chosen = pre.order[top_n(cand_scores, n)]
     with clock("write outputs"):
