@@ -89,8 +89,30 @@ class ScoreConfig:
     score_block_rows: int = _f(65536, "rows read per block when scoring")
 
 
+@dataclass
+class DiagnoseConfig:
+    probe_rows: int = _f(64, "rows of the stability / projection probe (half domain, half pool, seeded)")
+    stability_points: int = _f(8, "warm-up steps at which the probe kernel is measured (evenly spaced, plus step 0)")
+    kernel_proj_dim: int = _f(0, "features of the stability kernel: 0 = raw LoRA gradients (exact); p > 0 projects (large models; skips the projection check)")
+    approx_rows: int = _f(16, "rows of the exact-eNTK probe (half domain, half pool), one batch")
+    approx_outputs: int = _f(256, "output logits in the exact eNTK: all V when V is at most this, else a seeded sample of this many, scaled by V/sample")
+    projection_dims: list[int] = _f([256, 512, 1024, 2048, 4096, 8192], "projection dims compared with the raw gradient")
+    projection_seeds: int = _f(3, "projection seeds averaged per dim")
+    projection_top: float = _f(0.25, "share of the probe's pool rows that counts as the top-N in the overlap")
+    checks: list[str] = _f(["stability", "approximation", "projection"], "diagnostics to run")
+    warn_stability: float = _f(0.95, "warn when the NTK stability falls below this")
+    warn_spearman: float = _f(0.8, "warn when exact vs Jacobian-free score rank correlation falls below this")
+
+
+@dataclass
+class PredictConfig:
+    ridge: float = _f(1e-3, "kernel ridge regularisation, relative to the mean kernel diagonal")
+    predict_cosine: bool = _f(False, "use the cosine-normalized kernel")
+
+
 SECTIONS: tuple[type, ...] = (
     ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, ScoreConfig,
+    DiagnoseConfig, PredictConfig,
 )
 
 
