@@ -18,7 +18,7 @@ EXAMPLES_SHOWN = 5
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;background:#fff}
-h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:2px solid #1f77b4;padding-bottom:.2em}
+h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:2px solid #4a6f8a;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#eef3f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .warn{background:#fff3cd;border-left:6px solid #e0a800;padding:.6em 1em;margin:.6em 0}
