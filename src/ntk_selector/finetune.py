@@ -1,0 +1,83 @@
+"""``train``: the final LoRA fine-tune on D ∪ S (the paper: 3 epochs).
+
+Several data files are read, concatenated and trained on together; every epoch is a fresh seeded
+shuffle of the union, so the same seed gives the same adapter. The adapter folder is written
+atomically, followed by ``training_state.json`` (definition, loss curve, seconds). A rerun with
+the same definition skips the work; another definition is refused unless ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
+from ntk_selector.errors import UserError
+from ntk_selector.stages import Records, Session, data_definition
+from ntk_selector.store import write_json_atomic
+from ntk_selector.training import save_adapter_atomic, train_lora
+
+STATE_FILE = "training_state.json"
+
+
+def training_definition(session: Session, data: Sequence[Records], data_cfg: DataConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """Everything that determines the adapter's weights (compared on a rerun)."""
+    return json.loads(json.dumps({
+        "stage": "train", **session.describe(), "data": [data_definition(r, data_cfg) for r in data],
+        "train": to_dict(train_cfg), "seed": session.run.seed}, default=str))
+
+
+def read_state(out: str | Path) -> dict[str, Any] | None:
+    """The training state of a finished adapter folder, or None."""
+    path = Path(out) / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig,
+             lora: LoraSettings, run: RunConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+    """Train a fresh seeded LoRA on the union of the files; return the training state."""
+    if not data_paths:
+        raise UserError("train needs at least one --data file")
+    out = Path(out)
+    data = [Records.load(p, data_cfg) for p in data_paths]
+    if model_cfg.adapter and not (Path(model_cfg.adapter) / "adapter_config.json").exists():
+        raise UserError(f"adapter folder not found or not a PEFT adapter: {model_cfg.adapter}")
+    session = Session(model_cfg, lora, run, adapter=model_cfg.adapter)
+    definition = training_definition(session, data, data_cfg, train_cfg)
+    old = read_state(out)
+    if old is not None and not run.overwrite:
+        if old.get("definition") == definition and (out / "adapter_config.json").exists():
+            return old
+        raise UserError(f"{out} holds an adapter trained on other data or settings; use --overwrite or another --out")
+    session.load(model_cfg.adapter)  # --adapter continues training it; otherwise a fresh seeded LoRA
+    conversations = [c for r in data for c in r.conversations]
+    stats = train_lora(session.model, session.tokenizer, conversations, data_cfg, train_cfg, run.seed,
+                       quiet=run.quiet, desc="train")
+    save_adapter_atomic(session.model, out)
+    state = {"definition": definition, "rows": {str(r.path): len(r) for r in data}, **stats}
+    write_json_atomic(out / STATE_FILE, state)
+    return state
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ntk_selector.cli import _configs
+
+    c = _configs(args, (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
+    state = finetune(args.data, args.out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig])
+    if not c[RunConfig].quiet:
+        print(f"trained on {state['examples']} examples, {state['steps']} steps, loss {state['loss_first']:.3f} -> "
+              f"{state['loss_last']:.3f} in {state['seconds']:.0f} s; adapter in {args.out}")
+    return 0
+
+
+def register_cli(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("train", cmd_train, "LoRA fine-tune on the union of the data files (D and the selected S)",
+            (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
+    p.add_argument("--data", action="append", required=True, metavar="FILE",
+                   help="training records; repeat for several files (e.g. the domain and selected.jsonl)")
+    p.add_argument("--out", required=True, help="adapter folder to write")
