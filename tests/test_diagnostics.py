@@ -29,12 +29,12 @@ def raw_kernel(session, probe):
     return f @ f.T
 
 
-def stability_curve(model_dir, domain_path, pool_path, lr):
+def stability_curve(model_dir, domain_path, pool_path, lr, points=4):
     s = session_for(model_dir).load(None)
     domain, pool = Records.load(domain_path, DATA), Records.load(pool_path, DATA)
     probe = choose_probe(domain, pool, 8, 0, s.tokenizer, DATA)
     train = TrainConfig(epochs=2, lr=lr, batch_size=4)
-    curve, _, stats = ntk_stability(s.model, s.tokenizer, domain, probe, DATA, train, DiagnoseConfig(stability_points=4), 0, True)
+    curve, _, stats = ntk_stability(s.model, s.tokenizer, domain, probe, DATA, train, DiagnoseConfig(stability_points=points), 0, True)
     return curve, stats, probe, train
 
 
@@ -55,8 +55,8 @@ def test_stability_matches_the_warmup_stage(tiny_model_dir, small_files, tmp_pat
 
 def test_stability_drops_with_a_large_learning_rate(tiny_model_dir, small_files):
     domain_path, pool_path = small_files
-    small, _, _, _ = stability_curve(tiny_model_dir, domain_path, pool_path, 1e-5)
-    large, _, _, _ = stability_curve(tiny_model_dir, domain_path, pool_path, 3e-1)
+    small, _, _, _ = stability_curve(tiny_model_dir, domain_path, pool_path, 1e-5, points=1)
+    large, _, _, _ = stability_curve(tiny_model_dir, domain_path, pool_path, 3e-1, points=1)
     assert small[0]["frobenius_cosine"] == pytest.approx(1.0) == large[0]["frobenius_cosine"]
     assert small[-1]["frobenius_cosine"] > 0.999
     assert large[-1]["frobenius_cosine"] < small[-1]["frobenius_cosine"] - 0.01
@@ -108,3 +108,18 @@ def test_diagnose_command(tiny_model_dir, small_files, tmp_path, capsys):
     for png in ("diag_stability.png", "diag_projection.png", "diag_approximation.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "diag_stability.png" in (out / "report.html").read_text()
+
+
+def test_diagnose_without_warmup_uses_the_initial_lora(tiny_model_dir, small_files, tmp_path, capsys):
+    domain, pool = small_files
+    out = tmp_path / "diag"
+    common = ["--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(tiny_model_dir),
+              "--rank", "4", "--max-length", "160", "--probe-rows", "8", "--approx-rows", "4", "--quiet"]
+    assert main(["diagnose", *common, "--checks", "approximation", "projection", "--projection-dims", "128",
+                 "--approx-outputs", "32"]) == 0
+    d = json.loads((out / "diagnostics.json").read_text())
+    assert "ntk_stability" not in d and d["kernel_model"] == "LoRA at init"
+    assert d["approximation"]["outputs"] == 32 and d["approximation"]["scale"] == pytest.approx(d["approximation"]["vocab"] / 32)
+    assert d["projection"]["rows"] == 8 and not (out / "diag_stability.png").exists()
+    assert main(["diagnose", *common, "--checks", "speed"]) == 2
+    assert "unknown check" in capsys.readouterr().err
