@@ -37,6 +37,13 @@ def model_path(cfg: ModelConfig, quiet: bool = False) -> str:
     return str(default_model_dir(quiet=quiet))
 
 
+def quiet_transformers() -> None:
+    """Our own progress bars report the work; transformers' per-load bars are noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 
@@ -54,6 +61,7 @@ def load_base_model(cfg: ModelConfig, quiet: bool = False) -> tuple[torch.nn.Mod
     """Base causal LM (frozen) and its tokenizer, on the configured device and dtype."""
     from transformers import AutoModelForCausalLM
 
+    quiet_transformers()
     path = model_path(cfg, quiet)
     if _looks_like_path(path) and not Path(path).exists():
         raise UserError(f"model path not found: {path}")
