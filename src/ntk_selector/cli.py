@@ -15,8 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig,
-                                 RunConfig, ScoreConfig, TrainConfig, build, known_names, load_yaml)
+from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, LoraSettings, ModelConfig, PoolFilterConfig,
+                                 PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build, known_names, load_yaml)
 from ntk_selector.errors import UserError
 
 # Subcommand-specific defaults (the final fine-tune trains longer than the warm-up).
@@ -67,9 +67,9 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     c = _configs(args, SECTIONS)
     cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
-                        c[PreselectConfig], c[ScoreConfig], method=args.method)
+                        c[PreselectConfig], c[ScoreConfig], method=args.method, filters=c[PoolFilterConfig])
     summary = select(args.domain, args.pool, args.out, cfg)
-    if not cfg.run.quiet:
+    if summary is not None and not cfg.run.quiet:
         print_summary(summary, args.out)
     return 0
 
@@ -110,8 +110,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     c = _configs(args, MODEL_SECTIONS)
     records = Records.load(args.data, c[DataConfig])
-    embed(_session_for(c), records, Path(args.out), c[DataConfig])
-    _say(c[RunConfig], f"embedded {len(records)} rows into {args.out}")
+    computed = embed(_session_for(c), records, Path(args.out), c[DataConfig])
+    _say(c[RunConfig], f"embedded {len(records)} rows ({computed} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
 
@@ -121,7 +121,8 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     c = _configs(args, MODEL_SECTIONS + (FeatureConfig,))
     records = Records.load(args.data, c[DataConfig])
     info = featurize(_session_for(c), records, Path(args.out), c[DataConfig], c[FeatureConfig])
-    _say(c[RunConfig], f"featurized {len(records)} rows ({info['dim']} dims, {info['logits_mode']} logits) into {args.out}")
+    _say(c[RunConfig], f"featurized {len(records)} rows ({info['dim']} dims, {info['logits_mode']} logits; "
+                       f"{info['computed']} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
 
@@ -168,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if c[PreselectConfig].n <= 0:
         c[PreselectConfig].n = args.domain_size
     cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
-                        c[PreselectConfig], c[ScoreConfig], method="ntk")
+                        c[PreselectConfig], c[ScoreConfig], method="ntk", filters=c[PoolFilterConfig])
     print(f"demo data in {out / 'data'}: domain {paths.domain.name} (drug-review sentiment), pool {paths.pool.name}")
     summary = select(paths.domain, paths.pool, out / "select", cfg)
     from ntk_selector.data import read_records
@@ -181,8 +182,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _say(run: RunConfig, text: str) -> None:
-    if not run.quiet:
+    from ntk_selector import distributed
+
+    if not run.quiet and distributed.current().is_main:
         print(text)
+
+
+def _by_this_rank() -> str:
+    from ntk_selector import distributed
+
+    d = distributed.current()
+    return f" by rank 0 of {d.world}" if d.enabled else ""
+
+
+# Subcommands that shard their rows over the ranks of a torchrun job; the others run on rank 0.
+DISTRIBUTED_COMMANDS = {"embed", "featurize", "select"}
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the subcommand, under torchrun as one rank of the job."""
+    from ntk_selector import distributed
+
+    d = distributed.init(float(getattr(args, "dist_timeout", 360.0)))
+    try:
+        if not d.enabled or args.command in DISTRIBUTED_COMMANDS:
+            return int(args.func(args) or 0)
+        return int(distributed.on_main(lambda: args.func(args)) or 0)
+    finally:
+        distributed.shutdown()
 
 
 # ----------------------------------------------------------------------------- parser
@@ -265,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

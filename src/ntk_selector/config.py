@@ -56,6 +56,7 @@ class RunConfig:
     debug: bool = _f(False, "show tracebacks on errors")
     overwrite: bool = _f(False, "discard an existing output of another configuration")
     work_dir: str | None = _f(None, "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same data can share one")
+    dist_timeout: float = _f(360.0, "minutes ranks of a torchrun job wait for each other (rank 0 alone runs the warm-up)")
 
 
 @dataclass
@@ -80,13 +81,20 @@ class PreselectConfig:
     n: int = _f(0, "number of pool examples to select")
     m: int | None = _f(None, "pre-selected candidates M (default 4N, capped at the pool size)")
     k: int | None = _f(None, "neighbours each domain row votes for (default M/4)")
-    index: str = _f("auto", "FAISS index: auto (exact up to 200k rows, else HNSW), flat, hnsw, ivf")
+    index: str = _f("auto", "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else hnsw")
 
 
 @dataclass
 class ScoreConfig:
     cosine: bool = _f(False, "score with mean cosine instead of the mean inner product")
-    score_block_rows: int = _f(65536, "rows read per block when scoring")
+    score_block_mb: int = _f(256, "megabytes of features read per block when scoring (memory does not grow with the pool)")
+
+
+@dataclass
+class PoolFilterConfig:
+    dedupe: bool = _f(False, "drop repeated pool rows (same prompt and response) from selection; duplicates are always reported")
+    decontaminate: str | None = _f(None, "test-set records: pool rows sharing an n-gram with any of them are reported and never selected")
+    ngram: int = _f(13, "n of the whitespace-token n-grams of --decontaminate (texts shorter than n match as a whole)")
 
 
 @dataclass
@@ -112,7 +120,7 @@ class PredictConfig:
 
 SECTIONS: tuple[type, ...] = (
     ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, ScoreConfig,
-    DiagnoseConfig, PredictConfig,
+    PoolFilterConfig, DiagnoseConfig, PredictConfig,
 )
 
 

@@ -7,7 +7,6 @@ Every stage writes under ``OUT/stages`` and is skipped or resumed on a rerun; th
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -15,22 +14,24 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ntk_selector import __version__
-from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
-                                 ScoreConfig, TrainConfig, to_dict)
+from ntk_selector import __version__, distributed
+from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PoolFilterConfig, PreselectConfig,
+                                 RunConfig, ScoreConfig, TrainConfig, to_dict)
 from ntk_selector.data import clean_record, encode
 from ntk_selector.errors import UserError
 from ntk_selector.models import load_tokenizer, model_path
+from ntk_selector.filters import PoolFilter, pool_filter
+from ntk_selector.preselect import PreselectResult
 from ntk_selector.stages import (Records, Session, embed, featurize, load_preselect, max_cosine_scores, ntk_scores,
                                  preselect, save_preselect, warmup)
 from ntk_selector.score import top_n
-from ntk_selector.store import EMPTY, open_store, write_json_atomic
+from ntk_selector.store import EMPTY, META, describe_differences, open_store, read_meta, write_json_atomic
 
 METHODS = ("ntk", "random", "embedding", "preselect-random", "less")
 
@@ -46,6 +47,7 @@ class SelectConfigs:
     preselect: PreselectConfig
     score: ScoreConfig
     method: str = "ntk"
+    filters: PoolFilterConfig = field(default_factory=PoolFilterConfig)
 
 
 class StageClock:
@@ -81,77 +83,109 @@ def empty_rows_by_tokenizing(records: Records, tokenizer: Any, data_cfg: DataCon
     return empty
 
 
-def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, cfg: SelectConfigs) -> dict[str, Any]:
-    """Run the whole selection; return the run summary (also written to run.json)."""
+def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, cfg: SelectConfigs) -> dict[str, Any] | None:
+    """Run the whole selection; return the run summary (also written to run.json).
+
+    Under torchrun every rank calls this: rank 0 alone runs the warm-up, pre-selection, scoring
+    and writes the outputs (and returns the summary; the others return None); embedding and
+    featurizing are sharded over all ranks.
+    """
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
     n = cfg.preselect.n
     if n <= 0:
         raise UserError("--n must be a positive number of examples to select")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     stages = Path(cfg.run.work_dir) if cfg.run.work_dir else out / "stages"
     clock = StageClock()
     with clock("load data"):
         domain = Records.load(domain_path, cfg.data)
         pool = Records.load(pool_path, cfg.data)
+    _check_n(n, len(pool), pool_path)
     _check_output_folder(out, domain, pool, cfg)
-    rng = np.random.default_rng(cfg.run.seed)
-    votes = np.zeros(len(pool), dtype=np.int64)
-    preselected = np.zeros(len(pool), dtype=bool)
-    scores = np.full(len(pool), np.nan)
-    session = Session(cfg.model, cfg.lora, cfg.run)
-
+    out.mkdir(parents=True, exist_ok=True)
+    with clock("filter pool"):
+        filt = pool_filter(pool.conversations, cfg.filters)
+    _check_n(n, int((~filt.excluded).sum()), pool_path, "after excluding duplicates / test-set overlaps")
     if cfg.method == "random":
-        with clock("tokenize"):
-            empty = empty_rows_by_tokenizing(pool, load_tokenizer(model_path(cfg.model, cfg.run.quiet)), cfg.data)
-        valid = np.flatnonzero(~empty)
-        _check_n(n, len(valid), pool_path)
-        chosen = np.sort(rng.choice(valid, size=n, replace=False))
-        chosen = rng.permutation(chosen)
+        return distributed.on_main(lambda: _select_random(domain, pool, out, cfg, filt, clock))
+
+    session = Session(cfg.model, cfg.lora, cfg.run)
+    with clock("warmup"):
+        warm_stats = distributed.on_main(lambda: warmup(session, domain, stages / "warmup", cfg.data, cfg.train))
+    with clock("load model"):
+        session.load(str(stages / "warmup"))
+    with clock("embed"):
+        embed(session, domain, stages / "embed_domain", cfg.data, desc="embed domain")
+        embed(session, pool, stages / "embed_pool", cfg.data, desc="embed pool")
+    _, pool_status, _ = open_store(stages / "embed_pool")
+    _, domain_status, _ = open_store(stages / "embed_domain")
+    empty = pool_status == EMPTY
+    _check_n(n, int((~empty & ~filt.excluded).sum()), pool_path, "with response tokens")
+    with clock("preselect"):
+        pre = _cached_preselect(stages, cfg, filt.excluded)
+    votes = pre.votes
+    preselected = np.zeros(len(pool), dtype=bool)
+    preselected[pre.order] = True
+    scores = np.full(len(pool), np.nan)
+    rng = np.random.default_rng(cfg.run.seed)
+    if cfg.method == "embedding":
+        chosen = pre.order[:n]
+        scores[pre.order] = pre.votes[pre.order]
+    elif cfg.method == "preselect-random":
+        chosen = rng.choice(pre.order, size=min(n, len(pre.order)), replace=False)
     else:
-        with clock("warmup"):
-            warm_stats = warmup(session, domain, stages / "warmup", cfg.data, cfg.train)
-        adapter = str(stages / "warmup")
-        with clock("load model"):
-            session.load(adapter)
-        with clock("embed"):
-            embed(session, domain, stages / "embed_domain", cfg.data, desc="embed domain")
-            embed(session, pool, stages / "embed_pool", cfg.data, desc="embed pool")
-        _, pool_status, _ = open_store(stages / "embed_pool")
-        empty = pool_status == EMPTY
-        _check_n(n, int((~empty).sum()), pool_path)
-        with clock("preselect"):
-            pre = preselect(stages / "embed_domain", stages / "embed_pool", cfg.preselect, cfg.run.seed)
-            save_preselect(pre, stages / "preselect.npz")
-        votes = pre.votes
-        preselected[pre.order] = True
-        if cfg.method == "embedding":
-            chosen = pre.order[:n]
-            scores[pre.order] = pre.votes[pre.order]
-        elif cfg.method == "preselect-random":
-            chosen = rng.choice(pre.order, size=min(n, len(pre.order)), replace=False)
-        else:
-            feat_cfg = cfg.feature if cfg.method == "ntk" else replace(cfg.feature, objective="ce")
-            cand = pool.subset(pre.order, _subset_fingerprint(pool.fingerprint, pre.order))
-            tag = "features" if cfg.method == "ntk" else "less_features"
-            pool_tag = f"{tag}_pool" if not cfg.run.work_dir else f"{tag}_pool_{cand.fingerprint[:8]}"
-            with clock("featurize"):
-                featurize(session, domain, stages / f"{tag}_domain", cfg.data, feat_cfg, desc="featurize domain")
-                featurize(session, cand, stages / pool_tag, cfg.data, feat_cfg, desc="featurize pool")
-            with clock("score"):
-                if cfg.method == "ntk":
-                    cand_scores = ntk_scores(stages / f"{tag}_domain", stages / pool_tag, cfg.score)
-                else:
-                    cand_scores = max_cosine_scores(stages / f"{tag}_domain", stages / pool_tag)
-                scores[pre.order] = cand_scores
-                chosen = pre.order[top_n(cand_scores, n)]
+        feat_cfg = cfg.feature if cfg.method == "ntk" else replace(cfg.feature, objective="ce")
+        cand = pool.subset(pre.order, _subset_fingerprint(pool.fingerprint, pre.order))
+        tag = "features" if cfg.method == "ntk" else "less_features"
+        pool_tag = f"{tag}_pool" if not cfg.run.work_dir else f"{tag}_pool_{cand.fingerprint[:8]}"
+        with clock("featurize"):
+            featurize(session, domain, stages / f"{tag}_domain", cfg.data, feat_cfg, desc="featurize domain")
+            featurize(session, cand, stages / pool_tag, cfg.data, feat_cfg, desc="featurize pool")
+
+        def score() -> np.ndarray:
+            if cfg.method == "ntk":
+                return ntk_scores(stages / f"{tag}_domain", stages / pool_tag, cfg.score)
+            return max_cosine_scores(stages / f"{tag}_domain", stages / pool_tag, cfg.score.score_block_mb)
+
+        with clock("score"):
+            cand_scores = distributed.on_main(score)
+        if cand_scores is None:  # not rank 0: the outputs are rank 0's job
+            return None
+        scores[pre.order] = cand_scores
+        chosen = pre.order[top_n(cand_scores, n)]
+
+    def finish() -> dict[str, Any]:
+        with clock("write outputs"):
+            _write_selected(out / "selected.jsonl", pool, chosen, scores)
+            _write_scores(out / "scores.csv", votes, preselected, scores)
+        summary = _summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
+        summary["counts"]["domain_no_response_tokens"] = int((domain_status == EMPTY).sum())
+        if warm_stats is not None:
+            summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
+        return _finish_run(out, summary, clock)
+
+    return distributed.on_main(finish)
+
+
+def _select_random(domain: Records, pool: Records, out: Path, cfg: SelectConfigs, filt: PoolFilter,
+                   clock: StageClock) -> dict[str, Any]:
+    """Random N usable pool rows (no model run; rows without response tokens found by tokenizing)."""
+    n = cfg.preselect.n
+    with clock("tokenize"):
+        empty = empty_rows_by_tokenizing(pool, load_tokenizer(model_path(cfg.model, cfg.run.quiet)), cfg.data)
+    valid = np.flatnonzero(~empty & ~filt.excluded)
+    _check_n(n, len(valid), pool.path, "with response tokens")
+    rng = np.random.default_rng(cfg.run.seed)
+    chosen = rng.permutation(np.sort(rng.choice(valid, size=n, replace=False)))
     with clock("write outputs"):
-        _write_selected(out / "selected.jsonl", pool, chosen, scores)
-        _write_scores(out / "scores.csv", votes, preselected, scores)
-    summary = _summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out)
-    if cfg.method != "random":
-        summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
+        _write_selected(out / "selected.jsonl", pool, chosen, np.full(len(pool), np.nan))
+        _write_scores(out / "scores.csv", np.zeros(len(pool), np.int64), np.zeros(len(pool), bool), np.full(len(pool), np.nan))
+    return _finish_run(out, _summary(cfg, domain, pool, chosen, empty, 0, clock.seconds, out, filt), clock)
+
+
+def _finish_run(out: Path, summary: dict[str, Any], clock: StageClock) -> dict[str, Any]:
+    """run.json last: its presence marks a finished run (a crashed run leaves none)."""
     write_json_atomic(out / "run.json", summary)
     try:
         from ntk_selector.report import write_report
@@ -163,25 +197,60 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
     return summary
 
 
-def _check_n(n: int, valid: int, pool_path: str | Path) -> None:
-    if n > valid:
-        raise UserError(f"--n {n} is larger than the pool ({valid} usable rows in {pool_path})")
+def _cached_preselect(stages: Path, cfg: SelectConfigs, excluded: np.ndarray) -> PreselectResult:
+    """Pre-selection on rank 0, reused on a rerun when its inputs and settings are unchanged."""
+    path, state = stages / "preselect.npz", stages / "preselect.json"
+    definition = {"domain": read_meta(stages / "embed_domain")["definition"], "pool": read_meta(stages / "embed_pool")["definition"],
+                  "preselect": to_dict(cfg.preselect), "seed": cfg.run.seed,
+                  "excluded": hashlib.sha256(np.packbits(excluded).tobytes()).hexdigest()[:16]}
+    definition = json.loads(json.dumps(definition, default=str))
+
+    def compute() -> None:
+        if path.exists() and state.exists() and json.loads(state.read_text()).get("definition") == definition:
+            return
+        result = preselect(stages / "embed_domain", stages / "embed_pool", cfg.preselect, cfg.run.seed, exclude=excluded)
+        save_preselect(result, path)
+        write_json_atomic(state, {"definition": definition})
+
+    distributed.on_main(compute)
+    return load_preselect(path)
+
+
+def _check_n(n: int, usable: int, pool_path: str | Path, which: str = "") -> None:
+    if n > usable:
+        raise UserError(f"--n {n} is larger than the pool ({usable} usable rows in {pool_path}{' ' + which if which else ''})")
 
 
 def _subset_fingerprint(base: str, rows: np.ndarray) -> str:
     return hashlib.sha256(base.encode() + np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
+# settings that change how a run goes, not what it selects
+RUN_ONLY = {"quiet", "debug", "overwrite", "device", "work_dir", "dist_timeout", "token_budget", "max_batch_size",
+            "score_block_mb"}
+
+
+def _settings(cfg: SelectConfigs) -> dict[str, Any]:
+    flat = to_dict(*[v for k, v in vars(cfg).items() if k != "method"])
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in RUN_ONLY}, default=str))
+
+
 def _check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectConfigs) -> None:
-    """Refuse an output folder that holds a run on other data or settings (unless --overwrite)."""
+    """Refuse an output folder that holds another run or a store (unless --overwrite)."""
+    if (out / META).exists():
+        raise UserError(f"{out} holds a feature store, not a select run; choose another --out")
     run_json = out / "run.json"
     if not run_json.exists() or cfg.run.overwrite:
         return
     old = json.loads(run_json.read_text())
-    mine = {"domain_fingerprint": domain.fingerprint, "pool_fingerprint": pool.fingerprint, "method": cfg.method}
+    mine = {"domain_fingerprint": domain.fingerprint, "pool_fingerprint": pool.fingerprint, "method": cfg.method,
+            "settings": _settings(cfg)}
     theirs = {k: old.get("inputs", {}).get(k) for k in mine}
+    if theirs["settings"] is None:
+        theirs["settings"] = mine["settings"]  # written before settings were recorded
     if theirs != mine:
-        raise UserError(f"{out} holds another run (different data or method); use --overwrite or another --out folder")
+        raise UserError(f"{out} holds another run ({describe_differences(theirs, mine)}); "
+                        f"use --overwrite or another --out folder")
 
 
 def _write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.ndarray) -> None:
@@ -194,13 +263,18 @@ def _write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.nd
     write_text_atomic(path, buf.getvalue())
 
 
-def _write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["pool_index", "votes", "preselected", "ntk_score"])
-    for i in range(len(votes)):
-        w.writerow([i, int(votes[i]), int(preselected[i]), "" if not np.isfinite(scores[i]) else repr(float(scores[i]))])
-    write_text_atomic(path, buf.getvalue())
+def _write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, block: int = 65536) -> None:
+    """scores.csv written in blocks to a temporary name, then renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.write("pool_index,votes,preselected,ntk_score\n")
+        for start in range(0, len(votes), block):
+            rows = range(start, min(len(votes), start + block))
+            fh.write("".join(f"{i},{int(votes[i])},{int(preselected[i])},{'' if not np.isfinite(scores[i]) else repr(float(scores[i]))}\n"
+                             for i in rows))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def task_counts(records: list[dict[str, Any]], rows: np.ndarray, field: str = "task") -> dict[str, int]:
@@ -212,7 +286,7 @@ def task_counts(records: list[dict[str, Any]], rows: np.ndarray, field: str = "t
 
 
 def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndarray, empty: np.ndarray, n_pre: int,
-             seconds: dict[str, float], out: Path) -> dict[str, Any]:
+             seconds: dict[str, float], out: Path, filt: PoolFilter) -> dict[str, Any]:
     import torch
     import transformers
 
@@ -220,11 +294,14 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
     return {
         "method": cfg.method,
         "inputs": {"domain": str(domain.path), "pool": str(pool.path), "domain_fingerprint": domain.fingerprint,
-                   "pool_fingerprint": pool.fingerprint, "method": cfg.method},
+                   "pool_fingerprint": pool.fingerprint, "method": cfg.method, "settings": _settings(cfg)},
         "config": {k: to_dict(v) for k, v in vars(cfg).items() if k != "method"},
+        "world_size": distributed.current().world,
         "counts": {"domain": len(domain), "pool": len(pool), "selected": int(len(chosen)),
-                   "pool_no_response_tokens": int(len(empty_rows)),
-                   "preselected": n_pre},
+                   "pool_no_response_tokens": int(len(empty_rows)), "pool_duplicates": filt.report["duplicates"]["rows"],
+                   "pool_test_overlap": filt.report.get("decontamination", {}).get("rows", 0),
+                   "pool_excluded": filt.report["excluded_rows"], "preselected": n_pre},
+        "pool_filter": filt.report,
         "pool_rows_without_response_tokens": empty_rows[:1000].tolist(),
         "selected_per_task": task_counts(pool.records, chosen),
         "pool_per_task": task_counts(pool.records, np.arange(len(pool))),

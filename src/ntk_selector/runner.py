@@ -1,38 +1,101 @@
-"""Streams records through a per-batch function into a RowStore: tokenize a chunk, pack it into
-length-sorted token-budget batches, compute, write. Memory stays flat in the number of rows, and
-only rows not yet done are computed, so a rerun resumes."""
+"""Streams records through a per-batch function into a RowStore, resumably and across ranks.
+
+Rows are taken in fixed chunks of input rows; each chunk is tokenized and packed into
+length-sorted token-budget batches. The plan depends only on the data and the batch settings,
+never on which rows are done or how many processes run, so a resumed run, an uninterrupted run
+and a ``torchrun`` job all compute the same batches (identical numbers). Batch b of chunk c goes
+to rank (b + c) mod world; a batch whose rows are all done is skipped. Memory stays flat in the
+number of rows.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ntk_selector import distributed
 from ntk_selector.config import DataConfig
 from ntk_selector.data import Batch, Conversation, collate, encode, plan_batches
-from ntk_selector.store import RowStore
+from ntk_selector.store import PENDING, RowStore
 
 CHUNK_ROWS = 4096
+# Seconds to sleep after each written batch: lets the crash-safety tests kill a run mid-way.
+DELAY_ENV = "NTK_SELECTOR_TEST_BATCH_DELAY"
 
 
 def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: DataConfig, store: RowStore,
-             compute: Callable[[Batch], torch.Tensor], *, rows: np.ndarray | None = None,
-             desc: str = "rows", quiet: bool = False) -> int:
-    """Compute ``compute(batch) -> [B, dim]`` for every pending row (of ``rows``); return rows done now."""
-    todo = store.pending(rows)
+             compute: Callable[[Batch], torch.Tensor], *, desc: str = "rows", quiet: bool = False,
+             rank: int = 0, world: int = 1) -> int:
+    """Compute ``compute(batch) -> [B, dim]`` for this rank's pending rows; return rows computed here."""
+    status = store.status()
     pad_id = tokenizer.pad_token_id
-    with tqdm(total=len(todo), desc=desc, unit="row", disable=quiet, dynamic_ncols=True) as bar:
-        for start in range(0, len(todo), CHUNK_ROWS):
-            chunk = todo[start : start + CHUNK_ROWS]
-            encoded = encode([conversations[i] for i in chunk], tokenizer, data_cfg)
-            lengths = [e.length for e in encoded]
-            for members in plan_batches(lengths, data_cfg.token_budget, data_cfg.max_batch_size):
-                items = [encoded[j] for j in members]
-                empty = np.array([e.n_response_tokens == 0 for e in items])
-                values = compute(collate(items, pad_id)).detach().float().cpu().numpy()
-                values[empty] = 0.0
-                store.write(chunk[members], values, empty=empty)
+    delay = float(os.environ.get(DELAY_ENV) or 0.0)
+    computed = 0
+    with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
+              dynamic_ncols=True) as bar:
+        for c, start in enumerate(range(0, len(conversations), CHUNK_ROWS)):
+            todo = status[start : start + CHUNK_ROWS] == PENDING
+            if not todo.any():
+                continue
+            encoded = encode(conversations[start : start + len(todo)], tokenizer, data_cfg)
+            for b, members in enumerate(plan_batches([e.length for e in encoded], data_cfg.token_budget,
+                                                     data_cfg.max_batch_size)):
+                members = [j for j in members if todo[j]]
+                if not members:
+                    continue
+                if (b + c) % world == rank:
+                    items = [encoded[j] for j in members]
+                    empty = np.array([e.n_response_tokens == 0 for e in items])
+                    values = compute(collate(items, pad_id)).detach().float().cpu().numpy()
+                    values[empty] = 0.0
+                    store.write(start + np.asarray(members), values, empty=empty)
+                    computed += len(members)
+                    if delay:
+                        time.sleep(delay)
                 bar.update(len(members))
-    return len(todo)
+    return computed
+
+
+def fill_store(path: Path, rows: int, dim: int, dtype: str, definition: dict[str, Any], overwrite: bool,
+               work: Callable[[RowStore, distributed.Dist], int], extra: dict[str, Any] | None = None) -> int:
+    """Open (or resume) a store and run ``work`` on it, on one process or every rank of a job.
+
+    Under torchrun rank 0 creates or checks the store and holds the writer lock; the other ranks
+    attach after it, each writes its own rows, and rank 0 records completion once all are done.
+    Returns the rows computed by this process.
+    """
+    d = distributed.current()
+    if not d.enabled:
+        with RowStore(path, rows, dim, dtype, definition, overwrite=overwrite) as store:
+            n = work(store, d)
+            store.finish(extra)
+        return n
+    holder: dict[str, RowStore] = {}
+
+    def open_main() -> None:
+        holder["store"] = RowStore(path, rows, dim, dtype, definition, overwrite=overwrite)
+
+    def attach() -> None:
+        if not d.is_main:
+            holder["store"] = RowStore(path, rows, dim, dtype, definition, writer=False)
+
+    def compute() -> int:
+        n = work(holder["store"], d)
+        holder["store"].sync()
+        return n
+
+    try:
+        distributed.on_main(open_main)
+        distributed.all_ranks(attach)
+        n = distributed.all_ranks(compute)
+        distributed.on_main(lambda: holder["store"].finish(extra))
+    finally:
+        if "store" in holder:
+            holder["store"].close()
+    return n

@@ -1,13 +1,19 @@
 """Streaming NTK scores: ``s(c) = mean_d <g(c), g(d)> = <g(c), mean_d g(d)>`` (or mean cosine),
-read from the feature stores block by block so memory does not grow with the pool."""
+read from the feature stores block by block, so memory is one block (a fixed number of
+megabytes) plus 8 bytes of score per pool row, whatever the pool size."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ntk_selector.store import DONE
+from ntk_selector.store import DONE, iter_row_blocks
 
-BLOCK_ROWS = 65_536
+BLOCK_MB = 256
+
+
+def block_rows_for(dim: int, block_mb: int = BLOCK_MB) -> int:
+    """Rows per block so that one float64 block of ``dim`` columns takes about ``block_mb`` MB."""
+    return max(1, int(block_mb) * (1 << 20) // (8 * max(1, dim)))
 
 
 def _row_norms(block: np.ndarray) -> np.ndarray:
@@ -15,13 +21,14 @@ def _row_norms(block: np.ndarray) -> np.ndarray:
 
 
 def domain_direction(domain_features: np.ndarray, domain_status: np.ndarray, cosine: bool,
-                     block_rows: int = BLOCK_ROWS) -> np.ndarray:
+                     block_rows: int | None = None) -> np.ndarray:
     """Mean domain feature (of unit-normalized rows when ``cosine``), float64."""
+    block_rows = block_rows or block_rows_for(domain_features.shape[1])
     total = np.zeros(domain_features.shape[1], dtype=np.float64)
     count = 0
-    for start in range(0, domain_features.shape[0], block_rows):
-        ok = domain_status[start : start + block_rows] == DONE
-        block = np.asarray(domain_features[start : start + block_rows], dtype=np.float64)[ok]
+    for start, block in iter_row_blocks(domain_features, block_rows):
+        ok = domain_status[start : start + len(block)] == DONE
+        block = block[ok].astype(np.float64)
         if cosine:
             block = block / _row_norms(block)
         total += block.sum(0)
@@ -32,21 +39,26 @@ def domain_direction(domain_features: np.ndarray, domain_status: np.ndarray, cos
 
 
 def score_rows(pool_features: np.ndarray, pool_status: np.ndarray, direction: np.ndarray, cosine: bool,
-               block_rows: int = BLOCK_ROWS) -> np.ndarray:
+               block_rows: int | None = None) -> np.ndarray:
     """Score of every pool row (NaN for rows without response tokens), float64."""
+    block_rows = block_rows or block_rows_for(pool_features.shape[1])
     scores = np.full(pool_features.shape[0], np.nan, dtype=np.float64)
-    for start in range(0, pool_features.shape[0], block_rows):
-        block = np.asarray(pool_features[start : start + block_rows], dtype=np.float64)
+    for start, block in iter_row_blocks(pool_features, block_rows):
+        block = block.astype(np.float64)
         s = block @ direction
         if cosine:
             s = s / _row_norms(block)[:, 0]
-        ok = pool_status[start : start + block_rows] == DONE
-        scores[start : start + block_rows] = np.where(ok, s, np.nan)
+        ok = pool_status[start : start + len(block)] == DONE
+        scores[start : start + len(block)] = np.where(ok, s, np.nan)
     return scores
 
 
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n best finite scores, best first; ties by index."""
     valid = np.flatnonzero(np.isfinite(scores))
+    if n < len(valid):
+        # keep every row tied with the n-th best, then order exactly
+        kth = np.partition(-scores[valid], n - 1)[n - 1]
+        valid = valid[-scores[valid] <= kth]
     order = np.lexsort((valid, -scores[valid]))
     return valid[order[:n]]

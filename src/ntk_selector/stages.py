@@ -18,13 +18,14 @@ from ntk_selector.data import Conversation, collate, encode, read_records, to_co
 from ntk_selector.embed import mean_pooled
 from ntk_selector.errors import UserError
 from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.models import (adapter_fingerprint, adapter_lora_settings, load_base_model, model_fingerprint,
-                                 model_path, with_lora)
+from ntk_selector.models import (adapter_fingerprint, adapter_lora_settings, fingerprint_folder, load_base_model,
+                                 model_fingerprint, model_path, resolve_device, resolve_dtype, with_lora)
 from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.projection import PROJECTION_KIND
-from ntk_selector.runner import run_rows
-from ntk_selector.score import domain_direction, score_rows
-from ntk_selector.store import RowStore, open_store, write_json_atomic
+from ntk_selector import distributed
+from ntk_selector.runner import fill_store, run_rows
+from ntk_selector.score import block_rows_for, domain_direction, score_rows
+from ntk_selector.store import DONE, RowStore, describe_differences, iter_row_blocks, open_store, write_json_atomic
 from ntk_selector.training import save_adapter_atomic, train_lora
 
 
@@ -73,6 +74,7 @@ class Session:
     tokenizer: Any = None
     adapter: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    _described: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def load(self, adapter: str | None) -> "Session":
         """(Re)attach LoRA: the given adapter, or a fresh seeded one."""
@@ -85,11 +87,23 @@ class Session:
         return self
 
     def describe(self) -> dict[str, Any]:
-        """What defines the model side of a result (goes into store definitions)."""
-        path = model_path(self.model_cfg, quiet=True)
-        lora = adapter_lora_settings(self.adapter) if self.adapter else self.lora
-        return {"model": path, "model_fingerprint": model_fingerprint(path), "adapter_fingerprint": adapter_fingerprint(self.adapter),
-                "lora": to_dict(lora), "dtype": self.model_cfg.dtype}
+        """What defines the model side of a result (goes into store definitions); cached per adapter."""
+        key = self.adapter or ""
+        if key not in self._described:
+            path = model_path(self.model_cfg, quiet=True)
+            lora = adapter_lora_settings(self.adapter) if self.adapter else self.lora
+            device = resolve_device(self.model_cfg.device)
+            self._described[key] = {
+                "model": path, "model_fingerprint": model_fingerprint(path),
+                "tokenizer_fingerprint": fingerprint_folder(path, TOKENIZER_FILES),
+                "adapter_fingerprint": adapter_fingerprint(self.adapter), "lora": to_dict(lora),
+                "compute_dtype": str(resolve_dtype(self.model_cfg.dtype, device)).replace("torch.", ""),
+            }
+        return dict(self._described[key])
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "chat_template.jinja")
 
 
 def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
@@ -111,8 +125,13 @@ def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, t
         if state.get("definition") == json.loads(json.dumps(definition, default=str)):
             return state["stats"]
         if not session.run.overwrite:
-            raise UserError(f"{out} holds a warm-up of another setup; use --overwrite or another output folder")
+            raise UserError(f"{out} holds a warm-up of another setup "
+                            f"({describe_differences(state.get('definition', {}), json.loads(json.dumps(definition, default=str)))}); "
+                            f"use --overwrite or another output folder")
     session.load(None)
+    if not any(e.n_response_tokens for e in encode(domain.conversations, session.tokenizer, data_cfg)):
+        raise UserError(f"{domain.path}: no example has response tokens left (empty responses, or all truncated "
+                        f"away at --max-length {data_cfg.max_length})")
     stats = train_lora(session.model, session.tokenizer, domain.conversations, data_cfg, train_cfg, session.run.seed,
                        quiet=session.run.quiet, desc="warm-up")
     save_adapter_atomic(session.model, out)
@@ -123,14 +142,17 @@ def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, t
 # ----------------------------------------------------------------------------- embed / featurize
 
 
-def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, desc: str = "embed") -> None:
-    """Mean-pooled hidden states of every row into a store at ``out`` (resumes)."""
-    d = int(session.model.config.hidden_size) if session.model is not None else None
+def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, desc: str = "embed") -> int:
+    """Mean-pooled hidden states of every row into a store at ``out`` (resumes; shards over ranks).
+    Returns the rows computed by this process."""
+    dim = int(session.model.config.hidden_size)
     definition = {"stage": "embed", **session.describe(), **data_definition(records, data_cfg)}
-    with RowStore(out, len(records), d, "float32", definition, overwrite=session.run.overwrite) as store:
-        run_rows(records.conversations, session.tokenizer, data_cfg, store, lambda b: mean_pooled(session.model, b),
-                 desc=desc, quiet=session.run.quiet)
-        store.finish()
+
+    def work(store: RowStore, d: distributed.Dist) -> int:
+        return run_rows(records.conversations, session.tokenizer, data_cfg, store, lambda b: mean_pooled(session.model, b),
+                        desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
+
+    return fill_store(out, len(records), dim, "float32", definition, session.run.overwrite, work)
 
 
 def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> GradientFeaturizer:
@@ -142,31 +164,42 @@ def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, fea
 
 def feature_definition(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> dict[str, Any]:
     return {"stage": "featurize", **session.describe(), **data_definition(records, data_cfg),
-            "objective": feat_cfg.objective, "projection": PROJECTION_KIND[feat_cfg.proj_dim == 0],
+            "objective": feat_cfg.objective, "logits": feat_cfg.logits, "projection": PROJECTION_KIND[feat_cfg.proj_dim == 0],
             "proj_dim": feat_cfg.proj_dim, "seed": session.run.seed}
 
 
 def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
               desc: str = "featurize") -> dict[str, Any]:
-    """Projected per-sample gradient features of every row into a store at ``out`` (resumes)."""
+    """Projected per-sample gradient features of every row into a store at ``out`` (resumes; shards over ranks)."""
     definition = feature_definition(session, records, data_cfg, feat_cfg)
     with featurizer_for(session, records, data_cfg, feat_cfg) as feat:
-        with RowStore(out, len(records), feat.out_dim, feat_cfg.store_dtype, definition,
-                      overwrite=session.run.overwrite) as store:
-            run_rows(records.conversations, session.tokenizer, data_cfg, store, feat.features, desc=desc,
-                     quiet=session.run.quiet)
-            store.finish(extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]})
-        return {"logits_mode": feat.logits_mode, "dim": feat.out_dim}
+        # the resolved head mode (shortcut or real logits) changes the numbers, so it is part of the definition
+        definition["logits_mode"] = feat.logits_mode
+
+        def work(store: RowStore, d: distributed.Dist) -> int:
+            return run_rows(records.conversations, session.tokenizer, data_cfg, store, feat.features, desc=desc,
+                            quiet=session.run.quiet, rank=d.rank, world=d.world)
+
+        computed = fill_store(out, len(records), feat.out_dim, feat_cfg.store_dtype, definition, session.run.overwrite, work,
+                              extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]})
+        return {"logits_mode": feat.logits_mode, "dim": feat.out_dim, "computed": computed}
 
 
 # ----------------------------------------------------------------------------- pre-select / score
 
 
-def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int) -> PreselectResult:
+def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int,
+              exclude: np.ndarray | None = None) -> PreselectResult:
+    """Reverse-kNN votes of the domain embeddings over the pool's (rows in ``exclude`` never get votes)."""
     d_emb, d_status, _ = open_store(domain_store)
     p_emb, p_status, _ = open_store(pool_store)
-    m, k = default_m_k(pre_cfg.n, p_emb.shape[0], pre_cfg.m, pre_cfg.k)
-    return reverse_knn(d_emb, p_emb, m, k, pool_valid=p_status == 1, domain_valid=d_status == 1,
+    pool_valid = p_status == DONE
+    if exclude is not None:
+        pool_valid &= ~exclude
+    if not (d_status == DONE).any():
+        raise UserError(f"{domain_store}: no domain row has response tokens: nothing to vote with")
+    m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
+    return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
                        index_kind=pre_cfg.index, seed=seed)
 
 
@@ -183,27 +216,32 @@ def load_preselect(path: Path) -> PreselectResult:
 
 
 def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> np.ndarray:
-    """Mean inner product (or cosine) of each pool row with the domain rows."""
+    """Mean inner product (or cosine) of each pool row with the domain rows, read in blocks."""
     d_feat, d_status, _ = open_store(domain_store)
     p_feat, p_status, _ = open_store(pool_store)
-    direction = domain_direction(d_feat, d_status, score_cfg.cosine, score_cfg.score_block_rows)
-    return score_rows(p_feat, p_status, direction, score_cfg.cosine, score_cfg.score_block_rows)
+    if d_feat.shape[1] != p_feat.shape[1]:
+        raise UserError(f"{domain_store} has {d_feat.shape[1]} dims but {pool_store} has {p_feat.shape[1]}: featurize both the same way")
+    if not (d_status == DONE).any():
+        raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")
+    rows = block_rows_for(d_feat.shape[1], score_cfg.score_block_mb)
+    direction = domain_direction(d_feat, d_status, score_cfg.cosine, rows)
+    return score_rows(p_feat, p_status, direction, score_cfg.cosine, rows)
 
 
-def max_cosine_scores(domain_store: Path, pool_store: Path, block_rows: int = 8192) -> np.ndarray:
-    """LESS-style: max over domain rows of the cosine between gradient features."""
+def max_cosine_scores(domain_store: Path, pool_store: Path, block_mb: int = 256) -> np.ndarray:
+    """LESS-style: max over domain rows of the cosine between gradient features (pool read in blocks)."""
     d_feat, d_status, _ = open_store(domain_store)
     p_feat, p_status, _ = open_store(pool_store)
-    dom = np.asarray(d_feat, dtype=np.float64)[d_status == 1]
+    dom = np.asarray(d_feat, dtype=np.float64)[d_status == DONE]
     if len(dom) == 0:
-        raise ValueError("no domain row has response tokens: nothing to score against")
+        raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")
     dom /= np.maximum(np.linalg.norm(dom, axis=1, keepdims=True), 1e-30)
     scores = np.full(p_feat.shape[0], np.nan)
-    for start in range(0, p_feat.shape[0], block_rows):
-        block = np.asarray(p_feat[start : start + block_rows], dtype=np.float64)
+    rows = block_rows_for(p_feat.shape[1] + len(dom), block_mb)
+    for start, block in iter_row_blocks(p_feat, rows):
+        block = block.astype(np.float64)
         block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-30)
         s = (block @ dom.T).max(1)
-        ok = p_status[start : start + block_rows] == 1
-        scores[start : start + block_rows] = np.where(ok, s, np.nan)
+        ok = p_status[start : start + len(block)] == DONE
+        scores[start : start + len(block)] = np.where(ok, s, np.nan)
     return scores
-

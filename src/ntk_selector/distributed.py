@@ -1,0 +1,112 @@
+"""Many processes with ``torchrun``: rank and world size from its environment, a process group
+for the few control messages (barriers, errors), and row sharding.
+
+Ranks exchange no tensors: each writes its own rows into the one shared store (store.py), so a
+gloo group serves CPU and GPU runs, one node or many. Every collective step goes through
+``agree`` so that an error on any rank stops every rank with that rank's message instead of
+leaving the others waiting at a barrier.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Callable, Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from ntk_selector.errors import UserError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job (rank 0 of 1 when not under torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+
+def from_env() -> Dist:
+    """What torchrun says (RANK, WORLD_SIZE, LOCAL_RANK); single process when unset."""
+    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(timeout_minutes: float = 360.0) -> Dist:
+    """Join the process group when launched with WORLD_SIZE > 1; pin this rank's GPU.
+
+    The timeout bounds how long ranks wait for rank 0's serial steps (warm-up, pre-selection),
+    so it is long by default.
+    """
+    d = from_env()
+    if d.enabled and not dist.is_initialized():
+        dist.init_process_group("gloo", rank=d.rank, world_size=d.world, timeout=timedelta(minutes=timeout_minutes))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(d.local_rank % torch.cuda.device_count())
+    return current()
+
+
+def current() -> Dist:
+    """The job this process is part of (only once ``init`` has joined a group)."""
+    return from_env() if dist.is_initialized() else Dist()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shard(items: Sequence[T], d: Dist | None = None) -> Sequence[T]:
+    """This rank's share: every world-th item starting at its rank."""
+    d = d or current()
+    return items[d.rank :: d.world]
+
+
+def agree(error: BaseException | None) -> None:
+    """Every rank says whether its part failed; all raise if any did (a barrier otherwise)."""
+    d = current()
+    if not d.enabled:
+        if error is not None:
+            raise error
+        return
+    mine = None if error is None else (f"{error}" if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+    messages: list[str | None] = [None] * d.world
+    dist.all_gather_object(messages, mine)
+    if error is not None:
+        raise error
+    for rank, msg in enumerate(messages):
+        if msg is not None:
+            raise UserError(f"rank {rank} failed: {msg}")
+
+
+def all_ranks(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank; if it fails anywhere, raise everywhere."""
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+        error = e
+    agree(error)
+    return result  # type: ignore[return-value]
+
+
+def on_main(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 only while the others wait; rank 0's error is raised on every rank."""
+    return all_ranks(fn if current().is_main else (lambda: None))
