@@ -21,63 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ntk_selector.data import IGNORE_INDEX, Batch
+from ntk_selector.data import Batch
+from ntk_selector.heads import (SummedLogitHead, decoder_of, full_logits, last_hidden, response_logits,  # noqa: F401
+                                shortcut_applies)
 from ntk_selector.models import lora_parameters
 from ntk_selector.projection import Projector, make_projector
-
-
-def _base_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformer body (returns final, normed hidden states) of a causal LM."""
-    base = _base_causal_lm(model)
-    if hasattr(base, "get_decoder"):
-        dec = base.get_decoder()
-        if dec is not None:
-            return dec
-    return getattr(base, base.base_model_prefix)
-
-
-def last_hidden(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    out = decoder_of(model)(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-
-def full_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-
-
-class SummedLogitHead:
-    """``sum_k z_{t,k}`` of a linear head as ``u.h_t`` (+ summed bias, which has no gradient)."""
-
-    def __init__(self, model: torch.nn.Module):
-        head = _base_causal_lm(model).get_output_embeddings()
-        if not isinstance(head, torch.nn.Linear):
-            raise TypeError("output head is not a torch.nn.Linear")
-        self.u = head.weight.detach().float().sum(0)  # [d]
-        self.bias_sum = float(head.bias.detach().float().sum()) if head.bias is not None else 0.0
-
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden.float() @ self.u + self.bias_sum
-
-
-def shortcut_applies(model: torch.nn.Module, batch: Batch) -> bool:
-    """True when the summed logits of the real model equal ``u.h + const`` on a probe batch
-    (to rounding: 1e-4 relative in fp32, 2e-2 in half precision)."""
-    try:
-        head = SummedLogitHead(model)
-    except TypeError:
-        return False
-    with torch.no_grad():
-        real = full_logits(model, batch).float().sum(-1)
-        hidden = last_hidden(model, batch)
-        fast = head(hidden)
-    rtol = 1e-4 if hidden.dtype == torch.float32 else 2e-2
-    mask = batch.attention_mask.bool()
-    err = (real - fast)[mask].abs().max()
-    return bool(err <= rtol * real[mask].abs().max().clamp_min(1.0))
 
 
 def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head: SummedLogitHead | None) -> torch.Tensor:
@@ -91,9 +39,10 @@ def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head
             per_pos = full_logits(model, batch).float().sum(-1)
         return (per_pos * target).sum(1) / n_resp
     if objective == "ce":
-        logits = full_logits(model, batch).float()
-        tok = F.cross_entropy(logits.transpose(1, 2), batch.labels, ignore_index=IGNORE_INDEX, reduction="none")
-        return tok.sum(1) / n_resp
+        logits, labels, rows = response_logits(model, batch)  # head only at response positions
+        tok = F.cross_entropy(logits.float(), labels, reduction="none")
+        per_row = torch.zeros(batch.input_ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+        return per_row / n_resp
     raise ValueError(f"unknown objective '{objective}' (ntk or ce)")
 
 

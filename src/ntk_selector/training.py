@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ntk_selector.config import DataConfig, TrainConfig
-from ntk_selector.data import IGNORE_INDEX, Conversation, Encoded, collate, encode
+from ntk_selector.data import Conversation, Encoded, collate, encode
+from ntk_selector.heads import response_logits
 from ntk_selector.models import lora_parameters
 
 
 def response_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """Mean cross-entropy over all response tokens of the batch."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    return F.cross_entropy(logits.float().transpose(1, 2), batch.labels, ignore_index=IGNORE_INDEX)
+    """Mean cross-entropy over all response tokens of the batch (head applied only there)."""
+    logits, labels, _ = response_logits(model, batch)
+    return F.cross_entropy(logits.float(), labels)
 
 
 def epoch_batches(n: int, batch_size: int, epochs: float, seed: int) -> list[np.ndarray]:
