@@ -19,8 +19,9 @@ from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, LoraSettin
                                  PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build, known_names, load_yaml)
 from ntk_selector.errors import UserError
 
-# Subcommand-specific defaults (the final fine-tune trains longer than the warm-up).
-SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 3.0}}
+# Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
+# rows at 256 tokens so it finishes in minutes on a 2-core CPU.
+SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 3.0}, "demo": {"max_length": 256}}
 
 MODEL_SECTIONS = (ModelConfig, DataConfig, LoraSettings, RunConfig)
 
