@@ -232,3 +232,28 @@ def test_greedy_generation_matches_a_token_by_token_loop(lora_model, tok):
                     break
                 new.append(nxt)
         assert text == tok.decode(new, skip_special_tokens=True)
+
+
+def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
+    from ntk_selector.training import epoch_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 300, size=1000)
+    plain = epoch_batches(1000, 8, 2.0, seed=3)
+    grouped = epoch_batches(1000, 8, 2.0, seed=3, lengths=lengths)
+    assert len(grouped) == len(plain) == 250
+    for epoch in (grouped[:125], grouped[125:]):
+        assert sorted(np.concatenate(epoch).tolist()) == list(range(1000))
+    padded = lambda steps: sum(len(b) * lengths[b].max() for b in steps)
+    assert padded(grouped) < 0.7 * padded(plain)
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, epoch_batches(1000, 8, 2.0, seed=3, lengths=lengths)))
+    # without lengths the plan is the plain seeded shuffle
+    assert np.array_equal(plain[0], np.random.default_rng([3, 0]).permutation(1000)[:8])
+
+
+def test_train_group_by_length_flag(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", labelled_rows(10, 3))
+    out = tmp_path / "grouped"
+    assert train(tiny_model_dir, out, data, extra=["--epochs", "1", "--group-by-length"]) == 0
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["definition"]["group_by_length"] is True and state["steps"] == 3

@@ -22,11 +22,12 @@ from ntk_selector.training import save_adapter_atomic, train_lora
 STATE_FILE = "training_state.json"
 
 
-def training_definition(session: Session, data: Sequence[Records], data_cfg: DataConfig, train_cfg: TrainConfig) -> dict[str, Any]:
+def training_definition(session: Session, data: Sequence[Records], data_cfg: DataConfig, train_cfg: TrainConfig,
+                        group_by_length: bool) -> dict[str, Any]:
     """Everything that determines the adapter's weights (compared on a rerun)."""
     return json.loads(json.dumps({
         "stage": "train", **session.describe(), "data": [data_definition(r, data_cfg) for r in data],
-        "train": to_dict(train_cfg), "seed": session.run.seed}, default=str))
+        "train": to_dict(train_cfg), "group_by_length": group_by_length, "seed": session.run.seed}, default=str))
 
 
 def read_state(out: str | Path) -> dict[str, Any] | None:
@@ -36,8 +37,12 @@ def read_state(out: str | Path) -> dict[str, Any] | None:
 
 
 def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig,
-             lora: LoraSettings, run: RunConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """Train a fresh seeded LoRA on the union of the files; return the training state."""
+             lora: LoraSettings, run: RunConfig, train_cfg: TrainConfig, *, group_by_length: bool = False) -> dict[str, Any]:
+    """Train a fresh seeded LoRA on the union of the files; return the training state.
+
+    ``group_by_length`` sorts rows by length within groups of batches (see training.epoch_batches):
+    on a domain of long rows mixed with short pool rows it halves the padded tokens.
+    """
     if not data_paths:
         raise UserError("train needs at least one --data file")
     out = Path(out)
@@ -45,7 +50,7 @@ def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: Model
     if model_cfg.adapter and not (Path(model_cfg.adapter) / "adapter_config.json").exists():
         raise UserError(f"adapter folder not found or not a PEFT adapter: {model_cfg.adapter}")
     session = Session(model_cfg, lora, run, adapter=model_cfg.adapter)
-    definition = training_definition(session, data, data_cfg, train_cfg)
+    definition = training_definition(session, data, data_cfg, train_cfg, group_by_length)
     old = read_state(out)
     if old is not None and not run.overwrite:
         if old.get("definition") == definition and (out / "adapter_config.json").exists():
@@ -54,7 +59,7 @@ def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: Model
     session.load(model_cfg.adapter)  # --adapter continues training it; otherwise a fresh seeded LoRA
     conversations = [c for r in data for c in r.conversations]
     stats = train_lora(session.model, session.tokenizer, conversations, data_cfg, train_cfg, run.seed,
-                       quiet=run.quiet, desc="train")
+                       quiet=run.quiet, desc="train", group_by_length=group_by_length)
     save_adapter_atomic(session.model, out)
     state = {"definition": definition, "rows": {str(r.path): len(r) for r in data}, **stats}
     write_json_atomic(out / STATE_FILE, state)
@@ -68,7 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ntk_selector.cli import _configs
 
     c = _configs(args, (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
-    state = finetune(args.data, args.out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig])
+    state = finetune(args.data, args.out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig],
+                     group_by_length=args.group_by_length)
     if not c[RunConfig].quiet:
         print(f"trained on {state['examples']} examples, {state['steps']} steps, loss {state['loss_first']:.3f} -> "
               f"{state['loss_last']:.3f} in {state['seconds']:.0f} s; adapter in {args.out}")
@@ -81,3 +87,5 @@ def register_cli(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--data", action="append", required=True, metavar="FILE",
                    help="training records; repeat for several files (e.g. the domain and selected.jsonl)")
     p.add_argument("--out", required=True, help="adapter folder to write")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="sort rows by length within groups of 50 batches (less padding; batches still random)")

@@ -27,21 +27,40 @@ def response_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
-def epoch_batches(n: int, batch_size: int, epochs: float, seed: int) -> list[np.ndarray]:
-    """Row indices of every optimizer step: each epoch a fresh seeded shuffle; fractional epochs cut the last."""
+MEGABATCH = 50  # batches per length-sorted group when grouping by length
+
+
+def epoch_batches(n: int, batch_size: int, epochs: float, seed: int,
+                  lengths: Sequence[int] | None = None) -> list[np.ndarray]:
+    """Row indices of every optimizer step: each epoch a fresh seeded shuffle; fractional epochs cut the last.
+
+    With ``lengths`` (group by length), each epoch's shuffle is cut into groups of MEGABATCH batches,
+    rows sorted by length inside a group and the group's batches shuffled: on mixed-length data this
+    halves the padded tokens, while every batch still draws from a random part of the data.
+    """
     total_steps = max(1, math.ceil(epochs * n / batch_size))
     steps: list[np.ndarray] = []
     epoch = 0
     while len(steps) < total_steps:
         order = np.random.default_rng([seed, epoch]).permutation(n)
-        steps.extend(order[i : i + batch_size] for i in range(0, n, batch_size))
+        if lengths is None:
+            steps.extend(order[i : i + batch_size] for i in range(0, n, batch_size))
+        else:
+            rng = np.random.default_rng([seed, epoch, 1])
+            size = MEGABATCH * batch_size
+            for g in range(0, n, size):
+                group = order[g : g + size]
+                group = group[np.argsort([-lengths[i] for i in group], kind="stable")]
+                batches = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+                steps.extend(batches[j] for j in rng.permutation(len(batches)))
         epoch += 1
     return steps[:total_steps]
 
 
 def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Conversation], data_cfg: DataConfig,
                train_cfg: TrainConfig, seed: int, *, quiet: bool = False, desc: str = "train",
-               on_step: Callable[[int, torch.nn.Module], None] | None = None) -> dict[str, Any]:
+               on_step: Callable[[int, torch.nn.Module], None] | None = None,
+               group_by_length: bool = False) -> dict[str, Any]:
     """Train the model's LoRA parameters in place; return loss history and timing."""
     from transformers import get_linear_schedule_with_warmup
 
@@ -50,7 +69,8 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
         raise ValueError("no training example has response tokens")
     params = [p for _, p in lora_parameters(model)]
     device = params[0].device
-    steps = epoch_batches(len(encoded), train_cfg.batch_size, train_cfg.epochs, seed)
+    steps = epoch_batches(len(encoded), train_cfg.batch_size, train_cfg.epochs, seed,
+                          [e.length for e in encoded] if group_by_length else None)
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(train_cfg.warmup_ratio * len(steps)), len(steps))
     torch.manual_seed(seed)
