@@ -9,6 +9,7 @@ length-sorted, token-budget batches so no work is spent on padding.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,18 +71,24 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
+    raw = path.read_bytes()
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = []
-            for i, row in enumerate(csv.DictReader(fh)):
-                row = dict(row)
-                row["__line__"] = i + 2  # header is line 1
-                rows.append(row)
-            return rows
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: bytes that are not UTF-8 (at byte {e.start})") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: bytes that are not UTF-8 (at byte {e.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(f"{path}:{reader.line_num}: more values than header columns")
+            row = dict(row)
+            row["__line__"] = reader.line_num
+            rows.append(row)
     except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from None
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
+    return rows
 
 
 def _read_parquet(path: Path) -> list[dict[str, Any]]:

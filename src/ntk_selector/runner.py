@@ -4,7 +4,8 @@ Rows are taken in fixed chunks of input rows; each chunk is tokenized and packed
 length-sorted token-budget batches. The plan depends only on the data and the batch settings,
 never on which rows are done or how many processes run, so a resumed run, an uninterrupted run
 and a ``torchrun`` job all compute the same batches (identical numbers). Batch b of chunk c goes
-to rank (b + c) mod world; a batch whose rows are all done is skipped. Memory stays flat in the
+to rank (b + c) mod world; a batch whose rows are all done is skipped, and a batch with some rows
+done is computed whole but writes only its missing rows. Memory stays flat in the
 number of rows.
 """
 
@@ -46,19 +47,20 @@ def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: Da
             encoded = encode(conversations[start : start + len(todo)], tokenizer, data_cfg)
             for b, members in enumerate(plan_batches([e.length for e in encoded], data_cfg.token_budget,
                                                      data_cfg.max_batch_size)):
-                members = [j for j in members if todo[j]]
-                if not members:
+                missing = todo[members]
+                if not missing.any():
                     continue
                 if (b + c) % world == rank:
+                    # the whole planned batch is computed (same numbers as any other run), its missing rows written
                     items = [encoded[j] for j in members]
                     empty = np.array([e.n_response_tokens == 0 for e in items])
                     values = compute(collate(items, pad_id)).detach().float().cpu().numpy()
                     values[empty] = 0.0
-                    store.write(start + np.asarray(members), values, empty=empty)
-                    computed += len(members)
+                    store.write(start + np.asarray(members)[missing], values[missing], empty=empty[missing])
+                    computed += int(missing.sum())
                     if delay:
                         time.sleep(delay)
-                bar.update(len(members))
+                bar.update(int(missing.sum()))
     return computed
 
 
