@@ -1,0 +1,253 @@
+"""Featurize / embed speed against plain baselines on the same model, LoRA and rows.
+
+For each row set (fixed 64- and 256-token rows, and real variable-length rows from the demo pool)
+it measures, in one process and one run:
+  forward      plain no-grad forward of the LoRA model at batch 8 (logits included)
+  ce_step      plain LoRA training step: cross-entropy forward + backward at batch 8
+  less_loop    LESS-style loop: batch of one, CE backward, flatten p.grad
+  embed        our embed stage (mean-pooled hidden states, token-budget batches)
+  featurize    our featurize stage (per-sample NTK features projected to p dims)
+and prints rows/s, the ratios the targets are stated in, the projection's share of featurize
+time and the peak RSS. Usage:
+
+    python benchmarks/featurize_speed.py [--model M] [--rows 48] [--proj-dim 8192] [--json out.json]
+
+Speed is never asserted in tests; this script is the measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ntk_selector.config import DataConfig, LoraSettings, ModelConfig
+from ntk_selector.data import IGNORE_INDEX, Encoded, collate, encode, plan_batches, read_records, to_conversation
+from ntk_selector.embed import mean_pooled
+from ntk_selector.gradients import GradientFeaturizer
+from ntk_selector.models import load_base_model, lora_config, lora_parameters
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], Any], repeats: int = 1) -> float:
+    """Best of `repeats` wall-clock runs (after the first call warmed caches)."""
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def fixed_rows(n: int, length: int, vocab: int, seed: int) -> list[Encoded]:
+    rng = np.random.default_rng(seed)
+    return [Encoded(rng.integers(10, vocab, size=length).astype(np.int64), length // 2) for _ in range(n)]
+
+
+def demo_rows(n: int, tok: Any, max_length: int) -> list[Encoded]:
+    from ntk_selector.demo import build_demo
+
+    paths = build_demo(Path("benchmarks/cache/demo_speed"), n_domain=100, pool_size=max(n, 500), seed=0)
+    cfg = DataConfig(max_length=max_length)
+    recs = read_records(paths.pool)[:n]
+    return encode([to_conversation(r, cfg) for r in recs], tok, cfg)
+
+
+def fixed_batches(rows: list[Encoded], size: int) -> list[list[int]]:
+    return [list(range(i, min(len(rows), i + size))) for i in range(0, len(rows), size)]
+
+
+def bench_rows(model: torch.nn.Module, tok: Any, rows: list[Encoded], proj_dim: int, token_budget: int,
+               repeats: int) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id
+    n = len(rows)
+    params = [p for _, p in lora_parameters(model)]
+    b8 = [collate([rows[i] for i in idx], pad).to(device) for idx in fixed_batches(rows, 8)]
+    budget = [collate([rows[i] for i in idx], pad).to(device)
+              for idx in plan_batches([r.length for r in rows], token_budget, 64)]
+    ones = [collate([r], pad).to(device) for r in rows]
+
+    def forward() -> None:
+        with torch.no_grad():
+            for b in b8:
+                model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+
+    def ce_step() -> None:
+        for b in b8:
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+            loss = F.cross_entropy(logits.float().transpose(1, 2), b.labels, ignore_index=IGNORE_INDEX)
+            loss.backward()
+            for p in params:
+                p.grad = None
+
+    def less_loop() -> None:
+        out = []
+        for b in ones:
+            logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False).logits
+            loss = F.cross_entropy(logits.float().transpose(1, 2), b.labels, ignore_index=IGNORE_INDEX)
+            loss.backward()
+            out.append(torch.cat([p.grad.flatten() for p in params]))
+            for p in params:
+                p.grad = None
+
+    def embed() -> None:
+        for b in budget:
+            mean_pooled(model, b)
+
+    feat = GradientFeaturizer(model, proj_dim, 0, "ntk", "auto", probe=b8[0])
+    proj_time = [0.0]
+    inner = feat.projector.accumulate
+
+    def timed_accumulate(name: str, grad: torch.Tensor, out: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        inner(name, grad, out)
+        proj_time[0] += time.perf_counter() - t0
+
+    feat.projector.accumulate = timed_accumulate  # type: ignore[method-assign]
+
+    def featurize() -> None:
+        for b in budget:
+            feat.features(b)
+
+    results: dict[str, Any] = {"rows": n, "mean_tokens": float(np.mean([r.length for r in rows])),
+                               "logits_mode": feat.logits_mode}
+    for name, fn in (("forward", forward), ("ce_step", ce_step), ("less_loop", less_loop), ("embed", embed),
+                     ("featurize", featurize)):
+        fn()  # warm-up pass
+        proj_time[0] = 0.0
+        secs = timed(fn, repeats)
+        if name == "featurize":
+            results["projection_share"] = proj_time[0] / repeats / secs if repeats == 1 else proj_time[0] / (secs * repeats)
+        results[f"{name}_rows_per_s"] = n / secs
+        results["peak_rss_mb_after_" + name] = peak_rss_mb()
+    feat.close()
+    r = results
+    r["featurize_vs_ce_step"] = r["featurize_rows_per_s"] / r["ce_step_rows_per_s"]
+    r["featurize_vs_less_loop"] = r["featurize_rows_per_s"] / r["less_loop_rows_per_s"]
+    r["embed_vs_forward"] = r["embed_rows_per_s"] / r["forward_rows_per_s"]
+    return r
+
+
+def featurize_peak_rss(row_counts: list[int], model: str | None, proj_dim: int, token_budget: int) -> dict[int, float]:
+    """Peak RSS (MB) of a fresh `ntk-selector featurize` process over n demo-pool rows, for each n:
+    flat in n when rows stream through the store, bounded by the token budget."""
+    import os
+    import subprocess
+    import tempfile
+
+    from ntk_selector.demo import build_demo
+
+    paths = build_demo(Path("benchmarks/cache/demo_speed"), n_domain=100, pool_size=max(max(row_counts), 500), seed=0)
+    rows = paths.pool.read_text().splitlines()
+    out: dict[int, float] = {}
+    for n in row_counts:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "rows.jsonl"
+            data.write_text("\n".join(rows[:n]) + "\n")
+            cmd = [sys.executable, "-m", "ntk_selector", "featurize", "--data", str(data), "--out", str(Path(tmp) / "store"),
+                   "--proj-dim", str(proj_dim), "--token-budget", str(token_budget), "--max-length", "256", "--quiet"]
+            if model:
+                cmd += ["--model", model]
+            proc = subprocess.Popen(cmd)
+            _, status, usage = os.wait4(proc.pid, 0)
+            if status != 0:
+                raise RuntimeError(f"featurize failed on {n} rows")
+            out[n] = usage.ru_maxrss / 1024
+        print(f"featurize over {n} rows: peak RSS {out[n]:.0f} MB", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="HF folder / id (default: packaged SmolLM2-135M-Instruct)")
+    ap.add_argument("--random-config", default=None, help="instead of --model: an HF config id/folder, random weights")
+    ap.add_argument("--rows", type=int, default=48)
+    ap.add_argument("--proj-dim", type=int, default=8192)
+    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--lengths", type=int, nargs="*", default=[64, 256])
+    ap.add_argument("--no-demo", action="store_true", help="skip the real demo-pool rows")
+    ap.add_argument("--rss-rows", type=int, nargs="*", default=[],
+                    help="also measure a fresh featurize process's peak RSS over these row counts")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    if args.random_config:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        cfg = AutoConfig.from_pretrained(args.random_config)
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        base = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to("cuda" if torch.cuda.is_available() else "cpu")
+        base.requires_grad_(False)
+        from ntk_selector.models import load_tokenizer, model_path
+
+        tok = load_tokenizer(model_path(ModelConfig()))
+    else:
+        base, tok = load_base_model(ModelConfig(model=args.model))
+    from peft import get_peft_model
+
+    lcfg = lora_config(LoraSettings())
+    lcfg.init_lora_weights = False  # non-zero B, like a warmed adapter
+    model = get_peft_model(base, lcfg)
+    model.eval()
+    vocab = int(base.config.vocab_size)
+    sets: list[tuple[str, list[Encoded]]] = [(f"fixed {L} tokens", fixed_rows(args.rows, L, min(vocab, tok.vocab_size), L))
+                                             for L in args.lengths]
+    if not args.no_demo:
+        sets.append(("demo pool (variable)", demo_rows(args.rows, tok, 512)))
+    device = next(model.parameters()).device
+    report: dict[str, Any] = {
+        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
+        "model": args.random_config or args.model or "SmolLM2-135M-Instruct (packaged)", "device": str(device),
+        "lora": "r=8 q/k/v/o", "proj_dim": args.proj_dim, "command": " ".join(sys.argv), "sets": {},
+    }
+    for name, rows in sets:
+        print(f"== {name}: {len(rows)} rows", flush=True)
+        r = bench_rows(model, tok, rows, args.proj_dim, args.token_budget, args.repeats)
+        report["sets"][name] = r
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
+    if args.rss_rows:
+        report["featurize_peak_rss_mb_by_rows"] = featurize_peak_rss(args.rss_rows, args.model, args.proj_dim,
+                                                                     args.token_budget)
+    print()
+    print(markdown_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    head = ("| rows | mean tokens | forward r/s | CE step r/s | LESS loop r/s | embed r/s | featurize r/s | "
+            "featurize / CE step | featurize / LESS | embed / forward | projection share | peak RSS MB |")
+    lines = [head, "|" + "---|" * 12]
+    for name, r in report["sets"].items():
+        lines.append(
+            f"| {name} | {r['mean_tokens']:.0f} | {r['forward_rows_per_s']:.2f} | {r['ce_step_rows_per_s']:.2f} | "
+            f"{r['less_loop_rows_per_s']:.2f} | {r['embed_rows_per_s']:.2f} | {r['featurize_rows_per_s']:.2f} | "
+            f"**{r['featurize_vs_ce_step']:.2f}x** | **{r['featurize_vs_less_loop']:.2f}x** | **{r['embed_vs_forward']:.2f}x** | "
+            f"{100 * r['projection_share']:.1f}% | {r['peak_rss_mb_after_featurize']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
