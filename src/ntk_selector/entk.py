@@ -132,6 +132,10 @@ def _objectives(model: torch.nn.Module, batch: Batch, mode: str) -> tuple[Callab
     return (lambda k: zbar[:, k]), zbar.sum(1)
 
 
+def _first_rows(batch: Batch, n: int) -> Batch:
+    return Batch(*(t[:n] for t in (batch.input_ids, batch.attention_mask, batch.target_mask, batch.labels)))
+
+
 def output_head(model: torch.nn.Module) -> torch.nn.Module:
     """The LM head (output embeddings) under any PEFT wrapper."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -145,7 +149,7 @@ def exact_entk(model: torch.nn.Module, batch: Batch, max_outputs: int, seed: int
     outputs = choose_outputs(vocab, max_outputs, seed)
     device = next(p for _, p in lora_parameters(model)).device
     batch = batch.to(device)
-    mode = logits_mode(model, batch, logits)
+    mode = logits_mode(model, _first_rows(batch, 2), logits)
     collector = PerSampleGradients(model)
     try:
         per_output, jf = collector.forward(lambda: _objectives(model, batch, mode))
