@@ -1,0 +1,69 @@
+"""Smoke test of benchmarks/downstream.py: every method end to end on the tiny model, a table, a resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from conftest import synthetic_rows, write_jsonl
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "downstream.py"
+METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", "ntk")
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("downstream_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def labelled(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": r["prompt"][:40], "response": rng.choice(("yes", "no", "meh")), "task": "dom"}
+            for r in synthetic_rows(n, seed, ("dom",))]
+
+
+def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "domain.jsonl", labelled(8, 1))
+    write_jsonl(data / "domain_valid.jsonl", labelled(6, 2))
+    write_jsonl(data / "test.jsonl", labelled(10, 3))
+    write_jsonl(data / "pool.jsonl", synthetic_rows(48, 4))
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    bench_md = tmp_path / "BENCHMARKS.md"
+    bench_md.write_text("# Benchmarks\n\n## Downstream accuracy (drug-review sentiment)\n\n(pending)\n\n## Next\n\nkept\n")
+    args = ["--model", str(tiny_model_dir), "--data-dir", str(data), "--domain-size", "6", "--n-factor", "2",
+            "--seeds", "0", "--max-length", "96", "--eval-max-length", "128", "--epochs", "1", "--batch-size", "4",
+            "--rank", "4", "--lrs", "1e-3", "--proj-dim", "32", "--curve-n-factors", "1",
+            "--curve-domain-sizes", "4", "--results", str(results), "--cache", str(cache),
+            "--update-benchmarks-md", str(bench_md)]
+    mod = load_script()
+    assert mod.main(args) == 0
+    evals = {json.loads(p.read_text())["definition"]["run"]: json.loads(p.read_text())
+             for p in (results / "downstream" / "eval").glob("*__test.json")}
+    for m in METHODS:
+        assert any(m in k.split("_") for k in evals), (m, sorted(evals))
+    for e in evals.values():
+        assert e["n"] == 10 and 0 <= e["accuracy"] <= 1 and sum(map(sum, e["confusion"]["matrix"])) == 10
+    assert any(k.startswith("d4_") for k in evals) and any("_n6_ntk_" in k for k in evals)  # both curves
+    table = (results / "downstream.md").read_text()
+    for m in METHODS:
+        row = next(line for line in table.splitlines() if line.startswith(f"| {m} |"))
+        assert row.split("|")[2].strip() not in ("", "–"), row
+    assert "Pool tasks picked" in table and (results / "downstream_accuracy.png").exists()
+    md = bench_md.read_text()
+    assert "| ntk |" in md and "## Next\n\nkept" in md and "(pending)" not in md
+    # a rerun recomputes nothing
+    before = {p: p.stat().st_mtime_ns for p in (results / "downstream").rglob("*.json")}
+    start = time.perf_counter()
+    assert mod.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in (results / "downstream").rglob("*.json")} == before
+    assert mod.main(args + ["--only-table"]) == 0
+    assert (results / "downstream.md").read_text() == table
