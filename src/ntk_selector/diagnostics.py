@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ntk_selector import __version__
 from ntk_selector.config import DataConfig, DiagnoseConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
-from ntk_selector.data import Encoded, collate, encode
+from ntk_selector.data import Encoded, collate, encode, plan_batches
 from ntk_selector.entk import choose_outputs, exact_entk, output_head
 from ntk_selector.errors import UserError
 from ntk_selector.gradients import GradientFeaturizer
@@ -56,10 +56,12 @@ class Probe:
     def pool(self) -> np.ndarray:
         return np.flatnonzero(~self.is_domain)
 
+    def take(self, keep: np.ndarray) -> "Probe":
+        return Probe([self.encoded[i] for i in keep], self.is_domain[keep], self.rows[keep])
+
     def head(self, n_domain: int, n_pool: int) -> "Probe":
         """The first rows of each part (a smaller probe drawn from the same seeded order)."""
-        keep = np.concatenate([self.domain[:n_domain], self.pool[:n_pool]])
-        return Probe([self.encoded[i] for i in keep], self.is_domain[keep], self.rows[keep])
+        return self.take(np.concatenate([self.domain[:n_domain], self.pool[:n_pool]]))
 
     def describe(self) -> dict[str, Any]:
         return {"rows": len(self.encoded), "domain_rows": self.rows[self.is_domain].tolist(),
@@ -144,8 +146,8 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
 
 
 def approximation(model: torch.nn.Module, probe: Probe, pad_id: int, diag: DiagnoseConfig, seed: int,
-                  quiet: bool = False) -> dict[str, Any]:
-    """Exact (or output-sampled) eNTK vs the Jacobian-free kernel on one batch of probe rows."""
+                  token_budget: int, quiet: bool = False) -> dict[str, Any]:
+    """Exact (or output-sampled) eNTK vs the Jacobian-free kernel on a few probe rows."""
     vocab = int(output_head(model).weight.shape[0])
     total = len(choose_outputs(vocab, diag.approx_outputs, seed))
     with tqdm(total=total, desc="exact eNTK (outputs)", unit="out", disable=quiet, dynamic_ncols=True) as bar:
@@ -153,7 +155,12 @@ def approximation(model: torch.nn.Module, probe: Probe, pad_id: int, diag: Diagn
         def progress(done: int, _: int) -> None:
             bar.update(done - bar.n)
 
-        res = exact_entk(model, collate(probe.encoded, pad_id), diag.approx_outputs, seed, progress=progress)
+        # small length-bucketed batches: every output costs a backward over all rows, padding included
+        groups = plan_batches([e.length for e in probe.encoded], token_budget, 4)
+        probe = probe.take(np.concatenate(groups))  # rows in batch order
+        bounds = np.cumsum([0] + [len(g) for g in groups])
+        batches = [collate(probe.encoded[a:b], pad_id) for a, b in zip(bounds[:-1], bounds[1:])]
+        res = exact_entk(model, batches, diag.approx_outputs, seed, progress=progress)
     pool, dom = probe.pool, probe.domain
     s_exact = mean_kernel_scores(res.k_exact, pool, dom)
     s_jf = mean_kernel_scores(res.k_jf, pool, dom)
@@ -310,7 +317,8 @@ def diagnose(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path
         t = time.perf_counter()
         n_dom = min(diag.approx_rows // 2, len(probe.domain))
         small = probe.head(n_dom, min(diag.approx_rows - n_dom, len(probe.pool)))
-        result["approximation"] = approximation(session.model, small, tok.pad_token_id, diag, run.seed, run.quiet)
+        result["approximation"] = approximation(session.model, small, tok.pad_token_id, diag, run.seed,
+                                                data_cfg.token_budget, run.quiet)
         seconds["approximation"] = time.perf_counter() - t
     result["warnings"] = warnings_for(result, diag)
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}

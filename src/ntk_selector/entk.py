@@ -17,7 +17,7 @@ no gradient), so the V x d head product is never formed; other heads use the rea
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -142,24 +142,30 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
     return base.get_output_embeddings()
 
 
-def exact_entk(model: torch.nn.Module, batch: Batch, max_outputs: int, seed: int, logits: str = "auto",
-               progress: Callable[[int, int], None] | None = None) -> ENTKResult:
-    """Exact (or output-sampled) eNTK and Jacobian-free kernel of the rows of one batch."""
+def exact_entk(model: torch.nn.Module, batches: Batch | Sequence[Batch], max_outputs: int, seed: int,
+               logits: str = "auto", progress: Callable[[int, int], None] | None = None) -> ENTKResult:
+    """Exact (or output-sampled) eNTK and Jacobian-free kernel of the rows of the given batches
+    (rows in batch order; several length-bucketed batches waste less compute on padding)."""
+    batches = [batches] if isinstance(batches, Batch) else list(batches)
     vocab = int(output_head(model).weight.shape[0])
     outputs = choose_outputs(vocab, max_outputs, seed)
     device = next(p for _, p in lora_parameters(model)).device
-    batch = batch.to(device)
-    mode = logits_mode(model, _first_rows(batch, 2), logits)
+    batches = [b.to(device) for b in batches]
+    mode = logits_mode(model, _first_rows(batches[0], 2), logits)
     collector = PerSampleGradients(model)
     try:
-        per_output, jf = collector.forward(lambda: _objectives(model, batch, mode))
-        n = batch.input_ids.shape[0]
+        objectives = [collector.forward(lambda b=b: _objectives(model, b, mode)) for b in batches]
+
+        def grads(pick: Callable[[Any], torch.Tensor]) -> torch.Tensor:
+            return torch.cat([collector.grads(pick(o)) for o in objectives]).double()
+
+        n = sum(b.input_ids.shape[0] for b in batches)
         k_exact = np.zeros((n, n))
         halves = (np.zeros((n, n)), np.zeros((n, n)))
         unit_sum = torch.zeros(n, collector.dim, dtype=torch.float64, device=device)
         nonzero = torch.zeros(n, dtype=torch.float64, device=device)
         for j, k in enumerate(outputs):
-            g = collector.grads(per_output(int(k))).double()
+            g = grads(lambda o: o[0](int(k)))
             kk = (g @ g.T).cpu().numpy()
             k_exact += kk
             halves[j % 2][...] += kk
@@ -169,7 +175,7 @@ def exact_entk(model: torch.nn.Module, batch: Batch, max_outputs: int, seed: int
             nonzero += ok.double()
             if progress is not None:
                 progress(j + 1, len(outputs))
-        g_jf = collector.grads(jf).double()
+        g_jf = grads(lambda o: o[1])
         k_jf = (g_jf @ g_jf.T).cpu().numpy()
     finally:
         collector.close()
