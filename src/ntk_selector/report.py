@@ -310,7 +310,7 @@ def _diagnostics_section(out: Path, diag: dict[str, Any]) -> str:
         parts.append("<h3>NTK stability</h3>")
         parts.append(_img(_plot_stability(out, curve, warn), "NTK stability over the warm-up"))
         parts.append(_table(["step", "Frobenius cosine with step 0", "score Spearman with step 0", "loss"],
-                            [[p["step"], p["frobenius_cosine"], p.get("score_spearman"), p.get("loss")] for p in curve]))
+                            [[p["step"], f"{p['frobenius_cosine']:.6f}", p.get("score_spearman"), p.get("loss")] for p in curve]))
     approx = diag.get("approximation")
     if approx:
         parts.append("<h3>Exact eNTK vs Jacobian-free kernel</h3>")
