@@ -102,7 +102,7 @@ class DiagnoseConfig:
     probe_rows: int = _f(64, "rows of the stability / projection probe (half domain, half pool, seeded)")
     stability_points: int = _f(8, "warm-up steps at which the probe kernel is measured (evenly spaced, plus step 0)")
     kernel_proj_dim: int = _f(0, "features of the stability kernel: 0 = raw LoRA gradients (exact); p > 0 projects (large models; skips the projection check)")
-    approx_rows: int = _f(16, "rows of the exact-eNTK probe (half domain, half pool), one batch")
+    approx_rows: int = _f(16, "rows of the exact-eNTK probe (half domain, half pool; every sampled output costs a backward over them)")
     approx_outputs: int = _f(64, "output logits in the exact eNTK: all V when V is at most this (or 0), else a seeded sample of this many, scaled by V/sample")
     projection_dims: list[int] = _f([256, 512, 1024, 2048, 4096, 8192], "projection dims compared with the raw gradient")
     projection_seeds: int = _f(3, "projection seeds averaged per dim")
