@@ -30,6 +30,7 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
     group = parser.add_argument_group(section.__name__.replace("Config", "").replace("Settings", "").lower())
     for f in dataclasses.fields(section):
         flag = "--" + f.name.replace("_", "-")
+        flags = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
         default = overrides.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
         t = str(f.type)
@@ -39,7 +40,7 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
             group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
         else:
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
-            group.add_argument(flag, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
 
 
 def _values(args: argparse.Namespace, command: str, sections: tuple[type, ...]) -> dict[str, Any]:
@@ -107,21 +108,23 @@ def _session_for(c: dict[type, Any]) -> Any:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from ntk_selector import distributed
     from ntk_selector.stages import Records, embed
 
     c = _configs(args, MODEL_SECTIONS)
-    records = Records.load(args.data, c[DataConfig])
-    computed = embed(_session_for(c), records, Path(args.out), c[DataConfig])
+    records = distributed.all_ranks(lambda: Records.load(args.data, c[DataConfig]))
+    computed = embed(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig])
     _say(c[RunConfig], f"embedded {len(records)} rows ({computed} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
 
 def cmd_featurize(args: argparse.Namespace) -> int:
+    from ntk_selector import distributed
     from ntk_selector.stages import Records, featurize
 
     c = _configs(args, MODEL_SECTIONS + (FeatureConfig,))
-    records = Records.load(args.data, c[DataConfig])
-    info = featurize(_session_for(c), records, Path(args.out), c[DataConfig], c[FeatureConfig])
+    records = distributed.all_ranks(lambda: Records.load(args.data, c[DataConfig]))
+    info = featurize(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig], c[FeatureConfig])
     _say(c[RunConfig], f"featurized {len(records)} rows ({info['dim']} dims, {info['logits_mode']} logits; "
                        f"{info['computed']} computed now{_by_this_rank()}) into {args.out}")
     return 0
@@ -205,12 +208,23 @@ def _run(args: argparse.Namespace) -> int:
     from ntk_selector import distributed
 
     d = distributed.init(float(getattr(args, "dist_timeout", 360.0)))
-    try:
-        if not d.enabled or args.command in DISTRIBUTED_COMMANDS:
-            return int(args.func(args) or 0)
-        return int(distributed.on_main(lambda: args.func(args)) or 0)
-    finally:
-        distributed.shutdown()
+    if not d.enabled:
+        return int(args.func(args) or 0)
+    if args.command in DISTRIBUTED_COMMANDS:
+        rc = int(args.func(args) or 0)
+    else:
+        rc = int(distributed.on_main(lambda: args.func(args)) or 0)
+    distributed.barrier()  # leave together
+    return rc
+
+
+def _report(error: BaseException, text: str) -> None:
+    """One line on stderr (once per job under torchrun), after which the ranks leave together."""
+    from ntk_selector import distributed
+
+    if distributed.should_report(error):
+        print(distributed.error_prefix(error) + text, file=sys.stderr, flush=True)
+    distributed.settle_after(error)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -300,14 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if debug:
             traceback.print_exc()
-        print(f"ntk-selector: error: {e}", file=sys.stderr)
+        _report(e, f"ntk-selector: error: {e}")
         return 2
     except Exception as e:  # unexpected: still one line unless --debug
         if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"ntk-selector: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        _report(e, f"ntk-selector: error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)")
         return 1
+    finally:
+        from ntk_selector import distributed
+
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -90,10 +90,37 @@ def agree(error: BaseException | None) -> None:
     messages: list[str | None] = [None] * d.world
     dist.all_gather_object(messages, mine)
     if error is not None:
+        error.agreed = True  # type: ignore[attr-defined]
         raise error
     for rank, msg in enumerate(messages):
         if msg is not None:
-            raise UserError(f"rank {rank} failed: {msg}")
+            raise PeerError(f"rank {rank} failed: {msg}" if rank else msg)
+
+
+class PeerError(UserError):
+    """Another rank failed (rank 0 reports it for the job)."""
+
+    agreed = True
+
+
+def settle_after(error: BaseException) -> None:
+    """After an error every rank knows about, leave together so rank 0's message gets out before
+    torchrun stops the job; an error only this rank saw leaves at once."""
+    if dist.is_initialized() and getattr(error, "agreed", False):
+        try:
+            dist.barrier()
+        except Exception:  # noqa: BLE001 - the job is ending anyway
+            pass
+
+
+def should_report(error: BaseException) -> bool:
+    """An error every rank knows about is printed once, by rank 0; one only this rank saw, here."""
+    return current().is_main or not getattr(error, "agreed", False)
+
+
+def error_prefix(error: BaseException) -> str:
+    d = current()
+    return f"[rank {d.rank}] " if d.enabled and not getattr(error, "agreed", False) else ""
 
 
 def all_ranks(fn: Callable[[], T]) -> T:

@@ -98,15 +98,20 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
     out = Path(out_dir)
     stages = Path(cfg.run.work_dir) if cfg.run.work_dir else out / "stages"
     clock = StageClock()
-    with clock("load data"):
-        domain = Records.load(domain_path, cfg.data)
-        pool = Records.load(pool_path, cfg.data)
-    _check_n(n, len(pool), pool_path)
-    _check_output_folder(out, domain, pool, cfg)
+
+    def load() -> tuple[Records, Records, PoolFilter]:
+        with clock("load data"):
+            domain = Records.load(domain_path, cfg.data)
+            pool = Records.load(pool_path, cfg.data)
+        _check_n(n, len(pool), pool_path)
+        _check_output_folder(out, domain, pool, cfg)
+        with clock("filter pool"):
+            filt = pool_filter(pool.conversations, cfg.filters)
+        _check_n(n, int((~filt.excluded).sum()), pool_path, "after excluding duplicates / test-set overlaps")
+        return domain, pool, filt
+
+    domain, pool, filt = distributed.all_ranks(load)
     out.mkdir(parents=True, exist_ok=True)
-    with clock("filter pool"):
-        filt = pool_filter(pool.conversations, cfg.filters)
-    _check_n(n, int((~filt.excluded).sum()), pool_path, "after excluding duplicates / test-set overlaps")
     if cfg.method == "random":
         return distributed.on_main(lambda: _select_random(domain, pool, out, cfg, filt, clock))
 
@@ -114,7 +119,7 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
     with clock("warmup"):
         warm_stats = distributed.on_main(lambda: warmup(session, domain, stages / "warmup", cfg.data, cfg.train))
     with clock("load model"):
-        session.load(str(stages / "warmup"))
+        distributed.all_ranks(lambda: session.load(str(stages / "warmup")))
     with clock("embed"):
         embed(session, domain, stages / "embed_domain", cfg.data, desc="embed domain")
         embed(session, pool, stages / "embed_pool", cfg.data, desc="embed pool")
@@ -129,6 +134,7 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
     preselected[pre.order] = True
     scores = np.full(len(pool), np.nan)
     rng = np.random.default_rng(cfg.run.seed)
+    chosen = np.zeros(0, dtype=np.int64)
     if cfg.method == "embedding":
         chosen = pre.order[:n]
         scores[pre.order] = pre.votes[pre.order]
@@ -150,10 +156,9 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
 
         with clock("score"):
             cand_scores = distributed.on_main(score)
-        if cand_scores is None:  # not rank 0: the outputs are rank 0's job
-            return None
-        scores[pre.order] = cand_scores
-        chosen = pre.order[top_n(cand_scores, n)]
+        if cand_scores is not None:  # rank 0: the scores and outputs are its job
+            scores[pre.order] = cand_scores
+            chosen = pre.order[top_n(cand_scores, n)]
 
     def finish() -> dict[str, Any]:
         with clock("write outputs"):

@@ -18,7 +18,7 @@ from ntk_selector.data import Conversation, collate, encode, read_records, to_co
 from ntk_selector.embed import mean_pooled
 from ntk_selector.errors import UserError
 from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.models import (adapter_fingerprint, adapter_lora_settings, fingerprint_folder, load_base_model,
+from ntk_selector.models import (adapter_lora_settings, fingerprint_folder, load_base_model,
                                  model_fingerprint, model_path, resolve_device, resolve_dtype, with_lora)
 from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.projection import PROJECTION_KIND
@@ -96,10 +96,22 @@ class Session:
             self._described[key] = {
                 "model": path, "model_fingerprint": model_fingerprint(path),
                 "tokenizer_fingerprint": fingerprint_folder(path, TOKENIZER_FILES),
-                "adapter_fingerprint": adapter_fingerprint(self.adapter), "lora": to_dict(lora),
+                "adapter_fingerprint": adapter_content_fingerprint(self.adapter), "lora": to_dict(lora),
                 "compute_dtype": str(resolve_dtype(self.model_cfg.dtype, device)).replace("torch.", ""),
             }
         return dict(self._described[key])
+
+
+def adapter_content_fingerprint(adapter: str | None) -> str | None:
+    """sha256 of an adapter's settings (order-free: PEFT writes target_modules from a set) and weights."""
+    if not adapter or not Path(adapter).is_dir():
+        return None
+    cfg_path = Path(adapter) / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    canonical = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in cfg.items()}
+    h = hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode())
+    h.update(str(fingerprint_folder(adapter, ("adapter_model.safetensors", "adapter_model.bin"))).encode())
+    return h.hexdigest()[:16]
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
