@@ -81,7 +81,7 @@ class PreselectConfig:
     n: int = _f(0, "number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)", short="-n")
     m: int | None = _f(None, "pre-selected candidates M (default 4N, capped at the pool size)")
     k: int | None = _f(None, "neighbours each domain row votes for (default M/4)")
-    index: str = _f("auto", "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else hnsw")
+    index: str = _f("auto", "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else ivf")
 
 
 @dataclass

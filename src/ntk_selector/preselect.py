@@ -5,9 +5,11 @@ Neighbour search:
 - ``flat``: exact. The pool is streamed block by block past the domain rows, keeping a running
   top K per domain row, so memory is a few blocks whatever the pool size; time grows with
   domain x pool rows (cheap for the usual ~1K-row domain).
-- ``hnsw`` / ``ivf``: approximate FAISS indexes for large domain x pool products. They hold the
+- ``ivf`` / ``hnsw``: approximate FAISS indexes for large domain x pool products. They hold the
   whole normalized pool in memory (4 x dim bytes per row) but search in far fewer operations.
-- ``auto``: flat up to ``EXACT_MAX_PAIRS`` domain x pool pairs, else hnsw.
+  IVF builds much faster than HNSW on CPUs (see BENCHMARKS.md), and probes enough lists to hold
+  several times K candidates; HNSW searches with ef = 2K.
+- ``auto``: flat up to ``EXACT_MAX_PAIRS`` domain x pool pairs, else ivf.
 Votes are counted per block of domain rows.
 """
 
@@ -45,7 +47,7 @@ def choose_kind(kind: str, domain_rows: int, pool_rows: int) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown index '{kind}' ({', '.join(KINDS)})")
     if kind == "auto":
-        return "flat" if domain_rows * pool_rows <= EXACT_MAX_PAIRS else "hnsw"
+        return "flat" if domain_rows * pool_rows <= EXACT_MAX_PAIRS else "ivf"
     return kind
 
 
@@ -64,22 +66,32 @@ def _valid_blocks(emb: np.ndarray, valid: np.ndarray, block_mb: int = BLOCK_MB):
             yield start + np.flatnonzero(ok), _normalized(block[ok])
 
 
-def exact_search(queries: np.ndarray, pool_emb: np.ndarray, pool_valid: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(queries: np.ndarray, pool_emb: np.ndarray, pool_valid: np.ndarray, k: int,
+                 block_mb: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k cosine neighbours of normalized ``queries`` among valid pool rows, streaming the pool.
     Returns (similarities, ids) [nq, k], ids -1 where fewer than k rows exist."""
     nq = len(queries)
     best_s = np.full((nq, k), -np.inf, dtype=np.float32)
     best_i = np.full((nq, k), -1, dtype=np.int64)
-    for ids, x in _valid_blocks(pool_emb, pool_valid):
+    # pool rows per block: the [nq, rows] similarities and their merge stay near BLOCK_MB x 4
+    block_mb = block_mb or max(1, min(BLOCK_MB, BLOCK_MB * 4 * QUERY_ROWS // max(nq, 1) // 16))
+    for ids, x in _valid_blocks(pool_emb, pool_valid, block_mb):
         sims = queries @ x.T  # [nq, b]
-        cand_s = np.concatenate([best_s, sims], axis=1)
-        cand_i = np.concatenate([best_i, np.broadcast_to(ids, sims.shape)], axis=1)
-        if cand_s.shape[1] > k:
-            keep = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
-            best_s = np.take_along_axis(cand_s, keep, axis=1)
-            best_i = np.take_along_axis(cand_i, keep, axis=1)
+        # only rows that beat a query's current k-th best can enter its list
+        worst = best_s.min(axis=1, keepdims=True)
+        c = int((sims > worst).sum(axis=1).max())
+        if c == 0:
+            continue
+        if c < sims.shape[1]:
+            top = np.argpartition(-sims, c - 1, axis=1)[:, :c]
+            new_s, new_i = np.take_along_axis(sims, top, axis=1), ids[top]
         else:
-            best_s, best_i = cand_s, cand_i
+            new_s, new_i = sims, np.broadcast_to(ids, sims.shape)
+        cand_s = np.concatenate([best_s, new_s], axis=1)
+        cand_i = np.concatenate([best_i, new_i], axis=1)
+        keep = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+        best_s = np.take_along_axis(cand_s, keep, axis=1)
+        best_i = np.take_along_axis(cand_i, keep, axis=1)
     return best_s, best_i
 
 
