@@ -213,7 +213,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in DISTRIBUTED_COMMANDS:
         rc = int(args.func(args) or 0)
     else:
-        rc = int(distributed.on_main(lambda: args.func(args)) or 0)
+        def alone() -> int:
+            with distributed.solo():
+                return int(args.func(args) or 0)
+
+        rc = int(distributed.on_main(alone) or 0)
     distributed.barrier()  # leave together
     return rc
 

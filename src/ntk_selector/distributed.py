@@ -10,9 +10,10 @@ leaving the others waiting at a barrier.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -58,9 +59,23 @@ def init(timeout_minutes: float = 360.0) -> Dist:
     return current()
 
 
+_solo = False
+
+
 def current() -> Dist:
-    """The job this process is part of (only once ``init`` has joined a group)."""
-    return from_env() if dist.is_initialized() else Dist()
+    """The job this process is part of (only once ``init`` has joined a group; one process inside ``solo``)."""
+    return from_env() if dist.is_initialized() and not _solo else Dist()
+
+
+@contextmanager
+def solo() -> Iterator[None]:
+    """Run as if alone: for commands that rank 0 runs by itself while the others wait."""
+    global _solo
+    before, _solo = _solo, True
+    try:
+        yield
+    finally:
+        _solo = before
 
 
 def shutdown() -> None:
@@ -69,7 +84,7 @@ def shutdown() -> None:
 
 
 def barrier() -> None:
-    if dist.is_initialized():
+    if current().enabled:
         dist.barrier()
 
 
@@ -106,7 +121,7 @@ class PeerError(UserError):
 def settle_after(error: BaseException) -> None:
     """After an error every rank knows about, leave together so rank 0's message gets out before
     torchrun stops the job; an error only this rank saw leaves at once."""
-    if dist.is_initialized() and getattr(error, "agreed", False):
+    if current().enabled and getattr(error, "agreed", False):
         try:
             dist.barrier()
         except Exception:  # noqa: BLE001 - the job is ending anyway
