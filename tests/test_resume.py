@@ -136,7 +136,17 @@ def test_select_rerun_skips_finished_stages(tiny_model_dir, small_files, tmp_pat
     for name in ("train_lora",):
         monkeypatch.setattr("ntk_selector.stages." + name, lambda *a, **k: calls.append(name))
     monkeypatch.setattr("ntk_selector.stages.reverse_knn", lambda *a, **k: calls.append("reverse_knn"))
-    monkeypatch.setattr("ntk_selector.runner.run_rows", lambda *a, **k: calls.append("run_rows"))
+    from ntk_selector import stages
+
+    real_rows = stages.run_rows
+
+    def counting_rows(*a, **k):
+        computed = real_rows(*a, **k)
+        if computed:
+            calls.append(("rows computed", computed))
+        return computed
+
+    monkeypatch.setattr(stages, "run_rows", counting_rows)
     real = pipeline.preselect
     monkeypatch.setattr(pipeline, "preselect", lambda *a, **k: calls.append("preselect") or real(*a, **k))
     assert main(args) == 0
