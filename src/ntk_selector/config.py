@@ -37,7 +37,7 @@ class DataConfig:
     messages_field: str = _f("messages", "record field holding a chat list (used when present)")
     max_length: int = _f(512, "truncate tokenized examples to this many tokens")
     no_chat_template: bool = _f(False, "tokenize prompt + response + EOS instead of the chat template")
-    token_budget: int = _f(8192, "max padded tokens per batch (batch size x longest row)")
+    token_budget: int = _f(2048, "max padded tokens per batch (batch size x longest row); backward memory grows ~1 MB per token for a 135M model")
     max_batch_size: int = _f(64, "max rows per batch")
 
 
