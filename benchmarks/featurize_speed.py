@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--random-config", default=None, help="instead of --model: an HF config id/folder, random weights")
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--proj-dim", type=int, default=8192)
-    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--token-budget", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--lengths", type=int, nargs="*", default=[64, 256])
     ap.add_argument("--no-demo", action="store_true", help="skip the real demo-pool rows")
