@@ -60,7 +60,8 @@ q/k/v/o, batch 8 with length-grouped batches, and the learning rate with the bes
 accuracy on `domain_valid`. ntk, embedding and less select once (selection seed 0: the warm-up
 makes them deterministic) and fine-tune with seeds 0-2; random draws with each seed;
 preselect-random draws N of the seed-0 pre-selected M with each seed. Base is deterministic (one
-evaluation)."""
+evaluation). Cost (`--estimate`): about 31 h on an idle 2-core CPU (settings 0.3 h, seed 0 of all
+methods 3.0 h, seeds 1-2 4.1 h, curves 24 h); with other jobs on the machine units ran 4-6x slower."""
 
 
 # ----------------------------------------------------------------------------- settings
