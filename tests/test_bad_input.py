@@ -12,14 +12,7 @@ from conftest import write_jsonl
 from ntk_selector.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def error_line(capsys, argv, rc=2):

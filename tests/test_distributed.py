@@ -17,14 +17,7 @@ from ntk_selector.runner import run_rows
 from ntk_selector.store import RowStore, open_store
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def torchrun(*args, nproc=2, timeout=240):

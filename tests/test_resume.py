@@ -17,15 +17,7 @@ from ntk_selector.runner import DELAY_ENV
 from ntk_selector.store import DONE, PENDING, read_status
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread when the cores are shared."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def featurize_args(model, data, out, *extra):
