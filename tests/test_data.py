@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write_jsonl
 from ntk_selector.config import DataConfig
-from ntk_selector.data import (collate, encode, plan_batches, read_records, to_conversation)
+from ntk_selector.data import (BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches, read_records, to_conversation)
 from ntk_selector.errors import DataError
 
 ROWS = [{"prompt": "What is 2+2?", "response": "4"}, {"prompt": "Say hi", "response": "hi there"}]
@@ -103,6 +103,42 @@ def test_plan_batches_budget_and_cover():
     for b in batches:
         assert len(b) <= 16
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 512
+
+
+def _plan_cost(batches, lengths):
+    return sum(len(b) * max(lengths[i] for i in b) + BATCH_OVERHEAD_TOKENS for b in batches)
+
+
+def test_plan_batches_does_not_pad_short_rows_to_a_long_one():
+    lengths = [512, 50, 50, 50]
+    batches = plan_batches(lengths, token_budget=2048, max_batch_size=64)
+    assert batches == [[0], [1, 2, 3]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_batches_is_the_cheapest_contiguous_cut(seed):
+    """Against brute force over every cut of the sorted rows into budget-respecting batches."""
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 300, size=9).tolist()
+    budget, max_rows = 600, 4
+    order = sorted(range(9), key=lambda i: (-lengths[i], i))
+    best = None
+    for mask in itertools.product([0, 1], repeat=8):
+        groups, cur = [], [order[0]]
+        for bit, i in zip(mask, order[1:]):
+            if bit:
+                groups.append(cur)
+                cur = []
+            cur.append(i)
+        groups.append(cur)
+        if all(len(g) <= max_rows and (len(g) == 1 or len(g) * lengths[g[0]] <= budget) for g in groups):
+            cost = _plan_cost(groups, lengths)
+            best = cost if best is None else min(best, cost)
+    batches = plan_batches(lengths, token_budget=budget, max_batch_size=max_rows)
+    assert sorted(i for b in batches for i in b) == list(range(9))
+    assert _plan_cost(batches, lengths) == best
 
 
 @pytest.mark.parametrize("content,needle", [

@@ -219,20 +219,42 @@ def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfi
 # ----------------------------------------------------------------------------- batching
 
 
+# Fixed cost of one model call, in padded tokens: per-batch Python, hook and kernel-launch
+# overhead. It keeps the planner from splitting into many tiny batches to save a few pad tokens.
+BATCH_OVERHEAD_TOKENS = 32
+
+
 def plan_batches(lengths: Sequence[int], token_budget: int, max_batch_size: int) -> list[list[int]]:
-    """Index batches sorted by length (longest first) so that rows x longest <= token_budget."""
+    """Index batches of length-sorted rows (longest first) with the least padded work.
+
+    Rows are sorted by length and cut into contiguous groups with rows x longest <= token_budget
+    (a row longer than the budget goes alone) and at most max_batch_size rows. Among all such
+    cuts, dynamic programming picks the one minimising padded tokens + BATCH_OVERHEAD_TOKENS per
+    batch, so rows of very different lengths are not padded to each other: on a mixed-length set,
+    work done on padding is what makes a batched pass slower than a batch-of-one loop.
+    """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    sorted_len = np.asarray([lengths[i] for i in order], dtype=np.int64)
+    n = len(order)
+    best = np.zeros(n + 1, dtype=np.float64)  # best[j]: least cost of the first j sorted rows
+    cut = np.zeros(n + 1, dtype=np.int64)  # cut[j]: start of the last batch in that best plan
+    for j in range(1, n + 1):
+        lo = max(0, j - max_batch_size)
+        starts = np.arange(lo, j)
+        rows = j - starts
+        longest = sorted_len[starts]  # sorted descending, so the first row of a batch is its longest
+        ok = (rows * longest <= token_budget) | (rows == 1)
+        cost = best[starts] + rows * longest + BATCH_OVERHEAD_TOKENS
+        cost[~ok] = np.inf
+        k = int(np.argmin(cost))  # ties go to the earliest start: fewer, larger batches
+        best[j] = cost[k]
+        cut[j] = starts[k]
     batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        longest = lengths[cur[0]] if cur else lengths[i]
-        if cur and ((len(cur) + 1) * longest > token_budget or len(cur) >= max_batch_size):
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
+    j = n
+    while j > 0:
+        batches.append(order[cut[j] : j])
+        j = int(cut[j])
+    return batches[::-1]
 
 
 @dataclass
