@@ -1,9 +1,10 @@
 """Featurize / embed speed against plain baselines on the same model, LoRA and rows.
 
-For each row set (fixed 64- and 256-token rows, and real variable-length rows from the demo pool)
+For each row set (fixed 64-, 128- and 256-token rows, and real variable-length rows from the demo pool)
 it measures, in one process and one run:
   forward      plain no-grad forward of the LoRA model at batch 8 (logits included)
   ce_step      plain LoRA training step: cross-entropy forward + backward at batch 8
+               (both baselines take rows grouped by length, so they do little padding work)
   less_loop    LESS-style loop: batch of one, CE backward, flatten p.grad
   embed        our embed stage (mean-pooled hidden states, token-budget batches)
   featurize    our featurize stage (per-sample NTK features projected to p dims)
@@ -71,7 +72,10 @@ def demo_rows(n: int, tok: Any, max_length: int) -> list[Encoded]:
 
 
 def fixed_batches(rows: list[Encoded], size: int) -> list[list[int]]:
-    return [list(range(i, min(len(rows), i + size))) for i in range(0, len(rows), size)]
+    """Batches of `size` rows grouped by length (like a trainer's group_by_length), so the
+    batch-8 baselines are not slowed by padding short rows to long ones."""
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i].length, i))
+    return [order[i : i + size] for i in range(0, len(rows), size)]
 
 
 def bench_rows(model: torch.nn.Module, tok: Any, rows: list[Encoded], proj_dim: int, token_budget: int,
@@ -183,7 +187,7 @@ def main() -> None:
     ap.add_argument("--proj-dim", type=int, default=8192)
     ap.add_argument("--token-budget", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--lengths", type=int, nargs="*", default=[64, 256])
+    ap.add_argument("--lengths", type=int, nargs="*", default=[64, 128, 256])
     ap.add_argument("--no-demo", action="store_true", help="skip the real demo-pool rows")
     ap.add_argument("--rss-rows", type=int, nargs="*", default=[],
                     help="also measure a fresh featurize process's peak RSS over these row counts")
