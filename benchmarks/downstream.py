@@ -657,9 +657,9 @@ def update_benchmarks_md(path: Path, table: str, command: str, results: Path) ->
     """Replace the downstream section of BENCHMARKS.md (up to the next ## heading)."""
     text = path.read_text()
     n_eval = len(load_units(results, "eval"))
-    body = (f"{SECTION}\n\nCommand: `{command}` (resumable: a rerun skips finished units; "
-            f"`--only-table --update-benchmarks-md BENCHMARKS.md` rebuilds this section from the cached results).\n"
-            f"Machine: 2-core CPU ({platform.machine()}), no GPU, shared with other jobs while it ran. "
+    body = (f"{SECTION}\n\nCommand: `{command}` (resumable: a rerun skips finished units, and "
+            f"`benchmarks/run_downstream.sh` reruns it in the background after a crash; `--only-table --update-benchmarks-md BENCHMARKS.md` rebuilds this section from the cached results).\n"
+            f"Machine: 2-core CPU ({platform.machine()}), no GPU, at times shared with other jobs while it ran. "
             f"Date: {dt.date.today():%Y-%m-%d}; {n_eval} evaluations finished so far.\n\n"
             f"{DESIGN_NOTES}\n\n{table}\n")
     if SECTION in text:
