@@ -139,3 +139,28 @@ def test_projected_features_are_projection_of_raw(lora_model, tok):
             proj_f.projector.accumulate(n, raw[:, offset:offset + k].reshape(-1, *p.shape), expect)
             offset += k
     assert rel_err(proj, expect) < 1e-5
+
+
+def test_bf16_base_gives_features_close_to_fp32(lora_model, tok):
+    """The GPU default (bf16 base weights, fp32 LoRA, fp32 per-sample products) on CPU: close to
+    fp32 features, and a batched row equals the same row alone up to bf16 rounding."""
+    import copy
+
+    encs = encoded_rows(tok)
+    batch = collate(encs, tok.pad_token_id)
+    half = copy.deepcopy(lora_model)
+    for name, p in half.named_parameters():
+        if "lora_" not in name:
+            p.data = p.data.to(torch.bfloat16)
+    assert all(p.dtype == torch.float32 for _, p in lora_parameters(half))
+    with GradientFeaturizer(lora_model, 256, 3, "ntk", "auto", probe=batch) as f32:
+        ref = f32.features(batch)
+    with GradientFeaturizer(half, 256, 3, "ntk", "auto", probe=batch) as bf16:
+        assert bf16.logits_mode == "shortcut"
+        got = bf16.features(batch)
+        alone = torch.cat([bf16.features(collate([e], tok.pad_token_id)) for e in encs])
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    for i in range(len(encs)):
+        assert rel_err(got[i], ref[i]) < 2e-2, (i, rel_err(got[i], ref[i]))
+        assert rel_err(got[i], alone[i]) < 2e-2, (i, rel_err(got[i], alone[i]))
+    assert rel_err(got, ref) > 0  # really ran in bf16
