@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "build the packaged drug-review demo and run select on it", SECTIONS)
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--domain-size", type=int, default=100, help="domain rows (default: 100)")
-    p.add_argument("--pool-size", type=int, default=1500, help="pool rows (default: 1500)")
+    p.add_argument("--pool-size", type=int, default=2000, help="pool rows (default: 2000)")
 
     p = add("warmup", cmd_warmup, "train the warm-up LoRA on the domain", MODEL_SECTIONS + (TrainConfig,))
     p.add_argument("--domain", required=True, help="domain records")
