@@ -24,28 +24,23 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, TrainConfig
-from ntk_selector.data import Encoded, collate, encode, plan_batches, read_records, to_conversation
+from ntk_selector.data import Encoded, collate, encode, read_records, to_conversation
 from ntk_selector.demo import build_demo
 from ntk_selector.gradients import GradientFeaturizer
+from ntk_selector.kernels import relative_error, rows_features, spearman, top_overlap
 from ntk_selector.models import load_base_model, with_lora
 from ntk_selector.training import save_adapter_atomic, train_lora
 
 CACHE = Path("benchmarks/cache/dtype_agreement")
 
 
-def features(model: torch.nn.Module, rows: list[Encoded], pad_id: int, proj_dim: int, token_budget: int) -> torch.Tensor:
+def features(model: torch.nn.Module, rows: list[Encoded], pad_id: int, proj_dim: int, data_cfg: DataConfig) -> torch.Tensor:
     """[n, p] features in row order, with the library's batch plan."""
-    out = torch.zeros(len(rows), proj_dim)
-    plan = plan_batches([r.length for r in rows], token_budget, 64)
     with GradientFeaturizer(model, proj_dim, 0, "ntk", "auto", probe=collate([rows[0]], pad_id)) as feat:
-        for members in plan:
-            out[members] = feat.features(collate([rows[i] for i in members], pad_id)).cpu()
-    return out
+        return rows_features(feat.features, rows, pad_id, data_cfg.token_budget, data_cfg.max_batch_size)
 
 
 def main() -> None:
@@ -67,7 +62,7 @@ def main() -> None:
 
     adapter = args.adapter
     if adapter is None:
-        adapter = str(CACHE / "warmup")
+        adapter = str(CACHE / f"warmup_d{args.domain_rows}")
         if not (Path(adapter) / "adapter_config.json").exists():
             base, tok = load_base_model(ModelConfig(dtype="float32"))
             model = with_lora(base, LoraSettings(), None, seed=0)
@@ -82,10 +77,10 @@ def main() -> None:
         model = with_lora(base, LoraSettings(), adapter, seed=0)
         domain = encode(domain_conv, tok, data_cfg)
         pool = encode(pool_conv, tok, data_cfg)
-        features(model, pool[:8], tok.pad_token_id, args.proj_dim, args.token_budget)  # warm caches
-        d = features(model, domain, tok.pad_token_id, args.proj_dim, args.token_budget)
+        features(model, pool[:8], tok.pad_token_id, args.proj_dim, data_cfg)  # warm caches
+        d = features(model, domain, tok.pad_token_id, args.proj_dim, data_cfg)
         t0 = time.perf_counter()
-        p = features(model, pool, tok.pad_token_id, args.proj_dim, args.token_budget)
+        p = features(model, pool, tok.pad_token_id, args.proj_dim, data_cfg)
         speed[dtype] = len(pool) / (time.perf_counter() - t0)
         feats[dtype] = {"domain": d, "pool": p}
         print(f"{dtype}: pool featurize {speed[dtype]:.2f} rows/s", flush=True)
@@ -96,18 +91,16 @@ def main() -> None:
     score_b = (b["pool"] @ b["domain"].mean(0)).numpy()
     nonempty = (a["pool"].norm(dim=1) > 0).numpy()  # rows without response tokens have no feature
     row_cos = torch.nn.functional.cosine_similarity(a["pool"], b["pool"], dim=1).numpy()[nonempty]
-    top_a = set(np.argsort(-score_a, kind="stable")[: args.top].tolist())
-    top_b = set(np.argsort(-score_b, kind="stable")[: args.top].tolist())
     report: dict[str, Any] = {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
         "command": " ".join(sys.argv), "pool_rows": len(score_a), "pool_rows_without_response": int((~nonempty).sum()), "domain_rows": len(domain_conv), "top": args.top,
         "rows_per_s": speed, "bf16_speedup": speed["bfloat16"] / speed["float32"],
-        "pool_feature_rel_err": float((a["pool"] - b["pool"]).norm() / a["pool"].norm()),
+        "pool_feature_rel_err": relative_error(b["pool"].numpy(), a["pool"].numpy()),
         "row_cosine_min": float(row_cos.min()), "row_cosine_mean": float(row_cos.mean()),
-        "score_spearman": float(spearmanr(score_a, score_b).correlation),
-        "top_overlap": len(top_a & top_b) / args.top,
+        "score_spearman": spearman(score_a, score_b),
+        "top_overlap": top_overlap(score_a, score_b, args.top),
     }
     print(json.dumps(report, indent=2))
     if args.json:
