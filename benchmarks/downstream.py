@@ -467,15 +467,29 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * float(np.std(values, ddof=1)):.1f}" if len(values) > 1 else f"{100 * m:.1f}"
 
 
-def accuracies(results: Path) -> dict[tuple[str, str], list[tuple[str, float]]]:
-    """(run-without-seed, split) -> [(run key, accuracy)], grouping seeds."""
+def accuracies(results: Path, metric: str = "accuracy") -> dict[tuple[str, str], list[tuple[str, float]]]:
+    """(run-without-seed, split) -> [(run key, metric)], grouping seeds.
+
+    ``metric``: accuracy, balanced_accuracy or macro_f1 (the latter two recomputed from the per-class
+    counts, so results cached before they were written still have them)."""
+    from ntk_selector.evaluate import class_balanced_scores
+
     groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for u in load_units(results, "eval"):
         key = u["definition"]["run"]
         split = u["definition"]["split"]
         group = _strip_seeds(key)
-        groups.setdefault((group, split), []).append((key, u["accuracy"]))
+        value = u["accuracy"] if metric == "accuracy" else class_balanced_scores(u["per_class"])[metric]
+        groups.setdefault((group, split), []).append((key, value))
     return groups
+
+
+def label_mix(results: Path, split: str) -> dict[str, int]:
+    """Rows per true label of a split, from any cached evaluation of it."""
+    for u in load_units(results, "eval"):
+        if u["definition"]["split"] == split:
+            return {c: v["n"] for c, v in u["per_class"].items()}
+    return {}
 
 
 def _strip_seeds(key: str) -> str:
@@ -551,19 +565,30 @@ def build_table(s: Settings, results: Path) -> str:
     for u in load_units(results, "train"):
         g = _strip_seeds(u["definition"]["run"])
         train_secs.setdefault(g, []).append(u["seconds"])
-    lines += ["| method | test accuracy % (mean ± std) | seeds | valid accuracy % | selection s | fine-tune s |",
-              "|---|---|---|---|---|---|"]
+    bal, f1 = accuracies(results, "balanced_accuracy"), accuracies(results, "macro_f1")
+    lines += ["| method | test accuracy % (mean ± std) | seeds | test balanced accuracy % | test macro-F1 % | "
+              "valid accuracy % | selection s | fine-tune s |", "|---|---|---|---|---|---|---|---|"]
     plot_rows = []
     for m in METHODS:
         g = group_key(d, n, m, lr)
         test = [a for _, a in acc.get((g, "test"), [])]
         val = [a for _, a in acc.get((g, "valid"), [])]
+        test_bal = [a for _, a in bal.get((g, "test"), [])]
+        test_f1 = [a for _, a in f1.get((g, "test"), [])]
         ft = train_secs.get(g, [])
         sel_s = f"{secs[m]:.0f}" if m in secs else "–"
         ft_s = f"{np.mean(ft):.0f}" if ft else "–"
-        lines.append(f"| {m} | {mean_std(test)} | {len(test)} | {mean_std(val)} | {sel_s} | {ft_s} |")
+        lines.append(f"| {m} | {mean_std(test)} | {len(test)} | {mean_std(test_bal)} | {mean_std(test_f1)} | "
+                     f"{mean_std(val)} | {sel_s} | {ft_s} |")
         if test:
             plot_rows.append((m, test))
+    mixes = {split: label_mix(results, split) for split in ("test", "valid")}
+    if mixes["test"]:
+        top = max(mixes["test"].values()) / sum(mixes["test"].values())
+        lines += ["", "Label mix (true rows per label): D " + _mix_text(label_mix_of_domain(s, results)) +
+                  "; domain_valid " + _mix_text(mixes["valid"]) + "; test " + _mix_text(mixes["test"]) +
+                  f". Always answering the test's majority label scores {100 * top:.1f}% accuracy, "
+                  f"{100 / len(mixes['test']):.1f}% balanced accuracy."]
     lines += ["", "Selection seconds: the method run alone (stages shared through --work-dir counted once, at the "
               "time they took); ntk, embedding and less select once, random and preselect-random per seed.", ""]
     picks = picked_tasks(results, d, n)
@@ -585,6 +610,21 @@ def build_table(s: Settings, results: Path) -> str:
     lines += ["Plots: `benchmarks/results/downstream_accuracy.png`, `downstream_curve_n.png`, "
               "`downstream_curve_d.png`.", ""]
     return "\n".join(lines)
+
+
+def label_mix_of_domain(s: Settings, results: Path) -> dict[str, int]:
+    """Rows per label of the domain file D (read from the cache folder next to the results)."""
+    path = results.parent / "cache" / "downstream" / "data" / f"d{s.domain_size}" / "domain.jsonl"
+    if not path.exists():
+        return {}
+    counts: dict[str, int] = {}
+    for r in read_jsonl(path):
+        counts[str(r.get("response"))] = counts.get(str(r.get("response")), 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _mix_text(mix: dict[str, int]) -> str:
+    return "/".join(f"{v}" for v in mix.values()) + " (" + "/".join(mix) + ")" if mix else "(unknown)"
 
 
 def _curve(acc: dict, points: list[tuple[int, int]], methods: tuple[str, ...], lr: float) -> dict[str, list[list[float]]]:

@@ -170,6 +170,19 @@ def test_confusion_counts_on_a_hand_made_case():
     assert s["confusion"]["columns"] == ["a", "b", "c", "(other)"]
     assert s["confusion"]["matrix"] == [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 1]]
     assert s["per_class"]["c"] == {"n": 3, "correct": 1, "predicted": 1, "accuracy": pytest.approx(1 / 3)}
+    # recalls a 1/2, b 1, c 1/3; F1 a 2*1/(2+2)=1/2, b 2*1/(1+2)=2/3, c 2*1/(3+1)=1/2
+    assert s["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 1 / 3) / 3)
+    assert s["macro_f1"] == pytest.approx((1 / 2 + 2 / 3 + 1 / 2) / 3)
+
+
+def test_balanced_scores_ignore_majority_guessing():
+    truth = ["pos"] * 8 + ["neg"] * 2
+    always_pos = confusion(truth, ["pos"] * 10, ["pos", "neg"])
+    assert always_pos["accuracy"] == pytest.approx(0.8)
+    assert always_pos["balanced_accuracy"] == pytest.approx(0.5)
+    assert always_pos["macro_f1"] == pytest.approx((2 * 8 / 18 + 0) / 2)
+    perfect = confusion(truth, truth, ["pos", "neg"])
+    assert perfect["balanced_accuracy"] == perfect["macro_f1"] == pytest.approx(1.0)
 
 
 def test_evaluate_bookkeeping_is_consistent(tiny_model_dir, tmp_path):

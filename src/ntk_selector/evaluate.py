@@ -213,8 +213,22 @@ def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[s
                         "accuracy": ok / n_c if n_c else None}
     n = len(truth)
     return {"accuracy": correct / n if n else 0.0, "n": n, "correct": correct, "labels": list(labels),
-            "per_class": per_class,
+            "per_class": per_class, **class_balanced_scores(per_class),
             "confusion": {"rows": list(labels), "columns": cols, "matrix": counts.tolist()} if matrix else None}
+
+
+def class_balanced_scores(per_class: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Balanced accuracy (mean recall over the classes present) and macro-F1 (over the same classes).
+
+    Plain accuracy on a skewed test set rewards predicting the majority class; these two do not,
+    which matters when the domain set D has another label mix than the test set.
+    """
+    present = [c for c in per_class.values() if c["n"]]
+    if not present:
+        return {"balanced_accuracy": None, "macro_f1": None}
+    recall = [c["correct"] / c["n"] for c in present]
+    f1 = [2 * c["correct"] / (c["n"] + c["predicted"]) for c in present]  # 2TP / (2TP + FN + FP)
+    return {"balanced_accuracy": float(np.mean(recall)), "macro_f1": float(np.mean(f1))}
 
 
 def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: Sequence[str] | None = None,
@@ -279,7 +293,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = run_evaluate(args.data, args.out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=args.labels,
                            generate=args.generate, max_new_tokens=args.max_new_tokens)
     if not c[RunConfig].quiet:
-        print(f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}, {summary['mode']}); "
+        print(f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}, {summary['mode']}), "
+              f"balanced accuracy {summary['balanced_accuracy'] or 0:.4f}, macro-F1 {summary['macro_f1'] or 0:.4f}; "
               f"{Path(args.out) / 'eval.json'}")
     return 0
 
