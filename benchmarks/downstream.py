@@ -45,6 +45,20 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_ablations() -> Any:
+    """benchmarks/downstream_ablations.py, found next to this file however this file was loaded."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("downstream_ablations", Path(__file__).with_name("downstream_ablations.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ABLATIONS = _load_ablations()
 METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", "ntk")
 SELECTING = ("ntk", "random", "embedding", "preselect-random", "less")
 DETERMINISTIC = ("ntk", "embedding", "less")  # one selection (seed 0), fine-tune seeds vary
@@ -119,7 +133,7 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     ap.add_argument("--update-benchmarks-md", default=None, metavar="FILE",
                     help="also replace the downstream section of this BENCHMARKS.md")
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K finished units (0: never)")
-    ap.add_argument("--phases", nargs="+", default=["settings", "seed0", "seeds", "curves0", "curves"],
+    ap.add_argument("--phases", nargs="+", default=["settings", "seed0", "seeds", "ablations", "curves0", "curves"],
                     help="phases to run, in order")
     ap.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
     ap.add_argument("--rate-train", type=float, default=180.0, help="tokens/s of LoRA forward+backward (for the estimate)")
@@ -194,8 +208,8 @@ class Run:
     def key(self) -> str:
         if self.method == "base":
             return f"d{self.d}_base"
-        return f"{self.sel_key}_ft{self.ft}_lr{lr_tag(self.lr)}" if self.method in SELECTING else \
-            f"d{self.d}_n0_domain_ft{self.ft}_lr{lr_tag(self.lr)}"
+        return f"d{self.d}_n0_domain_ft{self.ft}_lr{lr_tag(self.lr)}" if self.method == "domain" else \
+            f"{self.sel_key}_ft{self.ft}_lr{lr_tag(self.lr)}"
 
 
 def selection_seed(method: str, seed: int) -> int:
@@ -284,13 +298,20 @@ class Bench:
         out = self.cache / "select" / f"d{d}_n{n}_{method}_sel{sel}"
         if method == "preselect-random" and sel != 0:
             return self._draw_from_preselection(d, n, sel, out)
-        from ntk_selector.cli import main as cli
-
+        if method.startswith(ABLATIONS.PREFIX):
+            return ABLATIONS.select_variant(self, d, n, method, out)
         work = self.cache / "work" / f"d{d}"
         seed_flags = ["--seed", str(sel)] if method == "random" else ["--seed", "0", "--work-dir", str(work)]
+        return self.run_select(d, n, method, out, seed_flags)
+
+    def run_select(self, d: int, n: int, method: str, out: Path, flags: list[str]) -> dict[str, Any]:
+        """``ntk-selector select`` on the |D| = d files with these extra flags; the unit's summary."""
+        from ntk_selector.cli import main as cli
+
+        data = self.data(d)
         args = ["select", "--domain", str(data["domain"]), "--pool", str(data["pool"]), "--out", str(out),
                 "--n", str(n), "--method", method, "--proj-dim", str(self.s.proj_dim), "--rank", str(self.s.rank),
-                *seed_flags, *self.common_flags()]
+                *flags, *self.common_flags()]
         rc = cli(args)
         if rc != 0:
             raise RuntimeError(f"select failed (exit {rc}): {' '.join(args)}")
@@ -318,7 +339,7 @@ class Bench:
 
     def train(self, run: Run) -> dict[str, Any]:
         files = [self.data(run.d)["domain"]]
-        if run.method in SELECTING:
+        if run.method not in ("base", "domain"):
             files.append(Path(self.selection(run.d, run.n, run.method, run.sel)["selected_file"]))
         definition = {"kind": "train", "run": run.key, "files": [str(f) for f in files], "model": self.s.model,
                       "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
@@ -401,15 +422,22 @@ class Bench:
                 if seed == seeds[0]:
                     yield Run(d, 0, "base", 0, 0, lr)
 
+    def ablation_runs(self, lr: float) -> Iterator[Run]:
+        d, n = self.s.domain_size, self.s.n_factor * self.s.domain_size
+        for v in ABLATIONS.VARIANTS:
+            yield Run(d, n, ABLATIONS.PREFIX + v.name, 0, 0, lr)
+
     def run(self, phases: list[str]) -> None:
         lr = self.chosen_lr()  # phase "settings": always first, every later run uses its choice
         log(f"learning rate chosen on domain_valid: {lr:g}")
         seeds = self.s.seeds
         plan = {"seed0": list(self.main_runs(seeds[:1], lr)), "seeds": list(self.main_runs(seeds[1:], lr)),
+                "ablations": list(self.ablation_runs(lr)),
                 "curves0": list(self.curve_runs(seeds[:1], lr)), "curves": list(self.curve_runs(seeds[1:], lr))}
         for phase in phases:
             for run in plan.get(phase, []):
-                self.cell(run, ("test", "valid") if run.d == self.s.domain_size else ("test",))
+                self.cell(run, ("valid", "test") if phase == "ablations" else
+                          ("test", "valid") if run.d == self.s.domain_size else ("test",))
             self.publish(commit=bool(self.commit_every))
         log("all requested phases done")
 
@@ -418,7 +446,7 @@ class Bench:
     def publish(self, commit: bool = True) -> None:
         """Rebuild the table and plots; commit them with the result JSONs when asked."""
         try:
-            text = build_table(self.s, self.results)
+            text = build_table(self.s, self.results, self.cache)
         except Exception as e:  # a table bug must never stop the run
             log(f"table failed: {type(e).__name__}: {e}")
             return
@@ -547,7 +575,7 @@ def chosen_lr_from(results: Path, s: Settings) -> tuple[float | None, dict[float
     return min((-valid[lr], lr) for lr in s.lrs)[1], valid
 
 
-def build_table(s: Settings, results: Path) -> str:
+def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / "cache" / "downstream") -> str:
     """The markdown report of everything cached so far (plots written next to it)."""
     lr, valid_lrs = chosen_lr_from(results, s)
     acc = accuracies(results)
@@ -585,7 +613,7 @@ def build_table(s: Settings, results: Path) -> str:
     mixes = {split: label_mix(results, split) for split in ("test", "valid")}
     if mixes["test"]:
         top = max(mixes["test"].values()) / sum(mixes["test"].values())
-        lines += ["", "Label mix (true rows per label): D " + _mix_text(label_mix_of_domain(s, results)) +
+        lines += ["", "Label mix (true rows per label): D " + _mix_text(label_mix_of_domain(s, cache)) +
                   "; domain_valid " + _mix_text(mixes["valid"]) + "; test " + _mix_text(mixes["test"]) +
                   f". Always answering the test's majority label scores {100 * top:.1f}% accuracy, "
                   f"{100 / len(mixes['test']):.1f}% balanced accuracy."]
@@ -600,6 +628,7 @@ def build_table(s: Settings, results: Path) -> str:
             if m in picks:
                 lines.append(f"| {m} | " + " | ".join(f"{picks[m].get(t, 0):.0f}" for t in tasks) + " |")
         lines.append("")
+    lines += ABLATIONS.ablation_table(results, d, n, lr_tag(lr), {"accuracy": acc, "balanced_accuracy": bal})
     curve_n = _curve(acc, [(d, f * d) for f in s.curve_n_factors], s.curve_methods, lr)
     curve_d = _curve(acc, [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods, lr)
     if any(curve_n.values()):
@@ -612,9 +641,9 @@ def build_table(s: Settings, results: Path) -> str:
     return "\n".join(lines)
 
 
-def label_mix_of_domain(s: Settings, results: Path) -> dict[str, int]:
-    """Rows per label of the domain file D (read from the cache folder next to the results)."""
-    path = results.parent / "cache" / "downstream" / "data" / f"d{s.domain_size}" / "domain.jsonl"
+def label_mix_of_domain(s: Settings, cache: Path) -> dict[str, int]:
+    """Rows per label of the domain file D (from the benchmark's cache folder)."""
+    path = cache / "data" / f"d{s.domain_size}" / "domain.jsonl"
     if not path.exists():
         return {}
     counts: dict[str, int] = {}
@@ -754,6 +783,8 @@ def estimate(s: Settings, bench: Bench, rate_train: float, rate_fwd: float) -> d
     main_ft = ft_cost(d, 0) + 5 * ft_cost(d, n)
     phases["seed0"] = sel_cost(d, n, ("ntk", "less"), True) + main_ft - ft_cost(d, 0) + 7 * (ev("test") + ev("valid"))
     phases["seeds"] = (len(s.seeds) - 1) * (main_ft + 6 * (ev("test") + ev("valid")))
+    phases["ablations"] = (len(ABLATIONS.VARIANTS) * (ft_cost(d, n) + ev("test") + ev("valid"))
+                           + 2 * sel_cost(d, n, ("ntk",), True) + len(pool) * pool.mean() / rate_train)
     c = 0.0
     for f in s.curve_n_factors:
         if f != s.n_factor:
@@ -782,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     if not args.only_table:
         bench.run(args.phases)
-    table = build_table(s, results)
+    table = build_table(s, results, cache)
     write_text(results / "downstream.md", table)
     if args.update_benchmarks_md:
         update_benchmarks_md(Path(args.update_benchmarks_md), table, command, results)

@@ -58,6 +58,12 @@ def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
         row = next(line for line in table.splitlines() if line.startswith(f"| {m} |"))
         assert row.split("|")[2].strip() not in ("", "–"), row
     assert "Pool tasks picked" in table and (results / "downstream_accuracy.png").exists()
+    variants = [line for line in table.splitlines() if line.startswith("| ntk+")]
+    assert len(variants) == len(mod.ABLATIONS.VARIANTS), variants
+    for line in variants:  # every variant selected, fine-tuned and was scored on valid and test
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        assert cells[2] != "pending" and "–" not in cells[3:], line
+    assert "balanced accuracy" in table and "Label mix" in table
     md = bench_md.read_text()
     assert "| ntk |" in md and "## Next\n\nkept" in md and "(pending)" not in md
     # a rerun recomputes nothing

@@ -1,0 +1,197 @@
+"""NTK-Selector variants for the downstream benchmark: the choices the paper leaves open, one at a time.
+
+Each variant changes one thing against the method of the main table (mean inner product of the
+response-mean summed-logit gradients, M = 4N pre-selected, 1 warm-up epoch at lr 1e-4) and goes
+through the same fine-tune (seed 0) and evaluation. Settings are judged on ``domain_valid``; the
+test accuracy is reported next to it and chooses nothing.
+
+- ``cosine``: mean cosine instead of mean inner product (``select --cosine``).
+- ``sum-tokens``: no length normalisation, f(x) = Σ_{t∈R} Σ_k z (not the mean over R); since the
+  gradient is linear, each stored feature of the main run times its |R| is exactly that feature.
+- ``task-cap``: the main run's ranking with at most N/2 rows from any one pool task.
+- ``m-2n`` / ``m-all``: M = 2N, and M = |C| (no pre-selection) (``select --m``).
+- ``warmup-none``: kernel of the untrained LoRA (``--lr 0``; embeddings then come from the base model).
+- ``warmup-3ep``: 3 warm-up epochs instead of 1 (``--epochs 3``).
+
+Variants that change the warm-up run in their own work folder; the others share the main run's
+warm-up, embeddings and features through ``select --work-dir``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PREFIX = "ntk+"  # method name of a variant: ntk+<variant>
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str  # no underscores: run keys are split on them
+    what: str  # one line for the table
+    flags: tuple[str, ...] = ()  # extra `select` flags; {n}, {pool} are filled in
+    own_work_dir: bool = False  # the warm-up changes, so nothing downstream of it can be shared
+    rescore: str | None = None  # computed from the main ntk run's outputs instead of a `select` run
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("cosine", "mean cosine instead of mean inner product", flags=("--cosine",)),
+    Variant("sum-tokens", "summed (not mean) logits over response positions", rescore="sum-tokens"),
+    Variant("task-cap", "at most N/2 rows from one pool task", rescore="task-cap"),
+    Variant("m-2n", "M = 2N pre-selected", flags=("--m", "{m2n}")),
+    Variant("warmup-none", "no warm-up (lr 0: the untrained LoRA's kernel)", flags=("--lr", "0"), own_work_dir=True),
+    Variant("warmup-3ep", "3 warm-up epochs instead of 1", flags=("--epochs", "3"), own_work_dir=True),
+    Variant("m-all", "M = the whole pool: no pre-selection", flags=("--m", "{pool}")),
+)
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def variant_of(method: str) -> Variant:
+    if not method.startswith(PREFIX) or method[len(PREFIX):] not in BY_NAME:
+        raise ValueError(f"not an ntk variant: {method}")
+    return BY_NAME[method[len(PREFIX):]]
+
+
+def select_variant(bench: Any, d: int, n: int, method: str, out: Path) -> dict[str, Any]:
+    """Run or compute one variant's selection of N pool rows; the same summary as a `select` unit."""
+    v = variant_of(method)
+    if v.rescore:
+        base = bench.selection(d, n, "ntk", 0)
+        chosen = {"sum-tokens": _sum_tokens, "task-cap": _task_cap}[v.rescore](bench, d, n, Path(base["selected_file"]).parent)
+        pool = _read_jsonl(bench.data(d)["pool"])
+        rows = [{**pool[int(i)], "pool_index": int(i)} for i in chosen]
+        out.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(out / "selected.jsonl", rows)
+        return {"selected_file": str(out / "selected.jsonl"), "pool_index": [int(i) for i in chosen],
+                "selected_per_task": _task_counts(rows), "stage_seconds": {"rescore": 0.0}}
+    work = bench.cache / "work" / (f"d{d}_{method}" if v.own_work_dir else f"d{d}")
+    fill = {"m2n": str(2 * n), "pool": str(bench.s.pool_size)}
+    flags = [f.format(**fill) for f in v.flags]
+    return bench.run_select(d, n, "ntk", out, ["--seed", "0", "--work-dir", str(work), *flags])
+
+
+def _scores_csv(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(preselected mask, ntk score) per pool row of a finished `select` run."""
+    with open(folder / "scores.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    pre = np.array([r["preselected"] == "1" for r in rows])
+    score = np.array([float(r["ntk_score"]) if r["ntk_score"] not in ("", "nan") else np.nan for r in rows])
+    return pre, score
+
+
+def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
+    """The main run's ranking, skipping rows of a task that already has N/2."""
+    from ntk_selector.score import top_n
+
+    _, score = _scores_csv(folder)
+    pool = _read_jsonl(bench.data(d)["pool"])
+    cap, taken, chosen = max(1, n // 2), {}, []
+    for i in top_n(score, int(np.isfinite(score).sum())):
+        task = str(pool[int(i)].get("task"))
+        if taken.get(task, 0) < cap:
+            taken[task] = taken.get(task, 0) + 1
+            chosen.append(int(i))
+            if len(chosen) == n:
+                break
+    return np.array(chosen, dtype=np.int64)
+
+
+def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
+    """Rescore the main run's stored features with every row scaled by its number of response positions."""
+    from ntk_selector.config import DataConfig, ModelConfig
+    from ntk_selector.data import encode, to_conversation
+    from ntk_selector.models import load_tokenizer, model_path
+    from ntk_selector.stages import load_preselect
+    from ntk_selector.score import domain_direction, score_rows, top_n
+    from ntk_selector.store import DONE, open_store
+
+    work = bench.cache / "work" / f"d{d}"
+    order = load_preselect(work / "preselect.npz").order
+    stores = sorted(work.glob("features_pool_*"))
+    pool_store = next((p for p in stores if open_store(p)[0].shape[0] == len(order)), None)
+    if pool_store is None:
+        raise RuntimeError(f"no pool feature store in {work} matches its pre-selection of {len(order)} rows")
+    p_feat, p_status, _ = open_store(pool_store)
+    d_feat, d_status, _ = open_store(work / "features_domain")
+    _, main_scores = _scores_csv(folder)
+    check = score_rows(p_feat, p_status, domain_direction(d_feat, d_status, False), False)
+    ok = p_status == DONE
+    if not np.allclose(check[ok], main_scores[order][ok], rtol=1e-6, atol=0):
+        raise RuntimeError(f"{pool_store} does not reproduce the main run's scores: its pre-selection changed")
+
+    cfg = DataConfig(max_length=bench.s.max_length)
+    tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))
+
+    def response_tokens(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
+        records = _read_jsonl(path)
+        if rows is not None:
+            records = [records[int(i)] for i in rows]
+        return np.array([e.n_response_tokens for e in encode([to_conversation(r, cfg) for r in records], tok, cfg)],
+                        dtype=np.float64)
+
+    d_len = response_tokens(bench.data(d)["domain"])
+    p_len = response_tokens(bench.data(d)["pool"], order)
+    direction = domain_direction(np.asarray(d_feat, dtype=np.float64) * d_len[:, None], d_status, False)
+    scores = score_rows(np.asarray(p_feat, dtype=np.float64) * p_len[:, None], p_status, direction, False)
+    return order[top_n(scores, n)]
+
+
+def overlap(a: list[int], b: list[int]) -> int:
+    return len(set(a) & set(b))
+
+
+def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: dict[str, dict]) -> list[str]:
+    """Markdown rows: each variant's picks, overlap with the main ntk selection, valid and test scores."""
+    sel_dir = results / "downstream" / "select"
+    main = sel_dir / f"d{d}_n{n}_ntk_sel0.json"
+    if not main.exists():
+        return []
+    main_idx = json.loads(main.read_text())["pool_index"]
+    acc, bal = metric_groups["accuracy"], metric_groups["balanced_accuracy"]
+
+    def cell(method: str, groups: dict, split: str) -> str:
+        vals = [a for _, a in groups.get((f"d{d}_n{n}_{method}_lr{lr_text}", split), [])]
+        return f"{100 * np.mean(vals):.1f}" if vals else "–"
+
+    lines = ["NTK-Selector variants (`benchmarks/downstream_ablations.py`; one change each against the main "
+             "table's ntk; fine-tune seed 0; chosen on domain_valid, test shown but not used to choose):", "",
+             "| variant | change | top pool tasks picked | same rows as ntk | valid acc % | valid bal. acc % | "
+             "test acc % | test bal. acc % |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("ntk", "the paper's method (main table)", main_idx, json.loads(main.read_text())["selected_per_task"])]
+    for v in VARIANTS:
+        path = sel_dir / f"d{d}_n{n}_{PREFIX}{v.name}_sel0.json"
+        if path.exists():
+            u = json.loads(path.read_text())
+            rows.append((PREFIX + v.name, v.what, u["pool_index"], u["selected_per_task"]))
+        else:
+            rows.append((PREFIX + v.name, v.what, None, None))
+    for method, what, idx, per_task in rows:
+        tasks = ", ".join(f"{t} {c}" for t, c in list(per_task.items())[:3]) if per_task else "pending"
+        same = f"{overlap(idx, main_idx)}/{n}" if idx is not None else "–"
+        lines.append(f"| {method} | {what} | {tasks} | {same} | {cell(method, acc, 'valid')} | "
+                     f"{cell(method, bal, 'valid')} | {cell(method, acc, 'test')} | {cell(method, bal, 'test')} |")
+    return lines + [""]
+
+
+def _task_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[str(r.get("task", "(none)"))] = counts.get(str(r.get("task", "(none)")), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(path)
