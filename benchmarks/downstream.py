@@ -191,7 +191,8 @@ def task_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Run:
-    """One fine-tune-and-evaluate cell: domain size, N, method, selection seed, fine-tune seed, learning rate."""
+    """One fine-tune-and-evaluate cell: domain size, N, method, selection seed, fine-tune seed, learning rate,
+    and how D was drawn (``balanced`` over labels, the main table; ``natural``: the train split's mix)."""
 
     d: int
     n: int
@@ -199,17 +200,27 @@ class Run:
     sel: int
     ft: int
     lr: float
+    prior: str = "balanced"
+
+    @property
+    def dtag(self) -> str:
+        return d_tag(self.d, self.prior)
 
     @property
     def sel_key(self) -> str:
-        return f"d{self.d}_n{self.n}_{self.method}_sel{self.sel}"
+        return f"{self.dtag}_n{self.n}_{self.method}_sel{self.sel}"
 
     @property
     def key(self) -> str:
         if self.method == "base":
-            return f"d{self.d}_base"
-        return f"d{self.d}_n0_domain_ft{self.ft}_lr{lr_tag(self.lr)}" if self.method == "domain" else \
+            return f"{self.dtag}_base"
+        return f"{self.dtag}_n0_domain_ft{self.ft}_lr{lr_tag(self.lr)}" if self.method == "domain" else \
             f"{self.sel_key}_ft{self.ft}_lr{lr_tag(self.lr)}"
+
+
+def d_tag(d: int, prior: str = "balanced") -> str:
+    """``d100`` for the main (balanced) D, ``d100natural`` for a D with the natural label mix."""
+    return f"d{d}" if prior == "balanced" else f"d{d}{prior}"
 
 
 def selection_seed(method: str, seed: int) -> int:
@@ -227,7 +238,7 @@ class Bench:
     commit_every: int = 0
     finished: int = 0
     _eval_session: Any = None
-    _data: dict[int, dict[str, Path]] = field(default_factory=dict)
+    _data: dict[tuple[int, str], dict[str, Path]] = field(default_factory=dict)
 
     @property
     def out(self) -> Path:
@@ -256,11 +267,14 @@ class Bench:
             self.publish()
         return result
 
-    def data(self, d: int) -> dict[str, Path]:
-        """domain / domain_valid / test / pool files for a domain size (built once, deterministic)."""
-        if d in self._data:
-            return self._data[d]
-        folder = self.cache / "data" / f"d{d}"
+    def data(self, d: int, prior: str = "balanced") -> dict[str, Path]:
+        """domain / domain_valid / test / pool files for a domain size (built once, deterministic).
+
+        ``prior``: ``balanced`` (D balanced over labels) or ``natural`` (a uniform draw); with
+        ``--data-dir`` both are the first d rows of its domain file."""
+        if (d, prior) in self._data:
+            return self._data[(d, prior)]
+        folder = self.cache / "data" / d_tag(d, prior)
         names = ("domain", "domain_valid", "test", "pool")
         paths = {k: folder / f"{k}.jsonl" for k in names}
         if not all(p.exists() for p in paths.values()):
@@ -276,39 +290,44 @@ class Bench:
             else:
                 from ntk_selector.demo import build_demo
 
-                built = build_demo(folder, n_domain=d, pool_size=self.s.pool_size, seed=0)
+                built = build_demo(folder, n_domain=d, pool_size=self.s.pool_size, seed=0,
+                                   balanced_domain=prior == "balanced")
                 assert {k: getattr(built, k) for k in names} == paths
-        self._data[d] = paths
+        self._data[(d, prior)] = paths
         return paths
 
     def common_flags(self) -> list[str]:
         return [*self.s.model_flags(), "--max-length", str(self.s.max_length), "--quiet", "--debug",
                 "--token-budget", str(self.s.token_budget)]
 
-    def selection(self, d: int, n: int, method: str, sel: int) -> dict[str, Any]:
-        key = f"d{d}_n{n}_{method}_sel{sel}"
+    def selection(self, d: int, n: int, method: str, sel: int, prior: str = "balanced") -> dict[str, Any]:
+        key = f"{d_tag(d, prior)}_n{n}_{method}_sel{sel}"
         definition = {"kind": "select", "d": d, "n": n, "method": method, "sel_seed": sel, "model": self.s.model,
                       "max_length": self.s.max_length, "proj_dim": self.s.proj_dim, "pool_size": self.s.pool_size,
                       "data_dir": self.s.data_dir}
+        if prior != "balanced":  # (the main table's definitions stay as they were cached)
+            definition["prior"] = prior
         return self.unit(self.out / "select" / f"{key}.json", definition,
-                         lambda: self._select(d, n, method, sel), f"select {key}")
+                         lambda: self._select(d, n, method, sel, prior), f"select {key}")
 
-    def _select(self, d: int, n: int, method: str, sel: int) -> dict[str, Any]:
-        data = self.data(d)
-        out = self.cache / "select" / f"d{d}_n{n}_{method}_sel{sel}"
+    def _select(self, d: int, n: int, method: str, sel: int, prior: str = "balanced") -> dict[str, Any]:
+        out = self.cache / "select" / f"{d_tag(d, prior)}_n{n}_{method}_sel{sel}"
         if method == "preselect-random" and sel != 0:
+            if prior != "balanced":
+                raise ValueError("preselect-random draws with seeds > 0 exist for the balanced D only")
             return self._draw_from_preselection(d, n, sel, out)
         if method.startswith(ABLATIONS.PREFIX):
             return ABLATIONS.select_variant(self, d, n, method, out)
-        work = self.cache / "work" / f"d{d}"
+        work = self.cache / "work" / d_tag(d, prior)
         seed_flags = ["--seed", str(sel)] if method == "random" else ["--seed", "0", "--work-dir", str(work)]
-        return self.run_select(d, n, method, out, seed_flags)
+        return self.run_select(d, n, method, out, seed_flags, prior)
 
-    def run_select(self, d: int, n: int, method: str, out: Path, flags: list[str]) -> dict[str, Any]:
+    def run_select(self, d: int, n: int, method: str, out: Path, flags: list[str],
+                   prior: str = "balanced") -> dict[str, Any]:
         """``ntk-selector select`` on the |D| = d files with these extra flags; the unit's summary."""
         from ntk_selector.cli import main as cli
 
-        data = self.data(d)
+        data = self.data(d, prior)
         args = ["select", "--domain", str(data["domain"]), "--pool", str(data["pool"]), "--out", str(out),
                 "--n", str(n), "--method", method, "--proj-dim", str(self.s.proj_dim), "--rank", str(self.s.rank),
                 *flags, *self.common_flags()]
@@ -338,9 +357,9 @@ class Bench:
                 "selected_per_task": task_counts(rows), "stage_seconds": {"draw": 0.0}, "drawn_from": base["selected_file"]}
 
     def train(self, run: Run) -> dict[str, Any]:
-        files = [self.data(run.d)["domain"]]
+        files = [self.data(run.d, run.prior)["domain"]]
         if run.method not in ("base", "domain"):
-            files.append(Path(self.selection(run.d, run.n, run.method, run.sel)["selected_file"]))
+            files.append(Path(self.selection(run.d, run.n, run.method, run.sel, run.prior)["selected_file"]))
         definition = {"kind": "train", "run": run.key, "files": [str(f) for f in files], "model": self.s.model,
                       "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
                       "rank": self.s.rank, "lr": run.lr, "seed": run.ft, "group_by_length": self.s.group_by_length}
@@ -365,7 +384,7 @@ class Bench:
 
     def evaluate(self, run: Run, split: str) -> dict[str, Any]:
         adapter = None if run.method == "base" else self.train(run)["adapter"]
-        path = self.data(run.d)["test" if split == "test" else "domain_valid"]
+        path = self.data(run.d, run.prior)["test" if split == "test" else "domain_valid"]
         definition = {"kind": "evaluate", "run": run.key, "split": split, "data": str(path), "model": self.s.model,
                       "adapter": adapter, "max_length": self.s.eval_max_length,
                       "train_finished": None if adapter is None else
@@ -424,8 +443,12 @@ class Bench:
 
     def ablation_runs(self, lr: float) -> Iterator[Run]:
         d, n = self.s.domain_size, self.s.n_factor * self.s.domain_size
-        for v in ABLATIONS.VARIANTS:
-            yield Run(d, n, ABLATIONS.PREFIX + v.name, 0, 0, lr)
+        for item in ABLATIONS.PLAN:
+            if item == ABLATIONS.NATURAL:  # the same comparison with a D of the natural label mix
+                for m in ABLATIONS.NATURAL_METHODS:
+                    yield Run(d, n if m not in ("base", "domain") else 0, m, 0, 0, lr, "natural")
+            else:
+                yield Run(d, n, ABLATIONS.PREFIX + item, 0, 0, lr)
 
     def run(self, phases: list[str]) -> None:
         lr = self.chosen_lr()  # phase "settings": always first, every later run uses its choice
@@ -535,10 +558,11 @@ def group_key(d: int, n: int, method: str, lr: float) -> str:
 
 def selection_seconds(results: Path, d: int, n: int) -> dict[str, float]:
     """Seconds each method's selection takes on its own: shared stages counted at the time they took."""
-    units = [u for u in load_units(results, "select") if u["definition"]["d"] == d and u["definition"]["n"] == n
-             and u["definition"]["sel_seed"] == 0]
+    main = [u for u in load_units(results, "select") if u["definition"].get("prior", "balanced") == "balanced"
+            and not u["definition"]["method"].startswith(ABLATIONS.PREFIX)]
+    units = [u for u in main if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"]["sel_seed"] == 0]
     shared: dict[str, float] = {}
-    for u in load_units(results, "select"):
+    for u in main:
         if u["definition"]["d"] == d:
             for st in SHARED_STAGES:
                 shared[st] = max(shared.get(st, 0.0), float(u["stage_seconds"].get(st, 0.0)))
@@ -555,7 +579,7 @@ def picked_tasks(results: Path, d: int, n: int) -> dict[str, dict[str, float]]:
     """Mean number of selected rows per pool task, per method (over the selection seeds)."""
     per: dict[str, list[dict[str, int]]] = {}
     for u in load_units(results, "select"):
-        if u["definition"]["d"] == d and u["definition"]["n"] == n:
+        if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"].get("prior", "balanced") == "balanced":
             per.setdefault(u["definition"]["method"], []).append(u["selected_per_task"])
     out = {}
     for m, lst in per.items():

@@ -13,6 +13,10 @@ test accuracy is reported next to it and chooses nothing.
 - ``warmup-none``: kernel of the untrained LoRA (``--lr 0``; embeddings then come from the base model).
 - ``warmup-3ep``: 3 warm-up epochs instead of 1 (``--epochs 3``).
 
+Not a variant of the method but of the benchmark: the main table's D is balanced over the three
+labels while domain_valid and test are mostly positive, so ``natural-prior`` reruns base, domain
+only, random and ntk with a D drawn uniformly from the train split (its own domain_valid too).
+
 Variants that change the warm-up run in their own work folder; the others share the main run's
 warm-up, embeddings and features through ``select --work-dir``.
 """
@@ -49,6 +53,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("m-all", "M = the whole pool: no pre-selection", flags=("--m", "{pool}")),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
+NATURAL = "natural-prior"  # base, domain only, random and ntk again with D drawn with the train split's label mix
+NATURAL_METHODS = ("base", "domain", "random", "ntk")
+# run order: the variants that reuse the main run's features first, then the D with the natural label
+# mix (the main D is balanced, valid and test are 65-72% positive), then the ones that featurize again
+PLAN = ("cosine", "sum-tokens", "task-cap", NATURAL, "m-2n", "warmup-none", "warmup-3ep", "m-all")
+assert set(PLAN) == set(BY_NAME) | {NATURAL}
 
 
 def variant_of(method: str) -> Variant:
@@ -154,9 +164,12 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
     main_idx = json.loads(main.read_text())["pool_index"]
     acc, bal = metric_groups["accuracy"], metric_groups["balanced_accuracy"]
 
-    def cell(method: str, groups: dict, split: str) -> str:
-        vals = [a for _, a in groups.get((f"d{d}_n{n}_{method}_lr{lr_text}", split), [])]
+    def cell(group: str, groups: dict, split: str) -> str:
+        vals = [a for _, a in groups.get((group, split), [])]
         return f"{100 * np.mean(vals):.1f}" if vals else "–"
+
+    def cells(group: str) -> str:
+        return " | ".join(cell(group, g, split) for split in ("valid", "test") for g in (acc, bal))
 
     lines = ["NTK-Selector variants (`benchmarks/downstream_ablations.py`; one change each against the main "
              "table's ntk; fine-tune seed 0; chosen on domain_valid, test shown but not used to choose):", "",
@@ -171,11 +184,22 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
         else:
             rows.append((PREFIX + v.name, v.what, None, None))
     for method, what, idx, per_task in rows:
-        tasks = ", ".join(f"{t} {c}" for t, c in list(per_task.items())[:3]) if per_task else "pending"
         same = f"{overlap(idx, main_idx)}/{n}" if idx is not None else "–"
-        lines.append(f"| {method} | {what} | {tasks} | {same} | {cell(method, acc, 'valid')} | "
-                     f"{cell(method, bal, 'valid')} | {cell(method, acc, 'test')} | {cell(method, bal, 'test')} |")
+        lines.append(f"| {method} | {what} | {_top_tasks(per_task)} | {same} | {cells(f'd{d}_n{n}_{method}_lr{lr_text}')} |")
+    lines += ["", f"D drawn with the train split's label mix instead of balanced (`{NATURAL}`; its own domain_valid; "
+              "seed 0):", "", "| method | top pool tasks picked | valid acc % | valid bal. acc % | test acc % | "
+              "test bal. acc % |", "|---|---|---|---|---|---|"]
+    for m in NATURAL_METHODS:
+        key = {"base": f"d{d}natural_base", "domain": f"d{d}natural_n0_domain_lr{lr_text}"}.get(m, f"d{d}natural_n{n}_{m}_lr{lr_text}")
+        sel = sel_dir / f"d{d}natural_n{n}_{m}_sel0.json"
+        picks = _top_tasks(json.loads(sel.read_text())["selected_per_task"]) if sel.exists() else \
+            ("–" if m in ("base", "domain") else "pending")
+        lines.append(f"| {m} | {picks} | {cells(key)} |")
     return lines + [""]
+
+
+def _top_tasks(per_task: dict[str, int] | None) -> str:
+    return ", ".join(f"{t} {c}" for t, c in list(per_task.items())[:3]) if per_task else "pending"
 
 
 def _task_counts(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -63,6 +63,19 @@ def test_domain_valid_test(built: DemoPaths) -> None:
 
 
 @needs_data
+def test_natural_domain_keeps_the_train_label_mix(tmp_path: Path) -> None:
+    natural = build_demo(tmp_path / "n", n_domain=120, pool_size=7, seed=3, balanced_domain=False)
+    domain, valid = _read(natural.domain), _read(natural.domain_valid)
+    assert len(domain) == 120 and 0 < len(valid) <= 100
+    labels = Counter(r["response"] for r in domain)
+    assert labels["positive"] > labels["negative"] > labels["neutral"]  # the train split's skew, as in test
+    assert not {r["prompt"] for r in domain} & {r["prompt"] for r in valid}
+    assert not {r["prompt"] for r in domain + valid} & {r["prompt"] for r in _read(natural.test)}
+    again = build_demo(tmp_path / "again", n_domain=120, pool_size=7, seed=3, balanced_domain=False)
+    assert _read(again.domain) == domain
+
+
+@needs_data
 def test_pool_mix(built: DemoPaths) -> None:
     pool = _read(built.pool)
     assert len(pool) == 350

@@ -64,6 +64,9 @@ def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[2] != "pending" and "–" not in cells[3:], line
     assert "balanced accuracy" in table and "Label mix" in table
+    natural = [json.loads(p.read_text())["definition"]["run"] for p in (results / "downstream" / "eval").glob("d6natural_*.json")]
+    for m in mod.ABLATIONS.NATURAL_METHODS:  # each rerun on the D with the natural label mix, valid and test
+        assert sum(m in run.split("_") for run in natural) == 2, (m, natural)
     md = bench_md.read_text()
     assert "| ntk |" in md and "## Next\n\nkept" in md and "(pending)" not in md
     # a rerun recomputes nothing

@@ -229,15 +229,19 @@ def _drug_split(name: str) -> list[Record]:
 
 
 def _split_domain(
-    train: list[Record], n_domain: int, rng: random.Random, exclude: set[str]
+    train: list[Record], n_domain: int, rng: random.Random, exclude: set[str], balanced: bool = True
 ) -> tuple[list[Record], list[Record]]:
     """Seeded domain sample balanced over the labels, and held-out rows for validation.
 
     Balanced so a 100-row domain still shows the rare "neutral" class; the validation rows
-    keep the natural label mix, like the test split they stand in for. Train rows whose
+    keep the natural label mix, like the test split they stand in for. ``balanced=False``
+    draws the domain uniformly instead, so it keeps the natural mix too. Train rows whose
     prompt also occurs in the test split are dropped from both to avoid leakage.
     """
     rows = [r for r in _dedupe(train) if r["prompt"] not in exclude]
+    if not balanced:
+        rng.shuffle(rows)
+        return rows[:n_domain], rows[n_domain:][:MAX_VALID]
     by_label: dict[str, list[Record]] = {lab: [] for lab in DOMAIN_LABELS}
     for r in rows:
         by_label[r["response"]].append(r)
@@ -477,10 +481,12 @@ def _pool_candidates(rng: random.Random) -> dict[str, list[Record]]:
 # --------------------------------------------------------------------------- build
 
 
-def build_demo(out_dir: Path, n_domain: int = 100, pool_size: int = 5000, seed: int = 0) -> DemoPaths:
+def build_demo(out_dir: Path, n_domain: int = 100, pool_size: int = 5000, seed: int = 0,
+               balanced_domain: bool = True) -> DemoPaths:
     """Build the demo files in ``out_dir`` and return their paths.
 
-    - ``domain.jsonl``: ``n_domain`` drug-review train rows, balanced over the 3 labels.
+    - ``domain.jsonl``: ``n_domain`` drug-review train rows, balanced over the 3 labels
+      (``balanced_domain=False``: a uniform draw with the train split's label mix).
     - ``domain_valid.jsonl``: up to 100 other train rows, for picking settings.
     - ``test.jsonl``: the whole drug-review test split.
     - ``pool.jsonl``: ``pool_size`` rows from the other packages, an even share per task
@@ -496,7 +502,8 @@ def build_demo(out_dir: Path, n_domain: int = 100, pool_size: int = 5000, seed: 
 
     test = _drug_split("test")
     domain, valid = _split_domain(
-        _drug_split("train"), n_domain, random.Random(f"{seed}-domain"), {r["prompt"] for r in test}
+        _drug_split("train"), n_domain, random.Random(f"{seed}-domain"), {r["prompt"] for r in test},
+        balanced=balanced_domain,
     )
 
     rng = random.Random(seed)
@@ -533,9 +540,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-domain", type=int, default=100, help="domain train rows (default 100)")
     ap.add_argument("--pool-size", type=int, default=5000, help="pool rows (default 5000)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    ap.add_argument("--natural-domain", action="store_true",
+                    help="draw the domain rows uniformly (train label mix) instead of balanced over labels")
     args = ap.parse_args(argv)
     try:
-        paths = build_demo(args.out_dir, n_domain=args.n_domain, pool_size=args.pool_size, seed=args.seed)
+        paths = build_demo(args.out_dir, n_domain=args.n_domain, pool_size=args.pool_size, seed=args.seed,
+                           balanced_domain=not args.natural_domain)
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
