@@ -74,8 +74,11 @@ q/k/v/o, batch 8 with length-grouped batches, and the learning rate with the bes
 accuracy on `domain_valid`. ntk, embedding and less select once (selection seed 0: the warm-up
 makes them deterministic) and fine-tune with seeds 0-2; random draws with each seed;
 preselect-random draws N of the seed-0 pre-selected M with each seed. Base is deterministic (one
-evaluation). Cost (`--estimate`): about 31 h on an idle 2-core CPU (settings 0.3 h, seed 0 of all
-methods 3.0 h, seeds 1-2 4.1 h, curves 24 h); with other jobs on the machine units ran 4-6x slower."""
+evaluation). Balanced accuracy (mean recall over the three labels) and macro-F1 come from the same
+evaluations; they were added to the table after seed 0's confusion matrices showed that D (balanced)
+and the test set (65% positive) have different label mixes. Cost (`--estimate`): about 36 h on an
+idle 2-core CPU (settings 0.3 h, seed 0 of all methods 3.0 h, seeds 1-2 4.1 h, ablations 4.8 h,
+curves 24 h); with other jobs on the machine units ran 4-6x slower."""
 
 
 # ----------------------------------------------------------------------------- settings
