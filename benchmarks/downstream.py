@@ -410,6 +410,11 @@ class Bench:
         return {k: summary[k] for k in keep}
 
     def cell(self, run: Run, splits: tuple[str, ...] = ("test", "valid")) -> None:
+        if run.method.startswith(ABLATIONS.PREFIX):
+            picked = set(self.selection(run.d, run.n, run.method, run.sel)["pool_index"])
+            if picked == set(self.selection(run.d, run.n, "ntk", 0)["pool_index"]):
+                log(f"{run.key}: the same rows as ntk, nothing to fine-tune")  # the table says so
+                return
         for split in splits:
             self.evaluate(run, split)
 

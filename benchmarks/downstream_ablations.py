@@ -185,7 +185,10 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
             rows.append((PREFIX + v.name, v.what, None, None))
     for method, what, idx, per_task in rows:
         same = f"{overlap(idx, main_idx)}/{n}" if idx is not None else "–"
-        lines.append(f"| {method} | {what} | {_top_tasks(per_task)} | {same} | {cells(f'd{d}_n{n}_{method}_lr{lr_text}')} |")
+        scores = cells(f"d{d}_n{n}_{method}_lr{lr_text}")
+        if method != "ntk" and idx is not None and set(idx) == set(main_idx):
+            scores = " | ".join(["= ntk"] * 4)  # not fine-tuned again: the same rows
+        lines.append(f"| {method} | {what} | {_top_tasks(per_task)} | {same} | {scores} |")
     lines += ["", f"D drawn with the train split's label mix instead of balanced (`{NATURAL}`; its own domain_valid; "
               "seed 0):", "", "| method | top pool tasks picked | valid acc % | valid bal. acc % | test acc % | "
               "test bal. acc % |", "|---|---|---|---|---|---|"]
