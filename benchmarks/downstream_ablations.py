@@ -9,6 +9,8 @@ test accuracy is reported next to it and chooses nothing.
 - ``sum-tokens``: no length normalisation, f(x) = Σ_{t∈R} Σ_k z (not the mean over R); since the
   gradient is linear, each stored feature of the main run times its |R| is exactly that feature.
 - ``task-cap``: the main run's ranking with at most N/2 rows from any one pool task.
+- ``all-positions``: the objective over every position that predicts a real token, prompt included
+  (``select --objective ntk-all``), instead of the response positions only.
 - ``m-2n`` / ``m-all``: M = 2N, and M = |C| (no pre-selection) (``select --m``).
 - ``warmup-none``: kernel of the untrained LoRA (``--lr 0``; embeddings then come from the base model).
 - ``warmup-3ep``: 3 warm-up epochs instead of 1 (``--epochs 3``).
@@ -47,6 +49,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("cosine", "mean cosine instead of mean inner product", flags=("--cosine",)),
     Variant("sum-tokens", "summed (not mean) logits over response positions", rescore="sum-tokens"),
     Variant("task-cap", "at most N/2 rows from one pool task", rescore="task-cap"),
+    Variant("all-positions", "summed logits over every position, prompt too (not only the response)",
+            flags=("--objective", "ntk-all")),
     Variant("m-2n", "M = 2N pre-selected", flags=("--m", "{m2n}")),
     Variant("warmup-none", "no warm-up (lr 0: the untrained LoRA's kernel)", flags=("--lr", "0"), own_work_dir=True),
     Variant("warmup-3ep", "3 warm-up epochs instead of 1", flags=("--epochs", "3"), own_work_dir=True),
@@ -57,7 +61,7 @@ NATURAL = "natural-prior"  # base, domain only, random and ntk again with D draw
 NATURAL_METHODS = ("base", "domain", "random", "ntk")
 # run order: the variants that reuse the main run's features first, then the D with the natural label
 # mix (the main D is balanced, valid and test are 65-72% positive), then the ones that featurize again
-PLAN = ("cosine", "sum-tokens", "task-cap", NATURAL, "m-2n", "warmup-none", "warmup-3ep", "m-all")
+PLAN = ("cosine", "sum-tokens", "task-cap", NATURAL, "all-positions", "m-2n", "warmup-none", "warmup-3ep", "m-all")
 assert set(PLAN) == set(BY_NAME) | {NATURAL}
 
 

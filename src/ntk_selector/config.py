@@ -71,7 +71,7 @@ class TrainConfig:
 @dataclass
 class FeatureConfig:
     proj_dim: int = _f(8192, "projected feature dimension p (0 stores the raw LoRA gradient)")
-    objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ce: of the mean response cross-entropy (LESS)")
+    objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ce: of the mean response cross-entropy (LESS)")
     logits: str = _f("auto", "auto: summed-logit shortcut u.h when the head is linear; full: real logits")
     store_dtype: str = _f("float32", "dtype of stored features: float32 or float16")
 

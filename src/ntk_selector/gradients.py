@@ -11,6 +11,8 @@ Objectives (per row b, R_b = positions whose logits predict a response token):
 - ``ntk``: ``f_b = 1/|R_b| sum_{t in R_b} sum_k z_{t,k}``. With a linear head ``sum_k z_{t,k} = u.h_t + const``
   where ``u = W_head^T 1``, so the V x d head product is skipped ("shortcut"); heads that are not
   a plain linear map use the real logits ("full"). ``auto`` checks which applies on a probe input.
+- ``ntk-all``: as ``ntk`` but over every position that predicts a real next token (prompt and
+  response), for checking what restricting the objective to the response changes.
 - ``ce``: ``f_b`` = mean cross-entropy over R_b (LESS-style gradients).
 """
 
@@ -32,18 +34,29 @@ def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head
     """f_b for every row of the batch, [B] (rows without response tokens give 0)."""
     target = batch.target_mask
     n_resp = target.sum(1).clamp_min(1).float()
-    if objective == "ntk":
+    if objective in NTK_OBJECTIVES:
+        positions = target if objective == "ntk" else next_token_mask(batch)
         if head is not None:
             per_pos = head(last_hidden(model, batch))  # [B, T]
         else:
             per_pos = full_logits(model, batch).float().sum(-1)
-        return (per_pos * target).sum(1) / n_resp
+        return (per_pos * positions).sum(1) / positions.sum(1).clamp_min(1).float()
     if objective == "ce":
         logits, labels, rows = response_logits(model, batch)  # head only at response positions
         tok = F.cross_entropy(logits.float(), labels, reduction="none")
         per_row = torch.zeros(batch.input_ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
         return per_row / n_resp
-    raise ValueError(f"unknown objective '{objective}' (ntk or ce)")
+    raise ValueError(f"unknown objective '{objective}' (ntk, ntk-all or ce)")
+
+
+NTK_OBJECTIVES = ("ntk", "ntk-all")  # summed-logit objectives (the head shortcut applies)
+
+
+def next_token_mask(batch: Batch) -> torch.Tensor:
+    """[B, T] bool: positions whose next token is a real one (right padding: all but each row's last)."""
+    mask = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
+    mask[:, :-1] = batch.attention_mask[:, 1:].bool()
+    return mask
 
 
 class GradientFeaturizer:
@@ -74,7 +87,7 @@ class GradientFeaturizer:
         self._out: torch.Tensor | None = None
 
     def _choose_head(self, logits: str, probe: Batch | None) -> SummedLogitHead | None:
-        if self.objective != "ntk" or logits == "full":
+        if self.objective not in NTK_OBJECTIVES or logits == "full":
             return None
         if logits == "shortcut":
             return SummedLogitHead(self.model)

@@ -143,7 +143,9 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
     else:
         feat_cfg = cfg.feature if cfg.method == "ntk" else replace(cfg.feature, objective="ce")
         cand = pool.subset(pre.order, _subset_fingerprint(pool.fingerprint, pre.order))
-        tag = "features" if cfg.method == "ntk" else "less_features"
+        # one store name per objective, so variants can share a --work-dir
+        tag = "less_features" if cfg.method == "less" else \
+            "features" if feat_cfg.objective == "ntk" else f"features_{feat_cfg.objective}"
         pool_tag = f"{tag}_pool" if not cfg.run.work_dir else f"{tag}_pool_{cand.fingerprint[:8]}"
         with clock("featurize"):
             featurize(session, domain, stages / f"{tag}_domain", cfg.data, feat_cfg, desc="featurize domain")

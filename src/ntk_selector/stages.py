@@ -17,7 +17,7 @@ from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelC
 from ntk_selector.data import Conversation, collate, encode, read_records, to_conversation
 from ntk_selector.embed import mean_pooled
 from ntk_selector.errors import UserError
-from ntk_selector.gradients import GradientFeaturizer
+from ntk_selector.gradients import NTK_OBJECTIVES, GradientFeaturizer
 from ntk_selector.models import (adapter_lora_settings, fingerprint_folder, load_base_model,
                                  model_fingerprint, model_path, resolve_device, resolve_dtype, with_lora)
 from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
@@ -169,7 +169,7 @@ def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, d
 
 def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> GradientFeaturizer:
     probe = None
-    if feat_cfg.logits == "auto" and feat_cfg.objective == "ntk":
+    if feat_cfg.logits == "auto" and feat_cfg.objective in NTK_OBJECTIVES:
         probe = collate(encode(records.conversations[:2], session.tokenizer, data_cfg), session.tokenizer.pad_token_id)
     return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe)
 
