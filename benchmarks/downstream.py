@@ -543,6 +543,15 @@ def accuracies(results: Path, metric: str = "accuracy") -> dict[tuple[str, str],
     return groups
 
 
+def predicted_mix(results: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """(run-without-seed, split) -> mean number of predictions per label over the seeds."""
+    per: dict[tuple[str, str], list[dict[str, int]]] = {}
+    for u in load_units(results, "eval"):
+        g = (_strip_seeds(u["definition"]["run"]), u["definition"]["split"])
+        per.setdefault(g, []).append({c: v["predicted"] for c, v in u["per_class"].items()})
+    return {g: {c: float(np.mean([m[c] for m in lst])) for c in lst[0]} for g, lst in per.items()}
+
+
 def label_mix(results: Path, split: str) -> dict[str, int]:
     """Rows per true label of a split, from any cached evaluation of it."""
     for u in load_units(results, "eval"):
@@ -626,8 +635,10 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
         g = _strip_seeds(u["definition"]["run"])
         train_secs.setdefault(g, []).append(u["seconds"])
     bal, f1 = accuracies(results, "balanced_accuracy"), accuracies(results, "macro_f1")
+    predicted = predicted_mix(results)
     lines += ["| method | test accuracy % (mean ± std) | seeds | test balanced accuracy % | test macro-F1 % | "
-              "valid accuracy % | selection s | fine-tune s |", "|---|---|---|---|---|---|---|---|"]
+              "test answers per label (mean) | valid accuracy % | selection s | fine-tune s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     plot_rows = []
     for m in METHODS:
         g = group_key(d, n, m, lr)
@@ -638,8 +649,9 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
         ft = train_secs.get(g, [])
         sel_s = f"{secs[m]:.0f}" if m in secs else "–"
         ft_s = f"{np.mean(ft):.0f}" if ft else "–"
+        answers = "/".join(f"{v:.0f}" for v in predicted[(g, "test")].values()) if (g, "test") in predicted else "–"
         lines.append(f"| {m} | {mean_std(test)} | {len(test)} | {mean_std(test_bal)} | {mean_std(test_f1)} | "
-                     f"{mean_std(val)} | {sel_s} | {ft_s} |")
+                     f"{answers} | {mean_std(val)} | {sel_s} | {ft_s} |")
         if test:
             plot_rows.append((m, test))
     mixes = {split: label_mix(results, split) for split in ("test", "valid")}
@@ -648,7 +660,8 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
         lines += ["", "Label mix (true rows per label): D " + _mix_text(label_mix_of_domain(s, cache)) +
                   "; domain_valid " + _mix_text(mixes["valid"]) + "; test " + _mix_text(mixes["test"]) +
                   f". Always answering the test's majority label scores {100 * top:.1f}% accuracy, "
-                  f"{100 / len(mixes['test']):.1f}% balanced accuracy."]
+                  f"{100 / len(mixes['test']):.1f}% balanced accuracy. Answers per label are in the order "
+                  + "/".join(mixes["test"]) + "."]
     lines += ["", "Selection seconds: the method run alone (stages shared through --work-dir counted once, at the "
               "time they took); ntk, embedding and less select once, random and preselect-random per seed.", ""]
     picks = picked_tasks(results, d, n)
