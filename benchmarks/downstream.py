@@ -76,8 +76,8 @@ makes them deterministic) and fine-tune with seeds 0-2; random draws with each s
 preselect-random draws N of the seed-0 pre-selected M with each seed. Base is deterministic (one
 evaluation). Balanced accuracy (mean recall over the three labels) and macro-F1 come from the same
 evaluations; they were added to the table after seed 0's confusion matrices showed that D (balanced)
-and the test set (65% positive) have different label mixes. Cost (`--estimate`): about 36 h on an
-idle 2-core CPU (settings 0.3 h, seed 0 of all methods 3.0 h, seeds 1-2 4.1 h, ablations 4.8 h,
+and the test set (65% positive) have different label mixes. Cost (`--estimate`): about 38 h on an
+idle 2-core CPU (settings 0.3 h, seed 0 of all methods 3.0 h, seeds 1-2 4.1 h, ablations 7.1 h,
 curves 24 h); with other jobs on the machine units ran 4-6x slower."""
 
 
@@ -185,10 +185,11 @@ def lr_tag(lr: float) -> str:
     return f"{lr:g}"
 
 
-def task_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+def task_counts(rows: list[dict[str, Any]], field: str = "task") -> dict[str, int]:
+    """Rows per value of ``field``, most frequent first."""
     counts: dict[str, int] = {}
     for r in rows:
-        counts[str(r.get("task", "(none)"))] = counts.get(str(r.get("task", "(none)")), 0) + 1
+        counts[str(r.get(field, "(none)"))] = counts.get(str(r.get(field, "(none)")), 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
@@ -345,19 +346,22 @@ class Bench:
 
     def _draw_from_preselection(self, d: int, n: int, sel: int, out: Path) -> dict[str, Any]:
         """preselect-random with another seed: N uniformly from the seed-0 pre-selected set (no model work)."""
-        base = self.selection(d, n, "preselect-random", 0)
-        scores = Path(base["selected_file"]).with_name("scores.csv")
-        import csv
+        from ntk_selector.report import read_scores
 
-        with open(scores, encoding="utf-8") as fh:
-            pre = np.array([int(r["pool_index"]) for r in csv.DictReader(fh) if r["preselected"] == "1"])
+        base = self.selection(d, n, "preselect-random", 0)
+        scores = read_scores(Path(base["selected_file"]).with_name("scores.csv"))
+        pre = scores["pool_index"][scores["preselected"]]
         chosen = np.random.default_rng(sel).choice(pre, size=min(n, len(pre)), replace=False)
+        return {**self.write_selection(d, chosen, out), "stage_seconds": {"draw": 0.0}, "drawn_from": base["selected_file"]}
+
+    def write_selection(self, d: int, chosen: np.ndarray, out: Path) -> dict[str, Any]:
+        """``out/selected.jsonl`` with these pool rows (of the balanced |D| = d pool), and the unit's summary of it."""
         pool = read_jsonl(self.data(d)["pool"])
         rows = [{**pool[int(i)], "pool_index": int(i)} for i in chosen]
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "selected.jsonl", rows)
         return {"selected_file": str(out / "selected.jsonl"), "pool_index": [int(i) for i in chosen],
-                "selected_per_task": task_counts(rows), "stage_seconds": {"draw": 0.0}, "drawn_from": base["selected_file"]}
+                "selected_per_task": task_counts(rows)}
 
     def train(self, run: Run) -> dict[str, Any]:
         files = [self.data(run.d, run.prior)["domain"]]
@@ -689,12 +693,7 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
 def label_mix_of_domain(s: Settings, cache: Path) -> dict[str, int]:
     """Rows per label of the domain file D (from the benchmark's cache folder)."""
     path = cache / "data" / f"d{s.domain_size}" / "domain.jsonl"
-    if not path.exists():
-        return {}
-    counts: dict[str, int] = {}
-    for r in read_jsonl(path):
-        counts[str(r.get("response"))] = counts.get(str(r.get("response")), 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(task_counts(read_jsonl(path), "response").items())) if path.exists() else {}
 
 
 def _mix_text(mix: dict[str, int]) -> str:
@@ -828,8 +827,13 @@ def estimate(s: Settings, bench: Bench, rate_train: float, rate_fwd: float) -> d
     main_ft = ft_cost(d, 0) + 5 * ft_cost(d, n)
     phases["seed0"] = sel_cost(d, n, ("ntk", "less"), True) + main_ft - ft_cost(d, 0) + 7 * (ev("test") + ev("valid"))
     phases["seeds"] = (len(s.seeds) - 1) * (main_ft + 6 * (ev("test") + ev("valid")))
+    own_warmups = sum(v.own_work_dir for v in ABLATIONS.VARIANTS)
     phases["ablations"] = (len(ABLATIONS.VARIANTS) * (ft_cost(d, n) + ev("test") + ev("valid"))
-                           + 2 * sel_cost(d, n, ("ntk",), True) + len(pool) * pool.mean() / rate_train)
+                           + own_warmups * sel_cost(d, n, ("ntk",), True) + len(pool) * pool.mean() / rate_train
+                           + sel_cost(d, n, ("ntk",), False)  # all-positions featurizes the M rows again
+                           # the natural-mix D: its own selection, then base, domain, random and ntk
+                           + sel_cost(d, n, ("ntk",), True) + ft_cost(d, 0) + 2 * ft_cost(d, n)
+                           + len(ABLATIONS.NATURAL_METHODS) * (ev("test") + ev("valid")))
     c = 0.0
     for f in s.curve_n_factors:
         if f != s.n_factor:

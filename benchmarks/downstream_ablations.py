@@ -25,7 +25,6 @@ warm-up, embeddings and features through ``select --work-dir``.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,33 +76,28 @@ def select_variant(bench: Any, d: int, n: int, method: str, out: Path) -> dict[s
     if v.rescore:
         base = bench.selection(d, n, "ntk", 0)
         chosen = {"sum-tokens": _sum_tokens, "task-cap": _task_cap}[v.rescore](bench, d, n, Path(base["selected_file"]).parent)
-        pool = _read_jsonl(bench.data(d)["pool"])
-        rows = [{**pool[int(i)], "pool_index": int(i)} for i in chosen]
-        out.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(out / "selected.jsonl", rows)
-        return {"selected_file": str(out / "selected.jsonl"), "pool_index": [int(i) for i in chosen],
-                "selected_per_task": _task_counts(rows), "stage_seconds": {"rescore": 0.0}}
+        return {**bench.write_selection(d, chosen, out), "stage_seconds": {"rescore": 0.0}}
     work = bench.cache / "work" / (f"d{d}_{method}" if v.own_work_dir else f"d{d}")
     fill = {"m2n": str(2 * n), "pool": str(bench.s.pool_size)}
     flags = [f.format(**fill) for f in v.flags]
     return bench.run_select(d, n, "ntk", out, ["--seed", "0", "--work-dir", str(work), *flags])
 
 
-def _scores_csv(folder: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(preselected mask, ntk score) per pool row of a finished `select` run."""
-    with open(folder / "scores.csv", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    pre = np.array([r["preselected"] == "1" for r in rows])
-    score = np.array([float(r["ntk_score"]) if r["ntk_score"] not in ("", "nan") else np.nan for r in rows])
-    return pre, score
+def _main_scores(folder: Path) -> np.ndarray:
+    """The ntk score of every pool row in the main run's scores.csv (NaN where not scored)."""
+    from ntk_selector.report import read_scores
+
+    return read_scores(folder / "scores.csv")["ntk_score"]
 
 
 def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     """The main run's ranking, skipping rows of a task that already has N/2."""
     from ntk_selector.score import top_n
 
-    _, score = _scores_csv(folder)
-    pool = _read_jsonl(bench.data(d)["pool"])
+    from ntk_selector.data import read_records
+
+    score = _main_scores(folder)
+    pool = read_records(bench.data(d)["pool"])
     cap, taken, chosen = max(1, n // 2), {}, []
     for i in top_n(score, int(np.isfinite(score).sum())):
         task = str(pool[int(i)].get("task"))
@@ -118,7 +112,7 @@ def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
 def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     """Rescore the main run's stored features with every row scaled by its number of response positions."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.data import encode, to_conversation
+    from ntk_selector.data import encode, read_records, to_conversation
     from ntk_selector.models import load_tokenizer, model_path
     from ntk_selector.stages import load_preselect
     from ntk_selector.score import domain_direction, score_rows, top_n
@@ -132,7 +126,7 @@ def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
         raise RuntimeError(f"no pool feature store in {work} matches its pre-selection of {len(order)} rows")
     p_feat, p_status, _ = open_store(pool_store)
     d_feat, d_status, _ = open_store(work / "features_domain")
-    _, main_scores = _scores_csv(folder)
+    main_scores = _main_scores(folder)
     check = score_rows(p_feat, p_status, domain_direction(d_feat, d_status, False), False)
     ok = p_status == DONE
     if not np.allclose(check[ok], main_scores[order][ok], rtol=1e-6, atol=0):
@@ -142,7 +136,7 @@ def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))
 
     def response_tokens(path: Path, rows: np.ndarray | None = None) -> np.ndarray:
-        records = _read_jsonl(path)
+        records = read_records(path)
         if rows is not None:
             records = [records[int(i)] for i in rows]
         return np.array([e.n_response_tokens for e in encode([to_conversation(r, cfg) for r in records], tok, cfg)],
@@ -207,22 +201,3 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
 
 def _top_tasks(per_task: dict[str, int] | None) -> str:
     return ", ".join(f"{t} {c}" for t, c in list(per_task.items())[:3]) if per_task else "pending"
-
-
-def _task_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[str(r.get("task", "(none)"))] = counts.get(str(r.get("task", "(none)")), 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)

@@ -32,10 +32,8 @@ from ntk_selector.projection import Projector, make_projector
 
 def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head: SummedLogitHead | None) -> torch.Tensor:
     """f_b for every row of the batch, [B] (rows without response tokens give 0)."""
-    target = batch.target_mask
-    n_resp = target.sum(1).clamp_min(1).float()
     if objective in NTK_OBJECTIVES:
-        positions = target if objective == "ntk" else next_token_mask(batch)
+        positions = batch.target_mask if objective == "ntk" else next_token_mask(batch)
         if head is not None:
             per_pos = head(last_hidden(model, batch))  # [B, T]
         else:
@@ -45,7 +43,7 @@ def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head
         logits, labels, rows = response_logits(model, batch)  # head only at response positions
         tok = F.cross_entropy(logits.float(), labels, reduction="none")
         per_row = torch.zeros(batch.input_ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
-        return per_row / n_resp
+        return per_row / batch.target_mask.sum(1).clamp_min(1).float()
     raise ValueError(f"unknown objective '{objective}' (ntk, ntk-all or ce)")
 
 

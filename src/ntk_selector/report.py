@@ -44,7 +44,8 @@ def _selected(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _scores(path: Path) -> dict[str, np.ndarray] | None:
+def read_scores(path: Path) -> dict[str, np.ndarray] | None:
+    """The columns of a `select` run's scores.csv (NaN where a row has no score), or None."""
     if not path.exists():
         return None
     with open(path, encoding="utf-8") as fh:
@@ -338,7 +339,7 @@ def write_report(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     run = _json(out / "run.json")
     diag = _json(out / "diagnostics.json")
-    scores = _scores(out / "scores.csv")
+    scores = read_scores(out / "scores.csv")
     selected = _selected(out / "selected.jsonl")
     body = []
     if run or scores is not None or selected:
