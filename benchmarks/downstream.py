@@ -501,11 +501,14 @@ def git_commit(paths: list[Path], message: str) -> None:
     for attempt in range(10):
         add = subprocess.run(["git", "add", "--", *rel], cwd=ROOT, capture_output=True, text=True)
         if add.returncode == 0:
+            staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel], cwd=ROOT)
+            if staged.returncode == 0:
+                return  # nothing new since the last commit
             done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], cwd=ROOT, capture_output=True, text=True)
-            if done.returncode == 0 or "nothing to commit" in done.stdout + done.stderr:
+            if done.returncode == 0:
                 log(f"committed: {message}")
                 return
-            err = done.stderr
+            err = done.stderr or done.stdout
         else:
             err = add.stderr
         if "index.lock" not in err:
