@@ -140,3 +140,25 @@ def test_main_prints_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert demo.main([str(tmp_path), "--n-domain", "9", "--pool-size", "70"]) == 0
     out = capsys.readouterr().out
     assert "pool: 70 rows" in out and "sharegpt" in out and "domain: 9 rows" in out
+
+
+@needs_data
+def test_demo_command_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """README command 1 (``ntk-selector demo``) on the tiny model: builds the data, selects, prints the summary."""
+    from ntk_selector.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", str(tiny_model_dir), "--domain-size", "12", "--pool-size", "60",
+                 "--n", "6", "--proj-dim", "64", "--max-length", "1024", "--rank", "4", "--batch-size", "4"]) == 0
+    pool = _read(out / "data" / "pool.jsonl")
+    selected = _read(out / "select" / "selected.jsonl")
+    assert len(pool) == 60 and len(selected) == 6
+    for r in selected:
+        assert pool[r["pool_index"]]["prompt"] == r["prompt"] and pool[r["pool_index"]]["task"] == r["task"]
+    printed = capsys.readouterr().out
+    assert "selected 6 of 60 pool rows (ntk)" in printed
+    tasks = {r["task"] for r in pool}
+    rows = [line.split() for line in printed.splitlines() if line.split() and line.split()[0] in tasks]
+    assert {row[0] for row in rows} == tasks
+    assert sum(int(row[2]) for row in rows) == 6 and sum(int(row[3]) for row in rows) == 6  # selected, random
+    assert sum(int(row[1]) for row in rows) == 60
