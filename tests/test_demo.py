@@ -162,3 +162,8 @@ def test_demo_command_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: p
     assert {row[0] for row in rows} == tasks
     assert sum(int(row[2]) for row in rows) == 6 and sum(int(row[3]) for row in rows) == 6  # selected, random
     assert sum(int(row[1]) for row in rows) == 60
+    mix = json.loads((out / "select" / "run.json").read_text())["answer_mix"]  # drug sentiment: three labels
+    assert set(mix["labels"]) == {"negative", "neutral", "positive"}
+    assert sum(v["domain"] for v in mix["labels"].values()) == 12
+    assert sum(v["selected"] for v in mix["labels"].values()) + mix["selected_other"] == 6
+    assert "domain labels (rows in domain/selected):" in printed

@@ -73,6 +73,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     summary = select(args.domain, args.pool, args.out, cfg)
     if summary is not None and not cfg.run.quiet:
         print_summary(summary, args.out)
+    elif summary is not None:
+        for w in (summary.get("answer_mix") or {}).get("warnings", []):
+            print(f"WARNING: {w}", file=sys.stderr)
     return 0
 
 
@@ -88,6 +91,10 @@ def print_summary(summary: dict[str, Any], out: str | Path, compare: dict[str, i
             if compare is not None:
                 line += f"{compare.get(task, 0):>8}"
             print(line)
+    if summary.get("answer_mix"):
+        from ntk_selector.answer_mix import format_answer_mix
+
+        print("\n".join(format_answer_mix(summary["answer_mix"])))
     print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
 
 

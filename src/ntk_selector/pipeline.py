@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ntk_selector import __version__, distributed
+from ntk_selector.answer_mix import answer_mix
 from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PoolFilterConfig, PreselectConfig,
                                  RunConfig, ScoreConfig, TrainConfig, to_dict)
 from ntk_selector.data import clean_record, encode
@@ -311,6 +312,8 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
         "pool_filter": filt.report,
         "pool_rows_without_response_tokens": empty_rows[:1000].tolist(),
         "selected_per_task": task_counts(pool.records, chosen),
+        "answer_mix": answer_mix([c.response for c in domain.conversations],
+                                 [pool.conversations[int(i)].response for i in chosen]),
         "pool_per_task": task_counts(pool.records, np.arange(len(pool))),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "versions": {"ntk_selector": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
