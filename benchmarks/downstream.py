@@ -612,6 +612,25 @@ def picked_tasks(results: Path, d: int, n: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def picked_answers(results: Path, cache: Path, d: int, n: int) -> dict[str, dict[str, float]]:
+    """Mean number of selected rows giving each of D's labels (and other answers), per method."""
+    from ntk_selector.answer_mix import answer_mix
+
+    data = cache / "data" / f"d{d}"
+    if not (data / "pool.jsonl").exists():
+        return {}
+    domain = [r["response"] for r in read_jsonl(data / "domain.jsonl")]
+    pool = [r["response"] for r in read_jsonl(data / "pool.jsonl")]
+    per: dict[str, list[dict[str, int]]] = {}
+    for u in load_units(results, "select"):
+        if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"].get("prior", "balanced") == "balanced":
+            mix = answer_mix(domain, [pool[i] for i in u["pool_index"]])
+            if mix is not None:
+                counts = {label: v["selected"] for label, v in mix["labels"].items()}
+                per.setdefault(u["definition"]["method"], []).append({**counts, "other answers": mix["selected_other"]})
+    return {m: {k: float(np.mean([c[k] for c in lst])) for k in lst[0]} for m, lst in per.items()}
+
+
 def chosen_lr_from(results: Path, s: Settings) -> tuple[float | None, dict[float, float]]:
     valid = {}
     for u in load_units(results, "eval"):
@@ -679,6 +698,14 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
         for m in SELECTING:
             if m in picks:
                 lines.append(f"| {m} | " + " | ".join(f"{picks[m].get(t, 0):.0f}" for t in tasks) + " |")
+        lines.append("")
+    answers = picked_answers(results, cache, d, n)
+    if answers:
+        cols = list(next(iter(answers.values())))
+        lines += ["Answers of the selected rows (rows of N giving each of D's labels, as `select` reports them in "
+                  "`answer_mix`; mean over selection seeds):", "",
+                  "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {m} | " + " | ".join(f"{answers[m][c]:.0f}" for c in cols) + " |" for m in SELECTING if m in answers]
         lines.append("")
     lines += ABLATIONS.ablation_table(results, d, n, lr_tag(lr), {"accuracy": acc, "balanced_accuracy": bal})
     curve_n = _curve(acc, [(d, f * d) for f in s.curve_n_factors], s.curve_methods, lr)

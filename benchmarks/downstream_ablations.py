@@ -207,4 +207,5 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
 
 
 def _top_tasks(per_task: dict[str, int] | None) -> str:
-    return ", ".join(f"{t} {c}" for t, c in list(per_task.items())[:3]) if per_task else "pending"
+    top = sorted(per_task.items(), key=lambda kv: (-kv[1], kv[0]))[:3] if per_task else []
+    return ", ".join(f"{t} {c}" for t, c in top) if top else "pending"
