@@ -77,3 +77,18 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     # the plots loaded: many pixels of the plots' blue (#1f77b4) and orange (#ff7f0e), used only in the PNGs
     for rgb in ((31, 119, 180), (255, 127, 14)):
         assert (np.abs(img - np.array(rgb)).max(-1) <= 12).sum() > 5000, rgb
+
+
+def test_report_shows_the_answer_mix_and_its_warning(tmp_path):
+    from ntk_selector.answer_mix import answer_mix
+
+    rec = {"prompt": "p", "response": "positive", "task": "t", "ntk_score": 1.0, "pool_index": 0}
+    write_jsonl(tmp_path / "selected.jsonl", [rec])
+    mix = answer_mix(["positive", "<neutral>", "positive", "<neutral>"], ["positive", "free text"])
+    run = {"counts": {"selected": 2}, "pool_per_task": {"t": 3}, "selected_per_task": {"t": 2}, "answer_mix": mix}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    page = write_report(tmp_path).read_text()
+    assert "Domain labels among the selected answers" in page
+    assert "<td>&lt;neutral&gt;</td><td class='num'>2</td><td class='num'>0</td>" in page
+    assert "<td>(other answers)</td><td></td><td class='num'>1</td>" in page
+    assert "Warning.</b> 1 selected rows answer with the domain&#x27;s labels, none of them with" in page

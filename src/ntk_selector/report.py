@@ -285,6 +285,13 @@ def _select_section(out: Path, run: dict[str, Any] | None, scores: dict[str, np.
             parts.append(_table(["task", "pool rows", "selected", "share selected"],
                                 [[t, n, sel_tasks.get(t, 0), f"{sel_tasks.get(t, 0) / max(1, sum(sel_tasks.values())):.1%}"]
                                  for t, n in pool_tasks.items()]))
+        mix = run.get("answer_mix")
+        if mix:
+            parts.append("<h3>Domain labels among the selected answers</h3>")
+            parts += [f"<div class='warn'><b>Warning.</b> {_esc(w)}</div>" for w in mix.get("warnings", [])]
+            parts.append(_table(["domain label", "domain rows", "selected rows with this answer"],
+                                [[label, v["domain"], v["selected"]] for label, v in mix["labels"].items()]
+                                + [["(other answers)", "", mix["selected_other"]]]))
     if selected:
         data_cfg = ((run or {}).get("config") or {}).get("data") or {}
         ranked = list(enumerate(selected, start=1))
