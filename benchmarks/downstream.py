@@ -456,9 +456,12 @@ class Bench:
     def ablation_runs(self, lr: float) -> Iterator[Run]:
         d, n = self.s.domain_size, self.s.n_factor * self.s.domain_size
         for item in ABLATIONS.PLAN:
-            if item == ABLATIONS.NATURAL:  # the same comparison with a D of the natural label mix
-                for m in ABLATIONS.NATURAL_METHODS:
-                    yield Run(d, n if m not in ("base", "domain") else 0, m, 0, 0, lr, "natural")
+            if item == ABLATIONS.NATURAL:  # the same comparison with a D of the natural label mix, every seed
+                for seed in self.s.seeds:
+                    for m in ABLATIONS.NATURAL_METHODS:
+                        if m != "base" or seed == self.s.seeds[0]:
+                            yield Run(d, n if m not in ("base", "domain") else 0, m, selection_seed(m, seed), seed, lr,
+                                      "natural")
             else:
                 yield Run(d, n, ABLATIONS.PREFIX + item, 0, 0, lr)
 
@@ -862,8 +865,9 @@ def estimate(s: Settings, bench: Bench, rate_train: float, rate_fwd: float) -> d
                            + own_warmups * sel_cost(d, n, ("ntk",), True) + len(pool) * pool.mean() / rate_train
                            + sel_cost(d, n, ("ntk",), False)  # all-positions featurizes the M rows again
                            # the natural-mix D: its own selection, then base, domain, random and ntk
-                           + sel_cost(d, n, ("ntk",), True) + ft_cost(d, 0) + 2 * ft_cost(d, n)
-                           + len(ABLATIONS.NATURAL_METHODS) * (ev("test") + ev("valid")))
+                           + sel_cost(d, n, ("ntk",), True)
+                           + len(s.seeds) * (ft_cost(d, 0) + 2 * ft_cost(d, n) + 3 * (ev("test") + ev("valid")))
+                           + ev("test") + ev("valid"))
     c = 0.0
     for f in s.curve_n_factors:
         if f != s.n_factor:

@@ -17,7 +17,8 @@ test accuracy is reported next to it and chooses nothing.
 
 Not a variant of the method but of the benchmark: the main table's D is balanced over the three
 labels while domain_valid and test are mostly positive, so ``natural-prior`` reruns base, domain
-only, random and ntk with a D drawn uniformly from the train split (its own domain_valid too).
+only, random and ntk with a D drawn uniformly from the train split (its own domain_valid too), with
+every seed of the main table.
 
 Variants that change the warm-up run in their own work folder; the others share the main run's
 warm-up, embeddings and features through ``select --work-dir``.
@@ -58,7 +59,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("m-all", "M = the whole pool: no pre-selection", flags=("--m", "{pool}")),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
-NATURAL = "natural-prior"  # base, domain only, random and ntk again with D drawn with the train split's label mix
+NATURAL = "natural-prior"  # base, domain only, random and ntk again (every seed) with D drawn with the train split's label mix
 NATURAL_METHODS = ("base", "domain", "random", "ntk")
 # run order: the variants that reuse the main run's features first, then the D with the natural label
 # mix (the main D is balanced, valid and test are 65-72% positive), then the ones that featurize again
@@ -195,15 +196,25 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
             scores = " | ".join(["= ntk"] * 4)  # not fine-tuned again: the same rows
         lines.append(f"| {method} | {what} | {_top_tasks(per_task)} | {same} | {scores} |")
     lines += ["", f"D drawn with the train split's label mix instead of balanced (`{NATURAL}`; its own domain_valid; "
-              "seed 0):", "", "| method | top pool tasks picked | valid acc % | valid bal. acc % | test acc % | "
-              "test bal. acc % |", "|---|---|---|---|---|---|"]
+              "the main table's seeds: mean ± std over the fine-tune seeds, random drawn with each seed, ntk selecting "
+              "once):", "", "| method | top pool tasks picked | seeds | valid acc % | valid bal. acc % | test acc % | "
+              "test bal. acc % |", "|---|---|---|---|---|---|---|"]
     for m in NATURAL_METHODS:
         key = {"base": f"d{d}natural_base", "domain": f"d{d}natural_n0_domain_lr{lr_text}"}.get(m, f"d{d}natural_n{n}_{m}_lr{lr_text}")
         sel = sel_dir / f"d{d}natural_n{n}_{m}_sel0.json"
         picks = _top_tasks(json.loads(sel.read_text())["selected_per_task"]) if sel.exists() else \
             ("–" if m in ("base", "domain") else "pending")
-        lines.append(f"| {m} | {picks} | {cells(key)} |")
+        seeds = len(acc.get((key, "test"), []))
+        lines.append(f"| {m} | {picks} | {seeds} | "
+                     + " | ".join(_mean_std(g.get((key, split), [])) for split in ("valid", "test") for g in (acc, bal)) + " |")
     return lines + [""]
+
+
+def _mean_std(values: list[tuple[str, float]]) -> str:
+    vals = [100 * a for _, a in values]
+    if not vals:
+        return "–"
+    return f"{np.mean(vals):.1f}" + (f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else "")
 
 
 def _top_tasks(per_task: dict[str, int] | None) -> str:
