@@ -553,13 +553,19 @@ def accuracies(results: Path, metric: str = "accuracy") -> dict[tuple[str, str],
     return groups
 
 
+def mean_counts(counts: list[dict[str, int]]) -> dict[str, float]:
+    """Mean count per key over several seeds' counts (a key missing from one counts 0), keys in first-seen order."""
+    keys = list(dict.fromkeys(k for c in counts for k in c))
+    return {k: float(np.mean([c.get(k, 0) for c in counts])) for k in keys}
+
+
 def predicted_mix(results: Path) -> dict[tuple[str, str], dict[str, float]]:
     """(run-without-seed, split) -> mean number of predictions per label over the seeds."""
     per: dict[tuple[str, str], list[dict[str, int]]] = {}
     for u in load_units(results, "eval"):
         g = (_strip_seeds(u["definition"]["run"]), u["definition"]["split"])
         per.setdefault(g, []).append({c: v["predicted"] for c, v in u["per_class"].items()})
-    return {g: {c: float(np.mean([m[c] for m in lst])) for c in lst[0]} for g, lst in per.items()}
+    return {g: mean_counts(lst) for g, lst in per.items()}
 
 
 def label_mix(results: Path, split: str) -> dict[str, int]:
@@ -608,11 +614,7 @@ def picked_tasks(results: Path, d: int, n: int) -> dict[str, dict[str, float]]:
     for u in load_units(results, "select"):
         if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"].get("prior", "balanced") == "balanced":
             per.setdefault(u["definition"]["method"], []).append(u["selected_per_task"])
-    out = {}
-    for m, lst in per.items():
-        tasks = sorted({t for c in lst for t in c})
-        out[m] = {t: float(np.mean([c.get(t, 0) for c in lst])) for t in tasks}
-    return out
+    return {m: mean_counts(lst) for m, lst in per.items()}
 
 
 def picked_answers(results: Path, cache: Path, d: int, n: int) -> dict[str, dict[str, float]]:
@@ -631,7 +633,7 @@ def picked_answers(results: Path, cache: Path, d: int, n: int) -> dict[str, dict
             if mix is not None:
                 counts = {label: v["selected"] for label, v in mix["labels"].items()}
                 per.setdefault(u["definition"]["method"], []).append({**counts, "other answers": mix["selected_other"]})
-    return {m: {k: float(np.mean([c[k] for c in lst])) for k in lst[0]} for m, lst in per.items()}
+    return {m: mean_counts(lst) for m, lst in per.items()}
 
 
 def chosen_lr_from(results: Path, s: Settings) -> tuple[float | None, dict[float, float]]:
@@ -710,7 +712,7 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
                   "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {m} | " + " | ".join(f"{answers[m][c]:.0f}" for c in cols) + " |" for m in SELECTING if m in answers]
         lines.append("")
-    lines += ABLATIONS.ablation_table(results, d, n, lr_tag(lr), {"accuracy": acc, "balanced_accuracy": bal})
+    lines += ABLATIONS.ablation_table(results, d, n, lr_tag(lr), {"accuracy": acc, "balanced_accuracy": bal}, mean_std)
     curve_n = _curve(acc, [(d, f * d) for f in s.curve_n_factors], s.curve_methods, lr)
     curve_d = _curve(acc, [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods, lr)
     if any(curve_n.values()):

@@ -30,7 +30,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -156,8 +156,11 @@ def overlap(a: list[int], b: list[int]) -> int:
     return len(set(a) & set(b))
 
 
-def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: dict[str, dict]) -> list[str]:
-    """Markdown rows: each variant's picks, overlap with the main ntk selection, valid and test scores."""
+def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: dict[str, dict],
+                   mean_std: Callable[[list[float]], str]) -> list[str]:
+    """Markdown rows: each variant's picks, overlap with the main ntk selection, valid and test scores.
+
+    ``mean_std`` formats a list of seeds' scores (the main table's formatter)."""
     sel_dir = results / "downstream" / "select"
     main = sel_dir / f"d{d}_n{n}_ntk_sel0.json"
     if not main.exists():
@@ -206,15 +209,9 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
             ("–" if m in ("base", "domain") else "pending")
         seeds = len(acc.get((key, "test"), []))
         lines.append(f"| {m} | {picks} | {seeds} | "
-                     + " | ".join(_mean_std(g.get((key, split), [])) for split in ("valid", "test") for g in (acc, bal)) + " |")
+                     + " | ".join(mean_std([a for _, a in g.get((key, split), [])]) for split in ("valid", "test")
+                                  for g in (acc, bal)) + " |")
     return lines + [""]
-
-
-def _mean_std(values: list[tuple[str, float]]) -> str:
-    vals = [100 * a for _, a in values]
-    if not vals:
-        return "–"
-    return f"{np.mean(vals):.1f}" + (f" ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else "")
 
 
 def _top_tasks(per_task: dict[str, int] | None) -> str:
