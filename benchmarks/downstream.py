@@ -581,12 +581,14 @@ def _strip_seeds(key: str) -> str:
     return "_".join(parts)
 
 
-def group_key(d: int, n: int, method: str, lr: float) -> str:
+def group_key(d: int, n: int, method: str, lr: float, prior: str = "balanced") -> str:
+    """The run key of a method's fine-tune seeds, seeds stripped: the rows of one table cell."""
+    dtag = d_tag(d, prior)
     if method == "base":
-        return f"d{d}_base"
+        return f"{dtag}_base"
     if method == "domain":
-        return f"d{d}_n0_domain_lr{lr_tag(lr)}"
-    return f"d{d}_n{n}_{method}_lr{lr_tag(lr)}"
+        return f"{dtag}_n0_domain_lr{lr_tag(lr)}"
+    return f"{dtag}_n{n}_{method}_lr{lr_tag(lr)}"
 
 
 def selection_seconds(results: Path, d: int, n: int) -> dict[str, float]:
@@ -712,7 +714,8 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
                   "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {m} | " + " | ".join(f"{answers[m][c]:.0f}" for c in cols) + " |" for m in SELECTING if m in answers]
         lines.append("")
-    lines += ABLATIONS.ablation_table(results, d, n, lr_tag(lr), {"accuracy": acc, "balanced_accuracy": bal}, mean_std)
+    lines += ABLATIONS.ablation_table(results, d, n, lambda m, prior="balanced": group_key(d, n, m, lr, prior),
+                                       {"accuracy": acc, "balanced_accuracy": bal}, mean_std)
     curve_n = _curve(acc, [(d, f * d) for f in s.curve_n_factors], s.curve_methods, lr)
     curve_d = _curve(acc, [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods, lr)
     if any(curve_n.values()):

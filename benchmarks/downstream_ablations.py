@@ -156,10 +156,11 @@ def overlap(a: list[int], b: list[int]) -> int:
     return len(set(a) & set(b))
 
 
-def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: dict[str, dict],
+def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], metric_groups: dict[str, dict],
                    mean_std: Callable[[list[float]], str]) -> list[str]:
     """Markdown rows: each variant's picks, overlap with the main ntk selection, valid and test scores.
 
+    ``key_of(method, prior="balanced")`` is the main table's run key of a method (seeds stripped);
     ``mean_std`` formats a list of seeds' scores (the main table's formatter)."""
     sel_dir = results / "downstream" / "select"
     main = sel_dir / f"d{d}_n{n}_ntk_sel0.json"
@@ -175,7 +176,7 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
     def cells(group: str) -> str:
         return " | ".join(cell(group, g, split) for split in ("valid", "test") for g in (acc, bal))
 
-    ntk_tests = sorted(a for key, a in acc.get((f"d{d}_n{n}_ntk_lr{lr_text}", "test"), []))
+    ntk_tests = sorted(a for key, a in acc.get((key_of("ntk"), "test"), []))
     spread = (f" The main table's ntk gave {', '.join(f'{100 * a:.1f}' for a in ntk_tests)}% test accuracy over its "
               "fine-tune seeds on the same rows: a one-seed difference smaller than that spread is noise."
               if len(ntk_tests) > 1 else "")
@@ -194,7 +195,7 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
             rows.append((PREFIX + v.name, v.what, None, None))
     for method, what, idx, per_task in rows:
         same = f"{overlap(idx, main_idx)}/{n}" if idx is not None else "–"
-        scores = cells(f"d{d}_n{n}_{method}_lr{lr_text}")
+        scores = cells(key_of(method))
         if method != "ntk" and idx is not None and set(idx) == set(main_idx):
             scores = " | ".join(["= ntk"] * 4)  # not fine-tuned again: the same rows
         lines.append(f"| {method} | {what} | {_top_tasks(per_task)} | {same} | {scores} |")
@@ -203,7 +204,7 @@ def ablation_table(results: Path, d: int, n: int, lr_text: str, metric_groups: d
               "once):", "", "| method | top pool tasks picked | seeds | valid acc % | valid bal. acc % | test acc % | "
               "test bal. acc % |", "|---|---|---|---|---|---|---|"]
     for m in NATURAL_METHODS:
-        key = {"base": f"d{d}natural_base", "domain": f"d{d}natural_n0_domain_lr{lr_text}"}.get(m, f"d{d}natural_n{n}_{m}_lr{lr_text}")
+        key = key_of(m, "natural")
         sel = sel_dir / f"d{d}natural_n{n}_{m}_sel0.json"
         picks = _top_tasks(json.loads(sel.read_text())["selected_per_task"]) if sel.exists() else \
             ("–" if m in ("base", "domain") else "pending")
