@@ -690,7 +690,7 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
     mixes = {split: label_mix(results, split) for split in ("test", "valid")}
     if mixes["test"]:
         top = max(mixes["test"].values()) / sum(mixes["test"].values())
-        lines += ["", "Label mix (true rows per label): D " + _mix_text(label_mix_of_domain(s, cache)) +
+        lines += ["", "Label mix (true rows per label): D " + _mix_text(label_mix_of_domain(s.domain_size, cache)) +
                   "; domain_valid " + _mix_text(mixes["valid"]) + "; test " + _mix_text(mixes["test"]) +
                   f". Always answering the test's majority label scores {100 * top:.1f}% accuracy, "
                   f"{100 / len(mixes['test']):.1f}% balanced accuracy. Answers per label are in the order "
@@ -722,15 +722,22 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
         lines += _curve_table("N (|D| = %d)" % d, [f * d for f in s.curve_n_factors], curve_n)
     if any(curve_d.values()):
         lines += _curve_table("|D| (N = %d·|D|)" % s.n_factor, list(s.curve_domain_sizes), curve_d)
+        # D is drawn balanced only as far as the train split's rarest label allows: say what each size got
+        mixes = {dd: label_mix_of_domain(dd, cache) for dd in s.curve_domain_sizes}
+        short = [dd for dd, m in mixes.items() if m and min(m.values()) < dd // len(m)]
+        lines += ["D's labels at each |D|: " + "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in mixes.items() if m) + "."
+                  + (f" At |D| = {', '.join(map(str, short))} the train split has too few rows of some label to balance D: "
+                     "D holds all of them, so the label mix changes with |D| along this curve, and that D's "
+                     "domain_valid has no row of those labels (the test set is the same at every |D|)." if short else ""), ""]
     _plots(results, plot_rows, s, curve_n, curve_d)
     lines += ["Plots: `benchmarks/results/downstream_accuracy.png`, `downstream_curve_n.png`, "
               "`downstream_curve_d.png`.", ""]
     return "\n".join(lines)
 
 
-def label_mix_of_domain(s: Settings, cache: Path) -> dict[str, int]:
-    """Rows per label of the domain file D (from the benchmark's cache folder)."""
-    path = cache / "data" / f"d{s.domain_size}" / "domain.jsonl"
+def label_mix_of_domain(d: int, cache: Path) -> dict[str, int]:
+    """Rows per label of the (balanced) domain file D of size d (from the benchmark's cache folder)."""
+    path = cache / "data" / d_tag(d) / "domain.jsonl"
     return dict(sorted(task_counts(read_jsonl(path), "response").items())) if path.exists() else {}
 
 
