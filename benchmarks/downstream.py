@@ -212,7 +212,7 @@ class Run:
 
     @property
     def sel_key(self) -> str:
-        return f"{self.dtag}_n{self.n}_{self.method}_sel{self.sel}"
+        return selection_key(self.d, self.n, self.method, self.sel, self.prior)
 
     @property
     def key(self) -> str:
@@ -225,6 +225,11 @@ class Run:
 def d_tag(d: int, prior: str = "balanced") -> str:
     """``d100`` for the main (balanced) D, ``d100natural`` for a D with the natural label mix."""
     return f"d{d}" if prior == "balanced" else f"d{d}{prior}"
+
+
+def selection_key(d: int, n: int, method: str, sel: int, prior: str = "balanced") -> str:
+    """Name of a selection's result JSON and cache folder."""
+    return f"{d_tag(d, prior)}_n{n}_{method}_sel{sel}"
 
 
 def selection_seed(method: str, seed: int) -> int:
@@ -305,7 +310,7 @@ class Bench:
                 "--token-budget", str(self.s.token_budget)]
 
     def selection(self, d: int, n: int, method: str, sel: int, prior: str = "balanced") -> dict[str, Any]:
-        key = f"{d_tag(d, prior)}_n{n}_{method}_sel{sel}"
+        key = selection_key(d, n, method, sel, prior)
         definition = {"kind": "select", "d": d, "n": n, "method": method, "sel_seed": sel, "model": self.s.model,
                       "max_length": self.s.max_length, "proj_dim": self.s.proj_dim, "pool_size": self.s.pool_size,
                       "data_dir": self.s.data_dir}
@@ -315,7 +320,7 @@ class Bench:
                          lambda: self._select(d, n, method, sel, prior), f"select {key}")
 
     def _select(self, d: int, n: int, method: str, sel: int, prior: str = "balanced") -> dict[str, Any]:
-        out = self.cache / "select" / f"{d_tag(d, prior)}_n{n}_{method}_sel{sel}"
+        out = self.cache / "select" / selection_key(d, n, method, sel, prior)
         if method == "preselect-random" and sel != 0:
             if prior != "balanced":
                 raise ValueError("preselect-random draws with seeds > 0 exist for the balanced D only")
@@ -715,6 +720,7 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
         lines += [f"| {m} | " + " | ".join(f"{answers[m][c]:.0f}" for c in cols) + " |" for m in SELECTING if m in answers]
         lines.append("")
     lines += ABLATIONS.ablation_table(results, d, n, lambda m, prior="balanced": group_key(d, n, m, lr, prior),
+                                       lambda m, prior="balanced": selection_key(d, n, m, 0, prior),
                                        {"accuracy": acc, "balanced_accuracy": bal}, mean_std)
     curve_n = _curve(acc, [(d, f * d) for f in s.curve_n_factors], s.curve_methods, lr)
     curve_d = _curve(acc, [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods, lr)
@@ -723,9 +729,9 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
     if any(curve_d.values()):
         lines += _curve_table("|D| (N = %d·|D|)" % s.n_factor, list(s.curve_domain_sizes), curve_d)
         # D is drawn balanced only as far as the train split's rarest label allows: say what each size got
-        mixes = {dd: label_mix_of_domain(dd, cache) for dd in s.curve_domain_sizes}
-        short = [dd for dd, m in mixes.items() if m and min(m.values()) < dd // len(m)]
-        lines += ["D's labels at each |D|: " + "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in mixes.items() if m) + "."
+        d_mixes = {dd: label_mix_of_domain(dd, cache) for dd in s.curve_domain_sizes}
+        short = [dd for dd, m in d_mixes.items() if m and min(m.values()) < dd // len(m)]
+        lines += ["D's labels at each |D|: " + "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in d_mixes.items() if m) + "."
                   + (f" At |D| = {', '.join(map(str, short))} the train split has too few rows of some label to balance D: "
                      "D holds all of them, so the label mix changes with |D| along this curve, and that D's "
                      "domain_valid has no row of those labels (the test set is the same at every |D|)." if short else ""), ""]

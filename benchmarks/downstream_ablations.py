@@ -156,14 +156,15 @@ def overlap(a: list[int], b: list[int]) -> int:
     return len(set(a) & set(b))
 
 
-def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], metric_groups: dict[str, dict],
-                   mean_std: Callable[[list[float]], str]) -> list[str]:
+def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], selection_of: Callable[..., str],
+                   metric_groups: dict[str, dict], mean_std: Callable[[list[float]], str]) -> list[str]:
     """Markdown rows: each variant's picks, overlap with the main ntk selection, valid and test scores.
 
-    ``key_of(method, prior="balanced")`` is the main table's run key of a method (seeds stripped);
+    ``key_of(method, prior="balanced")`` is the main table's run key of a method (seeds stripped),
+    ``selection_of(method, prior="balanced")`` the name of its seed-0 selection;
     ``mean_std`` formats a list of seeds' scores (the main table's formatter)."""
     sel_dir = results / "downstream" / "select"
-    main = sel_dir / f"d{d}_n{n}_ntk_sel0.json"
+    main = sel_dir / f"{selection_of('ntk')}.json"
     if not main.exists():
         return []
     main_idx = json.loads(main.read_text())["pool_index"]
@@ -187,7 +188,7 @@ def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], me
              "test acc % | test bal. acc % |", "|---|---|---|---|---|---|---|---|"]
     rows = [("ntk", "the paper's method (main table's selection)", main_idx, json.loads(main.read_text())["selected_per_task"])]
     for v in VARIANTS:
-        path = sel_dir / f"d{d}_n{n}_{PREFIX}{v.name}_sel0.json"
+        path = sel_dir / f"{selection_of(PREFIX + v.name)}.json"
         if path.exists():
             u = json.loads(path.read_text())
             rows.append((PREFIX + v.name, v.what, u["pool_index"], u["selected_per_task"]))
@@ -205,7 +206,7 @@ def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], me
               "test bal. acc % |", "|---|---|---|---|---|---|---|"]
     for m in NATURAL_METHODS:
         key = key_of(m, "natural")
-        sel = sel_dir / f"d{d}natural_n{n}_{m}_sel0.json"
+        sel = sel_dir / f"{selection_of(m, 'natural')}.json"
         picks = _top_tasks(json.loads(sel.read_text())["selected_per_task"]) if sel.exists() else \
             ("–" if m in ("base", "domain") else "pending")
         seeds = len(acc.get((key, "test"), []))
