@@ -56,6 +56,7 @@ class RunConfig:
     debug: bool = _f(False, "show tracebacks on errors")
     overwrite: bool = _f(False, "discard an existing output of another configuration")
     work_dir: str | None = _f(None, "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same data can share one")
+    checkpoint_every: int = _f(100, "train and warm-up: save a resumable state every this many optimizer steps (0: never); a rerun on the same output resumes from it")
     dist_timeout: float = _f(360.0, "minutes ranks of a torchrun job wait for each other (rank 0 alone runs the warm-up)")
 
 

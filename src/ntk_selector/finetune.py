@@ -3,7 +3,8 @@
 Several data files are read, concatenated and trained on together; every epoch is a fresh seeded
 shuffle of the union, so the same seed gives the same adapter. The adapter folder is written
 atomically, followed by ``training_state.json`` (definition, loss curve, seconds). A rerun with
-the same definition skips the work; another definition is refused unless ``--overwrite``.
+the same definition skips the work, or resumes it from ``OUT/resume/`` after a crash (every
+``--checkpoint-every`` steps); another definition is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
 from ntk_selector.errors import UserError
 from ntk_selector.stages import Records, Session, data_definition
 from ntk_selector.store import write_json_atomic
+from ntk_selector.train_checkpoint import TrainCheckpoint
 from ntk_selector.training import save_adapter_atomic, train_lora
 
 STATE_FILE = "training_state.json"
@@ -58,8 +60,9 @@ def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: Model
         raise UserError(f"{out} holds an adapter trained on other data or settings; use --overwrite or another --out")
     session.load(model_cfg.adapter)  # --adapter continues training it; otherwise a fresh seeded LoRA
     conversations = [c for r in data for c in r.conversations]
+    checkpoint = TrainCheckpoint(out, definition, run.checkpoint_every, run.overwrite)
     stats = train_lora(session.model, session.tokenizer, conversations, data_cfg, train_cfg, run.seed,
-                       quiet=run.quiet, desc="train", group_by_length=group_by_length)
+                       quiet=run.quiet, desc="train", group_by_length=group_by_length, checkpoint=checkpoint)
     save_adapter_atomic(session.model, out)
     state = {"definition": definition, "rows": {str(r.path): len(r) for r in data}, **stats}
     write_json_atomic(out / STATE_FILE, state)

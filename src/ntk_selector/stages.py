@@ -27,6 +27,7 @@ from ntk_selector.runner import fill_store, run_rows
 from ntk_selector.score import block_rows_for, domain_direction, score_rows
 from ntk_selector.store import DONE, RowStore, describe_differences, iter_row_blocks, open_store, write_json_atomic
 from ntk_selector.training import save_adapter_atomic, train_lora
+from ntk_selector.train_checkpoint import TrainCheckpoint
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -144,8 +145,9 @@ def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, t
     if not any(e.n_response_tokens for e in encode(domain.conversations, session.tokenizer, data_cfg)):
         raise UserError(f"{domain.path}: no example has response tokens left (empty responses, or all truncated "
                         f"away at --max-length {data_cfg.max_length})")
+    checkpoint = TrainCheckpoint(out, definition, session.run.checkpoint_every, session.run.overwrite)
     stats = train_lora(session.model, session.tokenizer, domain.conversations, data_cfg, train_cfg, session.run.seed,
-                       quiet=session.run.quiet, desc="warm-up")
+                       quiet=session.run.quiet, desc="warm-up", checkpoint=checkpoint)
     save_adapter_atomic(session.model, out)
     write_json_atomic(state_file, {"definition": definition, "stats": stats})
     return stats

@@ -19,6 +19,7 @@ from ntk_selector.config import DataConfig, TrainConfig
 from ntk_selector.data import Conversation, Encoded, collate, encode
 from ntk_selector.heads import response_logits
 from ntk_selector.models import lora_parameters
+from ntk_selector.train_checkpoint import TrainCheckpoint
 
 
 def response_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
@@ -60,8 +61,12 @@ def epoch_batches(n: int, batch_size: int, epochs: float, seed: int,
 def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Conversation], data_cfg: DataConfig,
                train_cfg: TrainConfig, seed: int, *, quiet: bool = False, desc: str = "train",
                on_step: Callable[[int, torch.nn.Module], None] | None = None,
-               group_by_length: bool = False) -> dict[str, Any]:
-    """Train the model's LoRA parameters in place; return loss history and timing."""
+               group_by_length: bool = False, checkpoint: TrainCheckpoint | None = None) -> dict[str, Any]:
+    """Train the model's LoRA parameters in place; return loss history and timing.
+
+    With ``checkpoint``, the run first resumes from its saved state (if any) and saves it every
+    ``checkpoint.every`` steps; the result equals an uninterrupted run's.
+    """
     from transformers import get_linear_schedule_with_warmup
 
     encoded: list[Encoded] = [e for e in encode(conversations, tokenizer, data_cfg) if e.n_response_tokens > 0]
@@ -75,12 +80,18 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
     sched = get_linear_schedule_with_warmup(opt, int(train_cfg.warmup_ratio * len(steps)), len(steps))
     torch.manual_seed(seed)
     losses: list[float] = []
+    done, seconds_before = 0, 0.0
+    resumed = checkpoint.restore(params, opt, sched) if checkpoint is not None else None
+    if resumed is not None:
+        done, losses, seconds_before = resumed.step, resumed.losses, resumed.seconds
     start = time.perf_counter()
-    if on_step is not None:
+    if on_step is not None and done == 0:
         on_step(0, model)
     model.train()
     try:
-        for step, members in enumerate(tqdm(steps, desc=desc, unit="step", disable=quiet, dynamic_ncols=True), start=1):
+        progress = tqdm(steps[done:], desc=desc, unit="step", disable=quiet, dynamic_ncols=True, initial=done,
+                        total=len(steps))
+        for step, members in enumerate(progress, start=done + 1):
             batch = collate([encoded[i] for i in members], tokenizer.pad_token_id).to(device)
             loss = response_loss(model, batch)
             opt.zero_grad(set_to_none=True)
@@ -88,6 +99,8 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
+            if checkpoint is not None and checkpoint.due(step, len(steps)):
+                checkpoint.save(step, params, opt, sched, losses, seconds_before + time.perf_counter() - start)
             if on_step is not None:
                 model.eval()
                 on_step(step, model)
@@ -95,7 +108,7 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
     finally:
         model.eval()
     return {"steps": len(steps), "examples": len(encoded), "loss_first": losses[0], "loss_last": losses[-1],
-            "losses": losses, "seconds": time.perf_counter() - start}
+            "losses": losses, "seconds": seconds_before + time.perf_counter() - start, "resumed_at_step": done}
 
 
 def save_adapter_atomic(model: torch.nn.Module, out: str | Path) -> None:
