@@ -76,9 +76,10 @@ makes them deterministic) and fine-tune with seeds 0-2; random draws with each s
 preselect-random draws N of the seed-0 pre-selected M with each seed. Base is deterministic (one
 evaluation). Balanced accuracy (mean recall over the three labels) and macro-F1 come from the same
 evaluations; they were added to the table after seed 0's confusion matrices showed that D (balanced)
-and the test set (65% positive) have different label mixes. Cost (`--estimate`): about 38 h on an
-idle 2-core CPU (settings 0.3 h, seed 0 of all methods 3.0 h, seeds 1-2 4.1 h, ablations 7.1 h,
-curves 24 h); with other jobs on the machine units ran 4-6x slower."""
+and the test set (65% positive) have different label mixes. Cost (`--estimate`): about 53 h on an
+idle 2-core CPU (settings 0.3 h, seed 0 of all methods 3.0 h, seeds 1-2 4.1 h, ablations 8.9 h,
+curves 24 h, then 13 h for the |D| curve with a natural-mix D); with other jobs on the
+machine units ran 4-6x slower."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -136,7 +137,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     ap.add_argument("--update-benchmarks-md", default=None, metavar="FILE",
                     help="also replace the downstream section of this BENCHMARKS.md")
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K finished units (0: never)")
-    ap.add_argument("--phases", nargs="+", default=["settings", "seed0", "seeds", "ablations", "curves0", "curves"],
+    ap.add_argument("--phases", nargs="+",
+                    default=["settings", "seed0", "seeds", "ablations", "curves0", "curves", "curves-natural"],
                     help="phases to run, in order")
     ap.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
     ap.add_argument("--rate-train", type=float, default=180.0, help="tokens/s of LoRA forward+backward (for the estimate)")
@@ -458,6 +460,17 @@ class Bench:
                 if seed == seeds[0]:
                     yield Run(d, 0, "base", 0, 0, lr)
 
+    def natural_curve_runs(self, seeds: tuple[int, ...], lr: float) -> Iterator[Run]:
+        """The |D| curve again with D drawn in the train split's label mix, which, unlike a balanced D, every
+        |D| can have (at 400 the train split runs out of neutral and negative rows). |D| = 100 is the
+        natural-prior ablation's runs."""
+        for seed in seeds:
+            for d in self.s.curve_domain_sizes:
+                if d != self.s.domain_size:
+                    for m in ("domain",) + tuple(self.s.curve_methods):
+                        yield Run(d, self.s.n_factor * d if m in SELECTING else 0, m, selection_seed(m, seed), seed, lr,
+                                  "natural")
+
     def ablation_runs(self, lr: float) -> Iterator[Run]:
         d, n = self.s.domain_size, self.s.n_factor * self.s.domain_size
         for item in ABLATIONS.PLAN:
@@ -476,7 +489,8 @@ class Bench:
         seeds = self.s.seeds
         plan = {"seed0": list(self.main_runs(seeds[:1], lr)), "seeds": list(self.main_runs(seeds[1:], lr)),
                 "ablations": list(self.ablation_runs(lr)),
-                "curves0": list(self.curve_runs(seeds[:1], lr)), "curves": list(self.curve_runs(seeds[1:], lr))}
+                "curves0": list(self.curve_runs(seeds[:1], lr)), "curves": list(self.curve_runs(seeds[1:], lr)),
+                "curves-natural": list(self.natural_curve_runs(seeds, lr))}
         for phase in phases:
             for run in plan.get(phase, []):
                 self.cell(run, ("valid", "test") if phase == "ablations" else
@@ -735,15 +749,24 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
                   + (f" At |D| = {', '.join(map(str, short))} the train split has too few rows of some label to balance D: "
                      "D holds all of them, so the label mix changes with |D| along this curve, and that D's "
                      "domain_valid has no row of those labels (the test set is the same at every |D|)." if short else ""), ""]
-    _plots(results, plot_rows, s, curve_n, curve_d)
+    curve_d_natural = _curve(acc, [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods,
+                             lr, "natural")
+    if any(any(v) for dd, v in zip(s.curve_domain_sizes, zip(*curve_d_natural.values())) if dd != d):
+        lines += _curve_table("|D| with D in the train split's label mix (N = %d·|D|)" % s.n_factor,
+                              list(s.curve_domain_sizes), curve_d_natural)
+        d_mixes = {dd: label_mix_of_domain(dd, cache, "natural") for dd in s.curve_domain_sizes}
+        lines += ["D's labels at each |D| (a uniform draw from the train split, which every |D| can have): "
+                  + "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in d_mixes.items() if m)
+                  + "." + (f" |D| = {d} is the natural-prior ablation's runs." if d in s.curve_domain_sizes else ""), ""]
+    _plots(results, plot_rows, s, curve_n, curve_d, curve_d_natural)
     lines += ["Plots: `benchmarks/results/downstream_accuracy.png`, `downstream_curve_n.png`, "
               "`downstream_curve_d.png`.", ""]
     return "\n".join(lines)
 
 
-def label_mix_of_domain(d: int, cache: Path) -> dict[str, int]:
-    """Rows per label of the (balanced) domain file D of size d (from the benchmark's cache folder)."""
-    path = cache / "data" / d_tag(d) / "domain.jsonl"
+def label_mix_of_domain(d: int, cache: Path, prior: str = "balanced") -> dict[str, int]:
+    """Rows per label of the domain file D of size d drawn with ``prior`` (from the benchmark's cache folder)."""
+    path = cache / "data" / d_tag(d, prior) / "domain.jsonl"
     return dict(sorted(task_counts(read_jsonl(path), "response").items())) if path.exists() else {}
 
 
@@ -751,8 +774,10 @@ def _mix_text(mix: dict[str, int]) -> str:
     return "/".join(f"{v}" for v in mix.values()) + " (" + "/".join(mix) + ")" if mix else "(unknown)"
 
 
-def _curve(acc: dict, points: list[tuple[int, int]], methods: tuple[str, ...], lr: float) -> dict[str, list[list[float]]]:
-    return {m: [[a for _, a in acc.get((group_key(dd, nn, m, lr), "test"), [])] for dd, nn in points] for m in methods}
+def _curve(acc: dict, points: list[tuple[int, int]], methods: tuple[str, ...], lr: float,
+           prior: str = "balanced") -> dict[str, list[list[float]]]:
+    return {m: [[a for _, a in acc.get((group_key(dd, nn, m, lr, prior), "test"), [])] for dd, nn in points]
+            for m in methods}
 
 
 def _curve_table(label: str, xs: list[int], curve: dict[str, list[list[float]]]) -> list[str]:
@@ -763,7 +788,8 @@ def _curve_table(label: str, xs: list[int], curve: dict[str, list[list[float]]])
     return lines + [""]
 
 
-def _plots(results: Path, rows: list[tuple[str, list[float]]], s: Settings, curve_n: dict, curve_d: dict) -> None:
+def _plots(results: Path, rows: list[tuple[str, list[float]]], s: Settings, curve_n: dict, curve_d: dict,
+           curve_d_natural: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -784,15 +810,17 @@ def _plots(results: Path, rows: list[tuple[str, list[float]]], s: Settings, curv
         fig.tight_layout()
         fig.savefig(results / "downstream_accuracy.png", dpi=110)
         plt.close(fig)
+    natural = {f"{m} (natural D)": v for m, v in curve_d_natural.items()}
     for name, curve, xs, xlabel in (("n", curve_n, [f * s.domain_size for f in s.curve_n_factors], "N (selected rows)"),
-                                    ("d", curve_d, list(s.curve_domain_sizes), "|D| (N = 5·|D|)")):
+                                    ("d", {**curve_d, **natural}, list(s.curve_domain_sizes), "|D| (N = 5·|D|)")):
         if not any(any(v) for v in curve.values()):
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for m, vals in curve.items():
             pts = [(x, 100 * np.mean(v), 100 * np.std(v, ddof=1) if len(v) > 1 else 0.0) for x, v in zip(xs, vals) if v]
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=m)
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                            label=m, linestyle="--" if m in natural else "-")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy %")
@@ -895,6 +923,8 @@ def estimate(s: Settings, bench: Bench, rate_train: float, rate_fwd: float) -> d
             c += sel_cost(dd, s.n_factor * dd, ("ntk",), True) + ft_cost(dd, 0) + 2 * ft_cost(dd, s.n_factor * dd) + 4 * ev("test")
     phases["curves0"] = c
     phases["curves"] = (len(s.seeds) - 1) * c
+    phases["curves-natural"] = sum(sel_cost(dd, s.n_factor * dd, ("ntk",), True) + len(s.seeds) * (
+        ft_cost(dd, 0) + 2 * ft_cost(dd, s.n_factor * dd) + 3 * ev("test")) for dd in s.curve_domain_sizes if dd != d)
     return {k: v / 3600 for k, v in phases.items()}
 
 

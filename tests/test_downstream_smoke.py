@@ -53,6 +53,8 @@ def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
     for e in evals.values():
         assert e["n"] == 10 and 0 <= e["accuracy"] <= 1 and sum(map(sum, e["confusion"]["matrix"])) == 10
     assert any(k.startswith("d4_n8_ntk") for k in evals)  # the |D| curve
+    assert {m for m in ("domain", "random", "ntk") if any(k.startswith("d4natural_") and m in k.split("_") for k in evals)} \
+        == {"domain", "random", "ntk"}  # and again with D in the natural label mix
     table = (results / "downstream.md").read_text()
     for m in METHODS:
         row = next(line for line in table.splitlines() if line.startswith(f"| {m} |"))
@@ -64,6 +66,7 @@ def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
         cells = [c.strip() for c in line.split("|")[1:-1]]
         assert cells[2] != "pending" and "–" not in cells[3:], line
     assert "balanced accuracy" in table and "Label mix" in table
+    assert "Test accuracy % over |D| with D in the train split's label mix" in table
     natural = [json.loads(p.read_text())["definition"]["run"] for p in (results / "downstream" / "eval").glob("d6natural_*.json")]
     for m in mod.ABLATIONS.NATURAL_METHODS:  # each rerun on the D with the natural label mix, valid and test
         assert sum(m in run.split("_") for run in natural) == 2, (m, natural)
