@@ -22,8 +22,9 @@ learning rate is picked on ``domain_valid`` by fine-tuning on D alone with each 
 Every unit (a selection, a fine-tune, an evaluation) writes one JSON under
 ``benchmarks/results/downstream/`` (adapters and selections under the ignored
 ``benchmarks/cache/downstream/``); a rerun skips finished units, so ``python benchmarks/downstream.py``
-resumes. Work runs most informative first: the settings sweep, seed 0 of all methods, seeds 1-2,
-then the curves. ``--only-table`` rebuilds ``benchmarks/results/downstream.md`` and the plots from
+resumes (a fine-tune in flight goes on from its last checkpoint). Work runs most informative first:
+the settings sweep, seed 0 of all methods, seeds 1-2, the method variants, the curves (seed 0,
+then seeds 1-2), then the |D| curve with D in the train split's label mix. ``--only-table`` rebuilds ``benchmarks/results/downstream.md`` and the plots from
 the cached JSONs; ``--update-benchmarks-md`` also writes the table into BENCHMARKS.md.
 """
 
