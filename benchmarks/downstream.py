@@ -24,8 +24,9 @@ Every unit (a selection, a fine-tune, an evaluation) writes one JSON under
 ``benchmarks/cache/downstream/``); a rerun skips finished units, so ``python benchmarks/downstream.py``
 resumes (a fine-tune in flight goes on from its last checkpoint). Work runs most informative first:
 the settings sweep, seed 0 of all methods, seeds 1-2, the method variants, the curves (seed 0,
-then seeds 1-2), then the |D| curve with D in the train split's label mix. ``--only-table`` rebuilds ``benchmarks/results/downstream.md`` and the plots from
-the cached JSONs; ``--update-benchmarks-md`` also writes the table into BENCHMARKS.md.
+then seeds 1-2), then the |D| curve with D in the train split's label mix. ``--only-table``
+rebuilds ``benchmarks/results/downstream.md`` and the plots from the cached JSONs;
+``--update-benchmarks-md`` also writes the table into BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -456,10 +457,14 @@ class Bench:
                 for m in self.s.curve_methods:
                     yield Run(d0, f * d0, m, selection_seed(m, seed), seed, lr)
             for d in self.s.curve_domain_sizes:
-                for m in ("domain",) + tuple(self.s.curve_methods):
-                    yield Run(d, self.s.n_factor * d if m in SELECTING else 0, m, selection_seed(m, seed), seed, lr)
+                yield from self.domain_size_runs(d, seed, lr)
                 if seed == seeds[0]:
                     yield Run(d, 0, "base", 0, 0, lr)
+
+    def domain_size_runs(self, d: int, seed: int, lr: float, prior: str = "balanced") -> Iterator[Run]:
+        """One point of a |D| curve: domain only and the curve's methods with N = n_factor·|D|."""
+        for m in ("domain",) + tuple(self.s.curve_methods):
+            yield Run(d, self.s.n_factor * d if m in SELECTING else 0, m, selection_seed(m, seed), seed, lr, prior)
 
     def natural_curve_runs(self, seeds: tuple[int, ...], lr: float) -> Iterator[Run]:
         """The |D| curve again with D drawn in the train split's label mix, which, unlike a balanced D, every
@@ -468,9 +473,7 @@ class Bench:
         for seed in seeds:
             for d in self.s.curve_domain_sizes:
                 if d != self.s.domain_size:
-                    for m in ("domain",) + tuple(self.s.curve_methods):
-                        yield Run(d, self.s.n_factor * d if m in SELECTING else 0, m, selection_seed(m, seed), seed, lr,
-                                  "natural")
+                    yield from self.domain_size_runs(d, seed, lr, "natural")
 
     def ablation_runs(self, lr: float) -> Iterator[Run]:
         d, n = self.s.domain_size, self.s.n_factor * self.s.domain_size
@@ -738,7 +741,8 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
                                        lambda m, prior="balanced": selection_key(d, n, m, 0, prior),
                                        {"accuracy": acc, "balanced_accuracy": bal}, mean_std)
     curve_n = _curve(acc, [(d, f * d) for f in s.curve_n_factors], s.curve_methods, lr)
-    curve_d = _curve(acc, [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods, lr)
+    d_points, d_methods = [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods
+    curve_d = _curve(acc, d_points, d_methods, lr)
     if any(curve_n.values()):
         lines += _curve_table("N (|D| = %d)" % d, [f * d for f in s.curve_n_factors], curve_n)
     if any(curve_d.values()):
@@ -746,18 +750,18 @@ def build_table(s: Settings, results: Path, cache: Path = ROOT / "benchmarks" / 
         # D is drawn balanced only as far as the train split's rarest label allows: say what each size got
         d_mixes = {dd: label_mix_of_domain(dd, cache) for dd in s.curve_domain_sizes}
         short = [dd for dd, m in d_mixes.items() if m and min(m.values()) < dd // len(m)]
-        lines += ["D's labels at each |D|: " + "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in d_mixes.items() if m) + "."
+        lines += ["D's labels at each |D|: " + _mixes_text(d_mixes) + "."
                   + (f" At |D| = {', '.join(map(str, short))} the train split has too few rows of some label to balance D: "
                      "D holds all of them, so the label mix changes with |D| along this curve, and that D's "
                      "domain_valid has no row of those labels (the test set is the same at every |D|)." if short else ""), ""]
-    curve_d_natural = _curve(acc, [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods,
-                             lr, "natural")
-    if any(any(v) for dd, v in zip(s.curve_domain_sizes, zip(*curve_d_natural.values())) if dd != d):
+    curve_d_natural = _curve(acc, d_points, d_methods, lr, "natural")
+    new_sizes = [i for i, dd in enumerate(s.curve_domain_sizes) if dd != d]  # |D| = d is the natural-prior ablation
+    if any(vals[i] for vals in curve_d_natural.values() for i in new_sizes):
         lines += _curve_table("|D| with D in the train split's label mix (N = %d·|D|)" % s.n_factor,
                               list(s.curve_domain_sizes), curve_d_natural)
         d_mixes = {dd: label_mix_of_domain(dd, cache, "natural") for dd in s.curve_domain_sizes}
         lines += ["D's labels at each |D| (a uniform draw from the train split, which every |D| can have): "
-                  + "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in d_mixes.items() if m)
+                  + _mixes_text(d_mixes)
                   + "." + (f" |D| = {d} is the natural-prior ablation's runs." if d in s.curve_domain_sizes else ""), ""]
     _plots(results, plot_rows, s, curve_n, curve_d, curve_d_natural)
     lines += ["Plots: `benchmarks/results/downstream_accuracy.png`, `downstream_curve_n.png`, "
@@ -773,6 +777,11 @@ def label_mix_of_domain(d: int, cache: Path, prior: str = "balanced") -> dict[st
 
 def _mix_text(mix: dict[str, int]) -> str:
     return "/".join(f"{v}" for v in mix.values()) + " (" + "/".join(mix) + ")" if mix else "(unknown)"
+
+
+def _mixes_text(mixes: dict[int, dict[str, int]]) -> str:
+    """Each |D|'s label mix, for the curve tables."""
+    return "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in mixes.items() if m)
 
 
 def _curve(acc: dict, points: list[tuple[int, int]], methods: tuple[str, ...], lr: float,

@@ -22,23 +22,17 @@ class Crash(RuntimeError):
     pass
 
 
-def crash_at_step(monkeypatch, step: int) -> list[int]:
-    """Make the training loop's batch collation fail at the given step (1-based); return the call log."""
+def watch_steps(monkeypatch, crash_at: int | None = None) -> list[int]:
+    """Log each batch the training loop collates (one per step); with ``crash_at``, fail at that step (1-based)."""
     real, calls = training.collate, []
 
     def collate(*a, **k):
         calls.append(1)
-        if len(calls) == step:
-            raise Crash(f"simulated crash at step {step}")
+        if len(calls) == crash_at:
+            raise Crash(f"simulated crash at step {crash_at}")
         return real(*a, **k)
 
     monkeypatch.setattr(training, "collate", collate)
-    return calls
-
-
-def count_steps(monkeypatch) -> list[int]:
-    real, calls = training.collate, []
-    monkeypatch.setattr(training, "collate", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -62,12 +56,12 @@ def test_resumed_train_equals_uninterrupted(tiny_model_dir, data, tmp_path, monk
     assert not (tmp_path / "full" / CHECKPOINT_DIR).exists()  # the finished adapter replaces the checkpoint
 
     out = tmp_path / "crashed"
-    crash_at_step(monkeypatch, 6)
+    watch_steps(monkeypatch, crash_at=6)
     with pytest.raises(Crash):
         main(train_args(tiny_model_dir, data, out, ["--debug"]))
     assert (out / CHECKPOINT_DIR / CHECKPOINT_FILE).exists() and not (out / "adapter_config.json").exists()
     monkeypatch.undo()
-    calls = count_steps(monkeypatch)
+    calls = watch_steps(monkeypatch)
     assert main(train_args(tiny_model_dir, data, out)) == 0
     assert len(calls) == 8 - 4  # resumed after the last checkpoint (step 4), not from the start
     resumed = json.loads((out / "training_state.json").read_text())
@@ -79,14 +73,14 @@ def test_resumed_train_equals_uninterrupted(tiny_model_dir, data, tmp_path, monk
 
 def test_a_checkpoint_of_another_run_is_refused_or_discarded(tiny_model_dir, data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "a"
-    crash_at_step(monkeypatch, 4)
+    watch_steps(monkeypatch, crash_at=4)
     with pytest.raises(Crash):
         main(train_args(tiny_model_dir, data, out, ["--debug"]))
     monkeypatch.undo()
     other = ["--seed", "1"]
     assert main(train_args(tiny_model_dir, data, out, other)) == 2
     assert "checkpoint of another training run" in capsys.readouterr().err
-    calls = count_steps(monkeypatch)
+    calls = watch_steps(monkeypatch)
     assert main(train_args(tiny_model_dir, data, out, other + ["--overwrite"])) == 0
     assert len(calls) == 8  # started over
     monkeypatch.undo()
@@ -97,7 +91,7 @@ def test_a_checkpoint_of_another_run_is_refused_or_discarded(tiny_model_dir, dat
 
 def test_checkpoint_every_zero_saves_nothing(tiny_model_dir, data, tmp_path, monkeypatch):
     out = tmp_path / "a"
-    crash_at_step(monkeypatch, 6)
+    watch_steps(monkeypatch, crash_at=6)
     with pytest.raises(Crash):
         main(train_args(tiny_model_dir, data, out, ["--debug", "--checkpoint-every", "0"]))
     assert not (out / CHECKPOINT_DIR).exists()
@@ -112,11 +106,11 @@ def test_select_resumes_a_crashed_warm_up(tiny_model_dir, small_files, tmp_path,
                      "--lora-dropout", "0.3", "--checkpoint-every", "1", "--quiet", *extra])
 
     assert select(tmp_path / "full") == 0
-    crash_at_step(monkeypatch, 3)
+    watch_steps(monkeypatch, crash_at=3)
     with pytest.raises(Crash):
         select(tmp_path / "crashed", ["--debug"])
     monkeypatch.undo()
-    calls = count_steps(monkeypatch)
+    calls = watch_steps(monkeypatch)
     assert select(tmp_path / "crashed") == 0
     warm_full, warm_resumed = (tmp_path / name / "stages" / "warmup" for name in ("full", "crashed"))
     steps = json.loads((warm_full / "ntk_selector_warmup.json").read_text())["stats"]["steps"]
