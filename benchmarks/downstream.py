@@ -23,8 +23,9 @@ Every unit (a selection, a fine-tune, an evaluation) writes one JSON under
 ``benchmarks/results/downstream/`` (adapters and selections under the ignored
 ``benchmarks/cache/downstream/``); a rerun skips finished units, so ``python benchmarks/downstream.py``
 resumes (a fine-tune in flight goes on from its last checkpoint). Work runs most informative first:
-the settings sweep, seed 0 of all methods, seeds 1-2, the method variants, the curves (seed 0,
-then seeds 1-2), then the |D| curve with D in the train split's label mix. ``--only-table``
+the settings sweep, seed 0 of all methods, seeds 1-2, the method variants, seed 0 of the curves
+(N and |D| curves with the balanced D, then the |D| curve with D in the train split's label mix),
+then seeds 1-2 of the same curves. ``--only-table``
 rebuilds ``benchmarks/results/downstream.md`` and the plots from the cached JSONs;
 ``--update-benchmarks-md`` also writes the table into BENCHMARKS.md.
 """
@@ -140,7 +141,8 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
                     help="also replace the downstream section of this BENCHMARKS.md")
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K finished units (0: never)")
     ap.add_argument("--phases", nargs="+",
-                    default=["settings", "seed0", "seeds", "ablations", "curves0", "curves", "curves-natural"],
+                    default=["settings", "seed0", "seeds", "ablations", "curves0", "curves-natural0", "curves",
+                             "curves-natural"],
                     help="phases to run, in order")
     ap.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
     ap.add_argument("--rate-train", type=float, default=180.0, help="tokens/s of LoRA forward+backward (for the estimate)")
@@ -494,7 +496,8 @@ class Bench:
         plan = {"seed0": list(self.main_runs(seeds[:1], lr)), "seeds": list(self.main_runs(seeds[1:], lr)),
                 "ablations": list(self.ablation_runs(lr)),
                 "curves0": list(self.curve_runs(seeds[:1], lr)), "curves": list(self.curve_runs(seeds[1:], lr)),
-                "curves-natural": list(self.natural_curve_runs(seeds, lr))}
+                "curves-natural0": list(self.natural_curve_runs(seeds[:1], lr)),
+                "curves-natural": list(self.natural_curve_runs(seeds[1:], lr))}
         for phase in phases:
             for run in plan.get(phase, []):
                 self.cell(run, ("valid", "test") if phase == "ablations" else
@@ -932,9 +935,11 @@ def estimate(s: Settings, bench: Bench, rate_train: float, rate_fwd: float) -> d
         if dd != d:
             c += sel_cost(dd, s.n_factor * dd, ("ntk",), True) + ft_cost(dd, 0) + 2 * ft_cost(dd, s.n_factor * dd) + 4 * ev("test")
     phases["curves0"] = c
+    natural_points = [dd for dd in s.curve_domain_sizes if dd != d]
+    natural_seed = sum(ft_cost(dd, 0) + 2 * ft_cost(dd, s.n_factor * dd) + 3 * ev("test") for dd in natural_points)
+    phases["curves-natural0"] = sum(sel_cost(dd, s.n_factor * dd, ("ntk",), True) for dd in natural_points) + natural_seed
     phases["curves"] = (len(s.seeds) - 1) * c
-    phases["curves-natural"] = sum(sel_cost(dd, s.n_factor * dd, ("ntk",), True) + len(s.seeds) * (
-        ft_cost(dd, 0) + 2 * ft_cost(dd, s.n_factor * dd) + 3 * ev("test")) for dd in s.curve_domain_sizes if dd != d)
+    phases["curves-natural"] = (len(s.seeds) - 1) * natural_seed
     return {k: v / 3600 for k, v in phases.items()}
 
 
