@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +21,12 @@ from ntk_selector.store import RowStore, open_store
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def torchrun(*args, nproc=2, timeout=240):
+EXIT_PROBE = Path(__file__).with_name("torchrun_exit_probe.py")
+
+
+def torchrun(*args, nproc=2, timeout=240, entry=("-m", "ntk_selector")):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "ntk_selector",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, entry),
            *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**env, "OMP_NUM_THREADS": "1"})
 
@@ -67,8 +71,12 @@ def test_torchrun_select_equals_one_process(tiny_model_dir, small_files, tmp_pat
     common = ["--domain", domain, "--pool", pool, "--model", tiny_model_dir, "-n", "5", "--proj-dim", "32", "--rank", "4",
               "--batch-size", "4", "--max-batch-size", "3", "--quiet"]
     assert main(["select", *map(str, common), "--out", str(tmp_path / "one")]) == 0
-    proc = torchrun("select", *common, "--out", tmp_path / "two")
+    proc = torchrun("select", *common, "--out", tmp_path / "two", entry=(EXIT_PROBE,))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the group is freed before the interpreter shuts down: no gloo thread is left to abort a finished run
+    probes = [json.loads(l.split(" ", 1)[1]) for l in proc.stdout.splitlines() if l.startswith("EXIT_PROBE ")]
+    assert sorted(p["rank"] for p in probes) == [0, 1], proc.stdout[-2000:]
+    assert all(p["gloo_threads"] == [] for p in probes), probes
     for name in ("selected.jsonl", "scores.csv"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text(), name
     for store in ("embed_domain", "embed_pool", "features_domain", "features_pool"):

@@ -53,10 +53,27 @@ def init(timeout_minutes: float = 360.0) -> Dist:
     """
     d = from_env()
     if d.enabled and not dist.is_initialized():
+        _import_group_capturing_modules()
         dist.init_process_group("gloo", rank=d.rank, world_size=d.world, timeout=timedelta(minutes=timeout_minutes))
         if torch.cuda.is_available():
             torch.cuda.set_device(d.local_rank % torch.cuda.device_count())
     return current()
+
+
+# torch modules whose functions take ``group=dist.group.WORLD`` as a default argument. Imported after
+# the group exists (transformers imports them while loading a model), they hold the group for good:
+# ``destroy_process_group`` then cannot free it, gloo's worker threads outlive it, and one of them
+# releasing the last collective's tensors while the interpreter shuts down aborts the process
+# ("terminate called without an active exception", exit -6) after a run that had succeeded.
+# Imported before the group exists, their default is None.
+GROUP_CAPTURING_MODULES = ("torch.distributed.nn", "torch.distributed.optim", "torch.distributed.fsdp.sharded_grad_scaler")
+
+
+def _import_group_capturing_modules() -> None:
+    import importlib
+
+    for name in GROUP_CAPTURING_MODULES:
+        importlib.import_module(name)
 
 
 _solo = False
