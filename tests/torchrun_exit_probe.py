@@ -12,6 +12,8 @@ from ntk_selector.cli import main
 
 rc = main(sys.argv[1:])
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("EXIT_PROBE " + json.dumps({"rank": int(os.environ.get("RANK", 0)), "gloo_threads": [n for n in names if "gloo" in n]}),
-      flush=True)
+rank = int(os.environ.get("RANK", 0))
+# one file per rank: the ranks' stdout lines interleave under torchrun
+with open(os.path.join(os.environ["EXIT_PROBE_DIR"], f"rank{rank}.json"), "w") as f:
+    json.dump({"rank": rank, "gloo_threads": [n for n in names if "gloo" in n]}, f)
 raise SystemExit(rc)
