@@ -63,13 +63,48 @@ def test_chat_template_response_mask(tok):
     cfg = DataConfig()
     enc = encode([to_conversation(ROWS[1], cfg)], tok, cfg)[0]
     full = tok.apply_chat_template([{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}], tokenize=False)
-    assert tok.decode(enc.input_ids) == full
-    assert tok.decode(enc.input_ids[enc.response_start:]) == "hi there<|im_end|>\n"
+    # the response is the content and the one end-of-turn token; the template's "\n" after it is not in the row
+    assert full.endswith("<|im_end|>\n") and tok.decode(enc.input_ids) == full[:-1]
+    assert tok.decode(enc.input_ids[enc.response_start:]) == "hi there<|im_end|>"
     b = collate([enc], tok.pad_token_id)
     # logits at t predict token t+1: target positions are exactly response_start-1 .. len-2
     t = np.flatnonzero(b.target_mask[0].numpy())
     assert t[0] == enc.response_start - 1 and t[-1] == enc.length - 2 and len(t) == enc.n_response_tokens
     assert (b.labels[0, t] == b.input_ids[0, t + 1]).all()
+
+
+QWEN3_STYLE = (
+    "{% for message in messages %}{% if message['role'] == 'assistant' and loop.last %}"
+    "{{ '<|im_start|>assistant\n<think>\n\n</think>\n\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize("content", ["hi there", "m", "think", "n", "<|im_end|> not special here"])
+def test_response_tokens_under_a_qwen3_style_template(tok, content):
+    """The empty reasoning block the template inserts joins the prompt; the response is the content plus
+    <|im_end|>, never the block nor the newline after the end-of-turn token (checked against the
+    rendering, whatever characters the content shares with the template)."""
+    tok.chat_template = QWEN3_STYLE
+    cfg = DataConfig()
+    enc = encode([to_conversation({"prompt": "Say hi", "response": content}, cfg)], tok, cfg)[0]
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True)
+    assert tok.decode(enc.input_ids[:enc.response_start]) == prompt + "<think>\n\n</think>\n\n"
+    response = enc.input_ids[enc.response_start:].tolist()
+    assert response[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.decode(response[:-1]) == content
+    assert response[:-1] == tok(content, add_special_tokens=False)["input_ids"]
+
+
+def test_chatml_and_no_template_give_the_same_response_token_count(tok):
+    """Content plus one closing token under ChatML; content plus EOS without a template."""
+    rows = [{"prompt": "q", "response": r} for r in ("a", "hello world", "x y z")]
+    with_t = encode([to_conversation(r, DataConfig()) for r in rows], tok, DataConfig())
+    without = encode([to_conversation(r, DataConfig()) for r in rows], tok, DataConfig(no_chat_template=True))
+    assert [e.n_response_tokens for e in with_t] == [e.n_response_tokens for e in without]
+    assert [len(tok(r["response"], add_special_tokens=False)["input_ids"]) + 1 for r in rows] == \
+        [e.n_response_tokens for e in with_t]
 
 
 def test_no_chat_template_layout(tok):

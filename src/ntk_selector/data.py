@@ -22,6 +22,9 @@ from ntk_selector.config import DataConfig
 from ntk_selector.errors import DataError
 
 IGNORE_INDEX = -100
+# Which tokens carry the objectives and the loss; stored in every definition, so a store or adapter
+# made under an earlier rule (everything after the prompt's rendering) is never reused.
+RESPONSE_TOKENS = "content+end-of-turn"
 
 
 # ----------------------------------------------------------------------------- reading records
@@ -185,20 +188,67 @@ def uses_chat_template(tokenizer: Any, cfg: DataConfig) -> bool:
     return not cfg.no_chat_template and bool(getattr(tokenizer, "chat_template", None))
 
 
+# Stands in for the assistant's content when locating the template's text around it.
+_CONTENT_MARK = "\ue000content\ue001"
+
+
+def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str) -> tuple[str, str, str]:
+    """(text the template puts before the content, the content as rendered, text after it) of the response turn.
+
+    The template's own text around the content (Qwen3's empty ``<think></think>`` block before it,
+    ``<|im_end|>\n`` after it) is found by rendering the turn once with a marker as its content,
+    so no search for the content's characters can land inside the template's tokens.
+    """
+    def render(content: str) -> str:
+        full = tokenizer.apply_chat_template(conv.prompt_messages + [{"role": "assistant", "content": content}],
+                                             tokenize=False)
+        if not full.startswith(prompt):
+            raise DataError("the chat template does not render the prompt as a prefix of the conversation; use --no-chat-template")
+        return full[len(prompt):]
+
+    marked = render(_CONTENT_MARK)
+    if marked.count(_CONTENT_MARK) != 1:
+        raise DataError("the chat template does not render the assistant content once; use --no-chat-template")
+    before, after = marked.split(_CONTENT_MARK)
+    tail = render(conv.response)
+    if not (tail.startswith(before) and tail.endswith(after) and len(tail) >= len(before) + len(after)):
+        raise DataError("the chat template renders the assistant turn in a way that cannot be split into "
+                        "its content and end-of-turn; use --no-chat-template")
+    return before, tail[len(before): len(tail) - len(after)], after
+
+
+def _end_of_turn(tokenizer: Any, after_ids: Sequence[int]) -> list[int]:
+    """The tokens that close the response: those after the content up to and including the first special
+    token (``<|im_end|>``), not the template's tail after it; EOS when the template adds nothing."""
+    special = set(tokenizer.all_special_ids)
+    for j, t in enumerate(after_ids):
+        if t in special:
+            return list(after_ids[: j + 1])
+    if after_ids:
+        return list(after_ids)
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
 def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfig) -> list[Encoded]:
-    """Tokenize many conversations at once (fast tokenizers batch well); truncate to max_length."""
+    """Tokenize many conversations at once (fast tokenizers batch well); truncate to max_length.
+
+    The response tokens (those carrying the NTK objective, the CE objective and the training loss)
+    are the assistant content plus the one end-of-turn token that closes it. Under a chat template
+    whatever the template renders before the content (an empty reasoning block) joins the prompt,
+    and what it renders after the end-of-turn token (SmolLM2's ``\n``) is left out.
+    """
     if uses_chat_template(tokenizer, cfg):
-        prompt_texts, response_texts = [], []
+        prompt_texts, response_texts, after_texts = [], [], []
         for conv in conversations:
-            full_msgs = conv.prompt_messages + [{"role": "assistant", "content": conv.response}]
             prompt = tokenizer.apply_chat_template(conv.prompt_messages, tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(full_msgs, tokenize=False)
-            if not full.startswith(prompt):
-                raise DataError("the chat template does not render the prompt as a prefix of the conversation; use --no-chat-template")
-            prompt_texts.append(prompt)
-            response_texts.append(full[len(prompt):])
+            before, content, after = _assistant_turn_parts(tokenizer, conv, prompt)
+            prompt_texts.append(prompt + before)
+            response_texts.append(content)
+            after_texts.append(after)
         prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
-        response_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
+        content_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
+        after_ids = tokenizer(after_texts, add_special_tokens=False)["input_ids"]
+        response_ids = [list(c) + _end_of_turn(tokenizer, a) for c, a in zip(content_ids, after_ids)]
     else:
         eos = tokenizer.eos_token_id
         if eos is None:

@@ -14,7 +14,7 @@ import torch
 
 from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
                                  ScoreConfig, TrainConfig, to_dict)
-from ntk_selector.data import Conversation, collate, encode, read_records, to_conversation
+from ntk_selector.data import RESPONSE_TOKENS, Conversation, collate, encode, read_records, to_conversation
 from ntk_selector.embed import mean_pooled
 from ntk_selector.errors import UserError
 from ntk_selector.gradients import NTK_OBJECTIVES, GradientFeaturizer
@@ -122,7 +122,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
     return {"data_fingerprint": records.fingerprint, "data_rows": len(records), "max_length": data_cfg.max_length,
             "chat_template": not data_cfg.no_chat_template, "prompt_field": data_cfg.prompt_field,
-            "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field}
+            "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field,
+            "response_tokens": RESPONSE_TOKENS}
 
 
 # ----------------------------------------------------------------------------- warm-up
