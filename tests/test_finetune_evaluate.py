@@ -59,13 +59,16 @@ def load(tiny_model_dir, adapter=None):
 
 
 def chat_ids(tok, prompt: str, response: str | None) -> tuple[list[int], list[int]]:
-    """Reference tokenization: the chat template's prompt text and the rest of the conversation, tokenized apart."""
+    """Reference tokenization: the chat template's prompt text, and the response content followed by the
+    one end-of-turn token that closes it (not the template's newline after it), tokenized apart."""
     msgs = [{"role": "user", "content": prompt}]
     p = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     if response is None:
         return tok(p, add_special_tokens=False)["input_ids"], []
     full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
-    return tok(p, add_special_tokens=False)["input_ids"], tok(full[len(p):], add_special_tokens=False)["input_ids"]
+    assert full == p + response + "<|im_end|>\n"
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    return tok(p, add_special_tokens=False)["input_ids"], tok(response, add_special_tokens=False)["input_ids"] + [end_of_turn]
 
 
 @torch.no_grad()
@@ -212,7 +215,7 @@ def test_a_model_trained_on_one_label_predicts_it(confident_model_dir, tmp_path)
     train_rows = labelled_rows(24, 5, labels=("dog",))
     data = write_jsonl(tmp_path / "train.jsonl", train_rows)
     adapter = tmp_path / "adapter"
-    assert train(tiny_model_dir, adapter, data, extra=["--epochs", "6", "--lr", "1e-2", "--rank", "8"]) == 0
+    assert train(tiny_model_dir, adapter, data, extra=["--epochs", "10", "--lr", "1e-2", "--rank", "8"]) == 0
     test_rows = labelled_rows(12, 6, labels=("cat", "dog", "owl"))
     test = write_jsonl(tmp_path / "test.jsonl", test_rows)
     share = sum(r["response"] == "dog" for r in test_rows) / len(test_rows)
@@ -264,9 +267,90 @@ def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
     assert np.array_equal(plain[0], np.random.default_rng([3, 0]).permutation(1000)[:8])
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+def test_whole_epochs_are_full_passes(grouped):
+    """3 epochs of 100 rows in batches of 8 are 3 x 13 steps, every row exactly once per epoch (the
+    last batch of each epoch holds 4 rows); a half epoch is 7 of one epoch's 13 steps."""
+    from ntk_selector.training import epoch_batches
+
+    lengths = np.random.default_rng(1).integers(5, 50, size=100) if grouped else None
+    steps = epoch_batches(100, 8, 3.0, seed=0, lengths=lengths)
+    assert len(steps) == 39
+    for e in range(3):
+        assert sorted(np.concatenate(steps[13 * e: 13 * (e + 1)]).tolist()) == list(range(100))
+    assert len(epoch_batches(100, 8, 0.5, seed=0, lengths=lengths)) == 7
+
+
+def test_example_mean_loss_weighs_rows_equally(lora_model, tok):
+    """loss_mean='example' is the mean over rows of each row's mean token cross-entropy (a per-row loop
+    reference); 'token' is the mean over all response tokens, so it differs when lengths differ."""
+    import torch.nn.functional as F
+
+    from ntk_selector.config import DataConfig
+    from ntk_selector.data import collate, encode, to_conversation
+    from ntk_selector.training import response_loss
+
+    rows = [{"prompt": "q one", "response": "a"}, {"prompt": "q two", "response": "a much longer answer here"}]
+    enc = encode([to_conversation(r, DataConfig()) for r in rows], tok, DataConfig())
+    batch = collate(enc, tok.pad_token_id)
+    per_row = []
+    with torch.no_grad():
+        for e in enc:
+            one = collate([e], tok.pad_token_id)
+            logits = lora_model(input_ids=one.input_ids).logits[0]
+            m = one.labels[0] != -100
+            per_row.append(F.cross_entropy(logits[m].float(), one.labels[0][m]).item())
+        example = response_loss(lora_model, batch, "example").item()
+        token = response_loss(lora_model, batch, "token").item()
+    assert example == pytest.approx(sum(per_row) / 2, rel=1e-5)
+    counts = [e.n_response_tokens for e in enc]
+    assert token == pytest.approx(sum(l * c for l, c in zip(per_row, counts)) / sum(counts), rel=1e-5)
+    assert abs(example - token) > 1e-3
+
+
 def test_train_group_by_length_flag(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", labelled_rows(10, 3))
     out = tmp_path / "grouped"
     assert train(tiny_model_dir, out, data, extra=["--epochs", "1", "--group-by-length"]) == 0
     state = json.loads((out / "training_state.json").read_text())
     assert state["definition"]["group_by_length"] is True and state["steps"] == 3
+
+
+def test_content_free_prompts_keep_the_shared_text():
+    from ntk_selector.evaluate import CONTENT_FREE, content_free_conversations
+
+    convs = [Conversation([{"role": "system", "content": "sys"}, {"role": "user", "content": f"Review: {t}\nSentiment?"}], "x")
+             for t in ("great film", "grim film", "fine")]
+    free = content_free_conversations(convs)
+    assert [c.prompt_messages[-1]["content"] for c in free] == [f"Review: {cf}\nSentiment?" for cf in CONTENT_FREE]
+    assert all(c.prompt_messages[0] == {"role": "system", "content": "sys"} for c in free)
+    # no shared text: the content-free inputs alone
+    free = content_free_conversations([Conversation([{"role": "user", "content": t}], "x") for t in ("ab", "cd")])
+    assert [c.prompt_messages[-1]["content"] for c in free] == list(CONTENT_FREE)
+
+
+def test_gold_nll_and_calibration_against_a_per_prompt_reference(tiny_model_dir, tmp_path):
+    """gold_nll is the mean gold-label NLL of a plain forward per row; calibrated predictions are the argmax
+    of log p(label | prompt) - log mean_cf softmax_label(log p(label | content-free prompt)), with the
+    content-free prompts' likelihoods taken from an unbatched reference forward."""
+    rows = [{"prompt": f"Review: {r['prompt']}\nSentiment?", "response": r["response"]} for r in labelled_rows(12, 7)]
+    test = write_jsonl(tmp_path / "test.jsonl", rows)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
+                 "--calibrate"]) == 0
+    s = json.loads((out / "eval.json").read_text())
+    preds = [json.loads(l) for l in open(out / "predictions.jsonl")]
+    model, tok = load(tiny_model_dir)
+    labels = s["labels"]
+    gold = [reference_log_likelihood(model, *chat_ids(tok, r["prompt"], r["response"])) for r in rows]
+    assert s["gold_nll"] == pytest.approx(-np.mean(gold), rel=1e-5)
+    free = [f"Review: {cf}\nSentiment?" for cf in ("N/A", "", "[MASK]")]
+    assert s["calibrated"]["content_free_prompts"] == free
+    ll = np.array([[reference_log_likelihood(model, *chat_ids(tok, f, lab)) for lab in labels] for f in free])
+    prior = np.exp(ll - ll.max(1, keepdims=True))
+    prior = (prior / prior.sum(1, keepdims=True)).mean(0)
+    np.testing.assert_allclose([s["calibrated"]["label_prior"][lab] for lab in labels], prior, rtol=1e-4)
+    for p in preds:
+        want = max(labels, key=lambda lab: p["log_likelihood"][lab] - np.log(prior[labels.index(lab)]))
+        assert p["calibrated_prediction"] == want
+    assert s["calibrated"]["accuracy"] == pytest.approx(np.mean([p["calibrated_prediction"] == p["response"] for p in preds]))

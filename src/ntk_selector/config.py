@@ -67,6 +67,7 @@ class TrainConfig:
     batch_size: int = _f(8, "training batch size")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     warmup_ratio: float = _f(0.0, "share of steps with linear learning-rate warm-up")
+    loss_mean: str = _f("token", "training loss: token (mean over all response tokens of a batch) or example (mean over rows of each row's token mean)")
 
 
 @dataclass

@@ -22,10 +22,24 @@ from ntk_selector.models import lora_parameters
 from ntk_selector.train_checkpoint import TrainCheckpoint
 
 
-def response_loss(model: torch.nn.Module, batch: Any) -> torch.Tensor:
-    """Mean cross-entropy over all response tokens of the batch (head applied only there)."""
-    logits, labels, _ = response_logits(model, batch)
-    return F.cross_entropy(logits.float(), labels)
+def response_loss(model: torch.nn.Module, batch: Any, loss_mean: str = "token") -> torch.Tensor:
+    """Cross-entropy of the batch's response tokens (head applied only there).
+
+    ``token``: the mean over all response tokens of the batch, so a row weighs by its response
+    length. ``example``: the mean over rows of each row's token mean, so a long pool response
+    cannot take the loss weight away from short domain answers.
+    """
+    logits, labels, rows = response_logits(model, batch)
+    if loss_mean == "token":
+        return F.cross_entropy(logits.float(), labels)
+    if loss_mean != "example":
+        raise ValueError(f"loss_mean must be 'token' or 'example', got {loss_mean!r}")
+    per_token = F.cross_entropy(logits.float(), labels, reduction="none")
+    n_rows = batch.labels.shape[0]
+    sums = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, per_token)
+    counts = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, torch.ones_like(per_token))
+    has = counts > 0
+    return (sums[has] / counts[has]).mean()
 
 
 MEGABATCH = 50  # batches per length-sorted group when grouping by length
@@ -35,11 +49,14 @@ def epoch_batches(n: int, batch_size: int, epochs: float, seed: int,
                   lengths: Sequence[int] | None = None) -> list[np.ndarray]:
     """Row indices of every optimizer step: each epoch a fresh seeded shuffle; fractional epochs cut the last.
 
+    ``epochs`` whole epochs are ``epochs`` full passes, ceil(n / batch_size) steps each (the last
+    batch of an epoch may be smaller); a fractional part runs that share of one more epoch's steps.
+
     With ``lengths`` (group by length), each epoch's shuffle is cut into groups of MEGABATCH batches,
     rows sorted by length inside a group and the group's batches shuffled: on mixed-length data this
     halves the padded tokens, while every batch still draws from a random part of the data.
     """
-    total_steps = max(1, math.ceil(epochs * n / batch_size))
+    total_steps = max(1, math.ceil(epochs * math.ceil(n / batch_size) - 1e-9))
     steps: list[np.ndarray] = []
     epoch = 0
     while len(steps) < total_steps:
@@ -93,7 +110,7 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
                         total=len(steps))
         for step, members in enumerate(progress, start=done + 1):
             batch = collate([encoded[i] for i in members], tokenizer.pad_token_id).to(device)
-            loss = response_loss(model, batch)
+            loss = response_loss(model, batch, train_cfg.loss_mean)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
