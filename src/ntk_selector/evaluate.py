@@ -9,6 +9,13 @@ followed by every label's tokens, each label attending only to the prompt and to
 attention mask, positions restarting after the prompt), so a test row costs one prompt's tokens
 instead of one per label. ``--generate``: greedy generation and exact match after stripping.
 
+Besides accuracy, balanced accuracy and macro-F1, label scoring reports ``gold_nll``: the mean over
+rows of the gold label's negative log-likelihood (nats, summed over its response tokens), a
+low-variance signal of what a small model learned. ``--calibrate`` adds the same scores after
+contextual calibration ("Calibrate Before Use", Zhao et al. 2021): each label's log-likelihood
+on content-free prompts (the test prompts' shared text around "N/A", "" and "[MASK]") is
+subtracted, which separates what the model learned about the task from its label prior.
+
 Prompts too long for ``--max-length`` (with the longest label) lose tokens from their middle: the
 start (instructions, the text) and the end (the question and the assistant header) are kept.
 """
@@ -231,8 +238,46 @@ def class_balanced_scores(per_class: dict[str, dict[str, Any]]) -> dict[str, flo
     return {"balanced_accuracy": float(np.mean(recall)), "macro_f1": float(np.mean(f1))}
 
 
+CONTENT_FREE = ("N/A", "", "[MASK]")
+
+
+def _word_boundary_prefix(texts: Sequence[str]) -> str:
+    """The longest common prefix of the texts, cut back to end at a whitespace (never mid-word)."""
+    import os.path
+
+    prefix = os.path.commonprefix(list(texts))
+    if all(len(t) == len(prefix) for t in texts):
+        return prefix
+    cut = max(prefix.rfind(c) for c in " \n\t")
+    return prefix[: cut + 1] if cut >= 0 else ""
+
+
+def content_free_conversations(conversations: Sequence[Conversation]) -> list[Conversation]:
+    """The test prompts' shared text (common prefix and suffix of the last prompt turn) around each
+    content-free input, with the same earlier turns as the first test row."""
+    texts = [c.prompt_messages[-1]["content"] for c in conversations]
+    prefix = _word_boundary_prefix(texts)
+    rest = [t[len(prefix):] for t in texts]
+    suffix = _word_boundary_prefix([r[::-1] for r in rest])[::-1]
+    head = conversations[0].prompt_messages[:-1]
+    last = conversations[0].prompt_messages[-1]
+    return [Conversation(head + [{**last, "content": prefix + cf + suffix}], "") for cf in CONTENT_FREE]
+
+
+def content_free_prior(session: Session, conversations: Sequence[Conversation], label_set: Sequence[str],
+                       data_cfg: DataConfig) -> tuple[np.ndarray, list[str]]:
+    """Mean over content-free prompts of the label distribution (softmax of label log-likelihoods)."""
+    free = content_free_conversations(conversations)
+    prompts, label_ids, _ = prompt_and_label_ids(free, label_set, session.tokenizer, data_cfg)
+    ll = label_log_likelihoods(session.model, prompts, label_ids, session.tokenizer.pad_token_id, data_cfg)
+    probs = np.exp(ll - ll.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    return probs.mean(0), [c.prompt_messages[-1]["content"] for c in free]
+
+
 def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: Sequence[str] | None = None,
-             generate: bool = False, max_new_tokens: int = 32) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+             generate: bool = False, max_new_tokens: int = 32,
+             calibrate: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Accuracy summary and per-row predictions of the session's model on the test records."""
     start = time.perf_counter()
     truth = [c.response.strip() for c in test.conversations]
@@ -258,6 +303,18 @@ def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: S
                  "log_likelihood": dict(zip(label_set, map(float, scores[i])))}
                 for i, (t, p) in enumerate(zip(truth, predicted))]
     summary = confusion(truth, predicted, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS)
+    if not generate:
+        gold = np.array([label_set.index(t) for t in truth])
+        summary["gold_nll"] = float(-scores[np.arange(len(truth)), gold].mean())
+    if calibrate and not generate:
+        prior, free_prompts = content_free_prior(session, test.conversations, label_set, data_cfg)
+        calibrated = scores - np.log(prior)[None, :]
+        cal_pred = [label_set[int(j)] for j in calibrated.argmax(1)]
+        for row, p in zip(rows, cal_pred):
+            row["calibrated_prediction"] = p
+        summary["calibrated"] = {**confusion(truth, cal_pred, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS),
+                                 "label_prior": dict(zip(label_set, map(float, prior))),
+                                 "content_free_prompts": free_prompts}
     summary.update({"mode": "generate" if generate else "log-likelihood", "truncated_prompts": truncated,
                     "seconds": round(time.perf_counter() - start, 3)})
     if generate:
@@ -267,13 +324,14 @@ def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: S
 
 def run_evaluate(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig, run: RunConfig, *,
                  labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
-                 session: Session | None = None) -> dict[str, Any]:
+                 calibrate: bool = False, session: Session | None = None) -> dict[str, Any]:
     """Evaluate and write ``eval.json`` and ``predictions.jsonl`` atomically into ``out``."""
     test = Records.load(data_path, data_cfg)
     if session is None:
         session = Session(model_cfg, LoraSettings(), run)
     session.load(model_cfg.adapter)  # no adapter: a fresh LoRA with B = 0, i.e. the base model
-    summary, rows = evaluate(session, test, data_cfg, labels=labels, generate=generate, max_new_tokens=max_new_tokens)
+    summary, rows = evaluate(session, test, data_cfg, labels=labels, generate=generate, max_new_tokens=max_new_tokens,
+                             calibrate=calibrate)
     summary.update({"data": str(data_path), "data_fingerprint": test.fingerprint, **session.describe(),
                     "adapter": model_cfg.adapter, "data_config": to_dict(data_cfg)})
     out = Path(out)
@@ -291,11 +349,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     c = _configs(args, (ModelConfig, DataConfig, RunConfig))
     summary = run_evaluate(args.data, args.out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=args.labels,
-                           generate=args.generate, max_new_tokens=args.max_new_tokens)
+                           generate=args.generate, max_new_tokens=args.max_new_tokens, calibrate=args.calibrate)
     if not c[RunConfig].quiet:
         print(f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}, {summary['mode']}), "
-              f"balanced accuracy {summary['balanced_accuracy'] or 0:.4f}, macro-F1 {summary['macro_f1'] or 0:.4f}; "
-              f"{Path(args.out) / 'eval.json'}")
+              f"balanced accuracy {summary['balanced_accuracy'] or 0:.4f}, macro-F1 {summary['macro_f1'] or 0:.4f}"
+              + (f", gold NLL {summary['gold_nll']:.4f}" if "gold_nll" in summary else "")
+              + (f"; calibrated: accuracy {summary['calibrated']['accuracy']:.4f}, balanced accuracy "
+                 f"{summary['calibrated']['balanced_accuracy'] or 0:.4f}" if "calibrated" in summary else "")
+              + f"; {Path(args.out) / 'eval.json'}")
     return 0
 
 
@@ -308,3 +369,6 @@ def register_cli(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="allowed labels (default: the distinct responses of the test file)")
     p.add_argument("--generate", action="store_true", help="greedy generation with exact match instead of label scores")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation length for --generate (default: 32)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also report scores after contextual calibration: each label's log-likelihood on content-free "
+                        "prompts (the test prompts' shared text around 'N/A', '', '[MASK]') is subtracted")
