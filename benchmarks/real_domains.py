@@ -1,0 +1,685 @@
+"""Real-domain benchmark: the paper's main table in small, on any domain that comes as files.
+
+A domain is four files: ``domain`` (D, |D| rows, in the label mix a user's sample would have),
+``valid`` (rows for choosing settings, disjoint from D), ``test``, and a shared ``pool``; optionally
+``domain_balanced`` (D balanced over the labels: an ablation). ``--data DIR`` takes every domain
+folder ``DIR/<name>/`` (as ``benchmarks/prepare_real_domains.py`` writes them) and ``DIR/pool.jsonl``;
+``--name N --domain-train D --domain-valid V --domain-test T --pool P`` plugs in one domain of your own.
+
+Methods: base (no fine-tune), domain only, random, embedding (top-N reverse-kNN votes),
+preselect-random, less, ntk; N = n_factor·|D|. ntk, embedding and less select once per domain
+(selection seed 0, deterministic given the warm-up) and fine-tune with seeds 0-2; random draws N
+with each seed; preselect-random draws N of the seed-0 pre-selected M with each seed. Final
+fine-tune: LoRA r 8 on q/k/v/o, 3 epochs on D ∪ S (the paper), batch 8, length-grouped batches.
+
+Settings are chosen on ``valid`` before any test number is seen, the same for every arm of a
+domain: the learning rate with the best domain-only balanced accuracy on valid (ties: lower gold
+NLL), so a setting that only moves the label prior is not preferred. Evaluation scores each label
+by log-likelihood and reports accuracy, balanced accuracy, macro-F1, the gold answer's NLL, and the
+same after contextual calibration (``evaluate --calibrate``).
+
+Every unit (selection, fine-tune, evaluation) writes one JSON under ``--results`` (committed) and its
+big files under ``--cache`` (ignored); a rerun skips finished units and a fine-tune in flight resumes
+from its checkpoint. Phases run most informative first: settings, seed 0 of every method on every
+domain, seeds 1-2, then the ablations (per-example loss mean; balanced D). ``--estimate`` prints the
+predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and plot from the JSONs.
+
+    python benchmarks/prepare_real_domains.py
+    python benchmarks/real_domains.py --data benchmarks/cache/real_domains/data --commit-every 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", "ntk")
+SELECTING = ("random", "embedding", "preselect-random", "less", "ntk")
+DETERMINISTIC = ("embedding", "less", "ntk")
+ABLATION_METHODS = ("domain", "random", "ntk")
+
+
+# ----------------------------------------------------------------------------- settings and keys
+
+
+@dataclass
+class Settings:
+    """Everything that defines the numbers (stored with each unit; a changed definition recomputes it)."""
+
+    model: str | None = None
+    n_factor: int = 5
+    seeds: tuple[int, ...] = (0, 1, 2)
+    max_length: int = 256
+    eval_max_length: int = 320
+    epochs: float = 3.0
+    batch_size: int = 8
+    rank: int = 8
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
+    proj_dim: int = 8192
+    token_budget: int = 2048
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    domain: Path
+    valid: Path
+    test: Path
+    pool: Path
+    domain_balanced: Path | None = None
+
+    def d_file(self, variant: str) -> Path:
+        if variant == "balanced":
+            if self.domain_balanced is None:
+                raise ValueError(f"{self.name}: no domain_balanced file")
+            return self.domain_balanced
+        return self.domain
+
+
+@dataclass(frozen=True)
+class Run:
+    """One fine-tune-and-evaluate cell. ``variant``: ``main``, ``balanced`` (balanced D) or ``example-loss``."""
+
+    domain: str
+    method: str
+    sel: int
+    ft: int
+    lr: float
+    variant: str = "main"
+
+    @property
+    def d_variant(self) -> str:
+        return "balanced" if self.variant == "balanced" else "natural"
+
+    @property
+    def loss_mean(self) -> str:
+        return "example" if self.variant == "example-loss" else "token"
+
+    @property
+    def sel_key(self) -> str:
+        return f"{self.domain}_{self.d_variant}_{self.method}_sel{self.sel}"
+
+    @property
+    def key(self) -> str:
+        if self.method == "base":
+            return f"{self.domain}_base"
+        head = f"{self.domain}_{self.d_variant}_domain" if self.method == "domain" else self.sel_key
+        return f"{head}_ft{self.ft}_lr{self.lr:g}_{self.loss_mean}"
+
+
+def selection_seed(method: str, seed: int) -> int:
+    return 0 if method in DETERMINISTIC else seed
+
+
+def log(text: str) -> None:
+    print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {text}", flush=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def counts(values: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# ----------------------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class Bench:
+    s: Settings
+    domains: dict[str, Domain]
+    results: Path
+    cache: Path
+    commit_every: int = 0
+    finished: int = 0
+    _session: Any = None
+    _pool_rows: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def unit(self, kind: str, key: str, definition: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The cached JSON of this unit when its definition matches; otherwise compute and store it."""
+        path = self.results / kind / f"{key}.json"
+        definition = json.loads(json.dumps(definition, default=str))
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("definition") == definition:
+                return old
+            log(f"{kind} {key}: cached result has another definition, recomputing")
+        log(f"{kind} {key} ...")
+        start = time.perf_counter()
+        result = compute()
+        result.update({"definition": definition, "unit_seconds": round(time.perf_counter() - start, 1),
+                       "finished": dt.datetime.now().isoformat(timespec="seconds")})
+        write_json(path, result)
+        extra = "".join(f", {k} {result[k]:.4f}" for k in ("accuracy", "balanced_accuracy") if isinstance(result.get(k), float))
+        log(f"{kind} {key}: done in {result['unit_seconds']:.0f} s{extra}")
+        self.finished += 1
+        if self.commit_every and self.finished % self.commit_every == 0:
+            self.publish(commit=True)
+        return result
+
+    def pool_rows(self, path: Path) -> list[dict[str, Any]]:
+        if path not in self._pool_rows:
+            self._pool_rows[path] = read_jsonl(path)
+        return self._pool_rows[path]
+
+    # -- selections --------------------------------------------------------------
+
+    def selection(self, run: Run) -> dict[str, Any]:
+        dom = self.domains[run.domain]
+        d_file = dom.d_file(run.d_variant)
+        n = self.s.n_factor * len(read_jsonl(d_file))
+        definition = {"kind": "select", "domain": str(d_file), "pool": str(dom.pool), "test": str(dom.test), "n": n,
+                      "method": run.method, "sel_seed": run.sel, "model": self.s.model, "max_length": self.s.max_length,
+                      "proj_dim": self.s.proj_dim, "rank": self.s.rank}
+        return self.unit("select", run.sel_key, definition, lambda: self._select(run, d_file, n))
+
+    def _select(self, run: Run, d_file: Path, n: int) -> dict[str, Any]:
+        from ntk_selector.cli import main as cli
+
+        dom = self.domains[run.domain]
+        out = self.cache / "select" / run.sel_key
+        if run.method == "preselect-random" and run.sel != 0:
+            return self._draw_from_preselection(run, n, out)
+        work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
+        args = ["select", "--domain", str(d_file), "--pool", str(dom.pool), "--out", str(out), "--n", str(n),
+                "--method", run.method, "--proj-dim", str(self.s.proj_dim), "--rank", str(self.s.rank),
+                "--seed", str(run.sel), "--decontaminate", str(dom.test), "--max-length", str(self.s.max_length),
+                "--token-budget", str(self.s.token_budget), "--quiet", "--debug", "--overwrite",
+                *(["--work-dir", str(work)] if run.method != "random" else []),
+                *(["--model", self.s.model] if self.s.model else [])]
+        rc = cli(args)
+        if rc != 0:
+            raise RuntimeError(f"select failed (exit {rc}): {' '.join(args)}")
+        info = json.loads((out / "run.json").read_text())
+        chosen = [r["pool_index"] for r in read_jsonl(out / "selected.jsonl")]
+        return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {})}
+
+    def _draw_from_preselection(self, run: Run, n: int, out: Path) -> dict[str, Any]:
+        """preselect-random with another seed: N uniformly from the seed-0 pre-selected M (no model work)."""
+        base = self.selection(replace(run, sel=0))
+        pre = np.asarray(base["preselected"], dtype=np.int64)
+        chosen = np.random.default_rng(run.sel).choice(pre, size=min(n, len(pre)), replace=False).tolist()
+        return {**self._describe_selection(run, chosen, out), "stage_seconds": {"draw": 0.0}}
+
+    def _describe_selection(self, run: Run, chosen: list[int], out: Path) -> dict[str, Any]:
+        """The selection as the table needs it: pool rows, their tasks, and the answers among D's labels."""
+        dom = self.domains[run.domain]
+        pool = self.pool_rows(dom.pool)
+        rows = [pool[i] for i in chosen]
+        out.mkdir(parents=True, exist_ok=True)
+        selected = out / "selected_rows.jsonl"
+        with open(selected, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        labels = {r["response"].strip() for r in read_jsonl(dom.d_file(run.d_variant))}
+        result = {"pool_index": [int(i) for i in chosen], "selected_file": str(selected),
+                  "tasks": counts([str(r.get("task", "(none)")) for r in rows]),
+                  "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels])}
+        scores_csv = out / "scores.csv"
+        if scores_csv.exists():
+            from ntk_selector.report import read_scores
+
+            scores = read_scores(scores_csv)
+            result["preselected"] = scores["pool_index"][scores["preselected"]].astype(int).tolist()
+        return result
+
+    # -- fine-tunes and evaluations ----------------------------------------------------
+
+    def train(self, run: Run) -> dict[str, Any]:
+        dom = self.domains[run.domain]
+        files = [dom.d_file(run.d_variant)]
+        if run.method in SELECTING:
+            files.append(Path(self.selection(run)["selected_file"]))
+        definition = {"kind": "train", "files": [str(f) for f in files], "model": self.s.model,
+                      "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
+                      "rank": self.s.rank, "lr": run.lr, "seed": run.ft, "loss_mean": run.loss_mean}
+        return self.unit("train", run.key, definition, lambda: self._train(run, files))
+
+    def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
+        from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
+        from ntk_selector.finetune import finetune
+
+        adapter = self.cache / "adapters" / run.key
+        state = finetune(files, adapter, ModelConfig(model=self.s.model),
+                         DataConfig(max_length=self.s.max_length, token_budget=self.s.token_budget),
+                         LoraSettings(rank=self.s.rank, lora_alpha=2.0 * self.s.rank),
+                         RunConfig(seed=run.ft, quiet=True, overwrite=True),
+                         TrainConfig(epochs=self.s.epochs, lr=run.lr, batch_size=self.s.batch_size,
+                                     loss_mean=run.loss_mean),
+                         group_by_length=True)
+        losses = state["losses"]
+        return {"adapter": str(adapter), "examples": state["examples"], "steps": state["steps"],
+                "seconds": state["seconds"], "loss_first": state["loss_first"], "loss_last": state["loss_last"],
+                "loss_curve": [round(float(np.mean(losses[i: i + 10])), 4) for i in range(0, len(losses), 10)]}
+
+    def evaluate(self, run: Run, split: str) -> dict[str, Any]:
+        dom = self.domains[run.domain]
+        trained = None if run.method == "base" else self.train(run)
+        path = dom.test if split == "test" else dom.valid
+        definition = {"kind": "evaluate", "split": split, "data": str(path), "model": self.s.model,
+                      "adapter": trained and trained["adapter"], "train_finished": trained and trained["finished"],
+                      "max_length": self.s.eval_max_length, "calibrate": True}
+        return self.unit("eval", f"{run.key}__{split}", definition, lambda: self._evaluate(trained, path, run, split))
+
+    def _evaluate(self, trained: dict[str, Any] | None, path: Path, run: Run, split: str) -> dict[str, Any]:
+        from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
+        from ntk_selector.evaluate import run_evaluate
+        from ntk_selector.stages import Session
+
+        adapter = trained and trained["adapter"]
+        model_cfg = ModelConfig(model=self.s.model, adapter=adapter)
+        if self._session is None:
+            self._session = Session(model_cfg, LoraSettings(), RunConfig(quiet=True))
+        out = self.cache / "eval" / f"{run.key}__{split}"
+        summary = run_evaluate(path, out, model_cfg, DataConfig(max_length=self.s.eval_max_length,
+                                                                token_budget=self.s.token_budget),
+                               RunConfig(quiet=True), calibrate=True, session=self._session)
+        labels = summary["labels"]
+        preds = read_jsonl(out / "predictions.jsonl")
+        keep = ("accuracy", "balanced_accuracy", "macro_f1", "gold_nll", "n", "labels", "per_class", "confusion",
+                "truncated_prompts", "seconds")
+        cal = summary["calibrated"]
+        return {**{k: summary[k] for k in keep},
+                "calibrated": {k: cal[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "label_prior")},
+                # per-row predicted label index (one character each), for paired bootstrap intervals
+                "predicted": "".join(str(labels.index(p["prediction"])) for p in preds) if len(labels) <= 10 else None,
+                "truth": "".join(str(labels.index(p["response"])) for p in preds) if len(labels) <= 10 else None}
+
+    # -- phases ------------------------------------------------------------------------
+
+    def chosen_lr(self, name: str) -> float:
+        """Best domain-only balanced accuracy on valid (ties: lower gold NLL, then the smaller rate)."""
+        scored = []
+        for lr in self.s.lrs:
+            r = self.evaluate(Run(name, "domain", 0, 0, lr), "valid")
+            scored.append((-round(r["balanced_accuracy"], 6), r["gold_nll"], lr))
+        return min(scored)[2]
+
+    def main_runs(self, name: str, seeds: tuple[int, ...], lr: float) -> Iterator[Run]:
+        for seed in seeds:
+            for m in ("base", "domain", "ntk", "random", "embedding", "preselect-random", "less"):
+                if m == "base" and seed != self.s.seeds[0]:
+                    continue
+                yield Run(name, m, selection_seed(m, seed), seed, lr)
+
+    def ablation_runs(self, name: str, lr: float) -> Iterator[Run]:
+        seed = self.s.seeds[0]
+        for variant in ("example-loss", "balanced"):
+            if variant == "balanced" and self.domains[name].domain_balanced is None:
+                continue
+            for m in ABLATION_METHODS:
+                yield Run(name, m, selection_seed(m, seed), seed, lr, variant)
+
+    def plan(self, phases: list[str]) -> Iterator[tuple[Run, tuple[str, ...]]]:
+        lrs = {name: self.chosen_lr(name) for name in self.domains}  # phase "settings": always first
+        for name, lr in lrs.items():
+            log(f"{name}: learning rate chosen on valid: {lr:g}")
+        for phase in phases:
+            for name in self.domains:
+                if phase == "seed0":
+                    runs = self.main_runs(name, self.s.seeds[:1], lrs[name])
+                elif phase == "seeds":
+                    runs = self.main_runs(name, self.s.seeds[1:], lrs[name])
+                elif phase == "ablations":
+                    runs = self.ablation_runs(name, lrs[name])
+                else:
+                    continue
+                for run in runs:
+                    yield run, ("test", "valid")
+
+    def run(self, phases: list[str]) -> None:
+        for run, splits in self.plan(phases):
+            for split in splits:
+                self.evaluate(run, split)
+        self.publish(commit=bool(self.commit_every))
+        log("all requested phases done")
+
+    def publish(self, commit: bool) -> None:
+        try:
+            text = build_table(self.results, self.s)
+            (self.results / "table.md").write_text(text)
+            plot(self.results, self.s)
+        except Exception as e:  # a table bug must never stop the runs
+            log(f"table failed: {type(e).__name__}: {e}")
+        if commit:
+            git_commit([self.results], f"real-domain benchmark: results so far ({count_units(self.results)} units)")
+
+
+def count_units(results: Path) -> int:
+    return sum(1 for _ in results.rglob("*.json"))
+
+
+def git_commit(paths: list[Path], message: str) -> None:
+    """Commit only these paths of the repository that holds them (retrying while the index is locked)."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=paths[0], capture_output=True, text=True).stdout.strip()
+    if not top:
+        return
+    rel = [str(p.resolve().relative_to(top)) for p in paths if p.exists()]
+    for attempt in range(10):
+        add = subprocess.run(["git", "add", "--", *rel], cwd=top, capture_output=True, text=True)
+        err = add.stderr
+        if add.returncode == 0:
+            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel], cwd=top).returncode == 0:
+                return
+            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], cwd=top, capture_output=True, text=True)
+            if done.returncode == 0:
+                log(f"committed: {message}")
+                return
+            err = done.stderr or done.stdout
+        if "index.lock" not in err:
+            log(f"git commit skipped: {err.strip()[-200:]}")
+            return
+        time.sleep(5 + 5 * attempt)
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def load(results: Path, kind: str) -> dict[str, dict[str, Any]]:
+    folder = results / kind
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
+
+
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not values:
+        return "–"
+    v = np.asarray(values) * scale
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "")
+
+
+def group(evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, variant: str = "main",
+          lr: float | None = None) -> list[dict[str, Any]]:
+    """The evaluations of one arm over its seeds."""
+    out = []
+    for key, r in evals.items():
+        run_key, _, sp = key.partition("__")
+        if sp != split:
+            continue
+        if method == "base":
+            if run_key == f"{domain}_base":
+                out.append(r)
+            continue
+        d_variant = "balanced" if variant == "balanced" else "natural"
+        loss = "example" if variant == "example-loss" else "token"
+        head = f"{domain}_{d_variant}_domain_ft" if method == "domain" else f"{domain}_{d_variant}_{method}_sel"
+        if run_key.startswith(head) and run_key.endswith(f"_lr{lr:g}_{loss}"):
+            out.append(r)
+    return out
+
+
+def paired_bootstrap(a: list[dict[str, Any]], b: list[dict[str, Any]], reps: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
+    """Mean accuracy difference a − b over test rows (each row's correctness averaged over seeds) and a
+    95% bootstrap interval resampling rows (the same rows for both arms)."""
+    if not a or not b or any(r.get("predicted") is None for r in a + b):
+        return None
+    truth = np.frombuffer(a[0]["truth"].encode(), dtype=np.uint8)
+
+    def per_row(arm: list[dict[str, Any]]) -> np.ndarray:
+        return np.mean([np.frombuffer(r["predicted"].encode(), dtype=np.uint8) == truth for r in arm], axis=0)
+
+    diff = per_row(a) - per_row(b)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(reps, len(diff)))
+    boots = diff[idx].mean(1)
+    return float(diff.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def chosen_lrs(evals: dict[str, dict[str, Any]], domains: list[str], s: Settings) -> dict[str, tuple[float, dict[float, str]]]:
+    out = {}
+    for name in domains:
+        scored, text = [], {}
+        for lr in s.lrs:
+            r = evals.get(f"{name}_natural_domain_ft0_lr{lr:g}_token__valid")
+            if r is None:
+                break
+            scored.append((-round(r["balanced_accuracy"], 6), r["gold_nll"], lr))
+            text[lr] = f"bal. {100 * r['balanced_accuracy']:.1f}, NLL {r['gold_nll']:.3f}"
+        else:
+            out[name] = (min(scored)[2], text)
+    return out
+
+
+METRICS = (("accuracy", "acc"), ("balanced_accuracy", "bal. acc"), ("macro_f1", "macro-F1"))
+
+
+def build_table(results: Path, s: Settings) -> str:
+    evals = load(results, "eval")
+    sels = load(results, "select")
+    trains = load(results, "train")
+    domains = sorted({k.split("_base")[0] for k in evals if k.endswith("_base__test")} |
+                     {k.split("_natural_")[0] for k in evals if "_natural_" in k})
+    lrs = chosen_lrs(evals, domains, s)
+    lines = ["# Real domains (generated by benchmarks/real_domains.py; do not edit)", ""]
+    lines += ["## Learning rate chosen on valid (domain only, by balanced accuracy; ties: gold NLL)", "",
+              "| domain | " + " | ".join(f"lr {lr:g}" for lr in s.lrs) + " | chosen |",
+              "|---|" + "---|" * (len(s.lrs) + 1)]
+    for name, (lr, text) in lrs.items():
+        lines.append(f"| {name} | " + " | ".join(text.get(x, "–") for x in s.lrs) + f" | {lr:g} |")
+    lines.append("")
+    avg: dict[str, dict[str, list[float]]] = {}
+    for name in domains:
+        if name not in lrs:
+            continue
+        lr = lrs[name][0]
+        lines += [f"## {name}: test (mean ± std over fine-tune seeds; %; NLL in nats)", "",
+                  "| method | seeds | acc | bal. acc | macro-F1 | gold NLL | calibrated acc | calibrated bal. acc | valid bal. acc |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for m in METHODS:
+            rs = group(evals, name, m, "test", lr=lr)
+            vs = group(evals, name, m, "valid", lr=lr)
+            if not rs:
+                continue
+            cells = [mean_std([r[k] for r in rs]) for k, _ in METRICS]
+            cells.append(mean_std([r["gold_nll"] for r in rs], 1.0, 3))
+            cells += [mean_std([r["calibrated"][k] for r in rs]) for k in ("accuracy", "balanced_accuracy")]
+            cells.append(mean_std([r["balanced_accuracy"] for r in vs]))
+            lines.append(f"| {m} | {len(rs)} | " + " | ".join(cells) + " |")
+            for k, _ in METRICS:
+                avg.setdefault(m, {}).setdefault(k, []).append(float(np.mean([r[k] for r in rs])))
+            avg[m].setdefault("gold_nll", []).append(float(np.mean([r["gold_nll"] for r in rs])))
+        for other in ("random", "less"):
+            bs = paired_bootstrap(group(evals, name, "ntk", "test", lr=lr), group(evals, name, other, "test", lr=lr))
+            if bs:
+                lines.append(f"\nntk − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "
+                             f"test rows {100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
+        lines.append("")
+        lines += [f"### {name}: what each method picked (selection seed 0)", "",
+                  "| method | top pool tasks | answers in D's labels | selection s |", "|---|---|---|---|"]
+        for m in SELECTING:
+            r = sels.get(f"{name}_natural_{m}_sel0")
+            if r is None:
+                continue
+            tasks = ", ".join(f"{t} {c}" for t, c in list(r["tasks"].items())[:4])
+            answers = ", ".join(f"{t} {c}" for t, c in r["answers_in_d_labels"].items()) or "none"
+            secs = sum(r.get("stage_seconds", {}).values())
+            lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} |")
+        lines.append("")
+        ablation = []
+        for variant in ("example-loss", "balanced"):
+            for m in ABLATION_METHODS:
+                rs = group(evals, name, m, "test", variant, lr)
+                if rs:
+                    ablation.append(f"| {variant} | {m} | " + " | ".join(mean_std([r[k] for r in rs]) for k, _ in METRICS) +
+                                    f" | {mean_std([r['gold_nll'] for r in rs], 1.0, 3)} |")
+        if ablation:
+            lines += [f"### {name}: ablations (seed 0)", "", "| ablation | method | acc | bal. acc | macro-F1 | gold NLL |",
+                      "|---|---|---|---|---|---|", *ablation, ""]
+    complete = [m for m in METHODS if m in avg and all(len(v) == len([d for d in domains if d in lrs]) for v in avg[m].values())]
+    if complete and len(lrs) > 1:
+        lines += ["## Average over the domains (test, %)", "", "| method | acc | bal. acc | macro-F1 | gold NLL |",
+                  "|---|---|---|---|---|"]
+        for m in complete:
+            lines.append(f"| {m} | " + " | ".join(f"{100 * np.mean(avg[m][k]):.1f}" for k, _ in METRICS) +
+                         f" | {np.mean(avg[m]['gold_nll']):.3f} |")
+        lines.append("")
+    ft_seconds = [t["seconds"] for t in trains.values()]
+    if ft_seconds:
+        lines.append(f"Fine-tunes so far: {len(ft_seconds)}, {sum(ft_seconds) / 3600:.1f} h in all.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Path, s: Settings) -> None:
+    """Test balanced accuracy per method and domain (mean and std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = load(results, "eval")
+    domains = sorted({k.split("_base")[0] for k in evals if k.endswith("_base__test")})
+    lrs = chosen_lrs(evals, domains, s)
+    if not lrs:
+        return
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 3.5), squeeze=False)
+    for ax, (name, (lr, _)) in zip(axes[0], lrs.items()):
+        arms = [(m, [100 * r["balanced_accuracy"] for r in group(evals, name, m, "test", lr=lr)]) for m in METHODS]
+        arms = [(m, v) for m, v in arms if v]
+        ax.bar(range(len(arms)), [np.mean(v) for _, v in arms],
+               yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for _, v in arms], color="#4878a8")
+        ax.set_xticks(range(len(arms)))
+        ax.set_xticklabels([m for m, _ in arms], rotation=45, ha="right")
+        ax.set_title(name)
+        ax.set_ylabel("test balanced accuracy %")
+    fig.tight_layout()
+    fig.savefig(results / "balanced_accuracy.png", dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- estimate
+
+
+def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]) -> dict[str, float]:
+    """Predicted hours per phase from token counts and measured tokens/s (forward+backward, forward)."""
+    from ntk_selector.config import DataConfig, ModelConfig
+    from ntk_selector.data import encode, to_conversation
+    from ntk_selector.models import load_tokenizer, model_path
+
+    tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))
+    cfg = DataConfig(max_length=bench.s.max_length)
+    cache: dict[Path, np.ndarray] = {}
+
+    def tokens(path: Path) -> np.ndarray:
+        if path not in cache:
+            cache[path] = np.array([e.length for e in encode([to_conversation(r, cfg) for r in read_jsonl(path)], tok, cfg)])
+        return cache[path]
+
+    hours: dict[str, float] = {}
+    for name, dom in bench.domains.items():
+        pool = tokens(dom.pool)
+        d = tokens(dom.domain)
+        n = bench.s.n_factor * len(d)
+        mean_sel = pool.mean()
+        ft = lambda rows_tokens: bench.s.epochs * rows_tokens / rate_train  # noqa: E731
+        test_fwd = 3 * tokens(dom.test).sum() / rate_fwd  # prompt once plus labels, about 3x the row
+        valid_fwd = 3 * tokens(dom.valid).sum() / rate_fwd
+        sel = pool.sum() / rate_fwd + 2 * 4 * n * mean_sel / rate_train  # pool embedding, ntk + less candidates
+        settings = len(bench.s.lrs) * (ft(d.sum()) + valid_fwd)
+        arm = ft(d.sum() + n * mean_sel) + test_fwd + valid_fwd
+        domain_arm = ft(d.sum()) + test_fwd + valid_fwd
+        hours["settings"] = hours.get("settings", 0) + settings / 3600
+        hours["seed0"] = hours.get("seed0", 0) + (sel + 5 * arm + domain_arm + test_fwd) / 3600
+        hours["seeds"] = hours.get("seeds", 0) + 2 * (5 * arm + domain_arm) / 3600
+        hours["ablations"] = hours.get("ablations", 0) + (sel + 2 * (2 * arm + domain_arm)) / 3600
+    hours = {k: v for k, v in hours.items() if k in ["settings", *phases]}
+    hours["total"] = sum(hours.values())
+    return hours
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def domains_from_args(args: argparse.Namespace) -> dict[str, Domain]:
+    if args.data:
+        data = Path(args.data)
+        pool = data / "pool.jsonl"
+        out = {}
+        for folder in sorted(p for p in data.iterdir() if p.is_dir() and (p / "domain.jsonl").exists()):
+            if args.domains and folder.name not in args.domains:
+                continue
+            bal = folder / "domain_balanced.jsonl"
+            out[folder.name] = Domain(folder.name, folder / "domain.jsonl", folder / "valid.jsonl", folder / "test.jsonl",
+                                      pool, bal if bal.exists() else None)
+        if args.domains:
+            out = {n: out[n] for n in args.domains if n in out}
+        return out
+    needed = (args.name, args.domain_train, args.domain_valid, args.domain_test, args.pool)
+    if not all(needed):
+        raise SystemExit("give --data DIR, or --name, --domain-train, --domain-valid, --domain-test and --pool")
+    return {args.name: Domain(args.name, Path(args.domain_train), Path(args.domain_valid), Path(args.domain_test),
+                              Path(args.pool), Path(args.domain_balanced) if args.domain_balanced else None)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = Settings()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="folder of domain folders and pool.jsonl (benchmarks/prepare_real_domains.py)")
+    ap.add_argument("--domains", nargs="*", default=None, help="only these domains of --data, in this order")
+    ap.add_argument("--name", help="one domain of your own: its name ...")
+    ap.add_argument("--domain-train", help="... D (records with prompt/response) ...")
+    ap.add_argument("--domain-valid", help="... rows for choosing settings ...")
+    ap.add_argument("--domain-test", help="... the test set ...")
+    ap.add_argument("--domain-balanced", help="... optionally D balanced over the labels (ablation) ...")
+    ap.add_argument("--pool", help="... and the pool")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    ap.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs))
+    ap.add_argument("--epochs", type=float, default=d.epochs)
+    ap.add_argument("--max-length", type=int, default=d.max_length)
+    ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
+    ap.add_argument("--rank", type=int, default=d.rank)
+    ap.add_argument("--n-factor", type=int, default=d.n_factor)
+    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "real_domains"))
+    ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache" / "real_domains"))
+    ap.add_argument("--phases", nargs="+", default=["seed0", "seeds", "ablations"])
+    ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K units (0: never)")
+    ap.add_argument("--only-table", action="store_true")
+    ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
+    ap.add_argument("--rate-train", type=float, default=180.0, help="tokens/s of a LoRA forward+backward (estimate)")
+    ap.add_argument("--rate-forward", type=float, default=575.0, help="tokens/s of a forward pass (estimate)")
+    args = ap.parse_args(argv)
+    s = Settings(model=args.model, seeds=tuple(args.seeds), lrs=tuple(args.lrs), epochs=args.epochs,
+                 max_length=args.max_length, proj_dim=args.proj_dim, rank=args.rank, n_factor=args.n_factor)
+    results, cache = Path(args.results), Path(args.cache)
+    if args.only_table:
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "table.md").write_text(build_table(results, s))
+        plot(results, s)
+        print((results / "table.md").read_text())
+        return 0
+    bench = Bench(s, domains_from_args(args), results, cache, args.commit_every)
+    hours = estimate(bench, args.rate_train, args.rate_forward, args.phases)
+    log("estimate (hours on this machine's measured rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))
+    if args.estimate:
+        return 0
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / "settings.json", asdict(s))
+    bench.run(args.phases)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

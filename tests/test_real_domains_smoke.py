@@ -1,0 +1,77 @@
+"""Smoke test of benchmarks/real_domains.py: a domain given as files, every method and ablation end to end
+on the tiny model, the table with its bootstrap intervals, and a rerun that recomputes nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from conftest import synthetic_rows, write_jsonl
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("real_domains_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def labelled(n: int, seed: int, labels=("yes", "no", "meh")) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt": "Q: " + r["prompt"][:40], "response": rng.choice(labels)} for r in synthetic_rows(n, seed, ("dom",))]
+
+
+def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, one_thread):
+    write_jsonl(tmp_path / "d.jsonl", labelled(6, 1))
+    write_jsonl(tmp_path / "bal.jsonl", labelled(6, 5))
+    write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
+    write_jsonl(tmp_path / "t.jsonl", labelled(12, 3))
+    pool = synthetic_rows(40, 4) + [{"prompt": "Q: x y z", "response": "yes", "task": "dom-like"}] * 2
+    write_jsonl(tmp_path / "pool.jsonl", pool)
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
+            "--domain-test", str(tmp_path / "t.jsonl"), "--domain-balanced", str(tmp_path / "bal.jsonl"),
+            "--pool", str(tmp_path / "pool.jsonl"), "--model", str(tiny_model_dir), "--seeds", "0", "1",
+            "--lrs", "1e-3", "3e-3", "--epochs", "1", "--max-length", "96", "--proj-dim", "32", "--rank", "4",
+            "--n-factor", "2", "--results", str(results), "--cache", str(cache)]
+    mod = load_script()
+    assert mod.main(args) == 0
+    evals = {p.stem: json.loads(p.read_text()) for p in (results / "eval").glob("*.json")}
+    # the settings sweep ran on valid only, once per learning rate
+    assert {k for k in evals if k.startswith("toy_natural_domain_ft0_") and k.endswith("_token__valid")} == \
+        {"toy_natural_domain_ft0_lr0.001_token__valid", "toy_natural_domain_ft0_lr0.003_token__valid"}
+    chosen = mod.chosen_lrs(evals, ["toy"], mod.Settings(lrs=(1e-3, 3e-3)))["toy"][0]
+    want = min((-round(evals[f"toy_natural_domain_ft0_lr{lr:g}_token__valid"]["balanced_accuracy"], 6),
+                evals[f"toy_natural_domain_ft0_lr{lr:g}_token__valid"]["gold_nll"], lr) for lr in (1e-3, 3e-3))[2]
+    assert chosen == want
+    for m in mod.METHODS:
+        arms = mod.group(evals, "toy", m, "test", lr=chosen)
+        assert len(arms) == (1 if m == "base" else 2), (m, len(arms))
+        for e in arms:
+            assert e["n"] == 12 and len(e["predicted"]) == 12 and "calibrated" in e and e["gold_nll"] > 0
+    for variant in ("example-loss", "balanced"):
+        for m in mod.ABLATION_METHODS:
+            assert len(mod.group(evals, "toy", m, "test", variant, chosen)) == 1, (variant, m)
+    # selections: deterministic methods once, random per seed; N = 2 x |D|
+    sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
+    assert {"toy_natural_ntk_sel0", "toy_natural_random_sel0", "toy_natural_random_sel1", "toy_balanced_ntk_sel0"} <= set(sels)
+    assert "toy_natural_ntk_sel1" not in sels and all(len(s["pool_index"]) == 12 for s in sels.values())
+    # the bootstrap: hand-made arms whose difference is known
+    a = [{"truth": "0000", "predicted": "0000"}]
+    b = [{"truth": "0000", "predicted": "0011"}]
+    diff, lo, hi = mod.paired_bootstrap(a, b)
+    assert diff == 0.5 and 0 <= lo <= 0.5 <= hi <= 1
+    table = (results / "table.md").read_text()
+    assert "| ntk | 2 |" in table and "ntk − random" in table and "ablations" in table
+    assert (results / "balanced_accuracy.png").exists()
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
+    assert mod.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"} == before
