@@ -14,7 +14,9 @@ Domains (read from ``../shared/data`` and from registry packages; nothing is cop
 
 Per domain, from the training side: ``domain.jsonl`` (|D| = 100 drawn uniformly, so in the natural
 label mix, as a user's sample would be), ``valid.jsonl`` (100 other rows, for choosing settings) and
-``domain_balanced.jsonl`` (100 rows balanced over the labels, disjoint from valid: an ablation).
+``domain_balanced.jsonl`` (100 rows as balanced over the labels as the training side allows, disjoint
+from valid: an ablation; not written when it would hold the same rows as D, as for MMLU-Med, whose
+100 training rows outside valid are all of D).
 
 Pool: Natural Instructions v1 as shipped in ``bigbench==1.0.0`` (61 tasks, 193K rows), at most
 ``--per-task`` rows per task, prompt = the task definition (its first sentences) and the input,
@@ -342,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] = {"settings": vars(args) | {"out": str(args.out), "downloads": str(downloads)},
                                "domains": {}, "pool": {}}
     for name, parts in domains.items():
+        same = sorted(map(json.dumps, parts["domain_balanced"])) == sorted(map(json.dumps, parts["domain"]))
+        if same:  # too few rows of some label to balance: the ablation would be the main D again
+            del parts["domain_balanced"]
+            (args.out / name / "domain_balanced.jsonl").unlink(missing_ok=True)
         for part, rows in parts.items():
             write_jsonl(args.out / name / f"{part}.jsonl", rows)
         summary["domains"][name] = {part: {"rows": len(rows), "labels": label_mix(rows)} for part, rows in parts.items()}
