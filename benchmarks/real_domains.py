@@ -21,7 +21,8 @@ same after contextual calibration (``evaluate --calibrate``).
 Every unit (selection, fine-tune, evaluation) writes one JSON under ``--results`` (committed) and its
 big files under ``--cache`` (ignored); a rerun skips finished units and a fine-tune in flight resumes
 from its checkpoint. Phases run most informative first: settings, seed 0 of every method on every
-domain, seeds 1-2, then the ablations (per-example loss mean; balanced D). ``--estimate`` prints the
+domain (base and domain only on all domains, then ntk and random, then the other baselines), seeds
+1-2, then the ablations (per-example loss mean; balanced D). ``--estimate`` prints the
 predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and plot from the JSONs.
 
     python benchmarks/prepare_real_domains.py
@@ -48,6 +49,8 @@ METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", 
 SELECTING = ("random", "embedding", "preselect-random", "less", "ntk")
 DETERMINISTIC = ("embedding", "less", "ntk")
 ABLATION_METHODS = ("domain", "random", "ntk")
+# seed 0 runs these groups in turn over every domain: the no-selection arms, ntk against random, the rest
+SEED0_ORDER = (("base", "domain"), ("ntk", "random"), ("embedding", "preselect-random", "less"))
 
 
 # ----------------------------------------------------------------------------- settings and keys
@@ -319,9 +322,9 @@ class Bench:
             scored.append((-round(r["balanced_accuracy"], 6), r["gold_nll"], lr))
         return min(scored)[2]
 
-    def main_runs(self, name: str, seeds: tuple[int, ...], lr: float) -> Iterator[Run]:
+    def main_runs(self, name: str, seeds: tuple[int, ...], lr: float, methods: tuple[str, ...] = METHODS) -> Iterator[Run]:
         for seed in seeds:
-            for m in ("base", "domain", "ntk", "random", "embedding", "preselect-random", "less"):
+            for m in methods:
                 if m == "base" and seed != self.s.seeds[0]:
                     continue
                 yield Run(name, m, selection_seed(m, seed), seed, lr)
@@ -339,10 +342,14 @@ class Bench:
         for name, lr in lrs.items():
             log(f"{name}: learning rate chosen on valid: {lr:g}")
         for phase in phases:
+            if phase == "seed0":  # method-major, so that the key comparison exists on every domain first
+                for methods in SEED0_ORDER:
+                    for name in self.domains:
+                        for run in self.main_runs(name, self.s.seeds[:1], lrs[name], methods):
+                            yield run, ("test", "valid")
+                continue
             for name in self.domains:
-                if phase == "seed0":
-                    runs = self.main_runs(name, self.s.seeds[:1], lrs[name])
-                elif phase == "seeds":
+                if phase == "seeds":
                     runs = self.main_runs(name, self.s.seeds[1:], lrs[name])
                 elif phase == "ablations":
                     runs = self.ablation_runs(name, lrs[name])
@@ -594,8 +601,8 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         n = bench.s.n_factor * len(d)
         mean_sel = pool.mean()
         ft = lambda rows_tokens: bench.s.epochs * rows_tokens / rate_train  # noqa: E731
-        test_fwd = 3 * tokens(dom.test).sum() / rate_fwd  # prompt once plus labels, about 3x the row
-        valid_fwd = 3 * tokens(dom.valid).sum() / rate_fwd
+        test_fwd = tokens(dom.test).sum() / rate_fwd  # the prompt once plus every label's few tokens
+        valid_fwd = tokens(dom.valid).sum() / rate_fwd
         sel = pool.sum() / rate_fwd + 2 * 4 * n * mean_sel / rate_train  # pool embedding, ntk + less candidates
         settings = len(bench.s.lrs) * (ft(d.sum()) + valid_fwd)
         arm = ft(d.sum() + n * mean_sel) + test_fwd + valid_fwd
