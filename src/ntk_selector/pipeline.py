@@ -235,7 +235,7 @@ def _subset_fingerprint(base: str, rows: np.ndarray) -> str:
 
 # settings that change how a run goes, not what it selects
 RUN_ONLY = {"quiet", "debug", "overwrite", "device", "work_dir", "dist_timeout", "token_budget", "max_batch_size",
-            "score_block_mb", "checkpoint_every"}
+            "score_block_mb", "checkpoint_every", "projection_cache_mb"}
 
 
 def _settings(cfg: SelectConfigs) -> dict[str, Any]:

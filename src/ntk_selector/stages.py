@@ -174,7 +174,9 @@ def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, fea
     probe = None
     if feat_cfg.logits == "auto" and feat_cfg.objective in NTK_OBJECTIVES:
         probe = collate(encode(records.conversations[:2], session.tokenizer, data_cfg), session.tokenizer.pad_token_id)
-    return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe)
+    cache = feat_cfg.projection_cache_mb * (1 << 20) if feat_cfg.projection_cache_mb > 0 else None
+    return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe,
+                              cache_bytes=cache)
 
 
 def feature_definition(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> dict[str, Any]:
@@ -215,7 +217,7 @@ def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, se
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to vote with")
     m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
-                       index_kind=pre_cfg.index, seed=seed)
+                       index_kind=pre_cfg.knn_search, seed=seed)
 
 
 def save_preselect(result: PreselectResult, out: Path) -> None:
