@@ -15,8 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig,
-                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build, known_names,
+from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings,
+                                 ModelConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build, known_names,
                                  load_yaml)
 from ntk_selector.errors import UserError
 
@@ -77,7 +77,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     c = _configs(args, SECTIONS)
     cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
                         c[PreselectConfig], c[ScoreConfig], method=args.method, filters=c[PoolFilterConfig],
-                        index=c[IndexConfig])
+                        index=c[IndexConfig], embed=c[EmbedConfig])
     summary = select(args.domain, args.pool, args.out, cfg)
     if summary is not None and not cfg.run.quiet:
         print_summary(summary, args.out)
@@ -126,9 +126,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from ntk_selector import distributed
     from ntk_selector.stages import Records, embed
 
-    c = _configs(args, MODEL_SECTIONS)
+    c = _configs(args, MODEL_SECTIONS + (EmbedConfig,))
     records = distributed.all_ranks(lambda: Records.load(args.data, c[DataConfig]))
-    computed = embed(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig])
+    computed = embed(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig],
+                     embedder=c[EmbedConfig].embedder, embed_max_length=c[EmbedConfig].embed_max_length)
     _say(c[RunConfig], f"embedded {len(records)} rows ({computed} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
@@ -150,10 +151,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ntk_selector.index import build_index
     from ntk_selector.stages import Records, Session
 
-    c = _configs(args, MODEL_SECTIONS + (FeatureConfig, IndexConfig))
+    c = _configs(args, MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
     pool = distributed.all_ranks(lambda: Records.load(args.pool, c[DataConfig]))
     session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
-    info = build_index(session, pool, Path(args.out), c[DataConfig], c[FeatureConfig], c[IndexConfig])
+    info = build_index(session, pool, Path(args.out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
     _say(c[RunConfig], f"indexed {len(pool)} pool rows ({info['computed']} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
@@ -202,7 +203,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         c[PreselectConfig].n = args.domain_size
     cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
                         c[PreselectConfig], c[ScoreConfig], method="ntk", filters=c[PoolFilterConfig],
-                        index=c[IndexConfig])
+                        index=c[IndexConfig], embed=c[EmbedConfig])
     print(f"demo data in {out / 'data'}: domain {paths.domain.name} (drug-review sentiment), pool {paths.pool.name}")
     summary = select(paths.domain, paths.pool, out / "select", cfg)
     from ntk_selector.data import read_records
@@ -290,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", required=True, help="domain records")
     p.add_argument("--out", required=True, help="adapter folder to write")
 
-    p = add("embed", cmd_embed, "mean-pooled hidden-state embeddings into a store", MODEL_SECTIONS)
+    p = add("embed", cmd_embed, "pre-selection embeddings (mean-pooled hidden states, or MiniLM) into a store",
+            MODEL_SECTIONS + (EmbedConfig,))
     p.add_argument("--data", required=True, help="records to embed")
     p.add_argument("--out", required=True, help="store folder")
 
@@ -299,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="store folder")
 
     p = add("index", cmd_index, "embeddings and base-model NTK features of every pool row, once, for select --index",
-            MODEL_SECTIONS + (FeatureConfig, IndexConfig))
+            MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
     p.add_argument("--pool", required=True, help="candidate pool records")
     p.add_argument("--out", required=True, help="index folder")
 

@@ -91,6 +91,10 @@ class PreselectConfig:
 class IndexConfig:
     index: str | None = _f(None, "select: an index folder from `ntk-selector index`; the pool is scored from it and never run through the model again")
     index_mode: str = _f("features", "select --index: features (index embeddings pre-select, index features score: no warm-up) or preselect (index pre-selects, warm model featurizes the M candidates)")
+
+
+@dataclass
+class EmbedConfig:
     embedder: str = _f("model", "pre-selection embeddings: model (mean-pooled final hidden state) or minilm (the packaged all-MiniLM-L6-v2 sentence encoder)")
     embed_max_length: int = _f(0, "embed only the first this many tokens of each row (0: the whole row as tokenized)")
 
@@ -131,7 +135,7 @@ class PredictConfig:
 
 SECTIONS: tuple[type, ...] = (
     ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, IndexConfig,
-    ScoreConfig, PoolFilterConfig, DiagnoseConfig, PredictConfig,
+    EmbedConfig, ScoreConfig, PoolFilterConfig, DiagnoseConfig, PredictConfig,
 )
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ntk_selector import distributed
-from ntk_selector.config import DataConfig, FeatureConfig, IndexConfig
+from ntk_selector.config import DataConfig, EmbedConfig, FeatureConfig
 from ntk_selector.data import Batch
 from ntk_selector.embed import pool_hidden
 from ntk_selector.errors import UserError
@@ -94,16 +94,16 @@ class HiddenCatcher:
 
 
 def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
-                index_cfg: IndexConfig) -> dict[str, Any]:
+                embed_cfg: EmbedConfig) -> dict[str, Any]:
     """Embeddings and base-model NTK features of every pool row into the index at ``out``."""
     if session.model_cfg.adapter:
         raise UserError("index maps the pool with the base model and a seeded LoRA initialisation; --adapter is not used")
     out.mkdir(parents=True, exist_ok=True)
     session.load(None)
-    emb_def = embedding_definition(session, pool, data_cfg, index_cfg.embedder, index_cfg.embed_max_length)
+    emb_def = embedding_definition(session, pool, data_cfg, embed_cfg.embedder, embed_cfg.embed_max_length)
     feat_def = feature_definition(session, pool, data_cfg, feat_cfg)
     quiet = session.run.quiet
-    if index_cfg.embedder == "model":
+    if embed_cfg.embedder == "model":
         with featurizer_for(session, pool, data_cfg, feat_cfg) as feat:
             feat_def["logits_mode"] = feat.logits_mode
             catcher = HiddenCatcher(session.model)
@@ -113,7 +113,7 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
                 features = feat.features(batch)
                 assert catcher.hidden is not None
                 pooled = pool_hidden(catcher.hidden, batch.attention_mask.to(catcher.hidden.device),
-                                     index_cfg.embed_max_length)
+                                     embed_cfg.embed_max_length)
                 catcher.hidden = None
                 return torch.cat([features, pooled.to(features.device)], 1)
 
@@ -141,13 +141,13 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
         info = featurize(session, pool, out / FEATURES, data_cfg, feat_cfg, desc="index pool features")
         feat_def["logits_mode"] = info["logits_mode"]
         computed = info["computed"]
-        embed(session, pool, out / EMBEDDINGS, data_cfg, desc="index pool embeddings", embedder=index_cfg.embedder,
-              embed_max_length=index_cfg.embed_max_length)
+        embed(session, pool, out / EMBEDDINGS, data_cfg, desc="index pool embeddings", embedder=embed_cfg.embedder,
+              embed_max_length=embed_cfg.embed_max_length)
 
     def record() -> dict[str, Any]:
         _, status, _ = open_store(out / FEATURES)
         meta = {"format": FORMAT, "pool": str(pool.path.resolve()), "pool_fingerprint": pool.fingerprint, "rows": len(pool),
-                "embedder": index_cfg.embedder, "embed_max_length": index_cfg.embed_max_length,
+                "embedder": embed_cfg.embedder, "embed_max_length": embed_cfg.embed_max_length,
                 "definitions": {EMBEDDINGS: emb_def, FEATURES: feat_def},
                 "counts": {"rows": len(pool), "done": int((status == DONE).sum()),
                            "no_response_tokens": int((status == EMPTY).sum())}, "complete": True}

@@ -79,7 +79,7 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
     _check_n(n, int(pool_valid.sum()), pool_path, "with response tokens, not excluded")
     with clock("embed"):
         embed(session, domain, stages / "index_embed_domain", cfg.data, desc="embed domain",
-              embedder=cfg.index.embedder, embed_max_length=cfg.index.embed_max_length)
+              embedder=cfg.embed.embedder, embed_max_length=cfg.embed.embed_max_length)
     if mode == "features":
         with clock("featurize"):
             featurize(session, domain, stages / "index_features_domain", cfg.data, cfg.feature, desc="featurize domain")
@@ -162,7 +162,7 @@ def _check_same_space(session: Session, domain: Records, index: Index, cfg: Any)
     projection, objective, tokenization and embedder; anything else is refused, naming what differs."""
     defs = index.meta["definitions"]
     feat_def = {**feature_definition(session, domain, cfg.data, cfg.feature), "logits_mode": defs[FEATURES]["logits_mode"]}
-    emb_def = embedding_definition(session, domain, cfg.data, cfg.index.embedder, cfg.index.embed_max_length)
+    emb_def = embedding_definition(session, domain, cfg.data, cfg.embed.embedder, cfg.embed.embed_max_length)
     norm = lambda d: json.loads(json.dumps(d, default=str))  # noqa: E731
     diffs: list[str] = []
     for d in (space_differences(norm(defs[FEATURES]), norm(feat_def)), space_differences(norm(defs[EMBEDDINGS]), norm(emb_def))):

@@ -22,8 +22,8 @@ import numpy as np
 
 from ntk_selector import __version__, distributed
 from ntk_selector.answer_mix import answer_mix
-from ntk_selector.config import (DataConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig, PoolFilterConfig,
-                                 PreselectConfig, RunConfig, ScoreConfig, TrainConfig, to_dict)
+from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig,
+                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, to_dict)
 from ntk_selector.data import clean_record, encode
 from ntk_selector.errors import UserError
 from ntk_selector.models import load_tokenizer, model_path
@@ -50,6 +50,7 @@ class SelectConfigs:
     method: str = "ntk"
     filters: PoolFilterConfig = field(default_factory=PoolFilterConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
 
 
 class StageClock:
@@ -131,8 +132,8 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         distributed.all_ranks(lambda: session.load(str(stages / "warmup")))
     with clock("embed"):
         for name, records in (("domain", domain), ("pool", pool)):
-            embed(session, records, stages / f"embed_{name}", cfg.data, desc=f"embed {name}", embedder=cfg.index.embedder,
-                  embed_max_length=cfg.index.embed_max_length)
+            embed(session, records, stages / f"embed_{name}", cfg.data, desc=f"embed {name}", embedder=cfg.embed.embedder,
+                  embed_max_length=cfg.embed.embed_max_length)
     _, pool_status, _ = open_store(stages / "embed_pool")
     _, domain_status, _ = open_store(stages / "embed_domain")
     empty = pool_status == EMPTY
