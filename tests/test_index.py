@@ -188,3 +188,42 @@ def test_minilm_embedder(tiny_model_dir, pool_and_index, tmp_path):
     assert main(["select", "--index", str(tmp_path / "idx"), "--domain", str(domain), "-n", "4", "--out",
                  str(tmp_path / "sel"), "--quiet"]) == 0
     assert json.loads((tmp_path / "sel" / "run.json").read_text())["index"]["embedder"] == "minilm"
+
+
+def two_node_run(*args, timeout=300):
+    """Two torchrun launchers, one per simulated node (1 process each), meeting at 127.0.0.1."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                               "-m", "ntk_selector", *map(str, args)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    results = [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    return results
+
+
+def test_two_nodes_index_and_select_equal_one_process(tiny_model_dir, pool_and_index, tmp_path):
+    tmp, pool, domain = pool_and_index
+    for rc, err in two_node_run("index", "--pool", pool, "--out", tmp_path / "idx", "--model", tiny_model_dir, *SPACE):
+        assert rc == 0, err[-3000:]
+    one, two = open_index(tmp / "idx"), open_index(tmp_path / "idx")
+    assert np.array_equal(one.features, two.features) and np.array_equal(one.embeddings, two.embeddings)
+    assert np.array_equal(one.status, two.status)
+    common = ["--domain", domain, "-n", "5", "--quiet"]
+    assert main(["select", "--index", str(tmp / "idx"), *map(str, common), "--out", str(tmp_path / "sel1")]) == 0
+    for rc, err in two_node_run("select", "--index", tmp_path / "idx", *common, "--out", tmp_path / "sel2"):
+        assert rc == 0, err[-3000:]
+    for name in ("selected.jsonl", "scores.csv"):
+        assert (tmp_path / "sel1" / name).read_text() == (tmp_path / "sel2" / name).read_text(), name
+    assert json.loads((tmp_path / "sel2" / "run.json").read_text())["world_size"] == 2

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings,
-                                 ModelConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build, known_names,
-                                 load_yaml)
+                                 ModelConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build,
+                                 known_names, load_yaml)
 from ntk_selector.errors import UserError
 
 # Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
