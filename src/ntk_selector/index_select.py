@@ -22,7 +22,7 @@ from ntk_selector import distributed
 from ntk_selector.errors import UserError
 from ntk_selector.filters import pool_filter
 from ntk_selector.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
-from ntk_selector.preselect import default_m_k, reverse_knn
+from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.score import block_rows_for, domain_direction, score_rows_at, top_n
 from ntk_selector.stages import (Records, Session, embed, embedding_definition, feature_definition, featurize, ntk_scores,
                                  warmup)
@@ -84,13 +84,11 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
         with clock("featurize"):
             featurize(session, domain, stages / "index_features_domain", cfg.data, cfg.feature, desc="featurize domain")
 
-    def preselect_rows() -> Any:
+    def preselect_rows() -> PreselectResult:
         d_emb, d_status, _ = open_store(stages / "index_embed_domain")
         if not (d_status == DONE).any():
             raise UserError(f"{domain.path}: no domain row has response tokens: nothing to vote with")
-        m, k = default_m_k(n, int(pool_valid.sum()), cfg.preselect.m, cfg.preselect.k)
-        return reverse_knn(d_emb, index.embeddings, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
-                           index_kind=cfg.preselect.knn_search, seed=cfg.run.seed)
+        return preselect_in_index(index, d_emb, d_status, n, cfg.preselect, pool_valid, cfg.run.seed)
 
     with clock("preselect"):
         pre = distributed.on_main(preselect_rows)
@@ -101,9 +99,7 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
             d_feat, d_status, _ = open_store(stages / "index_features_domain")
             if not (d_status == DONE).any():
                 raise UserError(f"{domain.path}: no domain row has response tokens: nothing to score against")
-            rows = block_rows_for(d_feat.shape[1], cfg.score.score_block_mb)
-            direction = domain_direction(d_feat, d_status, cfg.score.cosine, rows)
-            return score_rows_at(index.features, index.status, pre.order, direction, cfg.score.cosine, rows)
+            return score_in_index(index, d_feat, d_status, pre.order, cfg.score)
 
         with clock("score"):
             cand_scores = distributed.on_main(score)
@@ -141,6 +137,24 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
         return _finish_run(out, summary, clock)
 
     return distributed.on_main(finish)
+
+
+def preselect_in_index(index: Index, domain_emb: np.ndarray, domain_status: np.ndarray, n: int, pre_cfg: Any,
+                       pool_valid: np.ndarray, seed: int = 0) -> PreselectResult:
+    """Reverse-kNN votes of the domain embeddings over the index's (M = 4N, K = M/4 by default)."""
+    m, k = default_m_k(n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
+    return reverse_knn(domain_emb, index.embeddings, m, k, pool_valid=pool_valid, domain_valid=domain_status == DONE,
+                       index_kind=pre_cfg.knn_search, seed=seed)
+
+
+def score_in_index(index: Index, domain_features: np.ndarray, domain_status: np.ndarray, rows: np.ndarray,
+                   score_cfg: Any) -> np.ndarray:
+    """NTK scores of the index's ``rows`` against the domain's features, read block by block."""
+    if domain_features.shape[1] != index.features.shape[1]:
+        raise UserError(f"domain features have {domain_features.shape[1]} dims, the index {index.features.shape[1]}")
+    block = block_rows_for(domain_features.shape[1], score_cfg.score_block_mb)
+    direction = domain_direction(domain_features, domain_status, score_cfg.cosine, block)
+    return score_rows_at(index.features, index.status, rows, direction, score_cfg.cosine, block)
 
 
 def _broadcast_order(pre: Any, stages: Path) -> np.ndarray:
