@@ -227,3 +227,23 @@ def test_two_nodes_index_and_select_equal_one_process(tiny_model_dir, pool_and_i
     for name in ("selected.jsonl", "scores.csv"):
         assert (tmp_path / "sel1" / name).read_text() == (tmp_path / "sel2" / name).read_text(), name
     assert json.loads((tmp_path / "sel2" / "run.json").read_text())["world_size"] == 2
+
+
+def test_index_once_benchmark_on_the_tiny_model(tiny_model_dir, pool_and_index, tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "index_once.py"
+    spec = importlib.util.spec_from_file_location("index_once", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["index_once"] = bench
+    spec.loader.exec_module(bench)
+    _, pool, domain = pool_and_index
+    res = bench.main(["--pool", str(pool), "--domain", str(domain), "-n", "5", "--out", str(tmp_path), "--model",
+                      str(tiny_model_dir), "--modes", "features", "--coarse", "model:9", "--", *SPACE])
+    r = res["domains"][domain.stem]
+    sel = lambda d: {json.loads(x)["pool_index"] for x in (tmp_path / domain.stem / d / "selected.jsonl").read_text().splitlines()}  # noqa: E731
+    assert r["features"]["top_n_overlap"] == len(sel("paper") & sel("index_features")) / 5
+    assert -1.0 <= r["features"]["spearman_on_paper_candidates"] <= 1.0
+    assert 0.0 <= r["coarse_recall"]["model:9"] <= 1.0 and res["index_seconds"] > 0
