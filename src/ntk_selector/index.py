@@ -99,6 +99,8 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
     if session.model_cfg.adapter:
         raise UserError("index maps the pool with the base model and a seeded LoRA initialisation; --adapter is not used")
     out.mkdir(parents=True, exist_ok=True)
+    if session.run.overwrite and distributed.current().is_main:
+        (out / INDEX_META).unlink(missing_ok=True)  # a rebuilt index is advertised again only once complete
     session.load(None)
     emb_def = embedding_definition(session, pool, data_cfg, embed_cfg.embedder, embed_cfg.embed_max_length)
     feat_def = feature_definition(session, pool, data_cfg, feat_cfg)
