@@ -74,3 +74,26 @@ def test_factored_equals_explicit_dense_matrix():
     g = [torch.randn(2, *s) for _, s in shapes]
     flat = torch.cat([x.reshape(2, -1) for x in g], 1)
     assert torch.allclose(project(shapes, g, 16, 3), flat @ dense, atol=1e-5)
+
+
+def test_sign_cache_budget_changes_memory_not_numbers():
+    """Cached int8 signs, partly cached and regenerated matrices give the same features, bit for bit."""
+    g = [x.float() for x in random_grads(3, 4)]
+    outs, cached = [], []
+    for budget in (0, 24 * 4, 1 << 20):  # nothing, one module's signs (24 x 4 at p = 16, k = 4), all
+        proj = FactoredRademacher(SHAPES, 16, seed=2, cache_bytes=budget)
+        out = torch.zeros(3, 16)
+        for (name, _), x in zip(SHAPES, g):
+            proj.accumulate(name, x, out)
+        outs.append(out)
+        cached.append(proj.cached_modules)
+        assert all(t.dtype == torch.int8 for t in proj._cache.values())
+        assert sum(t.numel() for t in proj._cache.values()) <= budget
+    assert cached == [0, 1, len(SHAPES)]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    # and the same numbers as an explicitly scaled +-1 matrix
+    from ntk_selector.projection import rademacher
+
+    name, _ = SHAPES[0]
+    ref = rademacher((24, 4), 2, name).float() * 4 ** -0.5
+    assert torch.equal(FactoredRademacher(SHAPES, 16, seed=2, cache_bytes=1 << 20).matrix(name), ref)

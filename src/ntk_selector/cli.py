@@ -15,8 +15,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, LoraSettings, ModelConfig, PoolFilterConfig,
-                                 PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build, known_names, load_yaml)
+from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings,
+                                 ModelConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build,
+                                 known_names, load_yaml)
 from ntk_selector.errors import UserError
 
 # Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
@@ -44,15 +45,21 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
 
 
 def _values(args: argparse.Namespace, command: str, sections: tuple[type, ...]) -> dict[str, Any]:
-    """Dataclass defaults < subcommand defaults < YAML < command line."""
+    """Dataclass defaults < subcommand defaults (< an index's settings for select --index) < YAML < command line."""
     values: dict[str, Any] = dict(SUBCOMMAND_DEFAULTS.get(command, {}))
+    from_yaml: dict[str, Any] = {}
     if getattr(args, "config", None):
         from_yaml = load_yaml(args.config)
         unknown = set(from_yaml) - known_names()
         if unknown:
             raise UserError(f"{args.config}: unknown settings: {', '.join(sorted(unknown))}")
-        values.update({k: v for k, v in from_yaml.items() if k in known_names(sections)})
-    values.update({k: v for k, v in vars(args).items() if k in known_names(sections)})
+    given = {**{k: v for k, v in from_yaml.items() if k in known_names(sections)},
+             **{k: v for k, v in vars(args).items() if k in known_names(sections)}}
+    if command == "select" and given.get("index"):
+        from ntk_selector.index import index_settings
+
+        values.update(index_settings(given["index"]))  # the index's settings, below the file and flags
+    values.update(given)
     return values
 
 
@@ -69,7 +76,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     c = _configs(args, SECTIONS)
     cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
-                        c[PreselectConfig], c[ScoreConfig], method=args.method, filters=c[PoolFilterConfig])
+                        c[PreselectConfig], c[ScoreConfig], method=args.method, filters=c[PoolFilterConfig],
+                        index=c[IndexConfig], embed=c[EmbedConfig])
     summary = select(args.domain, args.pool, args.out, cfg)
     if summary is not None and not cfg.run.quiet:
         print_summary(summary, args.out)
@@ -118,9 +126,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from ntk_selector import distributed
     from ntk_selector.stages import Records, embed
 
-    c = _configs(args, MODEL_SECTIONS)
+    c = _configs(args, MODEL_SECTIONS + (EmbedConfig,))
     records = distributed.all_ranks(lambda: Records.load(args.data, c[DataConfig]))
-    computed = embed(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig])
+    computed = embed(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig],
+                     embedder=c[EmbedConfig].embedder, embed_max_length=c[EmbedConfig].embed_max_length)
     _say(c[RunConfig], f"embedded {len(records)} rows ({computed} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
@@ -134,6 +143,19 @@ def cmd_featurize(args: argparse.Namespace) -> int:
     info = featurize(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig], c[FeatureConfig])
     _say(c[RunConfig], f"featurized {len(records)} rows ({info['dim']} dims, {info['logits_mode']} logits; "
                        f"{info['computed']} computed now{_by_this_rank()}) into {args.out}")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from ntk_selector import distributed
+    from ntk_selector.index import build_index
+    from ntk_selector.stages import Records, Session
+
+    c = _configs(args, MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
+    pool = distributed.all_ranks(lambda: Records.load(args.pool, c[DataConfig]))
+    session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
+    info = build_index(session, pool, Path(args.out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
+    _say(c[RunConfig], f"indexed {len(pool)} pool rows ({info['computed']} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
 
@@ -180,7 +202,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if c[PreselectConfig].n <= 0:
         c[PreselectConfig].n = args.domain_size
     cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
-                        c[PreselectConfig], c[ScoreConfig], method="ntk", filters=c[PoolFilterConfig])
+                        c[PreselectConfig], c[ScoreConfig], method="ntk", filters=c[PoolFilterConfig],
+                        index=c[IndexConfig], embed=c[EmbedConfig])
     print(f"demo data in {out / 'data'}: domain {paths.domain.name} (drug-review sentiment), pool {paths.pool.name}")
     summary = select(paths.domain, paths.pool, out / "select", cfg)
     from ntk_selector.data import read_records
@@ -207,7 +230,7 @@ def _by_this_rank() -> str:
 
 
 # Subcommands that shard their rows over the ranks of a torchrun job; the others run on rank 0.
-DISTRIBUTED_COMMANDS = {"embed", "featurize", "select"}
+DISTRIBUTED_COMMANDS = {"embed", "featurize", "select", "index"}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -255,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("select", cmd_select, "the whole pipeline: warm-up, embed, pre-select, featurize, score, top N", SECTIONS)
     p.add_argument("--domain", required=True, help="domain (target) records")
-    p.add_argument("--pool", required=True, help="candidate pool records")
+    p.add_argument("--pool", help="candidate pool records (with --index: the indexed pool, read from its recorded path by default)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", default="ntk", help="ntk (default), random, embedding, preselect-random, less")
 
@@ -268,13 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", required=True, help="domain records")
     p.add_argument("--out", required=True, help="adapter folder to write")
 
-    p = add("embed", cmd_embed, "mean-pooled hidden-state embeddings into a store", MODEL_SECTIONS)
+    p = add("embed", cmd_embed, "pre-selection embeddings (mean-pooled hidden states, or MiniLM) into a store",
+            MODEL_SECTIONS + (EmbedConfig,))
     p.add_argument("--data", required=True, help="records to embed")
     p.add_argument("--out", required=True, help="store folder")
 
     p = add("featurize", cmd_featurize, "projected per-sample LoRA gradient features into a store", MODEL_SECTIONS + (FeatureConfig,))
     p.add_argument("--data", required=True, help="records to featurize")
     p.add_argument("--out", required=True, help="store folder")
+
+    p = add("index", cmd_index, "embeddings and base-model NTK features of every pool row, once, for select --index",
+            MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
+    p.add_argument("--pool", required=True, help="candidate pool records")
+    p.add_argument("--out", required=True, help="index folder")
 
     p = add("preselect", cmd_preselect, "reverse-kNN pre-selection from two embedding stores", (PreselectConfig, RunConfig))
     p.add_argument("--domain-store", required=True, help="embedding store of the domain")

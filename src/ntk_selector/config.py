@@ -76,6 +76,7 @@ class FeatureConfig:
     objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ce: of the mean response cross-entropy (LESS)")
     logits: str = _f("auto", "auto: summed-logit shortcut u.h when the head is linear; full: real logits")
     store_dtype: str = _f("float32", "dtype of stored features: float32 or float16")
+    projection_cache_mb: int = _f(0, "megabytes of +-1 projection matrices kept (int8) on the device; the rest are regenerated per batch; 0: a quarter of the device's free memory")
 
 
 @dataclass
@@ -83,7 +84,19 @@ class PreselectConfig:
     n: int = _f(0, "number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)", short="-n")
     m: int | None = _f(None, "pre-selected candidates M (default 4N, capped at the pool size)")
     k: int | None = _f(None, "neighbours each domain row votes for (default M/4)")
-    index: str = _f("auto", "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else ivf")
+    knn_search: str = _f("auto", "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else ivf")
+
+
+@dataclass
+class IndexConfig:
+    index: str | None = _f(None, "select: an index folder from `ntk-selector index`; the pool is scored from it and never run through the model again")
+    index_mode: str = _f("features", "select --index: features (index embeddings pre-select, index features score: no warm-up) or preselect (index pre-selects, warm model featurizes the M candidates)")
+
+
+@dataclass
+class EmbedConfig:
+    embedder: str = _f("model", "pre-selection embeddings: model (mean-pooled final hidden state) or minilm (the packaged all-MiniLM-L6-v2 sentence encoder)")
+    embed_max_length: int = _f(0, "embed only the first this many tokens of each row (0: the whole row as tokenized)")
 
 
 @dataclass
@@ -121,8 +134,8 @@ class PredictConfig:
 
 
 SECTIONS: tuple[type, ...] = (
-    ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, ScoreConfig,
-    PoolFilterConfig, DiagnoseConfig, PredictConfig,
+    ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, IndexConfig,
+    EmbedConfig, ScoreConfig, PoolFilterConfig, DiagnoseConfig, PredictConfig,
 )
 
 

@@ -61,7 +61,7 @@ class GradientFeaturizer:
     """Projected per-sample gradients of the objective w.r.t. the LoRA parameters."""
 
     def __init__(self, model: torch.nn.Module, proj_dim: int, seed: int, objective: str = "ntk",
-                 logits: str = "auto", probe: Batch | None = None):
+                 logits: str = "auto", probe: Batch | None = None, cache_bytes: int | None = None):
         self.model = model
         self.objective = objective
         self.params = lora_parameters(model)
@@ -70,7 +70,7 @@ class GradientFeaturizer:
         device = self.params[0][1].device
         self.device = device
         shapes = [(n, tuple(p.shape)) for n, p in self.params]
-        self.projector: Projector = make_projector(shapes, proj_dim, seed, device=device)
+        self.projector: Projector = make_projector(shapes, proj_dim, seed, device=device, cache_bytes=cache_bytes)
         self.out_dim = self.projector.out_dim
         self.head = self._choose_head(logits, probe)
         self.logits_mode = "shortcut" if self.head is not None else "full"

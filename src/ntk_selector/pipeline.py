@@ -22,8 +22,8 @@ import numpy as np
 
 from ntk_selector import __version__, distributed
 from ntk_selector.answer_mix import answer_mix
-from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PoolFilterConfig, PreselectConfig,
-                                 RunConfig, ScoreConfig, TrainConfig, to_dict)
+from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig,
+                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, to_dict)
 from ntk_selector.data import clean_record, encode
 from ntk_selector.errors import UserError
 from ntk_selector.models import load_tokenizer, model_path
@@ -49,6 +49,8 @@ class SelectConfigs:
     score: ScoreConfig
     method: str = "ntk"
     filters: PoolFilterConfig = field(default_factory=PoolFilterConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
 
 
 class StageClock:
@@ -84,13 +86,20 @@ def empty_rows_by_tokenizing(records: Records, tokenizer: Any, data_cfg: DataCon
     return empty
 
 
-def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, cfg: SelectConfigs) -> dict[str, Any] | None:
+def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: SelectConfigs) -> dict[str, Any] | None:
     """Run the whole selection; return the run summary (also written to run.json).
 
     Under torchrun every rank calls this: rank 0 alone runs the warm-up, pre-selection, scoring
     and writes the outputs (and returns the summary; the others return None); embedding and
-    featurizing are sharded over all ranks.
+    featurizing are sharded over all ranks. With ``cfg.index.index`` the pool comes from an index
+    (index_select.py; ``pool_path`` may then be None: the indexed pool file is read).
     """
+    if cfg.index.index:
+        from ntk_selector.index_select import select_with_index
+
+        return select_with_index(domain_path, pool_path, out_dir, cfg)
+    if pool_path is None:
+        raise UserError("select needs --pool (the candidate records), or --index (an index of them)")
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
     n = cfg.preselect.n
@@ -122,8 +131,9 @@ def select(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, 
     with clock("load model"):
         distributed.all_ranks(lambda: session.load(str(stages / "warmup")))
     with clock("embed"):
-        embed(session, domain, stages / "embed_domain", cfg.data, desc="embed domain")
-        embed(session, pool, stages / "embed_pool", cfg.data, desc="embed pool")
+        for name, records in (("domain", domain), ("pool", pool)):
+            embed(session, records, stages / f"embed_{name}", cfg.data, desc=f"embed {name}", embedder=cfg.embed.embedder,
+                  embed_max_length=cfg.embed.embed_max_length)
     _, pool_status, _ = open_store(stages / "embed_pool")
     _, domain_status, _ = open_store(stages / "embed_domain")
     empty = pool_status == EMPTY
@@ -235,7 +245,7 @@ def _subset_fingerprint(base: str, rows: np.ndarray) -> str:
 
 # settings that change how a run goes, not what it selects
 RUN_ONLY = {"quiet", "debug", "overwrite", "device", "work_dir", "dist_timeout", "token_budget", "max_batch_size",
-            "score_block_mb", "checkpoint_every"}
+            "score_block_mb", "checkpoint_every", "projection_cache_mb"}
 
 
 def _settings(cfg: SelectConfigs) -> dict[str, Any]:

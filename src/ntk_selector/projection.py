@@ -10,7 +10,10 @@ Because the R_m are independent with zero mean and ``E[R R^T] = I``, the project
 is an unbiased estimate of the raw one: ``E[<Pg, Pg'>] = sum_m <G_m, G'_m>_F = <g, g'>``.
 R_m is generated from ``sha256(seed, parameter name)`` on the CPU generator, so every process and
 machine gets the same projection for the same seed. Cost per row: ``sum_m L_m * p`` multiply-adds,
-about 1% of a forward+backward for SmolLM2-135M at p = 8192.
+about 1% of a forward+backward for SmolLM2-135M at p = 8192. The signs of as many R_m as fit a
+byte budget (``cache_bytes``; default a quarter of a GPU's free memory, 1 GiB on a CPU) are kept
+as int8, one byte per entry instead of four, and scaled into the compute dtype when used; the
+others are regenerated per batch. The numbers are the same either way.
 
 ``RawGradient`` (p = 0) concatenates the raw gradients in ``named_parameters()`` order.
 """
@@ -73,14 +76,16 @@ class FactoredRademacher:
 
     def __init__(self, shapes: Sequence[tuple[str, tuple[int, ...]]], dim: int, seed: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 cache_bytes: int = 1 << 30):
+                 cache_bytes: int | None = None):
         self.out_dim = dim
         self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
         self.plan: dict[str, tuple[bool, int, int, int]] = {}  # name -> (transpose, s, L, k)
+        # the +-1 signs, one byte each (exact); scaled into the compute dtype one module at a time
         self._cache: dict[str, torch.Tensor] = {}
-        budget = cache_bytes
+        self.cache_bytes = default_cache_bytes(self.device) if cache_bytes is None else int(cache_bytes)
+        budget = self.cache_bytes
         for name, shape in shapes:
             if len(shape) != 2:
                 raise ValueError(f"{name}: expected a 2-D LoRA weight, got shape {shape}")
@@ -89,19 +94,28 @@ class FactoredRademacher:
             s, L = (in_f, out_f) if transpose else (out_f, in_f)
             k = smallest_divisor_at_least(dim, s)
             self.plan[name] = (transpose, s, L, k)
-            nbytes = L * (dim // k) * torch.finfo(dtype).bits // 8
+            nbytes = L * (dim // k)  # int8 signs
             if nbytes <= budget:  # keep matrices that fit the budget; regenerate the rest per call
-                self._cache[name] = self._matrix(name)
+                self._cache[name] = self._signs(name)
                 budget -= nbytes
 
-    def _matrix(self, name: str) -> torch.Tensor:
+    @property
+    def cached_modules(self) -> int:
+        return len(self._cache)
+
+    def _signs(self, name: str) -> torch.Tensor:
         _, _, L, k = self.plan[name]
+        return rademacher((L, self.out_dim // k), self.seed, name).to(device=self.device)
+
+    def _matrix(self, name: str, signs: torch.Tensor | None = None) -> torch.Tensor:
+        _, _, _, k = self.plan[name]
         cols = self.out_dim // k
-        r = rademacher((L, cols), self.seed, name).to(device=self.device, dtype=self.dtype)
+        r = (self._signs(name) if signs is None else signs).to(dtype=self.dtype)
         return r.mul_(cols ** -0.5)
 
     def matrix(self, name: str) -> torch.Tensor:
-        return self._cache.get(name) if name in self._cache else self._matrix(name)
+        """The scaled matrix R_m in the compute dtype (the same numbers whether its signs are cached or not)."""
+        return self._matrix(name, self._cache.get(name))
 
     def accumulate(self, name: str, grad: torch.Tensor, out: torch.Tensor) -> None:
         transpose, s, L, k = self.plan[name]
@@ -112,13 +126,25 @@ class FactoredRademacher:
         view[:, :s] += proj.to(out.dtype)
 
 
+DEFAULT_CPU_CACHE_BYTES = 1 << 30
+
+
+def default_cache_bytes(device: torch.device) -> int:
+    """A quarter of the device's free memory on a GPU; 1 GiB on a CPU (enough, at one byte a sign,
+    for every matrix of an 8B model with r = 8 on q/k/v/o at p = 8192: about 0.9 GB)."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 4)
+    return DEFAULT_CPU_CACHE_BYTES
+
+
 def make_projector(shapes: Sequence[tuple[str, tuple[int, ...]]], dim: int, seed: int,
-                   device: torch.device | str = "cpu") -> Projector:
+                   device: torch.device | str = "cpu", cache_bytes: int | None = None) -> Projector:
     if dim == 0:
         return RawGradient(shapes)
     if dim < 0:
         raise ValueError("proj-dim must be >= 0")
-    return FactoredRademacher(shapes, dim, seed, device=device)
+    return FactoredRademacher(shapes, dim, seed, device=device, cache_bytes=cache_bytes)
 
 
 PROJECTION_KIND = {True: "raw", False: "factored-rademacher"}

@@ -64,6 +64,37 @@ def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: Da
     return computed
 
 
+def run_texts(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: DataConfig, store: RowStore,
+              compute: Callable[[list[Conversation]], np.ndarray], batch_rows: int, *, desc: str = "rows",
+              quiet: bool = False, rank: int = 0, world: int = 1) -> int:
+    """Like ``run_rows`` for encoders that read the records themselves (``compute(convs) -> [n, dim]``):
+    fixed batches of ``batch_rows`` consecutive rows; rows with no response tokens under the
+    language model's tokenizer are marked as such (zeros), as every store of a run marks them."""
+    status = store.status()
+    computed = 0
+    with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
+              dynamic_ncols=True) as bar:
+        for c, start in enumerate(range(0, len(conversations), CHUNK_ROWS)):
+            todo = status[start : start + CHUNK_ROWS] == PENDING
+            if not todo.any():
+                continue
+            empty_all = np.array([e.n_response_tokens == 0 for e in
+                                  encode(conversations[start : start + len(todo)], tokenizer, data_cfg)])
+            for b, first in enumerate(range(0, len(todo), batch_rows)):
+                members = np.arange(first, min(first + batch_rows, len(todo)))
+                missing = todo[members]
+                if not missing.any():
+                    continue
+                if (b + c) % world == rank:
+                    values = np.asarray(compute([conversations[start + j] for j in members]), dtype=np.float32)
+                    empty = empty_all[members]
+                    values[empty] = 0.0
+                    store.write(start + members[missing], values[missing], empty=empty[missing])
+                    computed += int(missing.sum())
+                bar.update(int(missing.sum()))
+    return computed
+
+
 def fill_store(path: Path, rows: int, dim: int, dtype: str, definition: dict[str, Any], overwrite: bool,
                work: Callable[[RowStore, distributed.Dist], int], extra: dict[str, Any] | None = None) -> int:
     """Open (or resume) a store and run ``work`` on it, on one process or every rank of a job.
@@ -72,20 +103,28 @@ def fill_store(path: Path, rows: int, dim: int, dtype: str, definition: dict[str
     attach after it, each writes its own rows, and rank 0 records completion once all are done.
     Returns the rows computed by this process.
     """
+    return fill_with(lambda writer: RowStore(path, rows, dim, dtype, definition, overwrite=overwrite and writer,
+                                             writer=writer), work, extra)
+
+
+def fill_with(open_store: Callable[[bool], Any], work: Callable[[Any, distributed.Dist], int],
+              extra: dict[str, Any] | None = None) -> int:
+    """``fill_store`` for any store-like object: ``open_store(writer)`` opens it as the writer
+    (rank 0 or a lone process) or attached (the other ranks)."""
     d = distributed.current()
     if not d.enabled:
-        with RowStore(path, rows, dim, dtype, definition, overwrite=overwrite) as store:
+        with open_store(True) as store:
             n = work(store, d)
             store.finish(extra)
         return n
-    holder: dict[str, RowStore] = {}
+    holder: dict[str, Any] = {}
 
     def open_main() -> None:
-        holder["store"] = RowStore(path, rows, dim, dtype, definition, overwrite=overwrite)
+        holder["store"] = open_store(True)
 
     def attach() -> None:
         if not d.is_main:
-            holder["store"] = RowStore(path, rows, dim, dtype, definition, writer=False)
+            holder["store"] = open_store(False)
 
     def compute() -> int:
         n = work(holder["store"], d)

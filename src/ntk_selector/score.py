@@ -53,6 +53,52 @@ def score_rows(pool_features: np.ndarray, pool_status: np.ndarray, direction: np
     return scores
 
 
+def read_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` for sorted row numbers. A memmapped store is read with positioned file
+    reads (one per run of consecutive rows), so its pages do not stay mapped in this process."""
+    path, offset = getattr(features, "filename", None), getattr(features, "offset", None)
+    if not isinstance(features, np.memmap) or path is None or offset is None or not features.flags.c_contiguous:
+        return np.asarray(features[rows])
+    out = np.empty((len(rows), *features.shape[1:]), dtype=features.dtype)
+    row_bytes = out[:1].nbytes
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = np.concatenate([[0], breaks]).astype(np.int64)
+    ends = np.concatenate([breaks, [len(rows)]]).astype(np.int64)
+    flat = out.reshape(len(rows), -1).view(np.uint8)
+    with open(path, "rb", buffering=0) as fh:
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            view = memoryview(flat[a:b].reshape(-1))
+            fh.seek(offset + int(rows[a]) * row_bytes)
+            got = 0
+            while got < len(view):
+                r = fh.readinto(view[got:])
+                if not r:
+                    raise ValueError(f"{path}: file is shorter than its header says")
+                got += r
+    return out
+
+
+def score_rows_at(features: np.ndarray, status: np.ndarray, rows: np.ndarray, direction: np.ndarray, cosine: bool,
+                  block_rows: int | None = None) -> np.ndarray:
+    """Scores of the given rows (in the given order; NaN for rows without response tokens), read
+    in blocks of sorted rows: memory is one block whatever the store's size."""
+    rows = np.asarray(rows, dtype=np.int64)
+    block_rows = block_rows or block_rows_for(features.shape[1])
+    order = np.argsort(rows, kind="stable")
+    sorted_rows = rows[order]
+    sorted_scores = np.full(len(rows), np.nan, dtype=np.float64)
+    for start in range(0, len(rows), block_rows):
+        idx = sorted_rows[start : start + block_rows]
+        block = read_rows(features, idx).astype(np.float64)
+        s = block @ direction
+        if cosine:
+            s = s / _row_norms(block)[:, 0]
+        sorted_scores[start : start + len(idx)] = np.where(status[idx] == DONE, s, np.nan)
+    scores = np.empty(len(rows), dtype=np.float64)
+    scores[order] = sorted_scores
+    return scores
+
+
 def top_n(scores: np.ndarray, n: int) -> np.ndarray:
     """Indices of the n best finite scores, best first; ties by index."""
     valid = np.flatnonzero(np.isfinite(scores))

@@ -23,7 +23,7 @@ from ntk_selector.models import (adapter_lora_settings, fingerprint_folder, load
 from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.projection import PROJECTION_KIND
 from ntk_selector import distributed
-from ntk_selector.runner import fill_store, run_rows
+from ntk_selector.runner import fill_store, run_rows, run_texts
 from ntk_selector.score import block_rows_for, domain_direction, score_rows
 from ntk_selector.store import DONE, RowStore, describe_differences, iter_row_blocks, open_store, write_json_atomic
 from ntk_selector.training import save_adapter_atomic, train_lora
@@ -157,14 +157,47 @@ def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, t
 # ----------------------------------------------------------------------------- embed / featurize
 
 
-def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, desc: str = "embed") -> int:
-    """Mean-pooled hidden states of every row into a store at ``out`` (resumes; shards over ranks).
-    Returns the rows computed by this process."""
-    dim = int(session.model.config.hidden_size)
+EMBEDDERS = ("model", "minilm")
+
+
+def embedding_definition(session: Session, records: Records, data_cfg: DataConfig, embedder: str = "model",
+                         embed_max_length: int = 0) -> dict[str, Any]:
+    """What determines an embedding store's numbers (the embedder keys only when not the default, so
+    stores written before they existed still resume)."""
+    if embedder not in EMBEDDERS:
+        raise UserError(f"unknown embedder '{embedder}' (choose from {', '.join(EMBEDDERS)})")
     definition = {"stage": "embed", **session.describe(), **data_definition(records, data_cfg)}
+    if embedder != "model":
+        from ntk_selector.sentence_encoder import SentenceEncoder
+
+        definition.update(embedder=embedder, encoder_fingerprint=SentenceEncoder.fingerprint())
+    if embed_max_length > 0:
+        definition["embed_max_length"] = int(embed_max_length)
+    return definition
+
+
+def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, desc: str = "embed",
+          embedder: str = "model", embed_max_length: int = 0) -> int:
+    """Pre-selection embeddings of every row into a store at ``out`` (resumes; shards over ranks):
+    the model's mean-pooled final hidden states, or the MiniLM sentence encoder's. Returns the rows
+    computed by this process."""
+    definition = embedding_definition(session, records, data_cfg, embedder, embed_max_length)
+    if embedder == "minilm":
+        from ntk_selector.sentence_encoder import BATCH_ROWS, SentenceEncoder, conversation_text
+
+        encoder = SentenceEncoder(resolve_device(session.model_cfg.device), embed_max_length)
+
+        def work_text(store: RowStore, d: distributed.Dist) -> int:
+            return run_texts(records.conversations, session.tokenizer, data_cfg, store,
+                             lambda convs: encoder.embed([conversation_text(c) for c in convs]), BATCH_ROWS,
+                             desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
+
+        return fill_store(out, len(records), encoder.dim, "float32", definition, session.run.overwrite, work_text)
+    dim = int(session.model.config.hidden_size)
 
     def work(store: RowStore, d: distributed.Dist) -> int:
-        return run_rows(records.conversations, session.tokenizer, data_cfg, store, lambda b: mean_pooled(session.model, b),
+        return run_rows(records.conversations, session.tokenizer, data_cfg, store,
+                        lambda b: mean_pooled(session.model, b, embed_max_length),
                         desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
 
     return fill_store(out, len(records), dim, "float32", definition, session.run.overwrite, work)
@@ -174,7 +207,9 @@ def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, fea
     probe = None
     if feat_cfg.logits == "auto" and feat_cfg.objective in NTK_OBJECTIVES:
         probe = collate(encode(records.conversations[:2], session.tokenizer, data_cfg), session.tokenizer.pad_token_id)
-    return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe)
+    cache = feat_cfg.projection_cache_mb * (1 << 20) if feat_cfg.projection_cache_mb > 0 else None
+    return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe,
+                              cache_bytes=cache)
 
 
 def feature_definition(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> dict[str, Any]:
@@ -215,7 +250,7 @@ def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, se
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to vote with")
     m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
-                       index_kind=pre_cfg.index, seed=seed)
+                       index_kind=pre_cfg.knn_search, seed=seed)
 
 
 def save_preselect(result: PreselectResult, out: Path) -> None:
