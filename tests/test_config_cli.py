@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ntk_selector.cli import _configs, build_parser
+from ntk_selector.cli import build_parser
 from ntk_selector.config import FeatureConfig, LoraSettings, PreselectConfig, TrainConfig
+from ntk_selector.settings import configs_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ def parse(argv):
 
 def test_defaults_come_from_dataclasses():
     args = parse(["featurize", "--data", "x.jsonl", "--out", "o"])
-    c = _configs(args, (FeatureConfig, LoraSettings))
+    c = configs_from_args(args, (FeatureConfig, LoraSettings))
     assert c[FeatureConfig] == FeatureConfig() and c[LoraSettings] == LoraSettings()
     assert c[FeatureConfig].proj_dim == 8192 and c[LoraSettings].target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
 
@@ -28,7 +29,7 @@ def test_yaml_then_command_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("proj_dim: 1024\nrank: 4\ntrain:\n  lr: 0.001\n")
     args = parse(["select", "--domain", "d", "--pool", "p", "--out", "o", "--config", str(cfg), "--rank", "16", "--n", "3"])
-    c = _configs(args, (FeatureConfig, LoraSettings, TrainConfig, PreselectConfig))
+    c = configs_from_args(args, (FeatureConfig, LoraSettings, TrainConfig, PreselectConfig))
     assert c[FeatureConfig].proj_dim == 1024  # from YAML
     assert c[LoraSettings].rank == 16  # command line wins
     assert c[TrainConfig].lr == 0.001  # sectioned YAML
@@ -44,7 +45,7 @@ def test_unknown_yaml_key_is_a_clear_error(tmp_path):
 
 
 def test_train_subcommand_defaults_to_three_epochs():
-    from ntk_selector.cli import SUBCOMMAND_DEFAULTS
+    from ntk_selector.settings import SUBCOMMAND_DEFAULTS
 
     assert SUBCOMMAND_DEFAULTS["train"]["epochs"] == 3.0
     assert TrainConfig().epochs == 1.0  # the warm-up stays light

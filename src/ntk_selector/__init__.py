@@ -1,3 +1,27 @@
-"""ntk-selector: pick auxiliary fine-tuning data for a low-resource domain with NTK-Selector."""
+"""ntk-selector: pick auxiliary fine-tuning data for a low-resource domain with NTK-Selector.
 
-__version__ = "0.1.0"
+The public face (README, "Python API"): ``select`` returns a ``Selection``; ``featurize``,
+``load_features``, ``score``, ``train`` and ``evaluate`` run one stage each; the config classes hold
+every setting's default; ``UserError`` is what bad input raises.
+"""
+
+from ntk_selector.version import __version__
+
+# ``evaluate`` and ``score`` are also names of modules of this package: load those modules before
+# the API's functions of the same names are bound below, so the functions are what stays bound here
+import ntk_selector.evaluate  # noqa: E402,F401  isort: skip
+import ntk_selector.score  # noqa: E402,F401  isort: skip
+
+from ntk_selector.api import Selection, evaluate, featurize, load_features, score, select, train  # noqa: E402
+from ntk_selector.config import (DataConfig, DiagnoseConfig, EmbedConfig, FeatureConfig, IndexConfig,  # noqa: E402
+                                 LoraSettings, ModelConfig, PoolFilterConfig, PredictConfig, PreselectConfig, RunConfig,
+                                 ScoreConfig, TrainConfig)
+from ntk_selector.errors import DataError, UserError  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "select", "Selection", "featurize", "load_features", "score", "train", "evaluate",
+    "ModelConfig", "DataConfig", "LoraSettings", "RunConfig", "TrainConfig", "FeatureConfig", "PreselectConfig",
+    "IndexConfig", "EmbedConfig", "ScoreConfig", "PoolFilterConfig", "DiagnoseConfig", "PredictConfig",
+    "UserError", "DataError",
+]

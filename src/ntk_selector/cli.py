@@ -15,16 +15,15 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings,
-                                 ModelConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, build,
-                                 known_names, load_yaml)
+from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, LoraSettings,
+                                 ModelConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig)
+from ntk_selector.diagnostics import register_cli as register_diagnose
 from ntk_selector.errors import UserError
-
-# Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
-# rows at 256 tokens so it finishes in minutes on a 2-core CPU.
-SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 3.0}, "demo": {"max_length": 256}}
-
-MODEL_SECTIONS = (ModelConfig, DataConfig, LoraSettings, RunConfig)
+from ntk_selector.evaluate import register_cli as register_evaluate
+from ntk_selector.finetune import register_cli as register_train
+from ntk_selector.predict import register_cli as register_predict
+from ntk_selector.settings import MODEL_SECTIONS, SUBCOMMAND_DEFAULTS
+from ntk_selector.settings import configs_from_args as _configs
 
 
 def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict[str, Any]) -> None:
@@ -44,41 +43,15 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
             group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
 
 
-def _values(args: argparse.Namespace, command: str, sections: tuple[type, ...]) -> dict[str, Any]:
-    """Dataclass defaults < subcommand defaults (< an index's settings for select --index) < YAML < command line."""
-    values: dict[str, Any] = dict(SUBCOMMAND_DEFAULTS.get(command, {}))
-    from_yaml: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        from_yaml = load_yaml(args.config)
-        unknown = set(from_yaml) - known_names()
-        if unknown:
-            raise UserError(f"{args.config}: unknown settings: {', '.join(sorted(unknown))}")
-    given = {**{k: v for k, v in from_yaml.items() if k in known_names(sections)},
-             **{k: v for k, v in vars(args).items() if k in known_names(sections)}}
-    if command == "select" and given.get("index"):
-        from ntk_selector.index import index_settings
-
-        values.update(index_settings(given["index"]))  # the index's settings, below the file and flags
-    values.update(given)
-    return values
-
-
-def _configs(args: argparse.Namespace, sections: tuple[type, ...]) -> dict[type, Any]:
-    values = _values(args, args.command, sections)
-    return {s: build(s, values) for s in sections}
-
-
 # ----------------------------------------------------------------------------- commands
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from ntk_selector.pipeline import SelectConfigs, select
+    from ntk_selector.api import select_files
+    from ntk_selector.pipeline import SelectConfigs
 
-    c = _configs(args, SECTIONS)
-    cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
-                        c[PreselectConfig], c[ScoreConfig], method=args.method, filters=c[PoolFilterConfig],
-                        index=c[IndexConfig], embed=c[EmbedConfig])
-    summary = select(args.domain, args.pool, args.out, cfg)
+    cfg = SelectConfigs.from_sections(_configs(args, SECTIONS), method=args.method)
+    summary = select_files(args.domain, args.pool, args.out, cfg)
     if summary is not None and not cfg.run.quiet:
         print_summary(summary, args.out)
     elif summary is not None:
@@ -194,18 +167,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ntk_selector.demo import build_demo
-    from ntk_selector.pipeline import SelectConfigs, select, task_counts
+    from ntk_selector.api import select_files
+    from ntk_selector.pipeline import SelectConfigs, task_counts
 
     out = Path(args.out)
     paths = build_demo(out / "data", n_domain=args.domain_size, pool_size=args.pool_size, seed=0)
     c = _configs(args, SECTIONS)
     if c[PreselectConfig].n <= 0:
         c[PreselectConfig].n = args.domain_size
-    cfg = SelectConfigs(c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig], c[FeatureConfig],
-                        c[PreselectConfig], c[ScoreConfig], method="ntk", filters=c[PoolFilterConfig],
-                        index=c[IndexConfig], embed=c[EmbedConfig])
+    cfg = SelectConfigs.from_sections(c, method="ntk")
     print(f"demo data in {out / 'data'}: domain {paths.domain.name} (drug-review sentiment), pool {paths.pool.name}")
-    summary = select(paths.domain, paths.pool, out / "select", cfg)
+    summary = select_files(paths.domain, paths.pool, out / "select", cfg)
     from ntk_selector.data import read_records
 
     pool = read_records(paths.pool)
@@ -315,22 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-features", required=True, help="feature store of the pool")
     p.add_argument("--out", required=True, help="output folder (scores.csv, top.txt)")
 
-    for extra in _extra_commands():
-        extra(sub, add)
+    for register in (register_train, register_evaluate, register_diagnose, register_predict):  # defined next to their stage
+        register(sub, add)
     return parser
-
-
-def _extra_commands() -> list[Callable[..., None]]:
-    """Subcommands living in their own modules (train/evaluate, diagnose, predict) when present."""
-    found = []
-    for module in ("ntk_selector.finetune", "ntk_selector.evaluate", "ntk_selector.diagnostics", "ntk_selector.predict"):
-        try:
-            mod = __import__(module, fromlist=["register_cli"])
-        except ImportError:
-            continue
-        if hasattr(mod, "register_cli"):
-            found.append(mod.register_cli)
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ntk_selector import __version__
+from ntk_selector.version import __version__
 from ntk_selector.config import DataConfig, DiagnoseConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
 from ntk_selector.data import Encoded, collate, encode, plan_batches
 from ntk_selector.entk import choose_outputs, exact_entk, output_head
@@ -355,9 +355,9 @@ def print_diagnostics(result: dict[str, Any], out: str | Path) -> None:
 
 
 def cmd_diagnose(args: Any) -> int:
-    from ntk_selector.cli import MODEL_SECTIONS, _configs
+    from ntk_selector.settings import MODEL_SECTIONS, configs_from_args
 
-    c = _configs(args, MODEL_SECTIONS + (TrainConfig, DiagnoseConfig))
+    c = configs_from_args(args, MODEL_SECTIONS + (TrainConfig, DiagnoseConfig))
     result = diagnose(args.domain, args.pool, args.out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig],
                       c[TrainConfig], c[DiagnoseConfig])
     if c[RunConfig].quiet:
@@ -370,7 +370,7 @@ def cmd_diagnose(args: Any) -> int:
 
 def register_cli(sub: Any, add: Any) -> None:
     """Adds ``diagnose`` to the command line."""
-    from ntk_selector.cli import MODEL_SECTIONS
+    from ntk_selector.settings import MODEL_SECTIONS
 
     p = add("diagnose", cmd_diagnose, "NTK stability over the warm-up, exact vs Jacobian-free kernel, projection error",
             MODEL_SECTIONS + (TrainConfig, DiagnoseConfig))

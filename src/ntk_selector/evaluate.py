@@ -345,9 +345,9 @@ def run_evaluate(data_path: str | Path, out: str | Path, model_cfg: ModelConfig,
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ntk_selector.cli import _configs
+    from ntk_selector.settings import configs_from_args
 
-    c = _configs(args, (ModelConfig, DataConfig, RunConfig))
+    c = configs_from_args(args, (ModelConfig, DataConfig, RunConfig))
     summary = run_evaluate(args.data, args.out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=args.labels,
                            generate=args.generate, max_new_tokens=args.max_new_tokens, calibrate=args.calibrate)
     if not c[RunConfig].quiet:

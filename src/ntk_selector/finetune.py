@@ -73,9 +73,9 @@ def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: Model
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ntk_selector.cli import _configs
+    from ntk_selector.settings import configs_from_args
 
-    c = _configs(args, (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
+    c = configs_from_args(args, (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
     state = finetune(args.data, args.out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig],
                      group_by_length=args.group_by_length)
     if not c[RunConfig].quiet:

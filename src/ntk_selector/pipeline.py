@@ -14,13 +14,14 @@ import os
 import platform
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ntk_selector import __version__, distributed
+from ntk_selector import distributed
+from ntk_selector.version import __version__
 from ntk_selector.answer_mix import answer_mix
 from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig,
                                  PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, to_dict)
@@ -51,6 +52,12 @@ class SelectConfigs:
     filters: PoolFilterConfig = field(default_factory=PoolFilterConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+
+    @classmethod
+    def from_sections(cls, configs: Mapping[type, Any], method: str = "ntk") -> "SelectConfigs":
+        """From settings.build_configs' sections: each field takes the section of its type."""
+        by_name = {section.__name__: config for section, config in configs.items()}
+        return cls(method=method, **{f.name: by_name[str(f.type)] for f in fields(cls) if str(f.type) in by_name})
 
 
 class StageClock:
@@ -91,13 +98,11 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
 
     Under torchrun every rank calls this: rank 0 alone runs the warm-up, pre-selection, scoring
     and writes the outputs (and returns the summary; the others return None); embedding and
-    featurizing are sharded over all ranks. With ``cfg.index.index`` the pool comes from an index
-    (index_select.py; ``pool_path`` may then be None: the indexed pool file is read).
+    featurizing are sharded over all ranks. A run against an index (``cfg.index.index``) is
+    index_select.select_with_index's; api.select_files picks the one that fits.
     """
     if cfg.index.index:
-        from ntk_selector.index_select import select_with_index
-
-        return select_with_index(domain_path, pool_path, out_dir, cfg)
+        raise ValueError("pipeline.select runs without an index; call api.select_files or index_select.select_with_index")
     if pool_path is None:
         raise UserError("select needs --pool (the candidate records), or --index (an index of them)")
     if cfg.method not in METHODS:

@@ -110,9 +110,9 @@ def predict(domain_path: str | Path, test_path: str | Path, out_dir: str | Path,
 
 
 def cmd_predict(args: Any) -> int:
-    from ntk_selector.cli import MODEL_SECTIONS, _configs
+    from ntk_selector.settings import MODEL_SECTIONS, configs_from_args
 
-    c = _configs(args, MODEL_SECTIONS + (FeatureConfig, PredictConfig))
+    c = configs_from_args(args, MODEL_SECTIONS + (FeatureConfig, PredictConfig))
     res = predict(args.domain, args.test, args.out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig],
                   c[FeatureConfig], c[PredictConfig])
     if not c[RunConfig].quiet:
@@ -124,7 +124,7 @@ def cmd_predict(args: Any) -> int:
 
 def register_cli(sub: Any, add: Any) -> None:
     """Adds ``predict`` to the command line."""
-    from ntk_selector.cli import MODEL_SECTIONS
+    from ntk_selector.settings import MODEL_SECTIONS
 
     p = add("predict", cmd_predict, "kernel ridge regression with the initial NTK on the domain's labels (quick predictor)",
             MODEL_SECTIONS + (FeatureConfig, PredictConfig))

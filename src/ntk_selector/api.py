@@ -1,0 +1,243 @@
+"""The library's front door, for notebooks and scripts: ``select`` returns the selection itself,
+and ``featurize``, ``load_features``, ``score``, ``train`` and ``evaluate`` run one stage each.
+
+Settings are keyword arguments named like the command line's flags (``proj_dim=1024`` is
+``--proj-dim 1024``; ``config="settings.yaml"`` is ``--config``), turned into the typed configs by
+the same code as the flags (settings.py), and checked before any work: a wrong name or value is a
+UserError that names the setting. Each function is a thin layer over the stage functions the
+command line calls, so both give the same files for the same settings.
+
+Records may be given as a path (anything ``--domain`` / ``--data`` takes), a list of dicts or a
+``datasets.Dataset``. In-memory records are written as JSONL first (for ``select``: under
+``OUT/inputs/``), so fingerprints, resuming and the output files work exactly as for files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ntk_selector import distributed
+from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, LoraSettings, ModelConfig, RunConfig, ScoreConfig,
+                                 TrainConfig)
+from ntk_selector.errors import UserError
+from ntk_selector.evaluate import run_evaluate
+from ntk_selector.finetune import finetune
+from ntk_selector.index_select import select_with_index
+from ntk_selector.pipeline import SelectConfigs, write_text_atomic
+from ntk_selector.pipeline import select as run_pipeline
+from ntk_selector.settings import MODEL_SECTIONS, configs_from_settings
+from ntk_selector import stages
+from ntk_selector.store import open_store
+
+# the fields select adds to each row of selected.jsonl (DESIGN.md §3)
+OUR_FIELDS = ("ntk_score", "pool_index")
+
+
+# ----------------------------------------------------------------------------- select
+
+
+@dataclass
+class Selection:
+    """What ``select`` picked. Everything is held in memory, so a Selection outlives its folder.
+
+    ``scores`` holds what the method ranks by (the ``ntk_score`` column): the mean NTK inner
+    product (or cosine) for ``ntk``, reverse-kNN votes for ``embedding``, the maximum cosine for
+    ``less``, and NaN for the random methods.
+    """
+
+    indices: np.ndarray  # int64 [N]: 0-based pool rows, best first
+    scores: np.ndarray  # float64 [N]: each selected row's score
+    votes: np.ndarray  # int64 [N]: each selected row's reverse-kNN votes
+    records: list[dict[str, Any]]  # the selected pool records as given, best first
+    summary: dict[str, Any]  # run.json
+    out: Path | None  # the output folder; None when select ran in a temporary folder (since removed)
+    pool_scores: np.ndarray = field(repr=False)  # float64 [pool]: every pool row's score (NaN: not scored)
+    pool_votes: np.ndarray = field(repr=False)  # int64 [pool]
+    preselected: np.ndarray = field(repr=False)  # bool [pool]: kept by the reverse-kNN pre-selection
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to_jsonl(self, path: str | Path) -> Path:
+        """The selected records, as given, one JSON object a line (e.g. for ``train``); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
+        return path
+
+    def to_dataset(self) -> Any:
+        """The selected records as a ``datasets.Dataset`` (needs the ``datasets`` package)."""
+        try:
+            import datasets
+        except ImportError:
+            raise UserError("Selection.to_dataset needs the datasets package (pip install datasets)") from None
+        return datasets.Dataset.from_list(self.records)
+
+
+def select(domain: Any, pool: Any, n: int, *, method: str = "ntk", model: str | Path | None = None,
+           out: str | Path | None = None, **settings: Any) -> Selection | None:
+    """Pick ``n`` rows of ``pool`` for the domain; the same run as ``ntk-selector select``.
+
+    ``domain`` / ``pool``: a path, a list of dicts or a ``datasets.Dataset`` (``pool`` may be None
+    with ``index=``). ``method``: ntk, random, embedding, preselect-random or less. ``model``: an HF
+    folder or hub id (default: the packaged SmolLM2-135M-Instruct). ``out``: the output folder
+    (selected.jsonl, scores.csv, run.json, report, stages/); a rerun there resumes. With
+    ``out=None`` the run happens in a temporary folder that is removed before this returns: the
+    Selection copies what it holds out of it first, and its ``out`` is None (pass ``out`` to keep the
+    files, or to run under torchrun, where ranks other than 0 get None).
+    """
+    settings = dict(settings, n=n)
+    if model is not None:
+        settings["model"] = model
+    cfg = SelectConfigs.from_sections(configs_from_settings(settings, "select", SECTIONS), method=method)
+    if out is not None:
+        return _select_into(domain, pool, Path(out), cfg, keep=True)
+    with tempfile.TemporaryDirectory(prefix="ntk-selector-") as tmp:
+        return _select_into(domain, pool, Path(tmp), cfg, keep=False)
+
+
+def select_files(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path,
+                 cfg: SelectConfigs) -> dict[str, Any] | None:
+    """The select run on record files: against an index when ``cfg.index.index`` names one, else the
+    full pipeline; returns run.json's summary (None on ranks other than 0). The CLI's entry too."""
+    if cfg.index.index:
+        return select_with_index(domain_path, pool_path, out_dir, cfg)
+    return run_pipeline(domain_path, pool_path, out_dir, cfg)
+
+
+def _select_into(domain: Any, pool: Any, out: Path, cfg: SelectConfigs, keep: bool) -> Selection | None:
+    inputs = out / "inputs"
+    domain_path = _as_file(domain, inputs, "domain")
+    pool_path = None if pool is None else _as_file(pool, inputs, "pool")
+    summary = select_files(domain_path, pool_path, out, cfg)
+    if summary is None:
+        return None
+    pool_votes, preselected, pool_scores = _read_scores(out / "scores.csv")
+    rows = [json.loads(line) for line in (out / "selected.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    indices = np.array([r["pool_index"] for r in rows], dtype=np.int64)
+    if _in_memory(pool):
+        records = [dict(pool[int(i)]) for i in indices]
+    else:
+        records = [{k: v for k, v in r.items() if k not in OUR_FIELDS} for r in rows]
+    return Selection(indices=indices, scores=pool_scores[indices], votes=pool_votes[indices], records=records,
+                     summary=summary, out=out if keep else None, pool_scores=pool_scores, pool_votes=pool_votes,
+                     preselected=preselected)
+
+
+def _read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(votes, preselected, scores) of every pool row from scores.csv (an empty score is NaN)."""
+    table = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=np.float64, ndmin=2)
+    return table[:, 1].astype(np.int64), table[:, 2].astype(bool), table[:, 3]
+
+
+# ----------------------------------------------------------------------------- records in memory
+
+
+def _is_dataset(data: Any) -> bool:
+    """A datasets.Dataset; the package is only looked at when it is already imported (it is optional)."""
+    datasets = sys.modules.get("datasets")
+    return datasets is not None and isinstance(data, datasets.Dataset)
+
+
+def _in_memory(data: Any) -> bool:
+    return _is_dataset(data) or isinstance(data, (list, tuple))
+
+
+def _as_file(data: Any, folder: Path, name: str) -> Path:
+    """A path as is; in-memory records written to ``folder/name.jsonl`` (same records, same file, same fingerprint)."""
+    if isinstance(data, (str, Path)) or hasattr(data, "__fspath__"):
+        return Path(data)
+    if not _in_memory(data):
+        raise UserError(f"{name}: expected a path, a list of dicts or a datasets.Dataset, got {type(data).__name__}")
+    if len(data) == 0:
+        raise UserError(f"{name}: no records (empty list)")
+    lines = []
+    for i, record in enumerate(data):
+        if not isinstance(record, Mapping):
+            raise UserError(f"{name}: record {i} is a {type(record).__name__}, not a dict")
+        try:
+            lines.append(json.dumps(dict(record), ensure_ascii=False) + "\n")
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{name}: record {i} cannot be written as JSON ({e})") from None
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    write_text_atomic(path, "".join(lines))
+    return path
+
+
+@contextmanager
+def _files(data: Any, name: str, single: bool = False) -> Iterator[list[Path]]:
+    """Paths for one input or several (a list of paths / record lists / Selections); in-memory
+    records live in a temporary folder for the duration."""
+    items = [data] if not isinstance(data, (list, tuple)) or (data and isinstance(data[0], Mapping)) else list(data)
+    if single and len(items) != 1:
+        raise UserError(f"{name}: expected one path, list of dicts or datasets.Dataset, got {len(items)} inputs")
+    with tempfile.TemporaryDirectory(prefix="ntk-selector-inputs-") as tmp:
+        yield [_as_file(item.records if isinstance(item, Selection) else item, Path(tmp), f"{name}{i}")
+               for i, item in enumerate(items)]
+
+
+def _with_model(settings: dict[str, Any], **given: Any) -> dict[str, Any]:
+    return {**settings, **{k: v for k, v in given.items() if v is not None}}
+
+
+# ----------------------------------------------------------------------------- one stage each
+
+
+def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
+              **settings: Any) -> dict[str, Any]:
+    """Projected per-sample LoRA gradient features of every row into the store ``out`` (as
+    ``ntk-selector featurize``; resumes). Returns the store's dim, logits mode and rows computed now."""
+    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "featurize",
+                              MODEL_SECTIONS + (FeatureConfig,))
+    with _files(data, "data", single=True) as (path,):
+        records = distributed.all_ranks(lambda: stages.Records.load(path, c[DataConfig]))
+        session = distributed.all_ranks(
+            lambda: stages.Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
+        return stages.featurize(session, records, Path(out), c[DataConfig], c[FeatureConfig])
+
+
+def load_features(store: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """A finished feature store: (features as a read-only numpy memmap [rows, dim], meta.json).
+
+    Row i is input row i; which rows had no response tokens is in ``store/status.npy``
+    (0 pending, 1 done, 2 no response tokens)."""
+    features, _, meta = open_store(store)
+    return features, meta
+
+
+def score(domain_features: str | Path, pool_features: str | Path, **settings: Any) -> np.ndarray:
+    """Each pool row's NTK score against the domain (mean inner product; ``cosine=True`` for the mean
+    cosine) from two feature stores, as ``ntk-selector score``; NaN for rows without response tokens."""
+    c = configs_from_settings(settings, "score", (ScoreConfig,))
+    return stages.ntk_scores(Path(domain_features), Path(pool_features), c[ScoreConfig])
+
+
+def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
+          group_by_length: bool = False, **settings: Any) -> dict[str, Any]:
+    """LoRA fine-tune on the union of ``data`` (one input, or a list of them: paths, record lists,
+    Selections), as ``ntk-selector train`` (3 epochs unless ``epochs=``). Returns the training state."""
+    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "train",
+                              (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
+    with _files(data, "data") as paths:
+        return finetune(paths, out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig],
+                        group_by_length=group_by_length)
+
+
+def evaluate(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
+             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
+             calibrate: bool = False, **settings: Any) -> dict[str, Any]:
+    """Accuracy on a labelled test set, as ``ntk-selector evaluate``; returns eval.json's contents."""
+    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "evaluate",
+                              (ModelConfig, DataConfig, RunConfig))
+    with _files(data, "test", single=True) as (path,):
+        return run_evaluate(path, out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=labels, generate=generate,
+                            max_new_tokens=max_new_tokens, calibrate=calibrate)

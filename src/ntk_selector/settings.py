@@ -1,0 +1,115 @@
+"""Settings -> typed config sections: the one path from flags, YAML files and API keyword
+arguments to the dataclass configs of config.py, shared by the command line and the API.
+
+Precedence, lowest first: dataclass defaults < subcommand defaults < an index's settings (select
+with ``index``) < the YAML file (``config``) < the command line or the API's keyword arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+from ntk_selector.config import (DataConfig, LoraSettings, ModelConfig, RunConfig, SECTIONS, build, known_names,
+                                 load_yaml)
+from ntk_selector.errors import UserError
+
+# Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
+# rows at 256 tokens so it finishes in minutes on a 2-core CPU.
+SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 3.0}, "demo": {"max_length": 256}}
+
+MODEL_SECTIONS = (ModelConfig, DataConfig, LoraSettings, RunConfig)
+
+
+def settings_values(given: Mapping[str, Any], command: str, sections: tuple[type, ...],
+                    config_file: str | None = None) -> dict[str, Any]:
+    """Dataclass defaults < subcommand defaults (< an index's settings for select --index) < YAML < ``given``."""
+    values: dict[str, Any] = dict(SUBCOMMAND_DEFAULTS.get(command, {}))
+    from_yaml: dict[str, Any] = {}
+    if config_file:
+        from_yaml = load_yaml(config_file)
+        unknown = set(from_yaml) - known_names()
+        if unknown:
+            raise UserError(f"{config_file}: unknown settings: {', '.join(sorted(unknown))}")
+    given = {**{k: v for k, v in from_yaml.items() if k in known_names(sections)},
+             **{k: v for k, v in given.items() if k in known_names(sections)}}
+    if command == "select" and given.get("index"):
+        from ntk_selector.index import index_settings
+
+        values.update(index_settings(given["index"]))  # the index's settings, below the file and flags
+    values.update(given)
+    return values
+
+
+def build_configs(given: Mapping[str, Any], command: str, sections: tuple[type, ...],
+                  config_file: str | None = None) -> dict[type, Any]:
+    """One config object per section, from the layered values."""
+    values = settings_values(given, command, sections, config_file)
+    return {s: build(s, values) for s in sections}
+
+
+def configs_from_args(args: argparse.Namespace, sections: tuple[type, ...]) -> dict[type, Any]:
+    """The command line's configs: parsed flags (argparse has already typed them) over ``--config``."""
+    return build_configs(vars(args), args.command, sections, getattr(args, "config", None))
+
+
+def configs_from_settings(settings: Mapping[str, Any], command: str, sections: tuple[type, ...] = SECTIONS
+                          ) -> dict[type, Any]:
+    """The API's configs: keyword settings named like the flags (``proj_dim=1024``), checked first
+    the way the command line checks its flags, so a wrong name or value is a UserError naming it."""
+    settings = dict(settings)
+    config_file = settings.pop("config", None)
+    allowed = known_names(sections)
+    checked = {}
+    for name, value in settings.items():
+        if name not in allowed:
+            close = difflib.get_close_matches(name, sorted(allowed), n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"unknown setting '{name}'{hint}")
+        checked[name] = check_value(name, value)
+    return build_configs(checked, command, sections, None if config_file is None else str(config_file))
+
+
+def _field(name: str) -> dataclasses.Field:
+    return next(f for s in SECTIONS for f in dataclasses.fields(s) if f.name == name)
+
+
+def check_value(name: str, value: Any) -> Any:
+    """``value`` as the flag ``--name`` would give it (same types, numbers from text as argparse
+    reads them), or a UserError naming the setting."""
+    kind = str(_field(name).type).replace(" ", "")
+    optional = kind.endswith("|None")
+    kind = kind.removesuffix("|None")
+
+    def one(item_kind: str, v: Any) -> Any:
+        if item_kind == "bool":
+            if isinstance(v, bool):
+                return v
+            raise UserError(f"setting '{name}' must be True or False, got {v!r}")
+        if isinstance(v, bool) or isinstance(v, (list, tuple, dict, set)):
+            raise UserError(f"setting '{name}' must be {'text' if item_kind == 'str' else 'a number'}, got {v!r}")
+        if item_kind == "str":
+            if isinstance(v, str) or hasattr(v, "__fspath__"):
+                return str(v)
+            raise UserError(f"setting '{name}' must be text, got {v!r}")
+        conv = int if item_kind == "int" else float
+        if item_kind == "int" and isinstance(v, float) and not v.is_integer():
+            raise UserError(f"setting '{name}' must be a whole number, got {v!r}")
+        try:
+            return conv(v)
+        except (TypeError, ValueError):
+            raise UserError(f"setting '{name}' must be {'a whole number' if item_kind == 'int' else 'a number'}, "
+                            f"got {v!r}") from None
+
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"setting '{name}' needs a value, got None")
+    if kind.startswith("list["):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise UserError(f"setting '{name}' must be a non-empty list, got {value!r}")
+        return [one(kind[len("list["):-1], v) for v in items]
+    return one(kind, value)
