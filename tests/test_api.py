@@ -166,3 +166,29 @@ def test_the_readme_example_runs_as_written(tiny_model_dir, tmp_path, monkeypatc
     sel = scope["sel"]
     assert isinstance(sel, Selection) and len(sel) == n
     assert (tmp_path / sel.out / "selected.jsonl").exists()
+
+
+def test_train_and_evaluate_match_the_cli(cli_run, tiny_model_dir, rows, tmp_path):
+    """train on the domain plus a Selection, then evaluate: the same adapter and eval.json as the commands."""
+    from safetensors.numpy import load_file
+
+    domain, pool = rows
+    dom_file = write_jsonl(tmp_path / "d.jsonl", domain)
+    test_file = write_jsonl(tmp_path / "test.jsonl", pool[:6])
+    common = ["--model", str(tiny_model_dir), "--rank", "2", "--batch-size", "4", "--epochs", "1", "--quiet"]
+    assert main(["train", "--data", str(dom_file), "--data", str(cli_run / "selected.jsonl"), "--out",
+                 str(tmp_path / "cli_a"), *common]) == 0
+    sel = Selection(indices=np.array([0]), scores=np.array([0.0]), votes=np.array([0]), records=cli_selected(cli_run),
+                    summary={}, out=None, pool_scores=np.array([0.0]), pool_votes=np.array([0]), preselected=np.array([True]))
+    state = ntk_selector.train([domain, sel], tmp_path / "api_a", model=tiny_model_dir, rank=2, batch_size=4, epochs=1,
+                               quiet=True)
+    cli_state = json.loads((tmp_path / "cli_a" / "training_state.json").read_text())
+    assert state["losses"] == cli_state["losses"] and state["steps"] == cli_state["steps"] > 0
+    a, b = (load_file(tmp_path / f / "adapter_model.safetensors") for f in ("cli_a", "api_a"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert main(["evaluate", "--data", str(test_file), "--adapter", str(tmp_path / "cli_a"), "--out", str(tmp_path / "cli_e"),
+                 "--model", str(tiny_model_dir), "--quiet"]) == 0
+    result = ntk_selector.evaluate(pool[:6], tmp_path / "api_e", model=tiny_model_dir, adapter=tmp_path / "api_a", quiet=True)
+    want = json.loads((tmp_path / "cli_e" / "eval.json").read_text())
+    assert (result["accuracy"], result["gold_nll"]) == (want["accuracy"], want["gold_nll"])
+    assert (tmp_path / "api_e" / "predictions.jsonl").read_text() == (tmp_path / "cli_e" / "predictions.jsonl").read_text()
