@@ -8,6 +8,8 @@ soft-capping, scaled logits) are detected and use the model's own forward.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ntk_selector.data import IGNORE_INDEX, Batch
@@ -36,27 +38,46 @@ def full_logits(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
 
 
-def plain_linear_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The head when logits are exactly ``head(final hidden)``; None for capped or scaled logits."""
-    base = _base_causal_lm(model)
-    head = base.get_output_embeddings()
-    cfg = base.config
-    if not isinstance(head, torch.nn.Linear):
-        return None
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale", "logits_scaling"):
-        value = getattr(cfg, attr, None)
-        if value not in (None, 1, 1.0):
-            return None
-    return head
+_PLAIN_HEAD: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def head_is_plain(model: torch.nn.Module, batch: Batch) -> bool:
+    """True when the model's logits are exactly ``head(final hidden)`` (to rounding: 1e-4 relative in
+    fp32, 2e-2 in half precision), checked numerically on a probe batch once per model.
+
+    The one check for every use of the head shortcut: the training loss and the CE objective apply
+    the head only at response positions, and the NTK objective uses ``sum_k z_k = u.h + const``; a
+    head that caps, scales or otherwise transforms the logits (whatever its config calls it) fails
+    the check and the model's own forward is used.
+    """
+    if model in _PLAIN_HEAD:
+        return _PLAIN_HEAD[model]
+    head = _base_causal_lm(model).get_output_embeddings()
+    plain = False
+    if isinstance(head, torch.nn.Linear):
+        was_training = model.training
+        model.eval()  # no dropout: both forwards must see the same network (and draw no random numbers)
+        try:
+            with torch.no_grad():
+                real = full_logits(model, batch).float()
+                fast = head(last_hidden(model, batch)).float()
+        finally:
+            model.train(was_training)
+        mask = batch.attention_mask.bool()
+        rtol = 1e-4 if head.weight.dtype == torch.float32 else 2e-2
+        err = (real - fast)[mask].abs().max()
+        plain = bool(err <= rtol * real[mask].abs().max().clamp_min(1.0))
+    _PLAIN_HEAD[model] = plain
+    return plain
 
 
 def response_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits at positions that predict a response token: (logits [n, V], next-token labels [n], row index [n])."""
     pos = batch.labels != IGNORE_INDEX
     rows = pos.nonzero()[:, 0]
-    head = plain_linear_head(model)
-    if head is None:
+    if not head_is_plain(model, batch):
         return full_logits(model, batch)[pos], batch.labels[pos], rows
+    head = _base_causal_lm(model).get_output_embeddings()
     hidden = last_hidden(model, batch)
     return head(hidden[pos]), batch.labels[pos], rows
 
@@ -76,19 +97,6 @@ class SummedLogitHead:
 
 
 def shortcut_applies(model: torch.nn.Module, batch: Batch) -> bool:
-    """True when the summed logits of the real model equal ``u.h + const`` on a probe batch
-    (to rounding: 1e-4 relative in fp32, 2e-2 in half precision)."""
-    try:
-        head = SummedLogitHead(model)
-    except TypeError:
-        return False
-    with torch.no_grad():
-        real = full_logits(model, batch).float().sum(-1)
-        hidden = last_hidden(model, batch)
-        fast = head(hidden)
-    rtol = 1e-4 if hidden.dtype == torch.float32 else 2e-2
-    mask = batch.attention_mask.bool()
-    err = (real - fast)[mask].abs().max()
-    return bool(err <= rtol * real[mask].abs().max().clamp_min(1.0))
-
-
+    """True when the summed logits of the real model equal ``u.h + const``: exactly when the head is a
+    plain linear map of the final hidden state (``head_is_plain``, the same check the loss uses)."""
+    return head_is_plain(model, batch)
