@@ -24,68 +24,46 @@ import torch
 
 from ntk_selector.data import Batch
 from ntk_selector.gradients import full_logits, last_hidden, shortcut_applies
+from ntk_selector.collector import LoraGradientCollector
 from ntk_selector.models import lora_parameters
 
 
 class PerSampleGradients:
     """Raw per-sample gradients of the LoRA weights (``named_parameters()`` order), for several
-    backward passes over one retained forward graph."""
+    backward passes over one retained forward graph (the collector's raw consumer)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.params = lora_parameters(model)
-        if not self.params:
-            raise ValueError("the model has no trainable LoRA parameters")
-        modules = dict(model.named_modules())
+        self._buffer: torch.Tensor | None = None
+        self.collector = LoraGradientCollector(model, self._store)
+        self.params = self.collector.params
         self.offsets: dict[str, tuple[int, int]] = {}
-        self._name_of: dict[torch.nn.Module, str] = {}
         pos = 0
         for name, p in self.params:
-            mod_name, _, leaf = name.rpartition(".")
-            if leaf != "weight" or not isinstance(modules.get(mod_name), torch.nn.Linear):
-                raise ValueError(f"unsupported LoRA parameter {name} (only linear LoRA A/B weights)")
-            self._name_of[modules[mod_name]] = name
             self.offsets[name] = (pos, pos + p.numel())
             pos += p.numel()
         self.dim = pos
-        self._armed = False
-        self._buffer: torch.Tensor | None = None
-        self._handles = [m.register_forward_hook(self._on_forward) for m in self._name_of]
 
-    def _on_forward(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if not self._armed or not output.requires_grad:
-            return
-        x = inputs[0].detach()
-        a, b = self.offsets[self._name_of[module]]
-
-        def on_grad(delta: torch.Tensor) -> None:
-            if self._buffer is not None:
-                g = torch.einsum("bto,bti->boi", delta.float(), x.float())
-                self._buffer[:, a:b] += g.reshape(g.shape[0], -1)
-
-        output.register_hook(on_grad)
+    def _store(self, name: str, grad: torch.Tensor) -> None:
+        if self._buffer is not None:
+            a, b = self.offsets[name]
+            self._buffer[:, a:b] += grad.reshape(grad.shape[0], -1)
 
     def forward(self, run: Callable[[], Any]) -> Any:
         """Run a forward pass whose LoRA activations are tracked for later backward passes."""
-        self._armed = True
-        try:
-            with torch.enable_grad():
-                return run()
-        finally:
-            self._armed = False
+        with self.collector.track():
+            return run()
 
     def grads(self, per_row: torch.Tensor) -> torch.Tensor:
         """``[B, P]``: row b holds the gradient of ``per_row[b]`` (rows do not interact)."""
         self._buffer = torch.zeros(per_row.shape[0], self.dim, dtype=torch.float32, device=per_row.device)
         try:
-            torch.autograd.grad(per_row.sum(), [p for _, p in self.params], retain_graph=True, allow_unused=True)
+            torch.autograd.grad(per_row.sum(), self.collector.tensors, retain_graph=True, allow_unused=True)
             return self._buffer
         finally:
             self._buffer = None
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self.collector.close()
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ntk_selector.data import Batch
 from ntk_selector.heads import (SummedLogitHead, decoder_of, full_logits, last_hidden, response_logits,  # noqa: F401
                                 shortcut_applies)
+from ntk_selector.collector import LoraGradientCollector
 from ntk_selector.models import lora_parameters
 from ntk_selector.projection import Projector, make_projector
 
@@ -74,15 +75,8 @@ class GradientFeaturizer:
         self.out_dim = self.projector.out_dim
         self.head = self._choose_head(logits, probe)
         self.logits_mode = "shortcut" if self.head is not None else "full"
-        self._param_of: dict[torch.nn.Module, str] = {}
-        modules = dict(model.named_modules())
-        for name, _ in self.params:
-            mod_name, _, leaf = name.rpartition(".")
-            if leaf != "weight" or not isinstance(modules.get(mod_name), torch.nn.Linear):
-                raise ValueError(f"unsupported LoRA parameter {name} (only linear LoRA A/B weights)")
-            self._param_of[modules[mod_name]] = name
-        self._handles = [m.register_forward_hook(self._on_forward) for m in self._param_of]
         self._out: torch.Tensor | None = None
+        self.collector = LoraGradientCollector(model, self._project)
 
     def _choose_head(self, logits: str, probe: Batch | None) -> SummedLogitHead | None:
         if self.objective not in NTK_OBJECTIVES or logits == "full":
@@ -95,19 +89,9 @@ class GradientFeaturizer:
             raise ValueError("logits='auto' needs a probe batch to check the shortcut")
         return SummedLogitHead(self.model) if shortcut_applies(self.model, probe.to(self.device)) else None
 
-    # -- hooks ------------------------------------------------------------------------------
-    def _on_forward(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        if self._out is None or not output.requires_grad:
-            return
-        x = inputs[0].detach()
-        name = self._param_of[module]
-
-        def on_grad(delta: torch.Tensor) -> None:
-            # Per-sample weight gradient sum_t delta_t x_t^T: [B, out, in]
-            g = torch.einsum("bto,bti->boi", delta.float(), x.float())
-            self.projector.accumulate(name, g, self._out)
-
-        output.register_hook(on_grad)
+    def _project(self, name: str, grad: torch.Tensor) -> None:
+        if self._out is not None:
+            self.projector.accumulate(name, grad, self._out)
 
     # -- API --------------------------------------------------------------------------------
     def features(self, batch: Batch) -> torch.Tensor:
@@ -115,17 +99,15 @@ class GradientFeaturizer:
         batch = batch.to(self.device)
         self._out = torch.zeros(batch.input_ids.shape[0], self.out_dim, dtype=torch.float32, device=self.device)
         try:
-            with torch.enable_grad():
+            with self.collector.track():
                 f = per_row_objective(self.model, batch, self.objective, self.head)
-                torch.autograd.grad(f.sum(), [p for _, p in self.params], allow_unused=True)
+                torch.autograd.grad(f.sum(), self.collector.tensors, allow_unused=True)
             return self._out
         finally:
             self._out = None
 
     def close(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self.collector.close()
 
     def __enter__(self) -> "GradientFeaturizer":
         return self
