@@ -69,7 +69,6 @@ class Case:
     fault: Callable[[Ctx], Any] | None = None  # a context manager active while the command runs
 
 
-NO_MODEL = "no-such-model"  # settings cases must fail before any model is looked for
 TINY = ["--proj-dim", "16", "--rank", "4", "--quiet"]
 
 
@@ -95,7 +94,10 @@ def run_case(case: Case, root: Path, model: Path) -> tuple[str, str]:
             rc, _, err = _main(argv)
     except BaseException as e:  # noqa: BLE001 - an escaped exception is itself the finding
         return "unclear", f"raised {type(e).__name__}: {e}"
-    problem = case.check(ctx) if case.check is not None else None
+    try:
+        problem = case.check(ctx) if case.check is not None else None
+    except Exception as e:  # noqa: BLE001 - outputs the check cannot even read are wrong outputs
+        problem = ("wrong", f"outputs unreadable: {type(e).__name__}: {e}")
     if problem is not None and problem[0] == "lost":
         return "lost", problem[1]
     if case.rc != 0 and rc == 0:
@@ -154,17 +156,20 @@ def run_checks(ctx: Ctx) -> tuple[str, str] | None:
 
 
 def settings_case(id: str, argv_tail: list[Any], fragment: str, command: str = "featurize") -> Case:
+    """A wrong setting: refused before any work, so the output folder is never even created."""
+
     def argv(ctx: Ctx) -> list[Any]:
         data = ctx.domain()
         if command == "featurize":
-            return ["featurize", "--data", data, "--out", ctx.root / "o", "--model", ctx.root / NO_MODEL, *argv_tail]
+            return ["featurize", "--data", data, "--out", ctx.root / "o", "--model", ctx.model, "--quiet", *argv_tail]
         if command == "train":
-            return ["train", "--data", data, "--out", ctx.root / "o", "--model", ctx.root / NO_MODEL, *argv_tail]
+            return ["train", "--data", data, "--out", ctx.root / "o", "--model", ctx.model, "--quiet", "--rank", "4",
+                    "--epochs", "1", *argv_tail]
         return ["select", "--domain", data, "--pool", ctx.pool(), "--out", ctx.root / "o", "--n", "4",
-                "--model", ctx.root / NO_MODEL, *argv_tail]
+                "--model", ctx.model, "--quiet", "--proj-dim", "16", "--rank", "4", *argv_tail]
 
-    return Case(id, "setting", argv, 2, fragment, check=lambda c: ("wrong", "wrote an output") if (c.root / "o").exists()
-                and any((c.root / "o").iterdir()) else None)
+    return Case(id, "setting", argv, 2, fragment,
+                check=lambda c: ("wrong", "the run went ahead") if (c.root / "o").exists() else None)
 
 
 def yaml_case(id: str, text: str, fragment: str, command: str = "featurize") -> Case:
@@ -240,7 +245,14 @@ def _select_keeps_user_fields(method: str) -> Callable[[Ctx], list[Any]]:
 
 
 def _user_fields_intact(ctx: Ctx) -> tuple[str, str] | None:
-    from ntk_selector.selected_records import our_fields, user_record
+    try:
+        from ntk_selector.selected_records import our_fields, user_record
+    except ImportError:  # versions before selected_records.py wrote our fields at the top level
+        def our_fields(obj: dict) -> dict:
+            return {"pool_index": obj["pool_index"]}
+
+        def user_record(obj: dict) -> dict:
+            return {k: v for k, v in obj.items() if k not in ("pool_index", "ntk_score")}
 
     path = ctx.root / "o" / "selected.jsonl"
     if not path.exists():
