@@ -348,6 +348,15 @@ def check_section(config: Any) -> None:
                           f"rows to select (leave --m unset for 4N)")
 
 
+def check_together(*configs: Any) -> None:
+    """Rules between settings of different sections (each section checks its own in __post_init__)."""
+    by_type = {type(c): c for c in configs}
+    feature, lora = by_type.get(FeatureConfig), by_type.get(LoraSettings)
+    if feature is not None and lora is not None and 0 < feature.proj_dim < lora.rank:
+        raise ConfigError(f"--proj-dim {feature.proj_dim} is smaller than --rank {lora.rank}: the projection needs at "
+                          f"least as many dims as the LoRA rank (raise --proj-dim, or 0 for raw gradients)")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config: flat ``key: value`` or sectioned ``section: {key: value}``; every value checked.
 

@@ -24,7 +24,8 @@ from ntk_selector import distributed
 from ntk_selector.version import __version__
 from ntk_selector.answer_mix import answer_mix
 from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig,
-                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, to_dict)
+                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig,
+                                 check_together, to_dict)
 from ntk_selector.data import encode
 from ntk_selector.errors import UserError
 from ntk_selector.models import load_tokenizer, model_path
@@ -100,6 +101,7 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         raise UserError("select needs --pool (the candidate records), or --index (an index of them)")
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
+    check_together(cfg.feature, cfg.lora)
     n = cfg.preselect.n
     if n <= 0:
         raise UserError("--n must be a positive number of examples to select")

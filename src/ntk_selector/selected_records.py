@@ -42,9 +42,19 @@ def user_record(line_obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in line_obj.items() if k not in drop}
 
 
+# Characters that are fine inside a JSON string but that str.splitlines() and some editors treat as
+# line breaks: written escaped, so one record stays on one line for every reader.
+_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
 def json_line(obj: dict[str, Any]) -> str:
-    """One JSON line; text that is not valid Unicode (lone surrogates) is written escaped, so it reads back the same."""
+    """One JSON line that reads back to ``obj``: readable UTF-8, with lone surrogates (not valid
+    UTF-8) and the characters above escaped."""
     try:
-        return json.dumps(obj, ensure_ascii=False).encode("utf-8").decode("utf-8") + "\n"
+        text = json.dumps(obj, ensure_ascii=False)
+        text.encode("utf-8")
     except UnicodeEncodeError:
         return json.dumps(obj, ensure_ascii=True) + "\n"
+    for char, escaped in _LINE_BREAKS.items():
+        text = text.replace(char, escaped)
+    return text + "\n"

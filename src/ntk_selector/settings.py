@@ -14,7 +14,7 @@ import os
 from typing import Any, Mapping
 
 from ntk_selector.config import (DataConfig, LoraSettings, ModelConfig, RunConfig, SECTIONS, build, check_setting,
-                                 known_names, load_yaml)
+                                 check_together, known_names, load_yaml)
 from ntk_selector.errors import UserError
 
 # Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
@@ -45,7 +45,9 @@ def build_configs(given: Mapping[str, Any], command: str, sections: tuple[type, 
                   config_file: str | None = None) -> dict[type, Any]:
     """One config object per section, from the layered values."""
     values = settings_values(given, command, sections, config_file)
-    return {s: build(s, values) for s in sections}  # each section checks its fields' types and ranges
+    configs = {s: build(s, values) for s in sections}  # each section checks its fields' types and ranges
+    check_together(*configs.values())  # and the rules between sections
+    return configs
 
 
 def configs_from_args(args: argparse.Namespace, sections: tuple[type, ...]) -> dict[type, Any]:
