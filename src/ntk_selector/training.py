@@ -141,7 +141,16 @@ def foreign_files(out: str | Path) -> list[str]:
     if not out.is_dir():
         return []
     return sorted(p.name for p in out.iterdir()
-                  if p.name not in OWN_NAMES and not (p.name.startswith(".") and p.name.endswith(".tmp")))
+                  if p.name not in OWN_NAMES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                  and not _peft_model_card(p))
+
+
+def _peft_model_card(path: Path) -> bool:
+    """PEFT's README.md, which adapter folders written by earlier versions hold: ours too."""
+    if path.name != "README.md" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return "library_name: peft" in fh.read(4096)
 
 
 def check_adapter_folder(out: str | Path, overwrite: bool) -> None:
