@@ -175,10 +175,10 @@ def _broadcast_order(pre: Any, stages: Path) -> np.ndarray:
     path = stages / "index_preselect.npy"
 
     def save() -> None:
-        stages.mkdir(parents=True, exist_ok=True)
-        tmp = stages / "index_preselect.tmp.npy"
-        np.save(tmp, pre.order)
-        tmp.replace(path)
+        from ntk_selector.files import atomic_open
+
+        with atomic_open(path, "wb") as fh:  # an exclusive temporary, renamed into place
+            np.save(fh, pre.order)
 
     distributed.on_main(save)
     return distributed.all_ranks(lambda: np.load(path))
