@@ -450,7 +450,7 @@ CASES: list[Case] = [
     settings_case("--token-budget 0", ["--token-budget", "0"], "--token-budget must be at least 1"),
     settings_case("--proj-dim -5", ["--proj-dim", "-5"], "--proj-dim must be at least 0"),
     settings_case("--lr nan", ["--lr", "nan"], "--lr must be a finite number", "train"),
-    settings_case("--lr 0", ["--lr", "0"], "--lr must be greater than 0", "train"),
+    settings_case("--lr -1", ["--lr", "-1"], "--lr must be at least 0", "train"),
     settings_case("--seed -1", ["--seed", "-1"], "--seed must be at least 0"),
     settings_case("--lora-dropout 1.5", ["--lora-dropout", "1.5"], "--lora-dropout must be less than 1"),
     settings_case("--rank 0", ["--rank", "0"], "--rank must be at least 1"),

@@ -99,7 +99,7 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     epochs: float = _f(1.0, "training epochs (fractions allowed)", gt=0)
-    lr: float = _f(1e-4, "learning rate (AdamW)", gt=0)
+    lr: float = _f(1e-4, "learning rate (AdamW); 0 leaves the LoRA at its start (a warm-up that changes nothing)", min=0)
     batch_size: int = _f(8, "training batch size", min=1)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0)
     warmup_ratio: float = _f(0.0, "share of steps with linear learning-rate warm-up", min=0, max=1)
