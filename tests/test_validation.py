@@ -93,3 +93,15 @@ def test_a_failing_report_is_a_warning(tiny_model_dir, small_files, tmp_path, ca
     assert rc == 0
     assert "WARNING: the report could not be written (RuntimeError: plot exploded)" in capsys.readouterr().err
     assert len((tmp_path / "o" / "selected.jsonl").read_text().splitlines()) == 3
+
+
+def test_api_selection_keeps_user_fields_named_like_ours(tiny_model_dir, tmp_path, one_thread):
+    from conftest import synthetic_rows, write_jsonl
+    from ntk_selector import select
+
+    pool = [{**r, "pool_index": f"theirs-{i}", "ntk_score": i} for i, r in enumerate(synthetic_rows(12, 4))]
+    pool_path = write_jsonl(tmp_path / "pool.jsonl", pool)
+    domain = write_jsonl(tmp_path / "d.jsonl", synthetic_rows(4, 5))
+    sel = select(domain, pool_path, 3, method="random", model=tiny_model_dir, out=tmp_path / "o", quiet=True)
+    assert sel.records == [pool[i] for i in sel.indices]
+    assert all(r["pool_index"].startswith("theirs-") for r in sel.records)
