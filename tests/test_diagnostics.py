@@ -122,4 +122,4 @@ def test_diagnose_without_warmup_uses_the_initial_lora(tiny_model_dir, small_fil
     assert d["approximation"]["outputs"] == 32 and d["approximation"]["scale"] == pytest.approx(d["approximation"]["vocab"] / 32)
     assert d["projection"]["rows"] == 8 and not (out / "diag_stability.png").exists()
     assert main(["diagnose", *common, "--checks", "speed"]) == 2
-    assert "unknown check" in capsys.readouterr().err
+    assert "--checks must be one of stability, approximation, projection, got 'speed'" in capsys.readouterr().err

@@ -35,10 +35,8 @@ from ntk_selector.pipeline import SelectConfigs, write_text_atomic
 from ntk_selector.pipeline import select as run_pipeline
 from ntk_selector.settings import MODEL_SECTIONS, configs_from_settings
 from ntk_selector import stages
+from ntk_selector.selected_records import our_fields, user_record
 from ntk_selector.store import open_store
-
-# the fields select adds to each row of selected.jsonl (DESIGN.md §3)
-OUR_FIELDS = ("ntk_score", "pool_index")
 
 
 # ----------------------------------------------------------------------------- select
@@ -121,12 +119,12 @@ def _select_into(domain: Any, pool: Any, out: Path, cfg: SelectConfigs, keep: bo
     if summary is None:
         return None
     pool_votes, preselected, pool_scores = _read_scores(out / "scores.csv")
-    rows = [json.loads(line) for line in (out / "selected.jsonl").read_text(encoding="utf-8").splitlines() if line]
-    indices = np.array([r["pool_index"] for r in rows], dtype=np.int64)
+    rows = [json.loads(line) for line in (out / "selected.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    indices = np.array([our_fields(r)["pool_index"] for r in rows], dtype=np.int64)
     if _in_memory(pool):
         records = [dict(pool[int(i)]) for i in indices]
     else:
-        records = [{k: v for k, v in r.items() if k not in OUR_FIELDS} for r in rows]
+        records = [user_record(r) for r in rows]  # the user's fields, also ones named like ours
     return Selection(indices=indices, scores=pool_scores[indices], votes=pool_votes[indices], records=records,
                      summary=summary, out=out if keep else None, pool_scores=pool_scores, pool_votes=pool_votes,
                      preselected=preselected)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -145,22 +146,28 @@ def cmd_preselect(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ntk_selector.pipeline import write_text_atomic
-    from ntk_selector.score import top_n
+    from ntk_selector.files import folder_lock
     from ntk_selector.stages import ntk_scores
 
     c = _configs(args, (ScoreConfig, RunConfig, PreselectConfig))
     scores = ntk_scores(Path(args.domain_features), Path(args.pool_features), c[ScoreConfig])
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        _write_score_files(out, scores, c)
+    return 0
+
+
+def _write_score_files(out: Path, scores: Any, c: dict[type, Any]) -> None:
+    import numpy as np
+
+    from ntk_selector.files import write_text_atomic
+    from ntk_selector.score import top_n
+
     lines = ["row,ntk_score"] + [f"{i},{'' if not np.isfinite(s) else repr(float(s))}" for i, s in enumerate(scores)]
     write_text_atomic(out / "scores.csv", "\n".join(lines) + "\n")
     n = c[PreselectConfig].n or len(scores)
     write_text_atomic(out / "top.txt", "\n".join(str(int(i)) for i in top_n(scores, n)) + "\n")
     _say(c[RunConfig], f"scored {len(scores)} rows; scores.csv and top.txt (best {n} rows) in {out}")
-    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -236,8 +243,15 @@ def _report(error: BaseException, text: str) -> None:
 # ----------------------------------------------------------------------------- parser
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2) like every other error."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"ntk-selector: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntk-selector", description="Pick auxiliary fine-tuning data for a domain with NTK-Selector.")
+    parser = OneLineParser(prog="ntk-selector", description="Pick auxiliary fine-tuning data for a domain with NTK-Selector.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, sections: tuple[type, ...]) -> argparse.ArgumentParser:
@@ -294,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a one-line usage error (2)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
     debug = bool(getattr(args, "debug", False))
     quiet = bool(getattr(args, "quiet", False))
     if not debug:
@@ -314,6 +331,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         _report(e, f"ntk-selector: error: {e}")
+        return 2
+    except OSError as e:
+        if debug:
+            traceback.print_exc()
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            _report(e, f"ntk-selector: error: {e} (rerun with --debug for the traceback)")
+            return 1
+        _report(e, f"ntk-selector: error: {e.filename or 'an output file'}: no space left on the device; free some space "
+                   f"and rerun the same command (finished work is kept)")
         return 2
     except Exception as e:  # unexpected: still one line unless --debug
         if debug:

@@ -30,7 +30,6 @@ import html
 import importlib.util
 import io
 import json
-import os
 import random
 import sys
 import zipfile
@@ -153,17 +152,12 @@ def _quotas(available: dict[str, int], total: int) -> dict[str, int]:
 
 
 def _write_jsonl(path: Path, records: Iterable[Record]) -> None:
-    """Write atomically (temp file + os.replace) so a crash never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write atomically (exclusive temp file + os.replace) so a crash never leaves a half file."""
+    from ntk_selector.files import atomic_open
+
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

@@ -16,10 +16,11 @@ from typing import Any, Callable, Sequence
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
 from ntk_selector.errors import UserError
-from ntk_selector.stages import Records, Session, data_definition
+from ntk_selector.files import folder_lock
+from ntk_selector.stages import Records, Session, check_response_tokens, data_definition
 from ntk_selector.store import write_json_atomic
 from ntk_selector.train_checkpoint import TrainCheckpoint
-from ntk_selector.training import save_adapter_atomic, train_lora
+from ntk_selector.training import check_adapter_folder, save_adapter_atomic, train_lora
 
 STATE_FILE = "training_state.json"
 
@@ -33,9 +34,13 @@ def training_definition(session: Session, data: Sequence[Records], data_cfg: Dat
 
 
 def read_state(out: str | Path) -> dict[str, Any] | None:
-    """The training state of a finished adapter folder, or None."""
+    """The training state of a finished adapter folder, or None (also when the file is damaged: train again)."""
     path = Path(out) / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        state = json.loads(path.read_text()) if path.exists() else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return state if isinstance(state, dict) else None
 
 
 def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig,
@@ -48,22 +53,32 @@ def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: Model
     if not data_paths:
         raise UserError("train needs at least one --data file")
     out = Path(out)
+    check_adapter_folder(out, run.overwrite)
     data = [Records.load(p, data_cfg) for p in data_paths]
     if model_cfg.adapter and not (Path(model_cfg.adapter) / "adapter_config.json").exists():
         raise UserError(f"adapter folder not found or not a PEFT adapter: {model_cfg.adapter}")
     session = Session(model_cfg, lora, run, adapter=model_cfg.adapter)
+    with folder_lock(out):
+        return _finetune_locked(data, out, session, model_cfg, data_cfg, run, train_cfg, group_by_length)
+
+
+def _finetune_locked(data: list[Records], out: Path, session: Session, model_cfg: ModelConfig, data_cfg: DataConfig,
+                     run: RunConfig, train_cfg: TrainConfig, group_by_length: bool) -> dict[str, Any]:
     definition = training_definition(session, data, data_cfg, train_cfg, group_by_length)
     old = read_state(out)
     if old is not None and not run.overwrite:
         if old.get("definition") == definition and (out / "adapter_config.json").exists():
             return old
         raise UserError(f"{out} holds an adapter trained on other data or settings; use --overwrite or another --out")
+    check_response_tokens(data, session.load_tokenizer(), data_cfg)
     session.load(model_cfg.adapter)  # --adapter continues training it; otherwise a fresh seeded LoRA
     conversations = [c for r in data for c in r.conversations]
     checkpoint = TrainCheckpoint(out, definition, run.checkpoint_every, run.overwrite)
+    (out / STATE_FILE).unlink(missing_ok=True)  # the marker comes back last: a half-saved adapter never looks finished
     stats = train_lora(session.model, session.tokenizer, conversations, data_cfg, train_cfg, run.seed,
                        quiet=run.quiet, desc="train", group_by_length=group_by_length, checkpoint=checkpoint)
     save_adapter_atomic(session.model, out)
+    checkpoint.discard()
     state = {"definition": definition, "rows": {str(r.path): len(r) for r in data}, **stats}
     write_json_atomic(out / STATE_FILE, state)
     return state

@@ -32,7 +32,20 @@ INDEX_MODES = ("features", "preselect")
 
 
 def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: Any) -> dict[str, Any] | None:
-    """``pipeline.select`` against ``cfg.index.index``; same outputs. Under torchrun every rank calls it."""
+    """``pipeline.select`` against ``cfg.index.index``; same outputs. Under torchrun every rank calls it.
+    Rank 0 holds the output folder's lock throughout (one writer per folder)."""
+    from ntk_selector.files import release_lock, take_lock
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    lock = distributed.on_main(lambda: take_lock(Path(out_dir)))
+    try:
+        return _select_with_index_locked(domain_path, pool_path, out_dir, cfg)
+    finally:
+        release_lock(lock)
+
+
+def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path,
+                              cfg: Any) -> dict[str, Any] | None:
     from ntk_selector.pipeline import (StageClock, _check_n, _check_output_folder, _finish_run, _subset_fingerprint,
                                        _summary, _write_scores, _write_selected)
 
@@ -162,10 +175,10 @@ def _broadcast_order(pre: Any, stages: Path) -> np.ndarray:
     path = stages / "index_preselect.npy"
 
     def save() -> None:
-        stages.mkdir(parents=True, exist_ok=True)
-        tmp = stages / "index_preselect.tmp.npy"
-        np.save(tmp, pre.order)
-        tmp.replace(path)
+        from ntk_selector.files import atomic_open
+
+        with atomic_open(path, "wb") as fh:  # an exclusive temporary, renamed into place
+            np.save(fh, pre.order)
 
     distributed.on_main(save)
     return distributed.all_ranks(lambda: np.load(path))

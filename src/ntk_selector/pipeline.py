@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import platform
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
@@ -24,16 +24,19 @@ from ntk_selector import distributed
 from ntk_selector.version import __version__
 from ntk_selector.answer_mix import answer_mix
 from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig,
-                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig, to_dict)
-from ntk_selector.data import clean_record, encode
+                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig,
+                                 check_together, to_dict)
+from ntk_selector.data import encode
 from ntk_selector.errors import UserError
 from ntk_selector.models import load_tokenizer, model_path
 from ntk_selector.filters import PoolFilter, pool_filter
 from ntk_selector.preselect import PreselectResult
-from ntk_selector.stages import (Records, Session, embed, featurize, load_preselect, max_cosine_scores, ntk_scores,
+from ntk_selector.stages import (Records, Session, check_response_tokens, embed, featurize, load_preselect, max_cosine_scores, ntk_scores,
                                  preselect, save_preselect, warmup)
 from ntk_selector.score import top_n
-from ntk_selector.store import EMPTY, META, describe_differences, open_store, read_meta, write_json_atomic
+from ntk_selector.selected_records import json_line, our_fields, with_our_fields
+from ntk_selector.files import atomic_open, release_lock, take_lock, write_json_atomic, write_text_atomic
+from ntk_selector.store import EMPTY, META, describe_differences, open_store, read_meta
 
 METHODS = ("ntk", "random", "embedding", "preselect-random", "less")
 
@@ -75,15 +78,6 @@ class StageClock:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def empty_rows_by_tokenizing(records: Records, tokenizer: Any, data_cfg: DataConfig) -> np.ndarray:
     """Rows with no response tokens after truncation (for methods that never run the model)."""
     empty = np.zeros(len(records), dtype=bool)
@@ -107,6 +101,7 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         raise UserError("select needs --pool (the candidate records), or --index (an index of them)")
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
+    check_together(cfg.feature, cfg.lora)
     n = cfg.preselect.n
     if n <= 0:
         raise UserError("--n must be a positive number of examples to select")
@@ -127,12 +122,28 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
 
     domain, pool, filt = distributed.all_ranks(load)
     out.mkdir(parents=True, exist_ok=True)
+    # one writer per output folder: a second select on it stops here with a clear message
+    lock = distributed.on_main(lambda: take_lock(out))
+    try:
+        distributed.on_main(lambda: _check_output_folder(out, domain, pool, cfg))  # again, now that we hold the lock
+        return _select_locked(domain, pool, filt, out, stages, cfg, clock, pool_path)
+    finally:
+        release_lock(lock)
+
+
+def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, stages: Path, cfg: SelectConfigs,
+                   clock: StageClock, pool_path: str | Path) -> dict[str, Any] | None:
+    n = cfg.preselect.n
     if cfg.method == "random":
         return distributed.on_main(lambda: _select_random(domain, pool, out, cfg, filt, clock))
 
     session = Session(cfg.model, cfg.lora, cfg.run)
     with clock("warmup"):
-        warm_stats = distributed.on_main(lambda: warmup(session, domain, stages / "warmup", cfg.data, cfg.train))
+        def warm() -> dict[str, Any]:
+            check_response_tokens([domain], session.load_tokenizer(), cfg.data)  # warns before any model work
+            return warmup(session, domain, stages / "warmup", cfg.data, cfg.train, checked=True)
+
+        warm_stats = distributed.on_main(warm)
     with clock("load model"):
         distributed.all_ranks(lambda: session.load(str(stages / "warmup")))
     with clock("embed"):
@@ -208,15 +219,18 @@ def _select_random(domain: Records, pool: Records, out: Path, cfg: SelectConfigs
 
 
 def _finish_run(out: Path, summary: dict[str, Any], clock: StageClock) -> dict[str, Any]:
-    """run.json last: its presence marks a finished run (a crashed run leaves none)."""
+    """run.json last: its presence marks a finished run (a crashed run leaves none). The report comes
+    after it and cannot fail the run: a report error is a warning."""
     write_json_atomic(out / "run.json", summary)
     try:
         from ntk_selector.report import write_report
-    except ImportError:
-        pass
-    else:
+
         with clock("report"):
             write_report(out)
+    except Exception as e:  # noqa: BLE001 - the selection is written; a plot must not undo that
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"WARNING: the report could not be written ({type(e).__name__}: {first}); the selection in {out} is "
+              f"complete", file=sys.stderr, flush=True)
     return summary
 
 
@@ -265,7 +279,11 @@ def _check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectC
     run_json = out / "run.json"
     if not run_json.exists() or cfg.run.overwrite:
         return
-    old = json.loads(run_json.read_text())
+    try:
+        old = json.loads(run_json.read_text(encoding="utf-8"))
+        old.get("inputs")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise UserError(f"{run_json} cannot be read as an earlier run's record; use --overwrite or another --out folder") from None
     mine = {"domain_fingerprint": domain.fingerprint, "pool_fingerprint": pool.fingerprint, "method": cfg.method,
             "settings": _settings(cfg)}
     theirs = {k: old.get("inputs", {}).get(k) for k in mine}
@@ -279,25 +297,19 @@ def _check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectC
 def _write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.ndarray) -> None:
     buf = io.StringIO()
     for i in chosen:
-        rec = clean_record(pool.records[int(i)])
-        rec["ntk_score"] = None if not np.isfinite(scores[i]) else float(scores[i])
-        rec["pool_index"] = int(i)
-        buf.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        score = None if not np.isfinite(scores[i]) else float(scores[i])
+        buf.write(json_line(with_our_fields(pool.records[int(i)], score, int(i))))
     write_text_atomic(path, buf.getvalue())
 
 
 def _write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, block: int = 65536) -> None:
-    """scores.csv written in blocks to a temporary name, then renamed."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
+    """scores.csv written in blocks to an exclusive temporary, then renamed."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write("pool_index,votes,preselected,ntk_score\n")
         for start in range(0, len(votes), block):
             rows = range(start, min(len(votes), start + block))
             fh.write("".join(f"{i},{int(votes[i])},{int(preselected[i])},{'' if not np.isfinite(scores[i]) else repr(float(scores[i]))}\n"
                              for i in rows))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def task_counts(records: list[dict[str, Any]], rows: np.ndarray, field: str = "task") -> dict[str, int]:
@@ -339,4 +351,4 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
 
 def load_selected_indices(out_dir: str | Path) -> list[int]:
     with open(Path(out_dir) / "selected.jsonl", encoding="utf-8") as fh:
-        return [json.loads(line)["pool_index"] for line in fh if line.strip()]
+        return [our_fields(json.loads(line))["pool_index"] for line in fh if line.strip()]

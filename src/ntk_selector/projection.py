@@ -25,6 +25,8 @@ from typing import Protocol, Sequence
 
 import torch
 
+from ntk_selector.errors import UserError
+
 
 class Projector(Protocol):
     out_dim: int
@@ -49,7 +51,7 @@ def smallest_divisor_at_least(p: int, s: int) -> int:
     for k in range(s, p + 1):
         if p % k == 0:
             return k
-    raise ValueError(f"projection dim {p} is smaller than the LoRA rank side {s}")
+    raise UserError(f"--proj-dim {p} is smaller than the LoRA rank side {s} of the adapter; raise --proj-dim (or 0 for raw gradients)")
 
 
 class RawGradient:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,8 +39,11 @@ def _json(path: Path) -> Any:
 def _selected(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
+    from ntk_selector.selected_records import our_fields, user_record
+
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        # the report's view of a line: the user's record with our fields on top (wherever they were written)
+        return [{**user_record(obj), **our_fields(obj)} for obj in map(json.loads, filter(str.strip, fh))]
 
 
 def read_scores(path: Path) -> dict[str, np.ndarray] | None:
@@ -62,17 +64,23 @@ def read_scores(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _figure(path: Path, draw: Callable[[Any], None], size: tuple[float, float] = (7.0, 4.0)) -> str:
-    """Draw on a fresh Agg figure and save it as a PNG beside the report; return its relative name."""
+    """Draw on a fresh Agg figure and save it as a PNG beside the report; return its relative name.
+
+    Every label is plain text (``text.parse_math`` off): a task named ``50% off $$`` is drawn as
+    written, never parsed as math."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=size, dpi=100)
-    FigureCanvasAgg(fig)
-    draw(fig)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    from ntk_selector.files import atomic_open
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        fig = Figure(figsize=size, dpi=100)
+        FigureCanvasAgg(fig)
+        draw(fig)
+        fig.tight_layout()
+        with atomic_open(path, "wb") as fh:
+            fig.savefig(fh, format="png")
     return path.name
 
 
@@ -364,7 +372,7 @@ def write_report(out_dir: str | Path) -> Path:
             f"<style>{CSS}</style></head><body><h1>{title}</h1>"
             + "".join(f"<p>{_esc(s)}</p>" for s in subtitle) + "".join(body) + "</body></html>\n")
     path = out / "report.html"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    from ntk_selector.files import write_text_atomic
+
+    write_text_atomic(path, page)
     return path

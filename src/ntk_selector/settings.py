@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import os
 from typing import Any, Mapping
 
-from ntk_selector.config import (DataConfig, LoraSettings, ModelConfig, RunConfig, SECTIONS, build, known_names,
-                                 load_yaml)
+from ntk_selector.config import (DataConfig, LoraSettings, ModelConfig, RunConfig, SECTIONS, build, check_setting,
+                                 check_together, known_names, load_yaml)
 from ntk_selector.errors import UserError
 
 # Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
@@ -29,10 +30,7 @@ def settings_values(given: Mapping[str, Any], command: str, sections: tuple[type
     values: dict[str, Any] = dict(SUBCOMMAND_DEFAULTS.get(command, {}))
     from_yaml: dict[str, Any] = {}
     if config_file:
-        from_yaml = load_yaml(config_file)
-        unknown = set(from_yaml) - known_names()
-        if unknown:
-            raise UserError(f"{config_file}: unknown settings: {', '.join(sorted(unknown))}")
+        from_yaml = load_yaml(config_file)  # unknown keys and wrong values are refused there, naming the key
     given = {**{k: v for k, v in from_yaml.items() if k in known_names(sections)},
              **{k: v for k, v in given.items() if k in known_names(sections)}}
     if command == "select" and given.get("index"):
@@ -47,7 +45,9 @@ def build_configs(given: Mapping[str, Any], command: str, sections: tuple[type, 
                   config_file: str | None = None) -> dict[type, Any]:
     """One config object per section, from the layered values."""
     values = settings_values(given, command, sections, config_file)
-    return {s: build(s, values) for s in sections}
+    configs = {s: build(s, values) for s in sections}  # each section checks its fields' types and ranges
+    check_together(*configs.values())  # and the rules between sections
+    return configs
 
 
 def configs_from_args(args: argparse.Namespace, sections: tuple[type, ...]) -> dict[type, Any]:
@@ -72,44 +72,17 @@ def configs_from_settings(settings: Mapping[str, Any], command: str, sections: t
     return build_configs(checked, command, sections, None if config_file is None else str(config_file))
 
 
-def _field(name: str) -> dataclasses.Field:
-    return next(f for s in SECTIONS for f in dataclasses.fields(s) if f.name == name)
-
-
 def check_value(name: str, value: Any) -> Any:
-    """``value`` as the flag ``--name`` would give it (same types, numbers from text as argparse
-    reads them), or a UserError naming the setting."""
-    kind = str(_field(name).type).replace(" ", "")
-    optional = kind.endswith("|None")
-    kind = kind.removesuffix("|None")
+    """``value`` for the API's keyword ``name``: config.check_setting's types and ranges (the one
+    place settings are checked), with two API rules on top: a switch must be True or False (not
+    text), and a path object stands for its text."""
+    if _kind(name) == "bool" and not isinstance(value, bool):
+        raise UserError(f"setting '{name}' must be True or False, got {value!r}")
+    if hasattr(value, "__fspath__"):
+        value = os.fspath(value)
+    return check_setting(name, value, f"setting '{name}'")
 
-    def one(item_kind: str, v: Any) -> Any:
-        if item_kind == "bool":
-            if isinstance(v, bool):
-                return v
-            raise UserError(f"setting '{name}' must be True or False, got {v!r}")
-        if isinstance(v, bool) or isinstance(v, (list, tuple, dict, set)):
-            raise UserError(f"setting '{name}' must be {'text' if item_kind == 'str' else 'a number'}, got {v!r}")
-        if item_kind == "str":
-            if isinstance(v, str) or hasattr(v, "__fspath__"):
-                return str(v)
-            raise UserError(f"setting '{name}' must be text, got {v!r}")
-        conv = int if item_kind == "int" else float
-        if item_kind == "int" and isinstance(v, float) and not v.is_integer():
-            raise UserError(f"setting '{name}' must be a whole number, got {v!r}")
-        try:
-            return conv(v)
-        except (TypeError, ValueError):
-            raise UserError(f"setting '{name}' must be {'a whole number' if item_kind == 'int' else 'a number'}, "
-                            f"got {v!r}") from None
 
-    if value is None:
-        if optional:
-            return None
-        raise UserError(f"setting '{name}' needs a value, got None")
-    if kind.startswith("list["):
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not items:
-            raise UserError(f"setting '{name}' must be a non-empty list, got {value!r}")
-        return [one(kind[len("list["):-1], v) for v in items]
-    return one(kind, value)
+def _kind(name: str) -> str:
+    field = next(f for s in SECTIONS for f in dataclasses.fields(s) if f.name == name)
+    return str(field.type).replace(" ", "").removesuffix("|None")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,19 +15,21 @@ import torch
 
 from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
                                  ScoreConfig, TrainConfig, to_dict)
-from ntk_selector.data import RESPONSE_TOKENS, Conversation, collate, encode, read_records, to_conversation
+from ntk_selector.data import RESPONSE_TOKENS, Conversation, collate, encode, read_records_with_lines, to_conversation
 from ntk_selector.embed import mean_pooled
 from ntk_selector.errors import UserError
 from ntk_selector.gradients import NTK_OBJECTIVES, GradientFeaturizer
-from ntk_selector.models import (adapter_lora_settings, fingerprint_folder, load_base_model,
+from ntk_selector.models import (adapter_lora_settings, fingerprint_folder, load_base_model, load_tokenizer,
                                  model_fingerprint, model_path, resolve_device, resolve_dtype, with_lora)
 from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.projection import PROJECTION_KIND
 from ntk_selector import distributed
 from ntk_selector.runner import fill_store, run_rows, run_texts
 from ntk_selector.score import block_rows_for, domain_direction, score_rows
-from ntk_selector.store import DONE, RowStore, describe_differences, iter_row_blocks, open_store, write_json_atomic
-from ntk_selector.training import save_adapter_atomic, train_lora
+from ntk_selector.files import atomic_open, folder_lock
+from ntk_selector.store import (DONE, RowStore, check_same_features, describe_differences, iter_row_blocks, open_store,
+                                  write_json_atomic)
+from ntk_selector.training import check_adapter_folder, save_adapter_atomic, train_lora
 from ntk_selector.train_checkpoint import TrainCheckpoint
 
 
@@ -47,21 +50,26 @@ class Records:
     """A data file read and reduced to conversations (validated up front, so errors come early)."""
 
     path: Path
-    records: list[dict[str, Any]]
+    records: list[dict[str, Any]]  # exactly as in the file
     conversations: list[Conversation]
     fingerprint: str
+    lines: list[int] = field(default_factory=list)  # each record's line in the file, for messages
 
     @classmethod
     def load(cls, path: str | Path, data_cfg: DataConfig) -> "Records":
-        records = read_records(path)
-        convs = [to_conversation(r, data_cfg, path) for r in records]
-        return cls(Path(path), records, convs, file_fingerprint(path))
+        records, lines = read_records_with_lines(path)
+        convs = [to_conversation(r, data_cfg, path, line) for r, line in zip(records, lines)]
+        return cls(Path(path), records, convs, file_fingerprint(path), lines)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def line(self, row: int) -> int:
+        return self.lines[row] if row < len(self.lines) else row + 1
+
     def subset(self, rows: np.ndarray, fingerprint: str) -> "Records":
-        return Records(self.path, [self.records[i] for i in rows], [self.conversations[i] for i in rows], fingerprint)
+        return Records(self.path, [self.records[i] for i in rows], [self.conversations[i] for i in rows], fingerprint,
+                       [self.line(int(i)) for i in rows])
 
 
 @dataclass
@@ -86,6 +94,12 @@ class Session:
         self.model = with_lora(base, self.lora, adapter, self.run.seed)
         self.adapter = adapter
         return self
+
+    def load_tokenizer(self) -> Any:
+        """The tokenizer alone (no model): for checks that must come before any model work."""
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(model_path(self.model_cfg, quiet=self.run.quiet))
+        return self.tokenizer
 
     def describe(self) -> dict[str, Any]:
         """What defines the model side of a result (goes into store definitions); cached per adapter."""
@@ -129,27 +143,63 @@ def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- warm-up
 
 
-def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """Train a fresh LoRA on the domain and save it to ``out`` (skipped when already there with the same setup)."""
+def check_response_tokens(data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool = True) -> int:
+    """Before any model work: warn (on stderr) about rows whose whole response is truncated away by
+    --max-length, and refuse when no row has a response token left. Returns the usable rows."""
+    usable = 0
+    for records in data:
+        encoded = encode(records.conversations, tokenizer, data_cfg)
+        lost = [i for i, (e, c) in enumerate(zip(encoded, records.conversations))
+                if e.n_response_tokens == 0 and c.response.strip()]
+        usable += sum(e.n_response_tokens > 0 for e in encoded)
+        if lost and warn:
+            print(f"WARNING: {len(lost)} of {len(records)} rows of {records.path} lose their whole response to "
+                  f"--max-length {data_cfg.max_length} (first at line {records.line(lost[0])}) and are skipped; "
+                  f"raise --max-length to keep them", file=sys.stderr, flush=True)
+    if usable == 0:
+        names = ", ".join(str(r.path) for r in data)
+        raise UserError(f"{names}: no example has response tokens left (empty responses, or all truncated away at "
+                        f"--max-length {data_cfg.max_length}); raise --max-length")
+    return usable
+
+
+def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
+           checked: bool = False) -> dict[str, Any]:
+    """Train a fresh LoRA on the domain and save it to ``out`` (skipped when already there with the same setup).
+
+    Only our files are written into ``out`` (see training.check_adapter_folder), under the folder's lock.
+    ``checked``: the caller already ran check_response_tokens on the domain.
+    """
+    check_adapter_folder(out, session.run.overwrite)
+    with folder_lock(out):
+        return _warmup_locked(session, domain, out, data_cfg, train_cfg, checked)
+
+
+def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
+                   checked: bool) -> dict[str, Any]:
     definition = {"stage": "warmup", **session.describe(), **data_definition(domain, data_cfg), "train": to_dict(train_cfg),
                   "seed": session.run.seed}
     state_file = out / "ntk_selector_warmup.json"
     if state_file.exists():
-        state = json.loads(state_file.read_text())
-        if state.get("definition") == json.loads(json.dumps(definition, default=str)):
+        try:
+            state = json.loads(state_file.read_text())
+        except (ValueError, UnicodeDecodeError):
+            state = {}  # damaged outside our atomic write: redo the warm-up
+        if state.get("definition") == json.loads(json.dumps(definition, default=str)) and \
+                (out / "adapter_config.json").exists():
             return state["stats"]
-        if not session.run.overwrite:
+        if state and not session.run.overwrite:
             raise UserError(f"{out} holds a warm-up of another setup "
                             f"({describe_differences(state.get('definition', {}), json.loads(json.dumps(definition, default=str)))}); "
                             f"use --overwrite or another output folder")
+    check_response_tokens([domain], session.load_tokenizer(), data_cfg, warn=not checked)
     session.load(None)
-    if not any(e.n_response_tokens for e in encode(domain.conversations, session.tokenizer, data_cfg)):
-        raise UserError(f"{domain.path}: no example has response tokens left (empty responses, or all truncated "
-                        f"away at --max-length {data_cfg.max_length})")
     checkpoint = TrainCheckpoint(out, definition, session.run.checkpoint_every, session.run.overwrite)
+    state_file.unlink(missing_ok=True)  # the marker goes first and comes back last: a half-saved adapter never looks finished
     stats = train_lora(session.model, session.tokenizer, domain.conversations, data_cfg, train_cfg, session.run.seed,
                        quiet=session.run.quiet, desc="warm-up", checkpoint=checkpoint)
     save_adapter_atomic(session.model, out)
+    checkpoint.discard()
     write_json_atomic(state_file, {"definition": definition, "stats": stats})
     return stats
 
@@ -241,8 +291,9 @@ def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfi
 def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int,
               exclude: np.ndarray | None = None) -> PreselectResult:
     """Reverse-kNN votes of the domain embeddings over the pool's (rows in ``exclude`` never get votes)."""
-    d_emb, d_status, _ = open_store(domain_store)
-    p_emb, p_status, _ = open_store(pool_store)
+    d_emb, d_status, d_meta = open_store(domain_store)
+    p_emb, p_status, p_meta = open_store(pool_store)
+    check_same_features(domain_store, d_meta, pool_store, p_meta)
     pool_valid = p_status == DONE
     if exclude is not None:
         pool_valid &= ~exclude
@@ -254,10 +305,8 @@ def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, se
 
 
 def save_preselect(result: PreselectResult, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, votes=result.votes, best_sim=result.best_sim, order=result.order)
-    tmp.replace(out)
+    with atomic_open(out, "wb") as fh:
+        np.savez(fh, votes=result.votes, best_sim=result.best_sim, order=result.order)
 
 
 def load_preselect(path: Path) -> PreselectResult:
@@ -267,8 +316,9 @@ def load_preselect(path: Path) -> PreselectResult:
 
 def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> np.ndarray:
     """Mean inner product (or cosine) of each pool row with the domain rows, read in blocks."""
-    d_feat, d_status, _ = open_store(domain_store)
-    p_feat, p_status, _ = open_store(pool_store)
+    d_feat, d_status, d_meta = open_store(domain_store)
+    p_feat, p_status, p_meta = open_store(pool_store)
+    check_same_features(domain_store, d_meta, pool_store, p_meta)
     if d_feat.shape[1] != p_feat.shape[1]:
         raise UserError(f"{domain_store} has {d_feat.shape[1]} dims but {pool_store} has {p_feat.shape[1]}: featurize both the same way")
     if not (d_status == DONE).any():
@@ -280,8 +330,9 @@ def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> 
 
 def max_cosine_scores(domain_store: Path, pool_store: Path, block_mb: int = 256) -> np.ndarray:
     """LESS-style: max over domain rows of the cosine between gradient features (pool read in blocks)."""
-    d_feat, d_status, _ = open_store(domain_store)
-    p_feat, p_status, _ = open_store(pool_store)
+    d_feat, d_status, d_meta = open_store(domain_store)
+    p_feat, p_status, p_meta = open_store(pool_store)
+    check_same_features(domain_store, d_meta, pool_store, p_meta)
     dom = np.asarray(d_feat, dtype=np.float64)[d_status == DONE]
     if len(dom) == 0:
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")

@@ -4,6 +4,10 @@ Layout of a store folder:
 - ``features.npy``  [rows, dim] (``numpy.load(path, mmap_mode="r")``), row i = input row i
 - ``status.npy``    [rows] uint8: 0 = not computed, 1 = done, 2 = done but the row has no
   response tokens (its features are zeros and it is never selected)
+- ``checksums.npy`` [rows] uint32: CRC-32 of each written row's bytes, synced with the row before
+  its status byte. Opening a store to resume verifies every done row and recomputes the rows whose
+  checksum fails (a zeroed, corrupted or truncated ``features.npy`` is repaired, not reused);
+  opening it to read (``open_store``) refuses a store with failing rows.
 - ``meta.json``     the definition (everything that determines the numbers), counts, completion
 
 Rows are written with positioned writes (``pwrite``) and synced before their status bytes, so
@@ -16,34 +20,92 @@ second writer; the workers of a distributed run attach without it while their ra
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from ntk_selector.errors import UserError
+from ntk_selector.files import LOCK, disk_full, release_lock, take_lock, temporary_beside, write_json_atomic
 
 PENDING, DONE, EMPTY = 0, 1, 2
-FEATURES, STATUS, META, LOCK = "features.npy", "status.npy", "meta.json", ".lock"
+FEATURES, STATUS, META, CHECKSUMS = "features.npy", "status.npy", "meta.json", "checksums.npy"
 FORMAT = 1
 
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write to a temporary name, sync, rename: readers see the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+__all__ = ["PENDING", "DONE", "EMPTY", "FEATURES", "STATUS", "META", "CHECKSUMS", "LOCK", "RowStore", "open_store",
+           "read_meta", "write_json_atomic", "describe_differences", "iter_row_blocks", "check_same_features"]
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    return json.loads((Path(path) / META).read_text())
+    path = Path(path) / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as a store's meta.json ({e}); rerun its stage with --overwrite") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: not a store's meta.json (expected an object); rerun its stage with --overwrite")
+    return meta
+
+
+def row_checksums(block: np.ndarray) -> np.ndarray:
+    """CRC-32 of each row's bytes (a row = one input row's features)."""
+    block = np.ascontiguousarray(block)
+    flat = block.reshape(len(block), -1).view(np.uint8)
+    return np.fromiter((zlib.crc32(r) for r in flat), dtype=np.uint32, count=len(block))
+
+
+def _array_geometry(path: Path) -> tuple[int, tuple[int, ...], np.dtype] | None:
+    """(data offset, shape, dtype) from a .npy header, or None when the header is unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            return fh.tell(), tuple(shape), np.dtype(dtype)
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _expected_size(geometry: tuple[int, tuple[int, ...], np.dtype]) -> int:
+    offset, shape, dtype = geometry
+    return offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def bad_rows(features: np.ndarray, status: np.ndarray, checksums: np.ndarray, block_rows: int = 4096) -> np.ndarray:
+    """Rows marked written whose bytes no longer match their checksum."""
+    bad: list[np.ndarray] = []
+    for start, block in iter_row_blocks(features, block_rows):
+        written = status[start : start + len(block)] != PENDING
+        if not written.any():
+            continue
+        mismatch = written & (row_checksums(block) != checksums[start : start + len(block)])
+        bad.append(start + np.flatnonzero(mismatch))
+    return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+# Definition fields that must agree between a domain store and a pool store scored together:
+# everything that shapes the feature space, not the data.
+FEATURE_SPACE_FIELDS = ("stage", "model", "model_fingerprint", "tokenizer_fingerprint", "adapter_fingerprint", "lora",
+                        "compute_dtype", "objective", "logits_mode", "projection", "proj_dim", "seed", "dim",
+                        "chat_template", "store_format")
+
+
+def check_same_features(domain_path: str | Path, domain_meta: dict[str, Any], pool_path: str | Path,
+                        pool_meta: dict[str, Any]) -> None:
+    """Refuse two stores whose rows live in different feature spaces, naming every differing field."""
+    a = {**domain_meta.get("definition", {}), "logits_mode": domain_meta.get("logits_mode")}
+    b = {**pool_meta.get("definition", {}), "logits_mode": pool_meta.get("logits_mode")}
+    a = {k: a.get(k) for k in FEATURE_SPACE_FIELDS}
+    b = {k: b.get(k) for k in FEATURE_SPACE_FIELDS}
+    if a != b:
+        raise UserError(f"{domain_path} and {pool_path} were made differently and cannot be scored together "
+                        f"({describe_differences(a, b)}); build both with the same settings")
 
 
 def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -105,40 +167,85 @@ class RowStore:
         self.writer = writer
         self._lock_fh = None
         self._fds: dict[str, int] = {}
+        self.repaired = 0  # rows found damaged when opening (their checksum failed) and queued again
         if writer:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._lock_fh = self._take_lock()
+            self._lock_fh = take_lock(self.path)
         try:
             self._open_or_create(overwrite)
-            for name in (FEATURES, STATUS):
-                self._fds[name] = os.open(self.path / name, os.O_RDWR)
-            self._offsets = {name: _data_offset(self.path / name) for name in (FEATURES, STATUS)}
+            for name in (FEATURES, STATUS, CHECKSUMS):
+                self._fds[name] = os.open(self.path / name, os.O_RDWR | os.O_NOFOLLOW)
+            self._offsets = {name: _data_offset(self.path / name) for name in (FEATURES, STATUS, CHECKSUMS)}
+            if writer:
+                self._verify_and_requeue()
         except BaseException:
             self.close()
             raise
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _take_lock(self) -> Any:
-        fh = open(self.path / LOCK, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            raise UserError(f"{self.path} is being written by another process (lock held); wait for it or stop it") from None
-        return fh
+    def _files_intact(self) -> bool:
+        """The three arrays exist with the expected shapes, and are no shorter than their headers say
+        (a short features.npy is extended with zeros here: the checksums then requeue its lost rows)."""
+        expected = {FEATURES: ((self.rows, self.dim), self.dtype), STATUS: ((self.rows,), np.dtype(np.uint8))}
+        for name, (shape, dtype) in expected.items():
+            geometry = _array_geometry(self.path / name)
+            if geometry is None or geometry[1] != shape or geometry[2] != dtype:
+                return False
+            size = os.path.getsize(self.path / name)
+            if size != _expected_size(geometry):
+                if name == STATUS:
+                    return False
+                os.truncate(self.path / name, _expected_size(geometry))
+        if not (self.path / CHECKSUMS).exists():
+            self._create_checksums_from_data()  # a store written before checksums existed: trust its rows once
+        geometry = _array_geometry(self.path / CHECKSUMS)
+        if geometry is None or geometry[1] != (self.rows,) or os.path.getsize(self.path / CHECKSUMS) != _expected_size(geometry):
+            self._create_array(CHECKSUMS, (self.rows,), np.dtype(np.uint32))  # all rows then fail and are recomputed
+        return True
+
+    def _create_checksums_from_data(self) -> None:
+        features = np.load(self.path / FEATURES, mmap_mode="r")
+        sums = np.zeros(self.rows, dtype=np.uint32)
+        for start, block in iter_row_blocks(features, 4096):
+            sums[start : start + len(block)] = row_checksums(block)
+        del features
+        tmp = temporary_beside(self.path / CHECKSUMS, ".npy")
+        np.save(tmp, sums)
+        os.replace(tmp, self.path / CHECKSUMS)
+
+    def _verify_and_requeue(self) -> None:
+        """Mark pending again every written row whose bytes fail their checksum."""
+        status = self.status()
+        if not (status != PENDING).any():
+            return
+        features = np.load(self.path / FEATURES, mmap_mode="r")
+        checksums = np.load(self.path / CHECKSUMS)
+        bad = bad_rows(features, status, checksums)
+        del features
+        if len(bad):
+            self._pwrite(STATUS, np.sort(bad), np.zeros(len(bad), dtype=np.uint8))
+            os.fsync(self._fds[STATUS])
+            self.repaired = int(len(bad))
 
     def _open_or_create(self, overwrite: bool) -> None:
         meta_path = self.path / META
         whole = meta_path.exists() and (self.path / FEATURES).exists() and (self.path / STATUS).exists()
         if whole:
-            old = read_meta(self.path).get("definition", {})
-            if old != self.definition:
+            try:
+                old = read_meta(self.path).get("definition", {})
+            except UserError:
+                if not (self.writer and overwrite):
+                    raise
+                old, whole = self.definition, False  # unreadable meta.json: --overwrite rebuilds
+            if whole and old != self.definition:
                 if not self.writer:
                     raise UserError(f"{self.path}: store definition changed under a running job ({describe_differences(old, self.definition)})")
                 if not overwrite:
                     raise UserError(f"{self.path} holds another run ({describe_differences(old, self.definition)}); "
                                     f"use --overwrite to start over, or another output folder")
                 whole = False
+        if whole and self.writer and not self._files_intact():
+            whole = False  # unreadable or reshaped arrays of this definition: rebuild the store
         if whole:
             return
         if not self.writer:
@@ -146,15 +253,22 @@ class RowStore:
         self._create()
 
     def _create(self) -> None:
-        for name in (META, FEATURES, STATUS):
+        for name in (META, FEATURES, STATUS, CHECKSUMS):
             (self.path / name).unlink(missing_ok=True)
-        for name, shape, dt in ((FEATURES, (self.rows, self.dim), self.dtype), (STATUS, (self.rows,), np.uint8)):
-            tmp = self.path / (name + ".tmp.npy")
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dt, shape=shape)
+        for name, shape, dt in ((FEATURES, (self.rows, self.dim), self.dtype), (STATUS, (self.rows,), np.dtype(np.uint8)),
+                                (CHECKSUMS, (self.rows,), np.dtype(np.uint32))):
+            self._create_array(name, shape, dt)
+        self._write_meta(complete=False, status=np.zeros(self.rows, np.uint8))
+
+    def _create_array(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        try:
+            tmp = temporary_beside(self.path / name, ".npy")
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             arr.flush()
             del arr
             os.replace(tmp, self.path / name)
-        self._write_meta(complete=False, status=np.zeros(self.rows, np.uint8))
+        except OSError as e:
+            raise disk_full(self.path / name, e) from None
 
     def _write_meta(self, complete: bool, status: np.ndarray, extra: dict[str, Any] | None = None) -> None:
         counts = {"rows": self.rows, "done": int((status == DONE).sum()), "no_response_tokens": int((status == EMPTY).sum()),
@@ -170,10 +284,8 @@ class RowStore:
             os.fsync(fd)
             os.close(fd)
         self._fds = {}
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        release_lock(self._lock_fh)
+        self._lock_fh = None
 
     def __enter__(self) -> "RowStore":
         return self
@@ -197,7 +309,10 @@ class RowStore:
             buf = np.ascontiguousarray(data[pos : pos + length]).tobytes()
             offset = base + int(rows[pos]) * row_bytes
             while buf:
-                written = os.pwrite(fd, buf, offset)
+                try:
+                    written = os.pwrite(fd, buf, offset)
+                except OSError as e:
+                    raise disk_full(self.path / name, e) from None
                 buf, offset = buf[written:], offset + written
 
     def write(self, rows: np.ndarray, values: np.ndarray, empty: np.ndarray | None = None) -> None:
@@ -207,8 +322,14 @@ class RowStore:
             raise ValueError(f"expected values of shape {(len(rows), self.dim)}, got {values.shape}")
         order = np.argsort(rows, kind="stable")
         rows = rows[order]
-        self._pwrite(FEATURES, rows, np.asarray(values)[order].astype(self.dtype, copy=False))
-        os.fdatasync(self._fds[FEATURES])
+        stored = np.ascontiguousarray(np.asarray(values)[order].astype(self.dtype, copy=False))
+        self._pwrite(FEATURES, rows, stored)
+        self._pwrite(CHECKSUMS, rows, row_checksums(stored))
+        for name in (FEATURES, CHECKSUMS):
+            try:
+                os.fdatasync(self._fds[name])
+            except OSError as e:
+                raise disk_full(self.path / name, e) from None
         codes = np.full(len(rows), DONE, dtype=np.uint8)
         if empty is not None:
             codes[np.asarray(empty, dtype=bool)[order]] = EMPTY
@@ -232,16 +353,37 @@ class RowStore:
         return bool((self.status() != PENDING).all())
 
 
-def open_store(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read-only view of a finished store: (features memmap, status, meta)."""
+def open_store(path: str | Path, verify: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read-only view of a finished store: (features memmap, status, meta).
+
+    With ``verify`` every row is checked against its checksum first: a store whose bytes are not
+    what was computed is refused (rerunning its stage recomputes the damaged rows).
+    """
     path = Path(path)
     if not (path / META).exists():
         raise UserError(f"{path}: not a feature store (no meta.json)")
     meta = read_meta(path)
+    rows = meta.get("definition", {}).get("rows")
+    for name in (STATUS, FEATURES):
+        geometry = _array_geometry(path / name)
+        if geometry is None:
+            raise UserError(f"{path / name}: missing or not a .npy array; rerun its stage with --overwrite to rebuild the store")
+        if os.path.getsize(path / name) != _expected_size(geometry) or geometry[1][:1] != (rows,):
+            raise UserError(f"{path / name}: truncated or resized ({os.path.getsize(path / name)} bytes, header says "
+                            f"{_expected_size(geometry)}); rerun its stage to repair the store")
     status = read_status(path)
     if not meta.get("complete") or (status == PENDING).any():
         raise UserError(f"{path}: store is incomplete ({int((status == PENDING).sum())} rows missing); rerun its stage to resume")
-    return np.load(path / FEATURES, mmap_mode="r"), status, meta
+    features = np.load(path / FEATURES, mmap_mode="r")
+    if verify and (path / CHECKSUMS).exists():
+        sums = np.load(path / CHECKSUMS)
+        if sums.shape != status.shape:
+            raise UserError(f"{path / CHECKSUMS}: wrong shape {sums.shape}; rerun its stage to repair the store")
+        bad = bad_rows(features, status, sums)
+        if len(bad):
+            raise UserError(f"{path / FEATURES}: {len(bad)} rows fail their checksum (first: row {int(bad[0])}), the file "
+                            f"changed after it was written; rerun its stage to recompute them")
+    return features, status, meta
 
 
 def iter_row_blocks(features: np.ndarray, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -19,8 +19,9 @@ from typing import Any, Sequence
 import torch
 
 from ntk_selector.errors import UserError
+from ntk_selector.files import disk_full, temporary_beside
 
-CHECKPOINT_DIR = "resume"  # inside the output folder; the finished adapter replaces the whole folder
+CHECKPOINT_DIR = "resume"  # inside the output folder; removed once the finished adapter is saved
 CHECKPOINT_FILE = "training_checkpoint.pt"
 
 
@@ -58,10 +59,20 @@ class TrainCheckpoint:
         device = params[0].device
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        try:
+            tmp = temporary_beside(self.path)
+            torch.save(state, tmp)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            raise disk_full(self.path, e) from None
+
+    def discard(self) -> None:
+        """Remove the checkpoint (and its folder when that holds nothing else) once the run is finished."""
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:
+            pass  # absent, or holds something that is not ours
 
     def restore(self, params: Sequence[torch.Tensor], opt: torch.optim.Optimizer, sched: Any) -> ResumedState | None:
         """Load the saved state into the parameters, optimizer and schedule; None when there is nothing to resume."""

@@ -16,10 +16,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ntk_selector.config import DataConfig, TrainConfig
+from ntk_selector.errors import UserError
+from ntk_selector.files import LOCK, disk_full, temporary_folder_beside
 from ntk_selector.data import Conversation, Encoded, collate, encode
 from ntk_selector.heads import response_logits
 from ntk_selector.models import lora_parameters
-from ntk_selector.train_checkpoint import TrainCheckpoint
+from ntk_selector.train_checkpoint import CHECKPOINT_DIR, TrainCheckpoint
 
 
 def response_loss(model: torch.nn.Module, batch: Any, loss_mean: str = "token") -> torch.Tensor:
@@ -128,18 +130,61 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
             "losses": losses, "seconds": seconds_before + time.perf_counter() - start, "resumed_at_step": done}
 
 
-def save_adapter_atomic(model: torch.nn.Module, out: str | Path) -> None:
-    """save_pretrained into a temporary folder, then swap it in: a crash never leaves half an adapter."""
+# What train and the warm-up write into their --out folder; anything else there belongs to the user.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+OWN_NAMES = frozenset(ADAPTER_FILES + ("training_state.json", "ntk_selector_warmup.json", CHECKPOINT_DIR, LOCK))
+
+
+def foreign_files(out: str | Path) -> list[str]:
+    """Names in an adapter output folder that ntk-selector did not write (temporaries of ours excluded)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    old = out.with_name(out.name + ".old")
-    for p in (tmp, old):
-        if p.exists():
-            shutil.rmtree(p)
-    model.save_pretrained(str(tmp))
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir()
+                  if p.name not in OWN_NAMES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+                  and not _peft_model_card(p))
+
+
+def _peft_model_card(path: Path) -> bool:
+    """PEFT's README.md, which adapter folders written by earlier versions hold: ours too."""
+    if path.name != "README.md" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return "library_name: peft" in fh.read(4096)
+
+
+def check_adapter_folder(out: str | Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file, or a folder holding files we did not write (unless ``overwrite``:
+    then our files are written beside them; the user's files are never deleted or replaced)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; choose a folder for the adapter")
+    foreign = foreign_files(out)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--out {out} holds files ntk-selector did not write ({shown}); choose a new or empty folder, "
+                        f"or --overwrite to write the adapter beside them (they are kept)")
+
+
+def save_adapter_atomic(model: torch.nn.Module, out: str | Path) -> None:
+    """save_pretrained into an exclusive temporary folder inside ``out``, then move our files in one by one.
+
+    Only the adapter's own files are written (PEFT's model card is left out); nothing else in ``out``
+    is touched. Callers remove their completion marker first and write it last, so a crash between
+    two renames leaves no folder that claims to be finished.
+    """
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_folder_beside(out / "adapter")
+    except OSError as e:
+        raise disk_full(out, e) from None
+    try:
+        model.save_pretrained(str(tmp))
+        for name in ADAPTER_FILES:
+            if (tmp / name).exists():
+                os.replace(tmp / name, out / name)
+    except OSError as e:
+        raise disk_full(out, e) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

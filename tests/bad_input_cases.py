@@ -1,0 +1,548 @@
+"""The bad-input case table: what a new user might type or feed, and what must happen.
+
+Each case builds its inputs in a fresh folder, runs the CLI in this process and classifies the
+outcome (``run_case``):
+
+- ``clear``: the expected exit code; on an error exactly one ``ntk-selector: error:`` line on
+  stderr holding the expected fragment and no traceback; on success the fragment (a warning)
+  when one is expected; and the case's own check of the outputs passed.
+- ``wrong``: exit 0 where an error was due, or outputs that are not what was asked for.
+- ``lost``: a file the user had (or a user field of a record) changed or disappeared.
+- ``unclear``: anything else (another exit code, a message without the fragment, a traceback).
+
+``tests/test_bad_inputs_table.py`` asserts every case is clear; ``benchmarks/bad_inputs.py``
+counts the outcomes for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import shutil
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from conftest import synthetic_rows, write_jsonl
+
+
+@dataclass
+class Ctx:
+    """A case's folder and the tiny model; helpers to write inputs."""
+
+    root: Path
+    model: Path
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def jsonl(self, name: str, rows: list[dict]) -> Path:
+        return write_jsonl(self.root / name, rows)
+
+    def raw(self, name: str, content: bytes | str) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    def domain(self) -> Path:
+        return self.jsonl("domain.jsonl", synthetic_rows(8, 1, ("dom",)))
+
+    def pool(self, rows: list[dict] | None = None) -> Path:
+        return self.jsonl("pool.jsonl", rows if rows is not None else synthetic_rows(24, 2))
+
+    def yaml(self, text: str) -> Path:
+        return self.raw("c.yaml", text)
+
+
+@dataclass
+class Case:
+    id: str
+    group: str  # "loss", "setting", "data", "store", "message"
+    argv: Callable[[Ctx], list[Any]]
+    rc: int
+    fragment: str
+    check: Callable[[Ctx], tuple[str, str] | None] | None = None  # ("lost" | "wrong", why) when the outputs are bad
+    fault: Callable[[Ctx], Any] | None = None  # a context manager active while the command runs
+
+
+TINY = ["--proj-dim", "16", "--rank", "4", "--quiet"]
+
+
+def _main(argv: list[Any]) -> tuple[int, str, str]:
+    from ntk_selector.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def run_case(case: Case, root: Path, model: Path) -> tuple[str, str]:
+    """(outcome, detail) of one case, run in a fresh folder ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    ctx = Ctx(root, model)
+    argv = case.argv(ctx)
+    try:
+        if case.fault is not None:
+            with case.fault(ctx):
+                rc, _, err = _main(argv)
+        else:
+            rc, _, err = _main(argv)
+    except BaseException as e:  # noqa: BLE001 - an escaped exception is itself the finding
+        return "unclear", f"raised {type(e).__name__}: {e}"
+    try:
+        problem = case.check(ctx) if case.check is not None else None
+    except Exception as e:  # noqa: BLE001 - outputs the check cannot even read are wrong outputs
+        problem = ("wrong", f"outputs unreadable: {type(e).__name__}: {e}")
+    if problem is not None and problem[0] == "lost":
+        return "lost", problem[1]
+    if case.rc != 0 and rc == 0:
+        return "wrong", "exit 0 where an error was due"
+    if problem is not None:
+        return problem
+    errors = [l for l in err.splitlines() if l.startswith("ntk-selector: error:")]
+    if "Traceback" in err:
+        return "unclear", "traceback on stderr"
+    if rc != case.rc:
+        return "unclear", f"exit {rc}, expected {case.rc}: {err.strip()[-300:]}"
+    if case.rc != 0:
+        if len(errors) != 1 or case.fragment not in errors[0]:
+            return "unclear", f"message {errors!r} lacks {case.fragment!r}"
+    elif case.fragment and case.fragment not in err:
+        return "unclear", f"no warning with {case.fragment!r} on stderr: {err.strip()[-300:]}"
+    return "clear", ""
+
+
+# ----------------------------------------------------------------------------- helpers for cases
+
+
+def featurize(ctx: Ctx, data: Path, out: Path, *extra: Any) -> list[Any]:
+    return ["featurize", "--data", data, "--out", out, "--model", ctx.model, *TINY, *extra]
+
+
+def ensure(argv: list[Any]) -> None:
+    rc, _, err = _main(argv)
+    assert rc == 0, err
+
+
+def unchanged(ctx: Ctx, *names: str) -> Callable[[Ctx], tuple[str, str] | None]:
+    """Remember files now (call in argv) and check later that they are byte-identical."""
+    before = {n: (ctx.root / n).read_bytes() for n in names}
+
+    def check(c: Ctx) -> tuple[str, str] | None:
+        for n, data in before.items():
+            p = c.root / n
+            if not p.exists() or p.read_bytes() != data:
+                return "lost", f"{n} changed or removed"
+        return None
+
+    return check
+
+
+def with_check(ctx: Ctx, check: Callable[[Ctx], tuple[str, str] | None]) -> None:
+    ctx.notes.setdefault("checks", []).append(check)
+
+
+def run_checks(ctx: Ctx) -> tuple[str, str] | None:
+    for check in ctx.notes.get("checks", []):
+        problem = check(ctx)
+        if problem is not None:
+            return problem
+    return None
+
+
+def settings_case(id: str, argv_tail: list[Any], fragment: str, command: str = "featurize") -> Case:
+    """A wrong setting: refused before any work, so the output folder is never even created."""
+
+    def argv(ctx: Ctx) -> list[Any]:
+        data = ctx.domain()
+        if command == "featurize":
+            return ["featurize", "--data", data, "--out", ctx.root / "o", "--model", ctx.model, "--quiet", *argv_tail]
+        if command == "train":
+            return ["train", "--data", data, "--out", ctx.root / "o", "--model", ctx.model, "--quiet", "--rank", "4",
+                    "--epochs", "1", *argv_tail]
+        return ["select", "--domain", data, "--pool", ctx.pool(), "--out", ctx.root / "o", "--n", "4",
+                "--model", ctx.model, "--quiet", "--proj-dim", "16", "--rank", "4", *argv_tail]
+
+    return Case(id, "setting", argv, 2, fragment,
+                check=lambda c: ("wrong", "the run went ahead") if (c.root / "o").exists() else None)
+
+
+def yaml_case(id: str, text: str, fragment: str, command: str = "featurize") -> Case:
+    case = settings_case(id, [], fragment, command)
+    inner = case.argv
+    case.argv = lambda ctx: inner(ctx) + ["--config", ctx.yaml(text)]
+    return case
+
+
+def data_case(id: str, name: str, content: bytes | str | Callable[[Ctx], Path], fragment: str) -> Case:
+    def argv(ctx: Ctx) -> list[Any]:
+        path = content(ctx) if callable(content) else ctx.raw(name, content)
+        return ["featurize", "--data", path, "--out", ctx.root / "o", "--model", ctx.model, *TINY]
+
+    return Case(id, "data", argv, 2, fragment)
+
+
+def hf_folder(ctx: Ctx, state: str | None, arrow_name: str = "data-00000-of-00001.arrow") -> Path:
+    import pyarrow as pa
+
+    folder = ctx.root / "hf"
+    folder.mkdir()
+    table = pa.table({"prompt": ["a", "b"], "response": ["x", "y"]})
+    with pa.OSFile(str(folder / arrow_name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    if state is not None:
+        (folder / "state.json").write_text(state)
+    return folder
+
+
+# ----------------------------------------------------------------------------- data-loss cases
+
+
+def _train_into_folder_with(ctx: Ctx, files: dict[str, str], *extra: Any, command: str = "train") -> list[Any]:
+    out = ctx.root / "adapter"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with_check(ctx, unchanged(ctx, *(f"adapter/{n}" for n in files)))
+    data = ctx.domain()
+    flag = "--data" if command == "train" else "--domain"
+    return [command, flag, data, "--out", out, "--model", ctx.model, "--rank", "4", "--quiet", "--epochs", "1", *extra]
+
+
+def _adapter_written(ctx: Ctx) -> tuple[str, str] | None:
+    problem = run_checks(ctx)
+    if problem is None and not (ctx.root / "adapter" / "adapter_model.safetensors").exists():
+        return "wrong", "no adapter written"
+    return problem
+
+
+def _sibling_kept(ctx: Ctx) -> list[Any]:
+    sibling = ctx.root / "adapter.tmp"
+    sibling.mkdir()
+    (sibling / "mine.txt").write_text("keep me")
+    with_check(ctx, unchanged(ctx, "adapter.tmp/mine.txt"))
+    return ["train", "--data", ctx.domain(), "--out", ctx.root / "adapter", "--model", ctx.model, "--rank", "4",
+            "--quiet", "--epochs", "1"]
+
+
+COLLIDING_POOL = [{**r, **extra} for r, extra in zip(synthetic_rows(24, 2), [
+    {"pool_index": "mine", "ntk_score": [1, 2]}, {"__line__": 7}, {"ntk_selector": {"x": 1}, "pool_index": 0},
+    {"ntk_score": None}] * 6)]
+
+
+def _select_keeps_user_fields(method: str) -> Callable[[Ctx], list[Any]]:
+    def argv(ctx: Ctx) -> list[Any]:
+        ctx.pool(COLLIDING_POOL)
+        return ["select", "--domain", ctx.domain(), "--pool", ctx.root / "pool.jsonl", "--out", ctx.root / "o", "--n", "8",
+                "--model", ctx.model, "--method", method, *TINY]
+
+    return argv
+
+
+def _user_fields_intact(ctx: Ctx) -> tuple[str, str] | None:
+    try:
+        from ntk_selector.selected_records import our_fields, user_record
+    except ImportError:  # versions before selected_records.py wrote our fields at the top level
+        def our_fields(obj: dict) -> dict:
+            return {"pool_index": obj["pool_index"]}
+
+        def user_record(obj: dict) -> dict:
+            return {k: v for k, v in obj.items() if k not in ("pool_index", "ntk_score")}
+
+    path = ctx.root / "o" / "selected.jsonl"
+    if not path.exists():
+        return "wrong", "no selected.jsonl"
+    lines = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines()]
+    if len(lines) != 8:
+        return "wrong", f"{len(lines)} selected rows, expected 8"
+    for obj in lines:
+        i = our_fields(obj)["pool_index"]
+        if user_record(obj) != COLLIDING_POOL[i]:
+            return "lost", f"pool row {i} came out as {user_record(obj)}"
+    return None
+
+
+def _yaml_overwrite_false(ctx: Ctx) -> list[Any]:
+    data = ctx.domain()
+    ensure(featurize(ctx, data, ctx.root / "store"))
+    with_check(ctx, unchanged(ctx, "store/features.npy", "store/meta.json"))
+    return featurize(ctx, data, ctx.root / "store", "--seed", "1", "--config", ctx.yaml("overwrite: 'false'\n"))
+
+
+def _planted_symlink(ctx: Ctx) -> list[Any]:
+    victim = ctx.raw("victim.txt", "precious")
+    out = ctx.root / "o"
+    out.mkdir()
+    for name in ("selected.jsonl.tmp", "scores.csv.tmp", "run.json.tmp", ".lock.tmp"):
+        os.symlink(victim, out / name)
+    with_check(ctx, unchanged(ctx, "victim.txt"))
+    return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", out, "--n", "4", "--model", ctx.model,
+            "--method", "random", "--quiet"]
+
+
+# ----------------------------------------------------------------------------- store cases
+
+
+def _two_stores(ctx: Ctx, *pool_extra: Any) -> list[Any]:
+    ensure(featurize(ctx, ctx.domain(), ctx.root / "dom"))
+    ensure(featurize(ctx, ctx.pool(), ctx.root / "pool", *pool_extra))
+    return ["score", "--domain-features", ctx.root / "dom", "--pool-features", ctx.root / "pool", "--out", ctx.root / "s"]
+
+
+def _damaged_then_rerun(damage: Callable[[Path], None]) -> Callable[[Ctx], list[Any]]:
+    def argv(ctx: Ctx) -> list[Any]:
+        data = ctx.domain()
+        ensure(featurize(ctx, data, ctx.root / "ref"))
+        shutil.copytree(ctx.root / "ref", ctx.root / "store")
+        (ctx.root / "store" / ".lock").unlink(missing_ok=True)
+        damage(ctx.root / "store" / "features.npy")
+        return featurize(ctx, data, ctx.root / "store")
+
+    return argv
+
+
+def _same_as_reference(ctx: Ctx) -> tuple[str, str] | None:
+    ref, got = (np.load(ctx.root / n / "features.npy") for n in ("ref", "store"))
+    return None if np.array_equal(ref, got) else ("wrong", "features differ from a clean run")
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, os.path.getsize(path) - 100)
+
+
+def _zero(path: Path) -> None:
+    arr = np.load(path, mmap_mode="r+")
+    arr[:] = 0
+    arr.flush()
+
+
+def _flip(path: Path) -> None:
+    arr = np.load(path, mmap_mode="r+")
+    arr[3, 5] += 1.0
+    arr.flush()
+
+
+def _score_damaged(damage: Callable[[Path], None]) -> Callable[[Ctx], list[Any]]:
+    def argv(ctx: Ctx) -> list[Any]:
+        args = _two_stores(ctx)
+        damage(ctx.root / "pool" / "features.npy")
+        return args
+
+    return argv
+
+
+@contextmanager
+def _hold_lock(folder: Path) -> Iterator[None]:
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+
+
+@contextmanager
+def _disk_full() -> Iterator[None]:
+    real = os.pwrite
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    os.pwrite = full
+    try:
+        yield
+    finally:
+        os.pwrite = real
+
+
+def _disk_full_then_rerun(ctx: Ctx) -> list[Any]:
+    data = ctx.domain()
+    ensure(featurize(ctx, data, ctx.root / "ref"))
+    ctx.notes["data"] = data
+    return featurize(ctx, data, ctx.root / "store")
+
+
+def _rerun_after_disk_full(ctx: Ctx) -> tuple[str, str] | None:
+    rc, _, err = _main(featurize(ctx, ctx.notes["data"], ctx.root / "store"))
+    if rc != 0:
+        return "wrong", f"rerun after the disk was freed failed: {err.strip()}"
+    return _same_as_reference(ctx)
+
+
+# ----------------------------------------------------------------------------- message cases
+
+
+def _domain_losing_responses(ctx: Ctx, keep: int) -> list[Any]:
+    rows = [{"prompt": "long " * 40, "response": "the answer"} for _ in range(12 - keep)]
+    rows += [{"prompt": "short", "response": "the answer"} for _ in range(keep)]
+    domain = ctx.jsonl("d.jsonl", rows)
+    pool = ctx.pool([{"prompt": f"q{i} good", "response": "fine"} for i in range(12)])
+    return ["select", "--domain", domain, "--pool", pool, "--out", ctx.root / "o", "--n", "4", "--model", ctx.model,
+            "--max-length", "48", *TINY]
+
+
+def _odd_task_names(ctx: Ctx) -> list[Any]:
+    rows = [{**r, "task": t} for r, t in zip(synthetic_rows(24, 2), ["50% off $$", "$x^2$ \\frac{", "_under_", "a"] * 6)]
+    return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(rows), "--out", ctx.root / "o", "--n", "4",
+            "--model", ctx.model, *TINY]
+
+
+def _report_written(ctx: Ctx) -> tuple[str, str] | None:
+    return None if (ctx.root / "o" / "report.html").exists() else ("wrong", "no report.html")
+
+
+def _state_is(key: str, expected: Any, store: str = "o") -> Callable[[Ctx], tuple[str, str] | None]:
+    def check(ctx: Ctx) -> tuple[str, str] | None:
+        meta = ctx.root / store / "meta.json"
+        if not meta.exists():
+            return "wrong", "no store written"
+        value: Any = json.loads(meta.read_text())["definition"]
+        for part in key.split("."):
+            value = value[part]
+        return None if value == expected else ("wrong", f"{key} = {value!r}, expected {expected!r}")
+
+    return check
+
+
+def _trained_lr(ctx: Ctx) -> tuple[str, str] | None:
+    state = ctx.root / "o" / "training_state.json"
+    if not state.exists():
+        return "wrong", "no training_state.json"
+    lr = json.loads(state.read_text())["definition"]["train"]["lr"]
+    return None if lr == 1e-4 else ("wrong", f"lr = {lr!r}")
+
+
+CASES: list[Case] = [
+    # --- data loss
+    Case("train --out folder holding the user's selected.jsonl", "loss",
+         lambda c: _train_into_folder_with(c, {"selected.jsonl": '{"prompt": "a"}\n'}), 2,
+         "holds files ntk-selector did not write (selected.jsonl)", check=run_checks),
+    Case("warmup --out folder holding notes.txt", "loss",
+         lambda c: _train_into_folder_with(c, {"notes.txt": "mine"}, command="warmup"), 2,
+         "holds files ntk-selector did not write (notes.txt)", check=run_checks),
+    Case("train --out with foreign files and --overwrite keeps them", "loss",
+         lambda c: _train_into_folder_with(c, {"selected.jsonl": "x\n", "README.md": "mine"}, "--overwrite"), 0, "",
+         check=_adapter_written),
+    Case("train next to a user folder named OUT.tmp", "loss", _sibling_kept, 0, "", check=run_checks),
+    Case("train --out is a file", "loss",
+         lambda c: ["train", "--data", c.domain(), "--out", c.raw("f.txt", "x"), "--model", c.model], 2, "is a file"),
+    Case("YAML overwrite: 'false' does not replace a store", "loss", _yaml_overwrite_false, 2, "holds another run",
+         check=run_checks),
+    Case("record fields pool_index / ntk_score / __line__ (random)", "loss", _select_keeps_user_fields("random"), 0, "",
+         check=_user_fields_intact),
+    Case("record fields pool_index / ntk_score / __line__ (ntk)", "loss", _select_keeps_user_fields("ntk"), 0, "",
+         check=_user_fields_intact),
+    Case("symlinks planted at temporary names", "loss", _planted_symlink, 0, "", check=run_checks),
+    # --- settings, command line
+    settings_case("--m smaller than --n", ["--m", "2"], "--m 2 is smaller than --n 4", "select"),
+    settings_case("--store-dtype int8", ["--store-dtype", "int8"], "--store-dtype must be one of float32, float16"),
+    settings_case("--max-length -1", ["--max-length", "-1"], "--max-length must be at least 2"),
+    settings_case("--k -2", ["--k", "-2"], "--k must be at least 1", "select"),
+    settings_case("--epochs 0", ["--epochs", "0"], "--epochs must be greater than 0", "train"),
+    settings_case("--epochs -1", ["--epochs", "-1"], "--epochs must be greater than 0", "train"),
+    settings_case("--batch-size 0", ["--batch-size", "0"], "--batch-size must be at least 1", "train"),
+    settings_case("--max-batch-size 0", ["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+    settings_case("--token-budget 0", ["--token-budget", "0"], "--token-budget must be at least 1"),
+    settings_case("--proj-dim -5", ["--proj-dim", "-5"], "--proj-dim must be at least 0"),
+    settings_case("--lr nan", ["--lr", "nan"], "--lr must be a finite number", "train"),
+    settings_case("--lr -1", ["--lr", "-1"], "--lr must be at least 0", "train"),
+    settings_case("--seed -1", ["--seed", "-1"], "--seed must be at least 0"),
+    settings_case("--lora-dropout 1.5", ["--lora-dropout", "1.5"], "--lora-dropout must be less than 1"),
+    settings_case("--rank 0", ["--rank", "0"], "--rank must be at least 1"),
+    settings_case("--warmup-ratio 2", ["--warmup-ratio", "2"], "--warmup-ratio must be at most 1", "train"),
+    settings_case("--dtype float8", ["--dtype", "float8"], "--dtype must be one of auto, float32, bfloat16, float16"),
+    settings_case("--device gpu", ["--device", "gpu"], "--device must match"),
+    settings_case("--objective nkt", ["--objective", "nkt"], "(did you mean 'ntk'?)"),
+    settings_case("--knn-search foo", ["--knn-search", "foo"], "--knn-search must be one of auto, flat, hnsw, ivf", "select"),
+    settings_case("--index-mode fast", ["--index-mode", "fast"], "--index-mode must be one of features, preselect", "select"),
+    settings_case("--embedder bert", ["--embedder", "bert"], "--embedder must be one of model, minilm", "select"),
+    settings_case("--loss-mean row", ["--loss-mean", "row"], "--loss-mean must be one of token, example", "train"),
+    settings_case("--proj-dim abc", ["--proj-dim", "abc"], "invalid int value: 'abc'"),
+    settings_case("--n 0", ["--n", "0"], "--n must be a positive number", "select"),
+    settings_case("--method bogus", ["--method", "bogus"], "unknown method 'bogus'", "select"),
+    settings_case("--checkpoint-every -1", ["--checkpoint-every", "-1"], "--checkpoint-every must be at least 0", "train"),
+    # --- settings, YAML
+    yaml_case("YAML proj_dim: sixty-four", "proj_dim: sixty-four\n", "c.yaml: proj_dim must be a whole number, got 'sixty-four'"),
+    yaml_case("YAML max_length: [1, 2]", "max_length: [1, 2]\n", "c.yaml: max_length must be a single number"),
+    yaml_case("YAML unknown key", "proj_dimm: 64\n", "unknown setting 'proj_dimm' (did you mean 'proj_dim'?)"),
+    yaml_case("YAML unknown section", "trian:\n  lr: 0.001\n", "section 'trian' (did you mean 'train'?)"),
+    yaml_case("YAML list at the top", "- proj_dim\n", "expected a mapping of settings"),
+    yaml_case("YAML syntax error", "proj_dim: [1,\n", "not valid YAML"),
+    yaml_case("YAML rank: null", "rank: null\n", "c.yaml: rank needs a value"),
+    yaml_case("YAML quiet: maybe", "quiet: maybe\n", "c.yaml: quiet must be true or false"),
+    yaml_case("YAML store_dtype: int8", "feature:\n  store_dtype: int8\n", "c.yaml: feature.store_dtype must be one of"),
+    yaml_case("YAML epochs: 0", "epochs: 0\n", "c.yaml: epochs must be greater than 0", "train"),
+    yaml_case("YAML m < n", "m: 2\nn: 4\n", "--m 2 is smaller than --n 4", "select"),
+    yaml_case("YAML target_modules: 5", "target_modules: [q_proj, 5]\n", "c.yaml: target_modules must be text"),
+    Case("YAML rank: '4' is read as 4", "setting",
+         lambda c: featurize(c, c.domain(), c.root / "o")[:-5] + ["--proj-dim", "16", "--quiet", "--config",
+                                                                   c.yaml("rank: '4'\n")], 0, "",
+         check=_state_is("lora.rank", 4)),
+    Case("YAML target_modules: q_proj is one module", "setting",
+         lambda c: featurize(c, c.domain(), c.root / "o", "--config", c.yaml("target_modules: q_proj\n")), 0, "",
+         check=_state_is("lora.target_modules", ["q_proj"])),
+    Case("YAML lr: 1e-4 (a string to PyYAML) is a float", "setting",
+         lambda c: ["train", "--data", c.domain(), "--out", c.root / "o", "--model", c.model, "--rank", "4", "--quiet",
+                    "--config", c.yaml("lr: 1e-4\nepochs: 1\n")], 0, "", check=_trained_lr),
+    # --- data: errors that name the place
+    data_case("messages starting with the assistant",
+              "x.jsonl", '{"messages": [{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}]}\n',
+              "x.jsonl:1: field 'messages' starts with the assistant turn"),
+    data_case("lone surrogate", "x.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": "x\\ud800y", "response": "b"}\n',
+              "x.jsonl:2: field 'prompt' holds a lone surrogate"),
+    data_case("lone surrogate in messages", "x.jsonl",
+              '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\udfff"}]}\n',
+              "x.jsonl:1: field 'messages' holds a lone surrogate"),
+    data_case("state.json not JSON", "", lambda c: hf_folder(c, "{not json"), "state.json: not a valid HF state.json"),
+    data_case("state.json without _data_files", "", lambda c: hf_folder(c, '{"x": 1}'), "not a valid HF state.json"),
+    data_case("state.json data file outside the folder", "",
+              lambda c: hf_folder(c, '{"_data_files": [{"filename": "../../elsewhere.arrow"}]}'),
+              "is outside the dataset folder"),
+    data_case("state.json data file missing", "",
+              lambda c: hf_folder(c, '{"_data_files": [{"filename": "nope.arrow"}]}'), "data file 'nope.arrow' not found"),
+    data_case("malformed JSON line", "x.jsonl", '{"prompt": "a", "response": "b"}\n{"prompt": \n', "x.jsonl:2: malformed JSON"),
+    data_case("missing response field", "x.jsonl", '{"prompt": "a"}\n', "x.jsonl:1: missing field 'response'"),
+    data_case("response not a string", "x.jsonl", '{"prompt": "a", "response": 3}\n', "x.jsonl:1: field 'response' must be a string"),
+    data_case("CSV not UTF-8", "x.csv", b"prompt,response\na,b\nc,\xe9t\xe9\n", "x.csv:3: bytes that are not UTF-8"),
+    data_case("empty file", "x.jsonl", "", "no records (empty file)"),
+    data_case("unknown format", "x.txt", "hello\n", "unknown format '.txt'"),
+    data_case("JSON array line", "x.jsonl", "[1, 2]\n", "x.jsonl:1: expected a JSON object"),
+    # --- stores
+    Case("score stores of different seeds", "store", lambda c: _two_stores(c, "--seed", "1"), 2, "seed: 0 -> 1"),
+    Case("score stores of different projection dims", "store", lambda c: _two_stores(c, "--proj-dim", "8"), 2,
+         "proj_dim: 16 -> 8"),
+    Case("score stores of different objectives", "store", lambda c: _two_stores(c, "--objective", "ce"), 2,
+         "objective: 'ntk' -> 'ce'"),
+    Case("score stores of different LoRA ranks", "store", lambda c: _two_stores(c, "--rank", "2"), 2,
+         "lora.rank: 4 -> 2"),
+    Case("featurize resumes a truncated features.npy", "store", _damaged_then_rerun(_truncate), 0, "",
+         check=_same_as_reference),
+    Case("featurize resumes a zeroed features.npy", "store", _damaged_then_rerun(_zero), 0, "", check=_same_as_reference),
+    Case("featurize --overwrite rebuilds a truncated store", "store",
+         lambda c: _damaged_then_rerun(_truncate)(c) + ["--overwrite"], 0, "", check=_same_as_reference),
+    Case("score a corrupted store", "store", _score_damaged(_flip), 2, "rows fail their checksum (first: row 3)"),
+    Case("score a truncated store", "store", _score_damaged(_truncate), 2, "truncated or resized"),
+    Case("featurize while another process writes the store", "store",
+         lambda c: featurize(c, c.domain(), c.root / "o"), 2, "is being written by another process",
+         fault=lambda c: _hold_lock(c.root / "o")),
+    Case("warmup while another process writes it", "store",
+         lambda c: ["warmup", "--domain", c.domain(), "--out", c.root / "o", "--model", c.model, "--quiet"], 2,
+         "is being written by another process", fault=lambda c: _hold_lock(c.root / "o")),
+    Case("select while another select runs on the folder", "store",
+         lambda c: ["select", "--domain", c.domain(), "--pool", c.pool(), "--out", c.root / "o", "--n", "4",
+                    "--model", c.model, *TINY], 2, "is being written by another process",
+         fault=lambda c: _hold_lock(c.root / "o")),
+    Case("disk full while featurizing, then a rerun", "store", _disk_full_then_rerun, 2,
+         "features.npy: no space left on the device", fault=lambda c: _disk_full(), check=_rerun_after_disk_full),
+    # --- messages
+    Case("10 of 12 domain rows lose their response to --max-length", "message",
+         lambda c: _domain_losing_responses(c, 2), 0, "10 of 12 rows of"),
+    Case("every domain row loses its response to --max-length", "message",
+         lambda c: _domain_losing_responses(c, 0), 2, "no example has response tokens left"),
+    Case("pool task named '50% off $$'", "message", _odd_task_names, 0, "", check=_report_written),
+]
