@@ -214,6 +214,19 @@ def _train_into_folder_with(ctx: Ctx, files: dict[str, str], *extra: Any, comman
     return [command, flag, data, "--out", out, "--model", ctx.model, "--rank", "4", "--quiet", "--epochs", "1", *extra]
 
 
+def _outputs_into_folder_with(ctx: Ctx, files: dict[str, str], command: str, *extra: Any) -> list[Any]:
+    """select / evaluate into a folder where the user keeps files of the names the command writes."""
+    out = ctx.root / "out"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with_check(ctx, unchanged(ctx, *(f"out/{n}" for n in files)))
+    if command == "select":
+        return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "-n", "4", "--out", out, "--model", ctx.model,
+                "--method", "random", "--quiet", *extra]
+    return ["evaluate", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet", *extra]
+
+
 def _adapter_written(ctx: Ctx) -> tuple[str, str] | None:
     problem = run_checks(ctx)
     if problem is None and not (ctx.root / "adapter" / "adapter_model.safetensors").exists():
@@ -429,6 +442,12 @@ CASES: list[Case] = [
          lambda c: _train_into_folder_with(c, {"selected.jsonl": "x\n", "README.md": "mine"}, "--overwrite"), 0, "",
          check=_adapter_written),
     Case("train next to a user folder named OUT.tmp", "loss", _sibling_kept, 0, "", check=run_checks),
+    Case("select --out folder holding the user's selected.jsonl (no run.json)", "loss",
+         lambda c: _outputs_into_folder_with(c, {"selected.jsonl": '{"prompt": "mine"}\n'}, "select"), 2,
+         "already holds selected.jsonl, not written by an earlier run", check=run_checks),
+    Case("evaluate --out folder holding the user's predictions.jsonl", "loss",
+         lambda c: _outputs_into_folder_with(c, {"predictions.jsonl": "mine\n", "notes.txt": "x"}, "evaluate"), 2,
+         "already holds predictions.jsonl, not written by an earlier run", check=run_checks),
     Case("train --out is a file", "loss",
          lambda c: ["train", "--data", c.domain(), "--out", c.raw("f.txt", "x"), "--model", c.model], 2, "is a file"),
     Case("YAML overwrite: 'false' does not replace a store", "loss", _yaml_overwrite_false, 2, "holds another run",

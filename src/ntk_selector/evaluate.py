@@ -39,6 +39,7 @@ from ntk_selector.data import Conversation, encode, plan_batches
 from ntk_selector.errors import UserError
 from ntk_selector.pipeline import write_text_atomic
 from ntk_selector.stages import Records, Session
+from ntk_selector.files import refuse_replacing
 from ntk_selector.store import write_json_atomic
 
 OTHER = "(other)"  # generated answers outside the label set
@@ -326,6 +327,7 @@ def run_evaluate(data_path: str | Path, out: str | Path, model_cfg: ModelConfig,
                  labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
                  calibrate: bool = False, session: Session | None = None) -> dict[str, Any]:
     """Evaluate and write ``eval.json`` and ``predictions.jsonl`` atomically into ``out``."""
+    refuse_replacing(out, ("eval.json", "predictions.jsonl"), "eval.json", "data_fingerprint", run.overwrite)
     test = Records.load(data_path, data_cfg)
     if session is None:
         session = Session(model_cfg, LoraSettings(), run)

@@ -35,8 +35,12 @@ from ntk_selector.stages import (Records, Session, check_response_tokens, embed,
                                  preselect, save_preselect, warmup)
 from ntk_selector.score import top_n
 from ntk_selector.selected_records import json_line, our_fields, with_our_fields
-from ntk_selector.files import atomic_open, release_lock, take_lock, write_json_atomic, write_text_atomic
+from ntk_selector.files import atomic_open, refuse_replacing, release_lock, take_lock, write_json_atomic, write_text_atomic
 from ntk_selector.store import EMPTY, META, describe_differences, open_store, read_meta
+
+# The files select writes into --out: never replacing same-named files a user put there.
+SELECT_OUTPUTS = ("selected.jsonl", "scores.csv", "run.json", "report.html", "report_scores.png", "report_votes.png",
+                  "report_tasks.png", "report_seconds.png")
 
 METHODS = ("ntk", "random", "embedding", "preselect-random", "less")
 
@@ -276,6 +280,7 @@ def _check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectC
     """Refuse an output folder that holds another run or a store (unless --overwrite)."""
     if (out / META).exists():
         raise UserError(f"{out} holds a feature store, not a select run; choose another --out")
+    refuse_replacing(out, SELECT_OUTPUTS, "run.json", "inputs", cfg.run.overwrite)
     run_json = out / "run.json"
     if not run_json.exists() or cfg.run.overwrite:
         return
