@@ -4,8 +4,15 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
 from pathlib import Path
+
+# No network in tests, and the datasets library's Arrow cache in a throw-away folder.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ntk-selector-datasets-"))
 
 import pytest
 import torch

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import write_jsonl
 from ntk_selector.config import DataConfig
-from ntk_selector.data import (BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches, read_records, read_records_with_lines,
-                               to_conversation)
+from ntk_selector.records import Records
+from ntk_selector.data import (BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches, read_records, to_conversation)
 from ntk_selector.errors import DataError
 
 ROWS = [{"prompt": "What is 2+2?", "response": "4"}, {"prompt": "Say hi", "response": "hi there"}]
@@ -189,7 +189,5 @@ def test_bad_input_messages(tmp_path, content, needle):
     path = tmp_path / "x.jsonl"
     path.write_bytes(content)
     with pytest.raises(DataError) as e:
-        records, lines = read_records_with_lines(path)
-        for r, line in zip(records, lines):
-            to_conversation(r, DataConfig(), path, line)
+        Records.load(path, DataConfig())
     assert needle in str(e.value)

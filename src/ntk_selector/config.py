@@ -61,7 +61,10 @@ class ModelConfig:
 class DataConfig:
     prompt_field: str = _f("prompt", "record field holding the prompt")
     response_field: str = _f("response", "record field holding the response")
-    messages_field: str = _f("messages", "record field holding a chat list (used when present)")
+    messages_field: str = _f("messages", "record field holding a chat list (the messages format)")
+    format: str = _f("auto", "record format: auto (found per file from its fields), prompt-response, prompt-completion, messages, sharegpt, alpaca")
+    split: str | None = _f(None, "split of a hub dataset or saved DatasetDict (needed when it has several)")
+    subset: str | None = _f(None, "subset (configuration name) of a hub dataset")
     max_length: int = _f(512, "truncate tokenized examples to this many tokens", min=2)
     no_chat_template: bool = _f(False, "tokenize prompt + response + EOS instead of the chat template")
     token_budget: int = _f(2048, "max padded tokens per batch (batch size x longest row); backward memory grows ~1 MB per token for a 135M model", min=1)

@@ -1,16 +1,13 @@
 """Records in, token batches out.
 
-Reads JSONL / CSV / Parquet / HF ``save_to_disk`` folders into plain dicts, turns each record into
-(prompt messages, response text), tokenizes with the model's chat template (or prompt + response +
+Turns (prompt messages, response text) conversations (records.py reads them, formats.py
+makes them from each record format) into tokens with the model's chat template (or prompt + response +
 EOS), marks the positions whose logits predict a response token, and packs rows into
 length-sorted, token-budget batches so no work is spent on padding.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -28,118 +25,14 @@ RESPONSE_TOKENS = "content+end-of-turn"
 
 
 # ----------------------------------------------------------------------------- reading records
+# Readers and record formats live in records.py and formats.py; these names stay importable here.
 
 
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSONL, CSV, Parquet file or HF on-disk dataset folder, in file order, exactly
-    as the user wrote them (no field added or removed)."""
-    return read_records_with_lines(path)[0]
+def read_records(path: str | Path, cfg: DataConfig | None = None) -> list[dict[str, Any]]:
+    """All records of a (small) data source as plain dicts, in order (see records.read_records)."""
+    from ntk_selector.records import read_records as read
 
-
-def read_records_with_lines(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """The records and, beside them, each one's line in the file (row number for Parquet / HF) for messages."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.is_dir():
-        records = _read_hf_disk(path)
-    else:
-        suffix = path.suffix.lower()
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            records = _read_jsonl(path)
-        elif suffix == ".csv":
-            records = _read_csv(path)
-        elif suffix in (".parquet", ".pq"):
-            records = _read_parquet(path)
-        else:
-            raise DataError(f"{path}: unknown format '{suffix}' (use .jsonl, .csv, .parquet or an HF save_to_disk folder)")
-    if not records:
-        raise DataError(f"{path}: no records (empty file)")
-    if isinstance(records, tuple):
-        return records
-    return records, list(range(1, len(records) + 1))
-
-
-def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    records: list[dict[str, Any]] = []
-    lines: list[int] = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: bytes that are not UTF-8 (at byte {e.start})") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append(obj)
-            lines.append(lineno)
-    return (records, lines) if records else []
-
-
-def _read_csv(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: bytes that are not UTF-8 (at byte {e.start})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows, lines = [], []
-    try:
-        for row in reader:
-            if None in row:
-                raise DataError(f"{path}:{reader.line_num}: more values than header columns")
-            rows.append(dict(row))
-            lines.append(reader.line_num)
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
-    return (rows, lines) if rows else []
-
-
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises several types for bad files
-        raise DataError(f"{path}: cannot read Parquet ({e})") from None
-    return rows
-
-
-def _read_hf_disk(path: Path) -> list[dict[str, Any]]:
-    """An HF ``Dataset.save_to_disk`` folder: Arrow stream files listed in state.json."""
-    import pyarrow as pa
-
-    state = path / "state.json"
-    if not state.exists():
-        raise DataError(f"{path}: a folder but not an HF save_to_disk dataset (no state.json)")
-    try:
-        files = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
-        if not all(isinstance(f, str) and f for f in files):
-            raise TypeError("filename is not a string")
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{state}: not a valid HF state.json (needs \"_data_files\": [{{\"filename\": ...}}]; {e}); "
-                        f"save the dataset again with save_to_disk") from None
-    root = path.resolve()
-    rows: list[dict[str, Any]] = []
-    for name in files:
-        data_file = (path / name).resolve()
-        if root not in data_file.parents:
-            raise DataError(f"{state}: data file '{name}' is outside the dataset folder {path}; refusing to read it")
-        if not data_file.is_file():
-            raise DataError(f"{state}: data file '{name}' not found in {path}")
-        try:
-            with pa.memory_map(str(data_file)) as src:
-                rows.extend(pa.ipc.open_stream(src).read_all().to_pylist())
-        except pa.ArrowException as e:
-            raise DataError(f"{path / name}: not a readable Arrow stream ({str(e).splitlines()[0]})") from None
-    return rows
+    return read(path, cfg)
 
 
 def clean_record(record: dict[str, Any]) -> dict[str, Any]:
@@ -158,44 +51,13 @@ class Conversation:
     response: str
 
 
-def _check_text(text: str, where: str, name: str) -> str:
-    """Refuse text that is not valid Unicode (a lone surrogate from a JSON escape such as \\ud800)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise DataError(f"{where}: field '{name}' holds a lone surrogate ({text[e.start]!r} at character {e.start}), "
-                        f"not valid Unicode text; fix or drop the record") from None
-    return text
-
-
 def to_conversation(record: dict[str, Any], cfg: DataConfig, path: str | Path = "<records>",
                     line: int | None = None) -> Conversation:
-    """Messages (last assistant turn = response) or prompt/response fields, type-checked.
+    """One record as a conversation, its format found from its fields (see formats.to_conversation).
     ``line``: the record's line in ``path``, for messages."""
-    where = f"{path}:{line}" if line is not None else str(path)
-    msgs = record.get(cfg.messages_field)
-    if msgs is not None and cfg.prompt_field not in record:
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
-            raise DataError(f"{where}: field '{cfg.messages_field}' must be a list of {{role, content}} objects")
-        for m in msgs:
-            if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise DataError(f"{where}: field '{cfg.messages_field}': each message needs string 'role' and 'content'")
-        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise DataError(f"{where}: field '{cfg.messages_field}' has no assistant turn to use as the response")
-        if last == 0:
-            raise DataError(f"{where}: field '{cfg.messages_field}' starts with the assistant turn: the response needs "
-                            f"a user (or system) turn before it; add one or drop the record")
-        for m in msgs[: last + 1]:
-            _check_text(m["content"], where, cfg.messages_field)
-        return Conversation([dict(role=m["role"], content=m["content"]) for m in msgs[:last]], msgs[last]["content"])
-    for name in (cfg.prompt_field, cfg.response_field):
-        if name not in record:
-            raise DataError(f"{where}: missing field '{name}'")
-        if not isinstance(record[name], str):
-            raise DataError(f"{where}: field '{name}' must be a string, got {type(record[name]).__name__}")
-        _check_text(record[name], where, name)
-    return Conversation([{"role": "user", "content": record[cfg.prompt_field]}], record[cfg.response_field])
+    from ntk_selector.formats import to_conversation as convert
+
+    return convert(record, cfg, path, line=line)
 
 
 # ----------------------------------------------------------------------------- tokenizing

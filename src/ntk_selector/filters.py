@@ -12,7 +12,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ntk_selector.config import PoolFilterConfig
-from ntk_selector.data import Conversation, clean_record, read_records
+from ntk_selector.data import Conversation, clean_record
+from ntk_selector.records import iter_record_chunks
 
 REPORT_ROWS = 1000  # row lists in run.json are cut to this many
 
@@ -23,14 +24,35 @@ def conversation_key(conv: Conversation) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
+def conversation_keys(conversations: Sequence[Conversation], chunk_rows: int = 4096) -> np.ndarray:
+    """[rows, 16] uint8 row identities, made a chunk of conversations at a time."""
+    keys = np.empty((len(conversations), 16), dtype=np.uint8)
+    for start in range(0, len(conversations), chunk_rows):
+        part = conversations[start : start + chunk_rows]
+        keys[start : start + len(part)] = np.frombuffer(b"".join(conversation_key(c) for c in part),
+                                                        dtype=np.uint8).reshape(-1, 16)
+    return keys
+
+
 def duplicate_of(conversations: Sequence[Conversation]) -> np.ndarray:
-    """[rows] int64: the first earlier row with the same prompt and response, or -1."""
-    first: dict[bytes, int] = {}
-    out = np.full(len(conversations), -1, dtype=np.int64)
-    for i, conv in enumerate(conversations):
-        j = first.setdefault(conversation_key(conv), i)
-        if j != i:
-            out[i] = j
+    """[rows] int64: the first earlier row with the same prompt and response, or -1.
+
+    Arrays only (about 50 bytes a row): the 16-byte keys are sorted (stably, so each group of equal
+    keys starts at its first row), and every later member of a group points at that first row.
+    """
+    n = len(conversations)
+    out = np.full(n, -1, dtype=np.int64)
+    if n == 0:
+        return out
+    halves = conversation_keys(conversations).view(np.uint64)  # [rows, 2]
+    order = np.lexsort((halves[:, 1], halves[:, 0]))  # stable: equal keys keep row order
+    sorted_keys = halves[order]
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = (sorted_keys[1:] != sorted_keys[:-1]).any(axis=1)
+    del sorted_keys, halves
+    group_first = order[np.maximum.accumulate(np.where(new_group, np.arange(n), 0))]
+    later = ~new_group
+    out[order[later]] = group_first[later]
     return out
 
 
@@ -60,14 +82,19 @@ def conversation_text(conv: Conversation) -> str:
 def read_test_ngrams(path: str | Path, n: int) -> set[str]:
     """n-grams of every test record (all its string fields, whatever they are called)."""
     grams: set[str] = set()
-    for record in read_records(path):
-        grams |= ngrams(" ".join(_strings(clean_record(record))), n)
+    for chunk in iter_record_chunks(path):
+        for record in chunk:
+            grams |= ngrams(" ".join(_strings(clean_record(record))), n)
     return grams
 
 
 def overlapping_rows(conversations: Sequence[Conversation], grams: set[str], n: int) -> np.ndarray:
     """[rows] bool: the row shares at least one n-gram with the test set."""
-    return np.array([not grams.isdisjoint(ngrams(conversation_text(c), n)) for c in conversations], dtype=bool)
+    hit = np.zeros(len(conversations), dtype=bool)
+    for start in range(0, len(conversations), 4096):
+        part = conversations[start : start + 4096]
+        hit[start : start + len(part)] = [not grams.isdisjoint(ngrams(conversation_text(c), n)) for c in part]
+    return hit
 
 
 @dataclass

@@ -301,9 +301,9 @@ def _check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectC
 
 def _write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.ndarray) -> None:
     buf = io.StringIO()
-    for i in chosen:
+    for i, record in zip(chosen, pool.rows_at(chosen)):
         score = None if not np.isfinite(scores[i]) else float(scores[i])
-        buf.write(json_line(with_our_fields(pool.records[int(i)], score, int(i))))
+        buf.write(json_line(with_our_fields(record, score, int(i))))
     write_text_atomic(path, buf.getvalue())
 
 
@@ -317,10 +317,16 @@ def _write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores
                              for i in rows))
 
 
-def task_counts(records: list[dict[str, Any]], rows: np.ndarray, field: str = "task") -> dict[str, int]:
+def task_counts(records: Records | list[dict[str, Any]], rows: np.ndarray | None = None,
+                field: str = "task") -> dict[str, int]:
+    """Rows per value of ``field`` (all rows when ``rows`` is None), read a chunk at a time."""
+    if isinstance(records, Records):
+        values = records.field_values(field, rows)
+    else:
+        values = (records[int(i)].get(field) for i in (range(len(records)) if rows is None else rows))
     counts: dict[str, int] = {}
-    for i in rows:
-        key = str(records[int(i)].get(field, "(none)"))
+    for value in values:
+        key = "(none)" if value is None else str(value)
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -343,10 +349,10 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
                    "pool_excluded": filt.report["excluded_rows"], "preselected": n_pre},
         "pool_filter": filt.report,
         "pool_rows_without_response_tokens": empty_rows[:1000].tolist(),
-        "selected_per_task": task_counts(pool.records, chosen),
+        "selected_per_task": task_counts(pool, chosen),
         "answer_mix": answer_mix([c.response for c in domain.conversations],
-                                 [pool.conversations[int(i)].response for i in chosen]),
-        "pool_per_task": task_counts(pool.records, np.arange(len(pool))),
+                                 [c.response for c in pool.subset(chosen, "").conversations]),
+        "pool_per_task": task_counts(pool),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "versions": {"ntk_selector": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},

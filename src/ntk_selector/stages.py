@@ -15,7 +15,7 @@ import torch
 
 from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
                                  ScoreConfig, TrainConfig, to_dict)
-from ntk_selector.data import RESPONSE_TOKENS, Conversation, collate, encode, read_records_with_lines, to_conversation
+from ntk_selector.data import RESPONSE_TOKENS, collate, encode
 from ntk_selector.embed import mean_pooled
 from ntk_selector.errors import UserError
 from ntk_selector.gradients import NTK_OBJECTIVES, GradientFeaturizer
@@ -23,6 +23,7 @@ from ntk_selector.models import (adapter_lora_settings, fingerprint_folder, load
                                  model_fingerprint, model_path, resolve_device, resolve_dtype, with_lora)
 from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.projection import PROJECTION_KIND
+from ntk_selector.records import Records, file_fingerprint  # noqa: F401  (Records: re-exported for the stages' callers)
 from ntk_selector import distributed
 from ntk_selector.runner import fill_store, run_rows, run_texts
 from ntk_selector.score import block_rows_for, domain_direction, score_rows
@@ -31,45 +32,6 @@ from ntk_selector.store import (DONE, RowStore, check_same_features, describe_di
                                   write_json_atomic)
 from ntk_selector.training import check_adapter_folder, save_adapter_atomic, train_lora
 from ntk_selector.train_checkpoint import TrainCheckpoint
-
-
-def file_fingerprint(path: str | Path) -> str:
-    """sha256 of a data file (or of every file of a dataset folder)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
-
-
-@dataclass
-class Records:
-    """A data file read and reduced to conversations (validated up front, so errors come early)."""
-
-    path: Path
-    records: list[dict[str, Any]]  # exactly as in the file
-    conversations: list[Conversation]
-    fingerprint: str
-    lines: list[int] = field(default_factory=list)  # each record's line in the file, for messages
-
-    @classmethod
-    def load(cls, path: str | Path, data_cfg: DataConfig) -> "Records":
-        records, lines = read_records_with_lines(path)
-        convs = [to_conversation(r, data_cfg, path, line) for r, line in zip(records, lines)]
-        return cls(Path(path), records, convs, file_fingerprint(path), lines)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def line(self, row: int) -> int:
-        return self.lines[row] if row < len(self.lines) else row + 1
-
-    def subset(self, rows: np.ndarray, fingerprint: str) -> "Records":
-        return Records(self.path, [self.records[i] for i in rows], [self.conversations[i] for i in rows], fingerprint,
-                       [self.line(int(i)) for i in rows])
 
 
 @dataclass
@@ -137,7 +99,7 @@ def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
     return {"data_fingerprint": records.fingerprint, "data_rows": len(records), "max_length": data_cfg.max_length,
             "chat_template": not data_cfg.no_chat_template, "prompt_field": data_cfg.prompt_field,
             "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field,
-            "response_tokens": RESPONSE_TOKENS}
+            "response_tokens": RESPONSE_TOKENS, "format": records.format}
 
 
 # ----------------------------------------------------------------------------- warm-up
