@@ -16,32 +16,76 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, LoraSettings,
-                                 ModelConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig)
+from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings,
+                                 ModelConfig, OutputConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig,
+                                 TrainConfig, load_yaml)
 from ntk_selector.diagnostics import register_cli as register_diagnose
 from ntk_selector.errors import UserError
 from ntk_selector.evaluate import register_cli as register_evaluate
 from ntk_selector.finetune import register_cli as register_train
 from ntk_selector.predict import register_cli as register_predict
-from ntk_selector.settings import MODEL_SECTIONS, SUBCOMMAND_DEFAULTS
+from ntk_selector.settings import INPUT_KEYS, MODEL_SECTIONS, SUBCOMMAND_DEFAULTS
 from ntk_selector.settings import configs_from_args as _configs
 
+SELECT_SECTIONS = (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, PreselectConfig, IndexConfig, EmbedConfig,
+                   FeatureConfig, ScoreConfig, PoolFilterConfig, OutputConfig)
 
-def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict[str, Any]) -> None:
-    group = parser.add_argument_group(section.__name__.replace("Config", "").replace("Settings", "").lower())
+
+# Option groups, by the stage that reads them; the warm-up's training settings say so on select.
+GROUP_TITLES: dict[str, str] = {
+    "ModelConfig": "model", "DataConfig": "data (records, formats, tokens, batches)", "LoraSettings": "LoRA adapter",
+    "RunConfig": "run", "TrainConfig": "training", "FeatureConfig": "NTK features (featurize)",
+    "PreselectConfig": "pre-selection (embedding reverse kNN)", "ScoreConfig": "scoring", "PoolFilterConfig": "pool filters",
+    "OutputConfig": "outputs", "IndexConfig": "index (select --index)", "EmbedConfig": "embeddings (pre-selection)", "DiagnoseConfig": "diagnostics", "PredictConfig": "kernel prediction",
+}
+WARMUP_COMMANDS = {"select", "demo", "warmup"}
+# Settings a subcommand's sections hold but the subcommand never reads: left out of its --help.
+UNUSED: dict[str, set[str]] = {
+    "select": {"n"}, "demo": set(),  # select shows --n among its required inputs
+    "warmup": {"work_dir", "dist_timeout"},
+    "embed": {"work_dir", "checkpoint_every"},
+    "featurize": {"work_dir", "checkpoint_every"},
+    "preselect": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout"},
+    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "index"},
+}
+UNUSED_ELSEWHERE = {"work_dir"}  # subcommands registered by other modules
+
+
+def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict[str, Any], command: str = "",
+                 skip: set[str] | None = None) -> None:
+    title = GROUP_TITLES.get(section.__name__, section.__name__.lower())
+    if section is TrainConfig and command in WARMUP_COMMANDS:
+        title = "warm-up (LoRA training on the domain before selection)"
+    group = parser.add_argument_group(title)
     for f in dataclasses.fields(section):
-        flag = "--" + f.name.replace("_", "-")
-        flags = [flag] + ([f.metadata["short"]] if "short" in f.metadata else [])
+        if skip and f.name in skip:
+            continue
+        flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+        flags = [flag, *f.metadata.get("aliases", ())] + ([f.metadata["short"]] if "short" in f.metadata else [])
         default = overrides.get(f.name, f.default if f.default is not dataclasses.MISSING else f.default_factory())
         help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if section is TrainConfig and command in WARMUP_COMMANDS:
+            help_text = "warm-up " + help_text
         t = str(f.type)
         if t == "bool":
-            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
         elif t.startswith("list["):
-            group.add_argument(flag, nargs="+", default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
         else:
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
-            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper())
+            metavar = flag.lstrip("-").replace("-", "_").upper()
+            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+
+
+def _inputs(args: argparse.Namespace, needs_pool: bool = True) -> dict[str, Any]:
+    """select's --domain / --pool / --method: the command line, else --config (a run.json holds them)."""
+    from_config = {k: v for k, v in load_yaml(args.config).items() if k in INPUT_KEYS} if args.config else {}
+    got = {k: getattr(args, k, None) if getattr(args, k, None) is not None else from_config.get(k) for k in INPUT_KEYS}
+    missing = [f"--{k}" for k in ("domain", "pool") if not got[k] and (k == "domain" or needs_pool)]
+    if missing:
+        raise UserError(f"select needs {' and '.join(missing)} (on the command line or in --config)")
+    got["method"] = got["method"] or "ntk"
+    return got
 
 
 # ----------------------------------------------------------------------------- commands
@@ -51,8 +95,15 @@ def cmd_select(args: argparse.Namespace) -> int:
     from ntk_selector.api import select_files
     from ntk_selector.pipeline import SelectConfigs
 
-    cfg = SelectConfigs.from_sections(_configs(args, SECTIONS), method=args.method)
-    summary = select_files(args.domain, args.pool, args.out, cfg)
+    c = _configs(args, SELECT_SECTIONS)
+    inputs = _inputs(args, needs_pool=not c[IndexConfig].index)
+    cfg = SelectConfigs.from_sections(c, method=inputs["method"])
+    if getattr(args, "estimate", False):
+        from ntk_selector.estimate import estimate, format_estimate
+
+        print(format_estimate(estimate(inputs["domain"], inputs["pool"], cfg)))
+        return 0
+    summary = select_files(inputs["domain"], inputs["pool"], args.out, cfg)
     if summary is not None and not cfg.run.quiet:
         print_summary(summary, args.out)
     elif summary is not None:
@@ -179,7 +230,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     paths = build_demo(out / "data", n_domain=args.domain_size, pool_size=args.pool_size, seed=0)
-    c = _configs(args, SECTIONS)
+    c = _configs(args, SELECT_SECTIONS)
     if c[PreselectConfig].n <= 0:
         c[PreselectConfig].n = args.domain_size
     cfg = SelectConfigs.from_sections(c, method="ntk")
@@ -251,24 +302,40 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ntk_selector import __version__
+
     parser = OneLineParser(prog="ntk-selector", description="Pick auxiliary fine-tuning data for a domain with NTK-Selector.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, sections: tuple[type, ...]) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, sections: tuple[type, ...],
+            usage: str | None = None, first: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, usage=usage)
         p.set_defaults(func=func)
-        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (flag names, with _ or -)")
+        if first is not None:
+            first(p)
+        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (flag names, with _ or -), or a select run.json to replay")
+        skip = UNUSED.get(name, UNUSED_ELSEWHERE)
         for s in sections:
-            _add_section(p, s, SUBCOMMAND_DEFAULTS.get(name, {}))
+            _add_section(p, s, SUBCOMMAND_DEFAULTS.get(name, {}), name, skip)
         return p
 
-    p = add("select", cmd_select, "the whole pipeline: warm-up, embed, pre-select, featurize, score, top N", SECTIONS)
-    p.add_argument("--domain", required=True, help="domain (target) records")
-    p.add_argument("--pool", help="candidate pool records (with --index: the indexed pool, read from its recorded path by default)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--method", default="ntk", help="ntk (default), random, embedding, preselect-random, less")
+    def select_inputs(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("required (on the command line, or from --config)")
+        g.add_argument("--domain", help="domain (target) records: a file, a dataset folder or a hub id")
+        g.add_argument("--pool", help="candidate pool records: a file, a dataset folder or a hub id "
+                                      "(with --index: the indexed pool, read from its recorded path by default)")
+        g.add_argument("--n", "-n", dest="n", type=int, default=argparse.SUPPRESS, metavar="N",
+                       help="number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)")
+        g.add_argument("--out", required=True, help="output folder")
 
-    p = add("demo", cmd_demo, "build the packaged drug-review demo and run select on it", SECTIONS)
+    p = add("select", cmd_select, "the whole pipeline: warm-up, embed, pre-select, featurize, score, top N", SELECT_SECTIONS,
+            usage="ntk-selector select --domain D --pool C --n N --out DIR [options]", first=select_inputs)
+    p.add_argument("--method", default=None, help="ntk (default), random, embedding, preselect-random, less")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few batches of each stage on this model and data, print rows, tokens, seconds and disk per stage, and exit")
+
+    p = add("demo", cmd_demo, "build the packaged drug-review demo and run select on it", SELECT_SECTIONS)
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--domain-size", type=int, default=100, help="domain rows (default: 100)")
     p.add_argument("--pool-size", type=int, default=2000, help="pool rows (default: 2000)")
@@ -306,6 +373,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(level: str, debug: bool, quiet: bool) -> None:
+    """Our messages at ``level``; transformers' and datasets' at ``level`` too but never below
+    warnings unless asked (--debug or --log-level debug/info); --quiet turns every progress bar off."""
+    import warnings
+
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise SystemExit(f"ntk-selector: error: unknown --log-level '{level}' (debug, info, warning, error)")
+    logging.basicConfig(level=numeric, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("ntk_selector").setLevel(numeric)
+    third_party = numeric if (debug or numeric < logging.WARNING) else logging.ERROR
+    if not debug and numeric >= logging.WARNING:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore")
+    for name in ("transformers", "datasets", "huggingface_hub", "peft"):
+        logging.getLogger(name).setLevel(third_party)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+        try:
+            import datasets
+            import transformers
+
+            datasets.disable_progress_bars()
+            transformers.utils.logging.disable_progress_bar()
+        except ImportError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -314,14 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     debug = bool(getattr(args, "debug", False))
     quiet = bool(getattr(args, "quiet", False))
-    if not debug:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        logging.getLogger("transformers").setLevel(logging.ERROR)
-        import warnings
-
-        warnings.filterwarnings("ignore")
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
+    configure_logging(str(getattr(args, "log_level", "warning")), debug, quiet)
     try:
         return _run(args)
     except KeyboardInterrupt:

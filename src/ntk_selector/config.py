@@ -62,7 +62,8 @@ class DataConfig:
     prompt_field: str = _f("prompt", "record field holding the prompt")
     response_field: str = _f("response", "record field holding the response")
     messages_field: str = _f("messages", "record field holding a chat list (the messages format)")
-    format: str = _f("auto", "record format: auto (found per file from its fields), prompt-response, prompt-completion, messages, sharegpt, alpaca")
+    format: str = _f("auto", "record format: auto (found per file from its fields), prompt-response, prompt-completion, messages, sharegpt, alpaca",
+                     choices=("auto", "prompt-response", "prompt-completion", "messages", "sharegpt", "alpaca"))
     split: str | None = _f(None, "split of a hub dataset or saved DatasetDict (needed when it has several)")
     subset: str | None = _f(None, "subset (configuration name) of a hub dataset")
     max_length: int = _f(512, "truncate tokenized examples to this many tokens", min=2)
@@ -76,7 +77,7 @@ class DataConfig:
 
 @dataclass
 class LoraSettings:
-    rank: int = _f(8, "LoRA rank r", min=1)
+    rank: int = _f(8, "LoRA rank r", min=1, flag="--lora-rank", aliases=("--rank",))
     lora_alpha: float = _f(16.0, "LoRA alpha", gt=0)
     lora_dropout: float = _f(0.0, "LoRA dropout", min=0, lt=1)
     target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "modules that get LoRA")
@@ -88,7 +89,8 @@ class LoraSettings:
 @dataclass
 class RunConfig:
     seed: int = _f(0, "seed for shuffling, projections and random baselines", min=0, max=2**32 - 1)
-    quiet: bool = _f(False, "no progress bars or summaries")
+    quiet: bool = _f(False, "no progress bars (ours, transformers', datasets') or summaries")
+    log_level: str = _f("warning", "log messages at and above this level", choices=("debug", "info", "warning", "error"))
     debug: bool = _f(False, "show tracebacks on errors")
     overwrite: bool = _f(False, "discard an existing output of another configuration")
     work_dir: str | None = _f(None, "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same data can share one")
@@ -173,6 +175,12 @@ class PoolFilterConfig:
 
 
 @dataclass
+class OutputConfig:
+    output_format: str = _f("records", "besides selected.jsonl, write the selection as TRL rows: prompt-completion (selected_prompt_completion.jsonl) or messages (selected_messages.jsonl); records: selected.jsonl only",
+                            choices=("records", "prompt-completion", "messages"))
+
+
+@dataclass
 class DiagnoseConfig:
     probe_rows: int = _f(64, "rows of the stability / projection probe (half domain, half pool, seeded)", min=2)
     stability_points: int = _f(8, "warm-up steps at which the probe kernel is measured (evenly spaced, plus step 0)", min=1)
@@ -201,7 +209,7 @@ class PredictConfig:
 
 SECTIONS: tuple[type, ...] = (
     ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, IndexConfig,
-    EmbedConfig, ScoreConfig, PoolFilterConfig, DiagnoseConfig, PredictConfig,
+    EmbedConfig, ScoreConfig, PoolFilterConfig, OutputConfig, DiagnoseConfig, PredictConfig,
 )
 
 
@@ -226,8 +234,12 @@ SECTION_NAMES: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "run": RunConfig, "train": TrainConfig,
     "feature": FeatureConfig, "preselect": PreselectConfig, "score": ScoreConfig, "filters": PoolFilterConfig,
     "poolfilter": PoolFilterConfig, "diagnose": DiagnoseConfig, "predict": PredictConfig, "index": IndexConfig,
-    "embed": EmbedConfig,
+    "embed": EmbedConfig, "output": OutputConfig,
 }
+# select's inputs: not settings, but a config file may hold them (a run.json does, in its "select"
+# section, so `select --config run.json` replays the run)
+INPUT_KEYS = {"domain", "pool", "method"}
+KEY_ALIASES = {"lora_rank": "rank"}  # the --lora-rank flag's name, also accepted as a key
 
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
@@ -364,27 +376,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config: flat ``key: value`` or sectioned ``section: {key: value}``; every value checked.
 
     Unknown keys and sections are refused with the closest valid name; values are typed and
-    range-checked by ``check_setting`` (the message names the file and the key).
+    range-checked by ``check_setting`` (the message names the file and the key). A ``run.json``
+    that ``select`` wrote is read too: its ``config`` holds every resolved setting and the inputs.
     """
+    import json
+
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            raw = json.load(fh) if str(path).endswith(".json") else yaml.safe_load(fh)
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: cannot be read ({e})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from e
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (key: value lines)")
+    if isinstance(raw.get("config"), dict) and "versions" in raw:  # a select run.json
+        raw = raw["config"]
     names = known_names()
     flat: dict[str, Any] = {}
     unknown: list[str] = []
 
     def put(key: Any, value: Any, prefix: str = "") -> None:
         name = str(key).replace("-", "_")
+        name = KEY_ALIASES.get(name, name)
+        if name in INPUT_KEYS and isinstance(value, str):
+            flat[name] = value
+            return
         if name not in names:
             unknown.append(f"'{prefix}{key}'{did_you_mean(name)}")
             return
@@ -394,7 +417,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     for key, value in raw.items():
         if isinstance(value, dict):
-            if str(key).replace("-", "_") not in SECTION_NAMES:
+            if str(key).replace("-", "_") not in SECTION_NAMES and key != "select":
                 unknown.append(f"section '{key}'{did_you_mean(str(key), SECTION_NAMES)}")
                 continue
             for k, v in value.items():

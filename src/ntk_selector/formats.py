@@ -160,3 +160,17 @@ def to_conversation(record: dict[str, Any], cfg: DataConfig, path: Any = "<recor
         return CONVERTERS[fmt](record, cfg)
     except RecordError as e:
         raise DataError(f"{where}: {e}") from None
+
+
+OUTPUT_FORMATS = ("records", "prompt-completion", "messages")
+OUTPUT_FILES = {"prompt-completion": "selected_prompt_completion.jsonl", "messages": "selected_messages.jsonl"}
+
+
+def to_trl_row(conv: Conversation, kind: str) -> dict[str, Any]:
+    """A conversation as a TRL training row: conversational prompt-completion, or one messages list."""
+    answer = {"role": "assistant", "content": conv.response}
+    if kind == "prompt-completion":
+        return {"prompt": [dict(m) for m in conv.prompt_messages], "completion": [answer]}
+    if kind == "messages":
+        return {"messages": [dict(m) for m in conv.prompt_messages] + [answer]}
+    raise ValueError(f"unknown output format '{kind}' (choose from {', '.join(OUTPUT_FORMATS)})")

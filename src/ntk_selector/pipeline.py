@@ -24,12 +24,13 @@ from ntk_selector import distributed
 from ntk_selector.version import __version__
 from ntk_selector.answer_mix import answer_mix
 from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings, ModelConfig,
-                                 PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig,
+                                 OutputConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig, TrainConfig,
                                  check_together, to_dict)
 from ntk_selector.data import encode
 from ntk_selector.errors import UserError
 from ntk_selector.models import load_tokenizer, model_path
 from ntk_selector.filters import PoolFilter, pool_filter
+from ntk_selector.formats import OUTPUT_FILES, OUTPUT_FORMATS, to_trl_row
 from ntk_selector.preselect import PreselectResult
 from ntk_selector.stages import (Records, Session, check_response_tokens, embed, featurize, load_preselect, max_cosine_scores, ntk_scores,
                                  preselect, save_preselect, warmup)
@@ -59,6 +60,7 @@ class SelectConfigs:
     filters: PoolFilterConfig = field(default_factory=PoolFilterConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     @classmethod
     def from_sections(cls, configs: Mapping[type, Any], method: str = "ntk") -> "SelectConfigs":
@@ -109,6 +111,8 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
     n = cfg.preselect.n
     if n <= 0:
         raise UserError("--n must be a positive number of examples to select")
+    if cfg.output.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"unknown --output-format '{cfg.output.output_format}' (choose from {', '.join(OUTPUT_FORMATS)})")
     out = Path(out_dir)
     stages = Path(cfg.run.work_dir) if cfg.run.work_dir else out / "stages"
     clock = StageClock()
@@ -117,11 +121,11 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         with clock("load data"):
             domain = Records.load(domain_path, cfg.data)
             pool = Records.load(pool_path, cfg.data)
-        _check_n(n, len(pool), pool_path)
+        _check_n(n, len(pool), pool.path)
         _check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
             filt = pool_filter(pool.conversations, cfg.filters)
-        _check_n(n, int((~filt.excluded).sum()), pool_path, "after excluding duplicates / test-set overlaps")
+        _check_n(n, int((~filt.excluded).sum()), pool.path, "after excluding duplicates / test-set overlaps")
         return domain, pool, filt
 
     domain, pool, filt = distributed.all_ranks(load)
@@ -196,6 +200,7 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
     def finish() -> dict[str, Any]:
         with clock("write outputs"):
             _write_selected(out / "selected.jsonl", pool, chosen, scores)
+            _write_trl_rows(out, pool, chosen, cfg.output.output_format)
             _write_scores(out / "scores.csv", votes, preselected, scores)
         summary = _summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         summary["counts"]["domain_no_response_tokens"] = int((domain_status == EMPTY).sum())
@@ -218,6 +223,7 @@ def _select_random(domain: Records, pool: Records, out: Path, cfg: SelectConfigs
     chosen = rng.permutation(np.sort(rng.choice(valid, size=n, replace=False)))
     with clock("write outputs"):
         _write_selected(out / "selected.jsonl", pool, chosen, np.full(len(pool), np.nan))
+        _write_trl_rows(out, pool, chosen, cfg.output.output_format)
         _write_scores(out / "scores.csv", np.zeros(len(pool), np.int64), np.zeros(len(pool), bool), np.full(len(pool), np.nan))
     return _finish_run(out, _summary(cfg, domain, pool, chosen, empty, 0, clock.seconds, out, filt), clock)
 
@@ -268,7 +274,7 @@ def _subset_fingerprint(base: str, rows: np.ndarray) -> str:
 
 # settings that change how a run goes, not what it selects
 RUN_ONLY = {"quiet", "debug", "overwrite", "device", "work_dir", "dist_timeout", "token_budget", "max_batch_size",
-            "score_block_mb", "checkpoint_every", "projection_cache_mb"}
+            "score_block_mb", "checkpoint_every", "projection_cache_mb", "output_format", "log_level"}
 
 
 def _settings(cfg: SelectConfigs) -> dict[str, Any]:
@@ -307,6 +313,14 @@ def _write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.nd
     write_text_atomic(path, buf.getvalue())
 
 
+def _write_trl_rows(out: Path, pool: Records, chosen: np.ndarray, kind: str) -> None:
+    """The selection as TRL rows (--output-format), in rank order, ready for an SFT trainer."""
+    if kind == "records":
+        return
+    rows = pool.subset(chosen, "").conversations
+    write_text_atomic(out / OUTPUT_FILES[kind], "".join(json.dumps(to_trl_row(c, kind), ensure_ascii=False) + "\n" for c in rows))
+
+
 def _write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, block: int = 65536) -> None:
     """scores.csv written in blocks to an exclusive temporary, then renamed."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
@@ -341,7 +355,9 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
         "method": cfg.method,
         "inputs": {"domain": str(domain.path), "pool": str(pool.path), "domain_fingerprint": domain.fingerprint,
                    "pool_fingerprint": pool.fingerprint, "method": cfg.method, "settings": _settings(cfg)},
-        "config": {k: to_dict(v) for k, v in vars(cfg).items() if k != "method"},
+        # every resolved setting plus the inputs, sectioned: `select --config run.json --out NEW` replays the run
+        "config": {**{k: to_dict(v) for k, v in vars(cfg).items() if k != "method"},
+                   "select": {"domain": _replayable(domain.path), "pool": _replayable(pool.path), "method": cfg.method}},
         "world_size": distributed.current().world,
         "counts": {"domain": len(domain), "pool": len(pool), "selected": int(len(chosen)),
                    "pool_no_response_tokens": int(len(empty_rows)), "pool_duplicates": filt.report["duplicates"]["rows"],
@@ -356,8 +372,14 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "versions": {"ntk_selector": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
-        "outputs": {"selected": str(out / "selected.jsonl"), "scores": str(out / "scores.csv")},
+        "outputs": {"selected": str(out / "selected.jsonl"), "scores": str(out / "scores.csv"),
+                    **({"trl_rows": str(out / OUTPUT_FILES[cfg.output.output_format])} if cfg.output.output_format in OUTPUT_FILES else {})},
     }
+
+
+def _replayable(name: str) -> str:
+    """A local path made absolute (so a replay works from any folder); hub ids as given."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def load_selected_indices(out_dir: str | Path) -> list[int]:

@@ -32,6 +32,7 @@ LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": 
                   ".pq": "parquet", ".arrow": "arrow"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 CHUNK_ROWS = 4096  # rows turned into Python objects at a time
+log = logging.getLogger(__name__)
 
 
 def file_fingerprint(path: str | Path) -> str:
@@ -392,6 +393,7 @@ class Records:
         view = ConversationView(src, fmt, data_cfg)
         for _ in view.chunks():  # validate every record now, a chunk at a time
             pass
+        log.info("%s: %d records, format %s, fingerprint %s", src.name, len(view), fmt, src.fingerprint)
         return cls(src.name, src, view, src.fingerprint, fmt)
 
     def __len__(self) -> int:

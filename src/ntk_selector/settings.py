@@ -13,7 +13,7 @@ import difflib
 import os
 from typing import Any, Mapping
 
-from ntk_selector.config import (DataConfig, LoraSettings, ModelConfig, RunConfig, SECTIONS, build, check_setting,
+from ntk_selector.config import (INPUT_KEYS, DataConfig, LoraSettings, ModelConfig, RunConfig, SECTIONS, build, check_setting,
                                  check_together, known_names, load_yaml)
 from ntk_selector.errors import UserError
 
