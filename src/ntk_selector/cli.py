@@ -373,6 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of the message."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str, debug: bool, quiet: bool) -> None:
     """Our messages at ``level``; transformers' and datasets' at ``level`` too but never below
     warnings unless asked (--debug or --log-level debug/info); --quiet turns every progress bar off."""
@@ -381,8 +393,12 @@ def configure_logging(level: str, debug: bool, quiet: bool) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise SystemExit(f"ntk-selector: error: unknown --log-level '{level}' (debug, info, warning, error)")
-    logging.basicConfig(level=numeric, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("ntk_selector").setLevel(numeric)
+    ours = logging.getLogger("ntk_selector")
+    ours.setLevel(numeric)
+    if not any(isinstance(h, _StderrHandler) for h in ours.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        ours.addHandler(handler)
     third_party = numeric if (debug or numeric < logging.WARNING) else logging.ERROR
     if not debug and numeric >= logging.WARNING:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
