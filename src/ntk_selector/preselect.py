@@ -57,9 +57,11 @@ def _normalized(block: np.ndarray) -> np.ndarray:
     return x
 
 
-def _valid_blocks(emb: np.ndarray, valid: np.ndarray, block_mb: int = BLOCK_MB):
+def _valid_blocks(emb: np.ndarray, valid: np.ndarray, block_mb: int = BLOCK_MB, max_rows: int | None = None):
     """(global ids, normalized rows) of the valid rows, one block of the array at a time."""
     rows = max(1, block_mb * (1 << 20) // (4 * emb.shape[1]))
+    if max_rows is not None:
+        rows = max(1, min(rows, max_rows))
     for start, block in iter_row_blocks(emb, rows):
         ok = valid[start : start + len(block)]
         if ok.any():
@@ -75,7 +77,9 @@ def exact_search(queries: np.ndarray, pool_emb: np.ndarray, pool_valid: np.ndarr
     best_i = np.full((nq, k), -1, dtype=np.int64)
     # pool rows per block: the [nq, rows] similarities and their merge stay near BLOCK_MB x 4
     block_mb = block_mb or max(1, min(BLOCK_MB, BLOCK_MB * 4 * QUERY_ROWS // max(nq, 1) // 16))
-    for ids, x in _valid_blocks(pool_emb, pool_valid, block_mb):
+    # and at most as many rows as keep the [nq, rows] float32 similarities near BLOCK_MB, whatever the dim
+    max_rows = (BLOCK_MB << 20) // (4 * max(nq, 1))
+    for ids, x in _valid_blocks(pool_emb, pool_valid, block_mb, max_rows):
         sims = queries @ x.T  # [nq, b]
         # only rows that beat a query's current k-th best can enter its list
         worst = best_s.min(axis=1, keepdims=True)
