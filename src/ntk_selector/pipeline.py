@@ -358,6 +358,7 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
         # every resolved setting plus the inputs, sectioned: `select --config run.json --out NEW` replays the run
         "config": {**{k: to_dict(v) for k, v in vars(cfg).items() if k != "method"},
                    "select": {"domain": _replayable(domain.path), "pool": _replayable(pool.path), "method": cfg.method}},
+        "record_formats": {"domain": domain.format, "pool": pool.format},
         "world_size": distributed.current().world,
         "counts": {"domain": len(domain), "pool": len(pool), "selected": int(len(chosen)),
                    "pool_no_response_tokens": int(len(empty_rows)), "pool_duplicates": filt.report["duplicates"]["rows"],

@@ -252,6 +252,19 @@ def _img(name: str | None, alt: str) -> str:
 
 
 def _example_text(rec: dict[str, Any], data_cfg: dict[str, Any]) -> tuple[str, str]:
+    """Prompt and response of a selected record, whatever its format (formats.py)."""
+    from ntk_selector.config import DataConfig, build
+    from ntk_selector.formats import to_conversation
+
+    try:
+        conv = to_conversation(rec, build(DataConfig, data_cfg))
+    except Exception:  # a record the run read is always convertible; this only guards odd reports
+        pass
+    else:
+        turns = conv.prompt_messages
+        prompt = turns[0]["content"] if len(turns) == 1 and turns[0]["role"] == "user" else \
+            "\n".join(f"{m['role']}: {m['content']}" for m in turns)
+        return prompt, conv.response
     msgs = rec.get(data_cfg.get("messages_field", "messages"))
     if data_cfg.get("prompt_field", "prompt") not in rec and isinstance(msgs, list) and msgs:
         turns = [m for m in msgs if isinstance(m, dict)]
