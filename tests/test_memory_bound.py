@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL, LARGE = 10_000, 50_000
+SMALL, LARGE = 4_000, 20_000
+CHUNK = 512  # rows per chunk in these tests (4096 in a run), so the pools span many chunks
 BOUND = 200  # bytes a pool row
 
 
@@ -76,6 +77,8 @@ def test_stage_memory_does_not_grow_with_the_pool(bench, pools, stage, one_threa
     # blocks of the pre-selection's streamed search small enough that these pools span many of them
     # (at full size a block is a fixed few hundred MB, however large the pool)
     monkeypatch.setattr(ntk_selector.preselect, "BLOCK_MB", 1)
+    for module in ("records", "runner"):
+        monkeypatch.setattr(f"ntk_selector.{module}.CHUNK_ROWS", CHUNK)
 
     def make(rows):
         folder = pools[rows]

@@ -13,6 +13,7 @@ import numpy as np
 
 from ntk_selector.config import PoolFilterConfig
 from ntk_selector.data import Conversation, clean_record
+from ntk_selector import records
 from ntk_selector.records import iter_record_chunks
 
 REPORT_ROWS = 1000  # row lists in run.json are cut to this many
@@ -24,8 +25,9 @@ def conversation_key(conv: Conversation) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
-def conversation_keys(conversations: Sequence[Conversation], chunk_rows: int = 4096) -> np.ndarray:
+def conversation_keys(conversations: Sequence[Conversation]) -> np.ndarray:
     """[rows, 16] uint8 row identities, made a chunk of conversations at a time."""
+    chunk_rows = records.CHUNK_ROWS
     keys = np.empty((len(conversations), 16), dtype=np.uint8)
     for start in range(0, len(conversations), chunk_rows):
         part = conversations[start : start + chunk_rows]
@@ -91,8 +93,8 @@ def read_test_ngrams(path: str | Path, n: int) -> set[str]:
 def overlapping_rows(conversations: Sequence[Conversation], grams: set[str], n: int) -> np.ndarray:
     """[rows] bool: the row shares at least one n-gram with the test set."""
     hit = np.zeros(len(conversations), dtype=bool)
-    for start in range(0, len(conversations), 4096):
-        part = conversations[start : start + 4096]
+    for start in range(0, len(conversations), records.CHUNK_ROWS):
+        part = conversations[start : start + records.CHUNK_ROWS]
         hit[start : start + len(part)] = [not grams.isdisjoint(ngrams(conversation_text(c), n)) for c in part]
     return hit
 

@@ -369,7 +369,8 @@ class ConversationView(Sequence):
         for start in range(0, len(self), CHUNK_ROWS):
             yield from self._convert(start, min(len(self), start + CHUNK_ROWS))
 
-    def chunks(self, size: int = CHUNK_ROWS) -> Iterator[tuple[int, list[Conversation]]]:
+    def chunks(self, size: int | None = None) -> Iterator[tuple[int, list[Conversation]]]:
+        size = size or CHUNK_ROWS
         for start in range(0, len(self), size):
             yield start, self._convert(start, min(len(self), start + size))
 
