@@ -181,3 +181,22 @@ def test_estimate_numbers(tiny_model_dir, small_files):
     assert stages["warm-up"]["seconds"] == pytest.approx(4 * est["timed"]["warmup_step_seconds"])
     assert stages["featurize"]["seconds"] == pytest.approx(24 * est["timed"]["featurize_row_seconds"])
     assert all(s["seconds"] >= 0 for s in est["stages"])
+
+
+def test_select_from_dataset_objects_matches_files(tiny_model_dir, small_files, tmp_path):
+    """datasets.Dataset objects from Python select what the same rows in JSONL files select."""
+    import datasets
+
+    from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
+                                     ScoreConfig, TrainConfig)
+    from ntk_selector.pipeline import SelectConfigs, select
+
+    domain, pool = small_files
+    cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),
+                        TrainConfig(batch_size=4, lr=1e-3), FeatureConfig(proj_dim=32), PreselectConfig(n=4), ScoreConfig())
+    from_files = select(domain, pool, tmp_path / "files", cfg)
+    d_ds = datasets.Dataset.from_list([json.loads(l) for l in open(domain)])
+    p_ds = datasets.Dataset.from_list([json.loads(l) for l in open(pool)])
+    from_objects = select(d_ds, p_ds, tmp_path / "objects", cfg)
+    assert (tmp_path / "objects" / "selected.jsonl").read_text() == (tmp_path / "files" / "selected.jsonl").read_text()
+    assert from_objects["inputs"]["pool_fingerprint"] == p_ds._fingerprint != from_files["inputs"]["pool_fingerprint"]

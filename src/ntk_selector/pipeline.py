@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import platform
 import sys
 import time
@@ -43,6 +44,7 @@ from ntk_selector.store import EMPTY, META, describe_differences, open_store, re
 SELECT_OUTPUTS = ("selected.jsonl", "scores.csv", "run.json", "report.html", "report_scores.png", "report_votes.png",
                   "report_tasks.png", "report_seconds.png")
 
+log = logging.getLogger(__name__)
 METHODS = ("ntk", "random", "embedding", "preselect-random", "less")
 
 
@@ -78,10 +80,13 @@ class StageClock:
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
+        log.info("%s ...", name)
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            took = time.perf_counter() - start
+            self.seconds[name] = self.seconds.get(name, 0.0) + took
+            log.info("%s done in %.1f s", name, took)
 
 
 def empty_rows_by_tokenizing(records: Records, tokenizer: Any, data_cfg: DataConfig) -> np.ndarray:
