@@ -54,7 +54,7 @@ def _datasets_quiet(bars: bool = False) -> Iterator[None]:
 
     log = logging.getLogger("datasets")
     old_level = log.level
-    bars_were_off = datasets.utils.logging.is_progress_bar_enabled() is False
+    bars_were_off = datasets.utils.are_progress_bars_disabled()
     log.setLevel(logging.CRITICAL)
     if not bars:
         datasets.disable_progress_bars()
