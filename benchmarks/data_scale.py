@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import shutil
 import subprocess
 import sys
@@ -47,22 +46,37 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
 # ----------------------------------------------------------------------------- data
 
 
+GROUP = 100  # rows generated together from one seed
+
+
+def group_texts(group: int) -> list[tuple[str, str, str]]:
+    """Rows group*100 .. group*100+99: 15-35-word prompts, 1-8-word responses, 8 tasks; the last
+    row of each group repeats the row 50 before it (so dedupe has work)."""
+    rng = np.random.default_rng(group)
+    p_len, r_len = rng.integers(15, 36, GROUP), rng.integers(1, 9, GROUP)
+    ids = rng.integers(0, len(WORDS), (GROUP, 43))
+    rows = []
+    for j in range(GROUP):
+        i = group * GROUP + j
+        w = ids[j]
+        rows.append((" ".join(WORDS[x] for x in w[: p_len[j]]), " ".join(WORDS[x] for x in w[35 : 35 + r_len[j]]), f"task{i % 8}"))
+    rows[GROUP - 1] = rows[GROUP - 51][:2] + (rows[GROUP - 1][2],)
+    return rows
+
+
 def row_text(i: int) -> tuple[str, str, str]:
-    """Deterministic synthetic row i: ~25-word prompt, ~4-word response, one of 8 tasks."""
-    rng = random.Random(i)
-    prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(15, 35)))
-    response = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8)))
-    return prompt, response, f"task{i % 8}"
+    return group_texts(i // GROUP)[i % GROUP]
 
 
 def write_pool(path: Path, rows: int, block: int = 100_000) -> None:
-    """rows lines of JSONL; every 100th row repeats row i - 50 (so dedupe has work)."""
+    """rows lines of JSONL (the texts are plain words, so no JSON escaping is needed)."""
     with open(path, "w", encoding="utf-8") as fh:
         for start in range(0, rows, block):
             lines = []
-            for i in range(start, min(rows, start + block)):
-                p, r, t = row_text(i - 50 if i % 100 == 99 and i >= 50 else i)
-                lines.append(json.dumps({"prompt": p, "response": r, "task": t}) + "\n")
+            for g in range(start // GROUP, (min(rows, start + block) + GROUP - 1) // GROUP):
+                for j, (p, r, t) in enumerate(group_texts(g)):
+                    if g * GROUP + j < rows:
+                        lines.append(f'{{"prompt": "{p}", "response": "{r}", "task": "{t}"}}\n')
             fh.write("".join(lines))
 
 
