@@ -153,7 +153,7 @@ def stage_preselect(domain_store: Path, pool_store: Path, n: int):
     from ntk_selector.config import PreselectConfig
     from ntk_selector.stages import preselect
 
-    return preselect(domain_store, pool_store, PreselectConfig(n=n, index="flat"), seed=0)
+    return preselect(domain_store, pool_store, PreselectConfig(n=n, knn_search="flat"), seed=0)
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -40,7 +40,7 @@ def test_help_lists_only_used_flags_grouped_by_stage():
     for flag in ("--lr", "--epochs", "--batch-size"):
         assert "warm-up" in select[select.index(flag + " "): select.index(flag + " ") + 200], flag
     score = help_of("score")
-    for flag in ("--work-dir", "--checkpoint-every", "--m M", "--index", "--lr"):
+    for flag in ("--work-dir", "--checkpoint-every", "--m M", "--knn-search", "--lr"):
         assert flag not in score, flag
     embed = help_of("embed")
     assert "--work-dir" not in embed and "--checkpoint-every" not in embed and "--lr" not in embed

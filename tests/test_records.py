@@ -109,7 +109,7 @@ def test_hub_id_split(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     rec = Records.load("HuggingFaceH4/ultrachat_200k", DataConfig(subset="default", split="train_sft"))
     assert seen == {"path": "HuggingFaceH4/ultrachat_200k", "name": "default", "split": "train_sft"}
-    assert convs(rec) == EXPECTED[:2] and rec.path == "HuggingFaceH4/ultrachat_200k"
+    assert convs(rec) == EXPECTED[:2] and str(rec.path) == "HuggingFaceH4/ultrachat_200k"
 
 
 def test_saved_dataset_and_datasetdict_folders(tmp_path):

@@ -46,7 +46,7 @@ UNUSED: dict[str, set[str]] = {
     "embed": {"work_dir", "checkpoint_every"},
     "featurize": {"work_dir", "checkpoint_every"},
     "preselect": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout"},
-    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "index"},
+    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search"},
 }
 UNUSED_ELSEWHERE = {"work_dir"}  # subcommands registered by other modules
 

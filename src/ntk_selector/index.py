@@ -148,7 +148,7 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
 
     def record() -> dict[str, Any]:
         _, status, _ = open_store(out / FEATURES)
-        meta = {"format": FORMAT, "pool": str(pool.path.resolve()), "pool_fingerprint": pool.fingerprint, "rows": len(pool),
+        meta = {"format": FORMAT, "pool": str(pool.path.resolve()) if pool.path.exists() else str(pool.path), "pool_fingerprint": pool.fingerprint, "rows": len(pool),
                 "embedder": embed_cfg.embedder, "embed_max_length": embed_cfg.embed_max_length,
                 "definitions": {EMBEDDINGS: emb_def, FEATURES: feat_def},
                 "counts": {"rows": len(pool), "done": int((status == DONE).sum()),

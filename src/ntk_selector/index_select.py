@@ -47,7 +47,7 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
 def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path,
                               cfg: Any) -> dict[str, Any] | None:
     from ntk_selector.pipeline import (StageClock, _check_n, _check_output_folder, _finish_run, _subset_fingerprint,
-                                       _summary, _write_scores, _write_selected)
+                                       _summary, _write_scores, _write_selected, _write_trl_rows)
 
     mode = cfg.index.index_mode
     if mode not in INDEX_MODES:
@@ -138,6 +138,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         preselected[pre.order] = True
         with clock("write outputs"):
             _write_selected(out / "selected.jsonl", pool, chosen, scores)
+            _write_trl_rows(out, pool, chosen, cfg.output.output_format)
             _write_scores(out / "scores.csv", pre.votes, preselected, scores)
         summary = _summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         _, d_status, _ = open_store(stages / "index_embed_domain")

@@ -383,7 +383,7 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
     }
 
 
-def _replayable(name: str) -> str:
+def _replayable(name: str | Path) -> str:
     """A local path made absolute (so a replay works from any folder); hub ids as given."""
     return str(Path(name).resolve()) if Path(name).exists() else name
 

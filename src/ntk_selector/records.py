@@ -379,7 +379,7 @@ class ConversationView(Sequence):
 class Records:
     """A data source opened as memory-mapped Arrow, its format resolved and every record checked up front."""
 
-    path: str
+    path: Path  # the file or folder; a hub id or "<datasets.Dataset>" as a Path too (str() gives it back)
     source: Source
     conversations: ConversationView
     fingerprint: str
@@ -395,7 +395,7 @@ class Records:
         for _ in view.chunks():  # validate every record now, a chunk at a time
             pass
         log.info("%s: %d records, format %s, fingerprint %s", src.name, len(view), fmt, src.fingerprint)
-        return cls(src.name, src, view, src.fingerprint, fmt)
+        return cls(Path(src.name), src, view, src.fingerprint, fmt)
 
     def __len__(self) -> int:
         return len(self.conversations)
