@@ -77,8 +77,13 @@ def test_log_level_shows_our_info_messages(small_files, tmp_path, capsys):
     assert re.search(r"INFO ntk_selector.records: .*domain.jsonl: 8 records, format prompt-response", err), err
 
 
-def test_quiet_silences_third_party_progress_bars(tiny_model_dir, tmp_path, capfd):
+def test_quiet_silences_third_party_progress_bars(tiny_model_dir, tmp_path, capfd, monkeypatch):
     """A folder read like a hub dataset shows the datasets library's bars, unless --quiet."""
+    import datasets
+
+    datasets.enable_progress_bars()  # an earlier --quiet run in this process turned them off
+    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
     rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(6)]
     for name in ("loud", "hushed"):
         (tmp_path / name / "data").mkdir(parents=True)
@@ -91,7 +96,6 @@ def test_quiet_silences_third_party_progress_bars(tiny_model_dir, tmp_path, capf
     assert main([*base, "--data", str(tmp_path / "hushed"), "--out", str(tmp_path / "o2"), "--quiet"]) == 0
     captured = capfd.readouterr()
     assert captured.err == "" and captured.out == ""
-    import datasets
     datasets.enable_progress_bars()
 
 
