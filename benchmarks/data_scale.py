@@ -256,7 +256,7 @@ def main() -> None:
                f"{platform.system()} {platform.release()}", "python": platform.python_version(),
                "jsonl_bytes": (work / "pool.jsonl").stat().st_size, "arrow_bytes": arrow_bytes,
                "stages": results,
-               "command": "python benchmarks/data_scale.py --rows " + str(args.rows)}
+               "command": f"python benchmarks/data_scale.py --rows {args.rows} --stages {' '.join(args.stages)}"}
     out_path = ROOT / "benchmarks" / "results" / f"data_scale_{args.rows}.json"
     out_path.write_text(json.dumps(summary, indent=2) + "\n")
     print("\n| stage | peak anonymous RSS above baseline | bytes a pool row |\n|---|---:|---:|")
