@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from ntk_selector.config import DataConfig
+from ntk_selector import formats
 from ntk_selector.errors import DataError
+from ntk_selector.formats import Conversation  # noqa: F401  (defined with the record formats; importable here as before)
 
 IGNORE_INDEX = -100
 # Which tokens carry the objectives and the loss; stored in every definition, so a store or adapter
@@ -43,21 +45,11 @@ def clean_record(record: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- prompt / response
 
 
-@dataclass
-class Conversation:
-    """A record reduced to what the model sees: prompt turns and the response that carries the loss."""
-
-    prompt_messages: list[dict[str, str]]
-    response: str
-
-
 def to_conversation(record: dict[str, Any], cfg: DataConfig, path: str | Path = "<records>",
                     line: int | None = None) -> Conversation:
     """One record as a conversation, its format found from its fields (see formats.to_conversation).
     ``line``: the record's line in ``path``, for messages."""
-    from ntk_selector.formats import to_conversation as convert
-
-    return convert(record, cfg, path, line=line)
+    return formats.to_conversation(record, cfg, path, line=line)
 
 
 # ----------------------------------------------------------------------------- tokenizing

@@ -13,16 +13,24 @@ with what is wrong; the caller adds the file and line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from ntk_selector.config import DataConfig
-from ntk_selector.data import Conversation
 from ntk_selector.errors import DataError
 
 FORMATS = ("prompt-response", "prompt-completion", "messages", "sharegpt", "alpaca")
 SHAREGPT_FIELD = "conversations"
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                   "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
+
+
+@dataclass
+class Conversation:
+    """A record reduced to what the model sees: prompt turns and the response that carries the loss."""
+
+    prompt_messages: list[dict[str, str]]
+    response: str
 
 
 class RecordError(ValueError):

@@ -24,9 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from ntk_selector.config import DataConfig
-from ntk_selector.data import Conversation
 from ntk_selector.errors import DataError
-from ntk_selector.formats import CONVERTERS, RecordError, format_fields, resolve_format, to_conversation
+from ntk_selector.formats import CONVERTERS, Conversation, RecordError, format_fields, resolve_format, to_conversation
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet",
                   ".pq": "parquet", ".arrow": "arrow"}
