@@ -80,8 +80,10 @@ def test_log_level_shows_our_info_messages(small_files, tmp_path, capsys):
 def test_quiet_silences_third_party_progress_bars(tiny_model_dir, tmp_path, capfd, monkeypatch):
     """A folder read like a hub dataset shows the datasets library's bars, unless --quiet."""
     import datasets
+    import huggingface_hub.utils
 
     datasets.enable_progress_bars()  # an earlier --quiet run in this process turned them off
+    huggingface_hub.utils.enable_progress_bars()
     for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
         monkeypatch.delenv(name, raising=False)
     rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(6)]

@@ -407,13 +407,14 @@ def configure_logging(level: str, debug: bool, quiet: bool) -> None:
         logging.getLogger(name).setLevel(third_party)
     if quiet:
         os.environ["TQDM_DISABLE"] = "1"
-        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+        # the libraries' own switches (their environment variables are read once, at import)
         try:
             import datasets
+            import huggingface_hub.utils
             import transformers
 
             datasets.disable_progress_bars()
+            huggingface_hub.utils.disable_progress_bars()
             transformers.utils.logging.disable_progress_bar()
         except ImportError:
             pass
