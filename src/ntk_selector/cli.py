@@ -7,6 +7,7 @@ help text everywhere; ``--config file.yaml`` supplies values below the command l
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import dataclasses
 import errno
 import logging
@@ -101,7 +102,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     if getattr(args, "estimate", False):
         from ntk_selector.estimate import estimate, format_estimate
 
-        print(format_estimate(estimate(inputs["domain"], inputs["pool"], cfg)))
+        _say(replace(cfg.run, quiet=False), format_estimate(estimate(inputs["domain"], inputs["pool"], cfg)))
         return 0
     summary = select_files(inputs["domain"], inputs["pool"], args.out, cfg)
     if summary is not None and not cfg.run.quiet:
