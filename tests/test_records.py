@@ -197,9 +197,11 @@ def test_ambiguous_file_is_refused_and_format_names_it(tmp_path):
     assert Records.load(path, DataConfig(format="prompt-response")).conversations[0].response == "r"
 
 
-def test_unknown_format_name(tmp_path):
-    with pytest.raises(DataError, match="unknown --format 'chatml'"):
-        Records.load(write_jsonl(tmp_path / "x.jsonl", ROWS), DataConfig(format="chatml"))
+def test_unknown_format_name():
+    from ntk_selector.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--format must be one of auto, prompt-response, .*got 'chatml'"):
+        DataConfig(format="chatml")
 
 
 @pytest.mark.parametrize("rows,needle", [
@@ -217,6 +219,13 @@ def test_unknown_format_name(tmp_path):
      "bad.jsonl:2: field 'completion' must be a list"),
     ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]}],
      "bad.jsonl:1: field 'messages': each message needs string 'role' and 'content'"),
+    ([{"messages": [{"role": "assistant", "content": "no question"}]}],
+     "bad.jsonl:1: field 'messages' starts with the assistant turn"),
+    ([{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "\ud800"}]}],
+     "bad.jsonl:1: field 'conversations' holds a lone surrogate"),
+    ([{"instruction": "i", "input": "\udfff", "output": "o"}], "bad.jsonl:1: field 'input' holds a lone surrogate"),
+    ([{"prompt": "p", "response": "r"}, {"prompt": "p", "response": "r", "meta": "\ud800"}],
+     "bad.jsonl:2: a lone surrogate escape (\\ud800)"),
 ])
 def test_malformed_rows_name_file_line_and_problem(tmp_path, rows, needle):
     path = tmp_path / "bad.jsonl"

@@ -37,12 +37,22 @@ class RecordError(ValueError):
     """What is wrong with one record (without the file and line, which the reader knows)."""
 
 
+def _text(text: str, name: str) -> str:
+    """Refuse text that is not valid Unicode (a lone surrogate from a JSON escape such as \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RecordError(f"field '{name}' holds a lone surrogate ({text[e.start]!r} at character {e.start}), "
+                          f"not valid Unicode text; fix or drop the record") from None
+    return text
+
+
 def _string(record: dict[str, Any], name: str) -> str:
     if record.get(name) is None:
         raise RecordError(f"missing field '{name}'")
     if not isinstance(record[name], str):
         raise RecordError(f"field '{name}' must be a string, got {type(record[name]).__name__}")
-    return record[name]
+    return _text(record[name], name)
 
 
 def _chat(value: Any, name: str, role_key: str = "role", content_key: str = "content",
@@ -58,14 +68,17 @@ def _chat(value: Any, name: str, role_key: str = "role", content_key: str = "con
             if role.lower() not in roles:
                 raise RecordError(f"field '{name}': unknown speaker '{role}' (known: {', '.join(sorted(roles))})")
             role = roles[role.lower()]
-        out.append({"role": role, "content": content})
+        out.append({"role": role, "content": _text(content, name)})
     return out
 
 
-def _split_last_assistant(msgs: list[dict[str, str]], name: str) -> Conversation:
+def _split_last_assistant(msgs: list[dict[str, str]], name: str, allow_empty_prompt: bool = False) -> Conversation:
     last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
     if last is None:
         raise RecordError(f"field '{name}' has no assistant turn to use as the response")
+    if last == 0 and not allow_empty_prompt:
+        raise RecordError(f"field '{name}' starts with the assistant turn: the response needs a user (or system) "
+                          f"turn before it; add one or drop the record")
     return Conversation(msgs[:last], msgs[last]["content"])
 
 
@@ -86,7 +99,7 @@ def from_prompt_completion(record: dict[str, Any], cfg: DataConfig) -> Conversat
         return Conversation(prompt_msgs, completion)
     if completion is None:
         raise RecordError("missing field 'completion'")
-    done = _split_last_assistant(_chat(completion, "completion"), "completion")
+    done = _split_last_assistant(_chat(completion, "completion"), "completion", allow_empty_prompt=True)
     return Conversation(prompt_msgs + done.prompt_messages, done.response)
 
 
@@ -108,6 +121,8 @@ def from_alpaca(record: dict[str, Any], cfg: DataConfig) -> Conversation:
     extra = record.get("input")
     if extra is not None and not isinstance(extra, str):
         raise RecordError(f"field 'input' must be a string, got {type(extra).__name__}")
+    if extra:
+        _text(extra, "input")
     prompt = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
     return Conversation([{"role": "user", "content": prompt}], output)
 
@@ -159,10 +174,10 @@ def resolve_format(fields: Iterable[str], cfg: DataConfig, where: str) -> str:
 
 
 def to_conversation(record: dict[str, Any], cfg: DataConfig, path: Any = "<records>", fmt: str | None = None,
-                    line: Any = "?") -> Conversation:
-    """One record as a conversation; errors name ``path:line``. The format is found from this record's
-    fields unless given."""
-    where = f"{path}:{line}"
+                    line: Any = None) -> Conversation:
+    """One record as a conversation; errors name ``path:line`` (``path`` alone without a line). The
+    format is found from this record's fields unless given."""
+    where = f"{path}:{line}" if line is not None else str(path)
     fmt = fmt or resolve_format(record.keys(), cfg, where)
     try:
         return CONVERTERS[fmt](record, cfg)

@@ -172,8 +172,27 @@ def _read_arrow_streams(path: Path) -> Any:
     """A save_to_disk folder written without dataset_info.json: the Arrow streams listed in state.json."""
     import datasets
 
-    files = [f["filename"] for f in json.loads((path / "state.json").read_text())["_data_files"]]
-    return datasets.concatenate_datasets([datasets.Dataset.from_file(str(path / f), in_memory=False) for f in files])
+    state = path / "state.json"
+    try:
+        files = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8"))["_data_files"]]
+        if not all(isinstance(f, str) and f for f in files):
+            raise TypeError("filename is not a string")
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{state}: not a valid HF state.json (needs \"_data_files\": [{{\"filename\": ...}}]; {e}); "
+                        f"save the dataset again with save_to_disk") from None
+    root = path.resolve()
+    parts = []
+    for name in files:
+        data_file = (path / name).resolve()
+        if root not in data_file.parents:
+            raise DataError(f"{state}: data file '{name}' is outside the dataset folder {path}; refusing to read it")
+        if not data_file.is_file():
+            raise DataError(f"{state}: data file '{name}' not found in {path}")
+        try:
+            parts.append(datasets.Dataset.from_file(str(data_file), in_memory=False))
+        except Exception as e:
+            raise DataError(f"{path / name}: not a readable Arrow stream ({_first_line(e)})") from None
+    return datasets.concatenate_datasets(parts) if len(parts) != 1 else parts[0]
 
 
 def _open_hub(hub_id: str, cfg: DataConfig) -> Source:
@@ -262,8 +281,27 @@ def _prescan_jsonl(path: Path, cfg: DataConfig, block_bytes: int = 1 << 22) -> N
             whole, tail = (block[:cut], block[cut:]) if cut else (b"", block)
             if _block_bad(whole, not_object):
                 _scan_jsonl(path, cfg)
+            if LONE_SURROGATE.search(whole):
+                _refuse_lone_surrogate(path, cfg)
     if tail and _block_bad(tail, not_object):
         _scan_jsonl(path, cfg)
+    if tail and LONE_SURROGATE.search(tail):
+        _refuse_lone_surrogate(path, cfg)
+
+
+# a \\uD800-\\uDFFF escape that is not half of a surrogate pair: not Unicode text, and the Arrow JSON
+# reader does not keep the record intact around it
+LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                            rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogate(path: Path, cfg: DataConfig) -> None:
+    _scan_jsonl(path, cfg)  # names the field when it is one we read
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if LONE_SURROGATE.search(raw):
+                raise DataError(f"{path}:{lineno}: a lone surrogate escape ({LONE_SURROGATE.search(raw).group().decode()}), "
+                                f"not valid Unicode text; fix or drop the record")
 
 
 def _block_bad(block: bytes, not_object: "re.Pattern[bytes]") -> bool:
@@ -405,6 +443,11 @@ class Records:
         absolute = rows if base is None else base[rows]
         return Records(self.path, self.source, ConversationView(self.source, self.format, self.conversations.cfg, absolute),
                        fingerprint, self.format)
+
+    def line(self, row: int) -> int | str:
+        """The file line (or 1-based row) of row ``row``, for messages."""
+        where = self.source.where(int(self._absolute([row])[0]))
+        return where.rsplit(":", 1)[1]
 
     def _absolute(self, rows: Any) -> np.ndarray:
         rows = np.asarray(rows, dtype=np.int64)
