@@ -252,6 +252,24 @@ def _bad_utf8_line(path: Path) -> tuple[int, int] | None:
     return None
 
 
+def _jsonl_records_at(path: Path, rows: np.ndarray) -> list[dict[str, Any]]:
+    """The records of these rows (0-based, blank lines skipped), parsed from their lines, in the order given."""
+    wanted = {int(r): None for r in rows}
+    found: dict[int, dict[str, Any]] = {}
+    seen = -1
+    last = max(wanted)
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            seen += 1
+            if seen in wanted:
+                found[seen] = json.loads(raw)
+            if seen >= last:
+                break
+    return [found[int(r)] for r in rows]
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, record) of each CSV row, streamed; malformed rows raise with their line."""
     with open(path, encoding="utf-8-sig", newline="") as fh:
@@ -454,10 +472,17 @@ class Records:
         return rows if self.conversations.rows is None else self.conversations.rows[rows]
 
     def rows_at(self, rows: Any) -> list[dict[str, Any]]:
-        """The original records (every field, as read) of these rows, in the order given."""
+        """The original records of these rows, in the order given, exactly as the user wrote them.
+
+        For JSONL the lines are read again from the file (one pass, keeping only these rows): the
+        Arrow table unifies every row to one schema (absent fields become null, keys reordered), which
+        is not what the user wrote. Other sources already have a schema, so their Arrow rows are the records.
+        """
         rows = self._absolute(rows)
         if len(rows) == 0:
             return []
+        if self.source.kind == "jsonl" and self.source.path is not None:
+            return _jsonl_records_at(self.source.path, rows)
         return self.source.dataset.select(rows).to_list()
 
     def field_values(self, name: str, rows: Any = None) -> Iterator[Any]:
