@@ -79,3 +79,21 @@ def test_default_m_k():
     assert default_m_k(10, 1000) == (40, 10)
     assert default_m_k(10, 25) == (25, 6)
     assert default_m_k(10, 1000, m=100, k=3) == (100, 3)
+
+
+def test_max_cosine_rule_matches_a_dense_reference():
+    """The LESS-style rule (score.max_cosine_rows): max over done domain rows of the cosine, NaN for pool rows
+    without response tokens, the same in small blocks as in one."""
+    from ntk_selector.score import max_cosine_rows
+    from ntk_selector.store import DONE, EMPTY
+
+    rng = np.random.default_rng(3)
+    dom, pool = rng.normal(size=(5, 16)), rng.normal(size=(40, 16))
+    d_status = np.array([DONE, DONE, EMPTY, DONE, DONE], dtype=np.uint8)
+    p_status = np.full(40, DONE, dtype=np.uint8)
+    p_status[[3, 17]] = EMPTY
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    want = (unit(pool) @ unit(dom[d_status == DONE]).T).max(1)
+    want[[3, 17]] = np.nan
+    for block_mb in (256, 0):  # 0: one row per block
+        np.testing.assert_allclose(max_cosine_rows(pool, p_status, dom, d_status, block_mb), want, rtol=1e-12)

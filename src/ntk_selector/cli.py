@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from ntk_selector.config import (SECTIONS, DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings,
+from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexConfig, LoraSettings,
                                  ModelConfig, OutputConfig, PoolFilterConfig, PreselectConfig, RunConfig, ScoreConfig,
                                  TrainConfig, load_yaml)
 from ntk_selector.diagnostics import register_cli as register_diagnose

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -223,8 +223,3 @@ def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
             target[b, s - 1 : n - 1] = True
             labels[b, s - 1 : n - 1] = t[s:n]
     return Batch(ids, attn, target, labels)
-
-
-def chunks(n: int, size: int) -> Iterable[range]:
-    for start in range(0, n, size):
-        yield range(start, min(n, start + size))

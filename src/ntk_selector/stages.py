@@ -23,12 +23,12 @@ from ntk_selector.models import (adapter_lora_settings, fingerprint_folder, load
                                  model_fingerprint, model_path, resolve_device, resolve_dtype, with_lora)
 from ntk_selector.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.projection import PROJECTION_KIND
-from ntk_selector.records import Records, file_fingerprint  # noqa: F401  (Records: re-exported for the stages' callers)
+from ntk_selector.records import Records  # noqa: F401  (re-exported for the stages' callers)
 from ntk_selector import distributed
 from ntk_selector.runner import fill_store, run_rows, run_texts
-from ntk_selector.score import block_rows_for, domain_direction, score_rows
+from ntk_selector.score import block_rows_for, domain_direction, max_cosine_rows, score_rows
 from ntk_selector.files import atomic_open, folder_lock
-from ntk_selector.store import (DONE, RowStore, check_same_features, describe_differences, iter_row_blocks, open_store,
+from ntk_selector.store import (DONE, RowStore, check_same_features, describe_differences, open_store,
                                   write_json_atomic)
 from ntk_selector.training import check_adapter_folder, save_adapter_atomic, train_lora
 from ntk_selector.train_checkpoint import TrainCheckpoint
@@ -291,20 +291,10 @@ def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> 
 
 
 def max_cosine_scores(domain_store: Path, pool_store: Path, block_mb: int = 256) -> np.ndarray:
-    """LESS-style: max over domain rows of the cosine between gradient features (pool read in blocks)."""
+    """LESS-style scores of two checked stores (the rule is score.max_cosine_rows)."""
     d_feat, d_status, d_meta = open_store(domain_store)
     p_feat, p_status, p_meta = open_store(pool_store)
     check_same_features(domain_store, d_meta, pool_store, p_meta)
-    dom = np.asarray(d_feat, dtype=np.float64)[d_status == DONE]
-    if len(dom) == 0:
+    if not (d_status == DONE).any():
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")
-    dom /= np.maximum(np.linalg.norm(dom, axis=1, keepdims=True), 1e-30)
-    scores = np.full(p_feat.shape[0], np.nan)
-    rows = block_rows_for(p_feat.shape[1] + len(dom), block_mb)
-    for start, block in iter_row_blocks(p_feat, rows):
-        block = block.astype(np.float64)
-        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-30)
-        s = (block @ dom.T).max(1)
-        ok = p_status[start : start + len(block)] == DONE
-        scores[start : start + len(block)] = np.where(ok, s, np.nan)
-    return scores
+    return max_cosine_rows(p_feat, p_status, d_feat, d_status, block_mb)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -413,8 +412,3 @@ def iter_row_blocks(features: np.ndarray, block_rows: int) -> Iterator[tuple[int
                     raise UserError(f"{path}: file is shorter than its header says")
                 got += r
             yield start, out
-
-
-def remove_tree(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
