@@ -25,6 +25,7 @@ from ntk_selector.errors import UserError
 from ntk_selector.evaluate import register_cli as register_evaluate
 from ntk_selector.finetune import register_cli as register_train
 from ntk_selector.predict import register_cli as register_predict
+from ntk_selector.methods import method_help
 from ntk_selector.settings import INPUT_KEYS, MODEL_SECTIONS, SUBCOMMAND_DEFAULTS
 from ntk_selector.settings import configs_from_args as _configs
 
@@ -332,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("select", cmd_select, "the whole pipeline: warm-up, embed, pre-select, featurize, score, top N", SELECT_SECTIONS,
             usage="ntk-selector select --domain D --pool C --n N --out DIR [options]", first=select_inputs)
-    p.add_argument("--method", default=None, help="ntk (default), random, embedding, preselect-random, less")
+    p.add_argument("--method", default=None, help=method_help())
     p.add_argument("--estimate", action="store_true",
                    help="time a few batches of each stage on this model and data, print rows, tokens, seconds and disk per stage, and exit")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ntk_selector.methods import METHODS
 from ntk_selector.data import collate, encode, plan_batches
 from ntk_selector.embed import mean_pooled
 from ntk_selector.preselect import default_m_k, reverse_knn
@@ -94,15 +95,19 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 2, s
 
     store_bytes = 2 if cfg.feature.store_dtype == "float16" else 4
     method = cfg.method
+    kind = METHODS[method]
     stages = [
         {"stage": "load data", "rows": len(domain) + len(pool), "tokens": None, "seconds": load_seconds, "disk_bytes": None},
-        {"stage": "warm-up", "rows": len(domain), "tokens": round(d_tokens * len(domain)),
-         "seconds": step_seconds * warm_steps, "disk_bytes": lora_params * 4},
-        {"stage": "embed", "rows": len(domain) + len(pool), "tokens": round(d_tokens * len(domain) + p_tokens * len(pool)),
-         "seconds": embed_row * (len(domain) + len(pool)), "disk_bytes": (len(domain) + len(pool)) * (hidden * 4 + 1)},
-        {"stage": "preselect", "rows": len(pool), "tokens": None, "seconds": pre_seconds, "disk_bytes": len(pool) * 16 + m * 8},
     ]
-    if method in ("ntk", "less"):
+    if kind.uses_model:
+        stages += [
+            {"stage": "warm-up", "rows": len(domain), "tokens": round(d_tokens * len(domain)),
+             "seconds": step_seconds * warm_steps, "disk_bytes": lora_params * 4},
+            {"stage": "embed", "rows": len(domain) + len(pool), "tokens": round(d_tokens * len(domain) + p_tokens * len(pool)),
+             "seconds": embed_row * (len(domain) + len(pool)), "disk_bytes": (len(domain) + len(pool)) * (hidden * 4 + 1)},
+            {"stage": "preselect", "rows": len(pool), "tokens": None, "seconds": pre_seconds, "disk_bytes": len(pool) * 16 + m * 8},
+        ]
+    if kind.ranking == "features":
         stages += [
             {"stage": "featurize", "rows": len(domain) + m, "tokens": round(d_tokens * len(domain) + p_tokens * m),
              "seconds": feat_row * (len(domain) + m), "disk_bytes": (len(domain) + m) * (feat_dim * store_bytes + 1)},

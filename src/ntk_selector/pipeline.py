@@ -29,6 +29,7 @@ from ntk_selector.config import (DataConfig, EmbedConfig, FeatureConfig, IndexCo
                                  check_together, to_dict)
 from ntk_selector.data import encode
 from ntk_selector.errors import UserError
+from ntk_selector.methods import METHODS
 from ntk_selector.models import load_tokenizer, model_path
 from ntk_selector.filters import PoolFilter, pool_filter
 from ntk_selector.formats import OUTPUT_FILES, OUTPUT_FORMATS, to_trl_row
@@ -45,7 +46,6 @@ SELECT_OUTPUTS = ("selected.jsonl", "scores.csv", "run.json", "report.html", "re
                   "report_tasks.png", "report_seconds.png")
 
 log = logging.getLogger(__name__)
-METHODS = ("ntk", "random", "embedding", "preselect-random", "less")
 
 
 @dataclass
@@ -147,7 +147,8 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
 def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, stages: Path, cfg: SelectConfigs,
                    clock: StageClock, pool_path: str | Path) -> dict[str, Any] | None:
     n = cfg.preselect.n
-    if cfg.method == "random":
+    method = METHODS[cfg.method]
+    if not method.uses_model:
         return distributed.on_main(lambda: _select_random(domain, pool, out, cfg, filt, clock))
 
     session = Session(cfg.model, cfg.lora, cfg.run)
@@ -175,24 +176,22 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
     scores = np.full(len(pool), np.nan)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.zeros(0, dtype=np.int64)
-    if cfg.method == "embedding":
+    if method.ranking == "votes":
         chosen = pre.order[:n]
         scores[pre.order] = pre.votes[pre.order]
-    elif cfg.method == "preselect-random":
+    elif method.ranking == "draw":
         chosen = rng.choice(pre.order, size=min(n, len(pre.order)), replace=False)
     else:
-        feat_cfg = cfg.feature if cfg.method == "ntk" else replace(cfg.feature, objective="ce")
+        feat_cfg = replace(cfg.feature, objective=method.objective) if method.objective else cfg.feature
         cand = pool.subset(pre.order, _subset_fingerprint(pool.fingerprint, pre.order))
-        # one store name per objective, so variants can share a --work-dir
-        tag = "less_features" if cfg.method == "less" else \
-            "features" if feat_cfg.objective == "ntk" else f"features_{feat_cfg.objective}"
+        tag = method.features_tag(feat_cfg.objective)
         pool_tag = f"{tag}_pool" if not cfg.run.work_dir else f"{tag}_pool_{cand.fingerprint[:8]}"
         with clock("featurize"):
             featurize(session, domain, stages / f"{tag}_domain", cfg.data, feat_cfg, desc="featurize domain")
             featurize(session, cand, stages / pool_tag, cfg.data, feat_cfg, desc="featurize pool")
 
         def score() -> np.ndarray:
-            if cfg.method == "ntk":
+            if method.score_rule == "ntk":
                 return ntk_scores(stages / f"{tag}_domain", stages / pool_tag, cfg.score)
             return max_cosine_scores(stages / f"{tag}_domain", stages / pool_tag, cfg.score.score_block_mb)
 
