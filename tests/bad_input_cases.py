@@ -224,6 +224,12 @@ def _outputs_into_folder_with(ctx: Ctx, files: dict[str, str], command: str, *ex
     if command == "select":
         return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "-n", "4", "--out", out, "--model", ctx.model,
                 "--method", "random", "--quiet", *extra]
+    if command == "predict":
+        return ["predict", "--domain", ctx.domain(), "--test", ctx.domain(), "--out", out, "--model", ctx.model,
+                "--rank", "4", "--proj-dim", "16", "--quiet", *extra]
+    if command == "diagnose":
+        return ["diagnose", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", out, "--model", ctx.model,
+                "--rank", "4", "--quiet", *extra]
     return ["evaluate", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet", *extra]
 
 
@@ -445,6 +451,12 @@ CASES: list[Case] = [
     Case("select --out folder holding the user's selected.jsonl (no run.json)", "loss",
          lambda c: _outputs_into_folder_with(c, {"selected.jsonl": '{"prompt": "mine"}\n'}, "select"), 2,
          "already holds selected.jsonl, not written by an earlier run", check=run_checks),
+    Case("predict --out folder holding the user's predict.json", "loss",
+         lambda c: _outputs_into_folder_with(c, {"predict.json": '{"mine": 1}'}, "predict"), 2,
+         "already holds predict.json, not written by an earlier run", check=run_checks),
+    Case("diagnose --out folder holding the user's report.html", "loss",
+         lambda c: _outputs_into_folder_with(c, {"report.html": "<p>mine</p>"}, "diagnose"), 2,
+         "already holds report.html, not written by an earlier run", check=run_checks),
     Case("evaluate --out folder holding the user's predictions.jsonl", "loss",
          lambda c: _outputs_into_folder_with(c, {"predictions.jsonl": "mine\n", "notes.txt": "x"}, "evaluate"), 2,
          "already holds predictions.jsonl, not written by an earlier run", check=run_checks),

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ntk_selector.version import __version__
+from ntk_selector.files import refuse_replacing
 from ntk_selector.config import DataConfig, DiagnoseConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
 from ntk_selector.data import Encoded, collate, encode, plan_batches
 from ntk_selector.entk import choose_outputs, exact_entk, output_head
@@ -38,6 +39,9 @@ from ntk_selector.store import write_json_atomic
 from ntk_selector.training import epoch_batches, train_lora
 
 CHECKS = ("stability", "approximation", "projection")
+
+# the plots diagnose writes beside diagnostics.json (report.py draws them)
+DIAG_PLOTS = ("diag_stability.png", "diag_projection.png", "diag_approximation.png", "diag_seconds.png")
 
 
 @dataclass
@@ -266,6 +270,9 @@ def diagnose(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path
     if diag.probe_rows < 4 or diag.approx_rows < 2:
         raise UserError("--probe-rows must be at least 4 and --approx-rows at least 2")
     out = Path(out_dir)
+    # diagnose may share a select run's folder (one report for both): either run's record makes the files ours
+    refuse_replacing(out, ("diagnostics.json", "report.html", *DIAG_PLOTS), (("diagnostics.json", "checks"), ("run.json", "inputs")),
+                     run.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()

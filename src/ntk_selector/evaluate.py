@@ -327,7 +327,7 @@ def run_evaluate(data_path: str | Path, out: str | Path, model_cfg: ModelConfig,
                  labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
                  calibrate: bool = False, session: Session | None = None) -> dict[str, Any]:
     """Evaluate and write ``eval.json`` and ``predictions.jsonl`` atomically into ``out``."""
-    refuse_replacing(out, ("eval.json", "predictions.jsonl"), "eval.json", "data_fingerprint", run.overwrite)
+    refuse_replacing(out, ("eval.json", "predictions.jsonl"), (("eval.json", "data_fingerprint"),), run.overwrite)
     test = Records.load(data_path, data_cfg)
     if session is None:
         session = Session(model_cfg, LoraSettings(), run)

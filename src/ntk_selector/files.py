@@ -119,21 +119,23 @@ def release_lock(fh: IO[Any] | None) -> None:
         fh.close()
 
 
-def refuse_replacing(out: str | Path, names: tuple[str, ...], record: str, key: str, overwrite: bool, flag: str = "--out") -> None:
+def refuse_replacing(out: str | Path, names: tuple[str, ...], records: tuple[tuple[str, str], ...], overwrite: bool,
+                     flag: str = "--out") -> None:
     """Refuse to write ``names`` into ``out`` when any of them is there but not from an earlier run of ours.
 
-    An earlier run is recognised by its ``record`` file (one of ``names``): JSON holding ``key``. Files
-    of the same names that the user put there are never replaced unless ``overwrite``; other files in
-    the folder are never touched at all.
+    An earlier run is recognised by one of its ``records``: (file, key) pairs, a JSON file holding
+    that key. Files of the same names that the user put there are never replaced unless
+    ``overwrite``; other files in the folder are never touched at all.
     """
     out = Path(out)
     present = [n for n in names if (out / n).exists()]
     if not present or overwrite:
         return
-    try:
-        ours = key in json.loads((out / record).read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, TypeError):
-        ours = False
-    if not ours:
-        raise UserError(f"{flag} {out} already holds {', '.join(present)}, not written by an earlier run of this "
-                        f"command; choose another folder, or --overwrite to replace them")
+    for record, key in records:
+        try:
+            if key in json.loads((out / record).read_text(encoding="utf-8")):
+                return
+        except (OSError, ValueError, UnicodeDecodeError, TypeError):
+            continue
+    raise UserError(f"{flag} {out} already holds {', '.join(present)}, not written by an earlier run of this "
+                    f"command; choose another folder, or --overwrite to replace them")

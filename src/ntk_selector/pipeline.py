@@ -290,7 +290,7 @@ def _check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectC
     """Refuse an output folder that holds another run or a store (unless --overwrite)."""
     if (out / META).exists():
         raise UserError(f"{out} holds a feature store, not a select run; choose another --out")
-    refuse_replacing(out, SELECT_OUTPUTS, "run.json", "inputs", cfg.run.overwrite)
+    refuse_replacing(out, SELECT_OUTPUTS, (("run.json", "inputs"),), cfg.run.overwrite)
     run_json = out / "run.json"
     if not run_json.exists() or cfg.run.overwrite:
         return

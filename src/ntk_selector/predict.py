@@ -18,6 +18,7 @@ import numpy as np
 from ntk_selector.config import DataConfig, FeatureConfig, LoraSettings, ModelConfig, PredictConfig, RunConfig, to_dict
 from ntk_selector.data import Encoded, collate, encode
 from ntk_selector.errors import UserError
+from ntk_selector.files import refuse_replacing
 from ntk_selector.gradients import GradientFeaturizer
 from ntk_selector.kernels import cosine_normalize, gram, rows_features
 from ntk_selector.stages import Records, Session
@@ -67,6 +68,7 @@ def predict(domain_path: str | Path, test_path: str | Path, out_dir: str | Path,
     """Fit on the domain, predict the test rows, write ``predict.json`` (with ``accuracy``)."""
     if feat_cfg.objective != "ntk":
         raise UserError("predict uses the NTK objective (--objective ntk): other objectives would see the labels")
+    refuse_replacing(out_dir, ("predict.json",), (("predict.json", "kernel"),), run.overwrite)
     start = time.perf_counter()
     domain = Records.load(domain_path, data_cfg)
     test = Records.load(test_path, data_cfg)
