@@ -25,6 +25,19 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"ntk-selector {__version__}"
 
 
+@pytest.mark.parametrize("command, absent, present", [
+    ("train", ("--work-dir", "--dist-timeout", "--token-budget", "--max-batch-size"), ("--batch-size", "--checkpoint-every")),
+    ("evaluate", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--token-budget", "--seed", "--calibrate")),
+    ("predict", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--ridge", "--seed")),
+    ("diagnose", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--probe-rows", "--seed")),
+    ("index", ("--work-dir", "--checkpoint-every"), ("--dist-timeout", "--proj-dim")),
+])
+def test_other_subcommands_list_only_the_flags_they_read(command, absent, present):
+    text = help_of(command)
+    assert not [f for f in absent if f + " " in text], command
+    assert all(f in text for f in present), command
+
+
 def test_help_lists_only_used_flags_grouped_by_stage():
     select = help_of("select")
     assert select.startswith("usage: ntk-selector select --domain D --pool C --n N --out DIR")

@@ -49,6 +49,12 @@ UNUSED: dict[str, set[str]] = {
     "featurize": {"work_dir", "checkpoint_every"},
     "preselect": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout"},
     "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search"},
+    "index": {"work_dir", "checkpoint_every"},
+    # one process each: no torchrun timeout; train batches by --batch-size, not a token budget
+    "train": {"work_dir", "dist_timeout", "token_budget", "max_batch_size"},
+    "evaluate": {"work_dir", "dist_timeout", "checkpoint_every"},  # --seed stays: a flag every subcommand shares
+    "predict": {"work_dir", "dist_timeout", "checkpoint_every"},
+    "diagnose": {"work_dir", "dist_timeout", "checkpoint_every"},
 }
 UNUSED_ELSEWHERE = {"work_dir"}  # subcommands registered by other modules
 
