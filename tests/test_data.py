@@ -191,3 +191,19 @@ def test_bad_input_messages(tmp_path, content, needle):
     with pytest.raises(DataError) as e:
         Records.load(path, DataConfig())
     assert needle in str(e.value)
+
+
+def test_template_parts_found_once_give_the_same_rows_as_one_at_a_time(tok):
+    """encode renders the marker once per sequence of prompt roles and reuses it; every row must come out as
+    when it is encoded alone (including rows with a system turn, and a template whose text differs by role)."""
+    tok.chat_template = QWEN3_STYLE
+    cfg = DataConfig()
+    rows = [{"prompt": "a", "response": "x"}, {"prompt": "bb", "response": "think"},
+            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                          {"role": "assistant", "content": "n"}]},
+            {"prompt": "c", "response": "<|im_end|>"}]
+    convs = [to_conversation(r, cfg) for r in rows]
+    together = encode(convs, tok, cfg)
+    alone = [encode([c], tok, cfg)[0] for c in convs]
+    for a, b in zip(together, alone):
+        assert a.input_ids.tolist() == b.input_ids.tolist() and a.response_start == b.response_start

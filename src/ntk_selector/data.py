@@ -79,12 +79,15 @@ def uses_chat_template(tokenizer: Any, cfg: DataConfig) -> bool:
 _CONTENT_MARK = "\ue000content\ue001"
 
 
-def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str) -> tuple[str, str, str]:
+def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str,
+                          known: dict[tuple[str, ...], tuple[str, str]]) -> tuple[str, str, str]:
     """(text the template puts before the content, the content as rendered, text after it) of the response turn.
 
     The template's own text around the content (Qwen3's empty ``<think></think>`` block before it,
-    ``<|im_end|>\n`` after it) is found by rendering the turn once with a marker as its content,
-    so no search for the content's characters can land inside the template's tokens.
+    ``<|im_end|>\n`` after it) is found by rendering the turn with a marker as its content, so no
+    search for the content's characters can land inside the template's tokens. The marker rendering
+    is kept in ``known`` per sequence of prompt roles and reused when this row's rendering starts and
+    ends with the same text; otherwise the row gets its own.
     """
     def render(content: str) -> str:
         full = tokenizer.apply_chat_template(conv.prompt_messages + [{"role": "assistant", "content": content}],
@@ -93,14 +96,25 @@ def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str) -> tu
             raise DataError("the chat template does not render the prompt as a prefix of the conversation; use --no-chat-template")
         return full[len(prompt):]
 
-    marked = render(_CONTENT_MARK)
-    if marked.count(_CONTENT_MARK) != 1:
-        raise DataError("the chat template does not render the assistant content once; use --no-chat-template")
-    before, after = marked.split(_CONTENT_MARK)
+    def fits(tail: str, before: str, after: str) -> bool:
+        return tail.startswith(before) and tail.endswith(after) and len(tail) >= len(before) + len(after)
+
+    def marked_parts() -> tuple[str, str]:
+        marked = render(_CONTENT_MARK)
+        if marked.count(_CONTENT_MARK) != 1:
+            raise DataError("the chat template does not render the assistant content once; use --no-chat-template")
+        before, after = marked.split(_CONTENT_MARK)
+        return before, after
+
+    roles = tuple(m["role"] for m in conv.prompt_messages)
     tail = render(conv.response)
-    if not (tail.startswith(before) and tail.endswith(after) and len(tail) >= len(before) + len(after)):
-        raise DataError("the chat template renders the assistant turn in a way that cannot be split into "
-                        "its content and end-of-turn; use --no-chat-template")
+    if roles not in known or not fits(tail, *known[roles]):
+        parts = marked_parts()
+        if not fits(tail, *parts):
+            raise DataError("the chat template renders the assistant turn in a way that cannot be split into "
+                            "its content and end-of-turn; use --no-chat-template")
+        known.setdefault(roles, parts)
+    before, after = known[roles] if fits(tail, *known[roles]) else parts
     return before, tail[len(before): len(tail) - len(after)], after
 
 
@@ -126,9 +140,10 @@ def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfi
     """
     if uses_chat_template(tokenizer, cfg):
         prompt_texts, response_texts, after_texts = [], [], []
+        known: dict[tuple[str, ...], tuple[str, str]] = {}
         for conv in conversations:
             prompt = tokenizer.apply_chat_template(conv.prompt_messages, tokenize=False, add_generation_prompt=True)
-            before, content, after = _assistant_turn_parts(tokenizer, conv, prompt)
+            before, content, after = _assistant_turn_parts(tokenizer, conv, prompt, known)
             prompt_texts.append(prompt + before)
             response_texts.append(content)
             after_texts.append(after)
