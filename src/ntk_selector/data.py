@@ -108,13 +108,14 @@ def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str,
 
     roles = tuple(m["role"] for m in conv.prompt_messages)
     tail = render(conv.response)
-    if roles not in known or not fits(tail, *known[roles]):
+    parts = known.get(roles)
+    if parts is None or not fits(tail, *parts):
         parts = marked_parts()
         if not fits(tail, *parts):
             raise DataError("the chat template renders the assistant turn in a way that cannot be split into "
                             "its content and end-of-turn; use --no-chat-template")
         known.setdefault(roles, parts)
-    before, after = known[roles] if fits(tail, *known[roles]) else parts
+    before, after = parts
     return before, tail[len(before): len(tail) - len(after)], after
 
 

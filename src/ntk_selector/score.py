@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ntk_selector.store import DONE, iter_row_blocks
+from ntk_selector.store import DONE, iter_row_blocks, read_exactly_at
 
 BLOCK_MB = 256
 
@@ -84,14 +84,7 @@ def read_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     flat = out.reshape(len(rows), -1).view(np.uint8)
     with open(path, "rb", buffering=0) as fh:
         for a, b in zip(starts.tolist(), ends.tolist()):
-            view = memoryview(flat[a:b].reshape(-1))
-            fh.seek(offset + int(rows[a]) * row_bytes)
-            got = 0
-            while got < len(view):
-                r = fh.readinto(view[got:])
-                if not r:
-                    raise ValueError(f"{path}: file is shorter than its header says")
-                got += r
+            read_exactly_at(fh, offset + int(rows[a]) * row_bytes, memoryview(flat[a:b].reshape(-1)), path)
     return out
 
 

@@ -385,6 +385,18 @@ def open_store(path: str | Path, verify: bool = True) -> tuple[np.ndarray, np.nd
     return features, status, meta
 
 
+def read_exactly_at(fh: Any, position: int, view: memoryview, path: Any) -> None:
+    """Fill ``view`` from an unbuffered file at ``position`` (reads may return short); a file that ends
+    early is a damaged store."""
+    fh.seek(position)
+    got = 0
+    while got < len(view):
+        r = fh.readinto(view[got:])
+        if not r:
+            raise UserError(f"{path}: file is shorter than its header says")
+        got += r
+
+
 def iter_row_blocks(features: np.ndarray, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
     """(start, rows) blocks of a [rows, dim] array. Memmapped stores are read with plain file reads
     so the pages do not stay mapped in this process: memory stays one block, whatever the pool."""
@@ -403,12 +415,5 @@ def iter_row_blocks(features: np.ndarray, block_rows: int) -> Iterator[tuple[int
         for start in range(0, n, block_rows):
             count = min(block_rows, n - start)
             out = np.empty((count, *features.shape[1:]), dtype=features.dtype)
-            fh.seek(offset + start * row_bytes)
-            view = memoryview(out.reshape(-1).view(np.uint8))
-            got = 0
-            while got < len(view):
-                r = fh.readinto(view[got:])
-                if not r:
-                    raise UserError(f"{path}: file is shorter than its header says")
-                got += r
+            read_exactly_at(fh, offset + start * row_bytes, memoryview(out.reshape(-1).view(np.uint8)), path)
             yield start, out
