@@ -32,7 +32,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-
     from bad_input_cases import CASES, run_case
     from conftest import make_model, make_tokenizer
 

@@ -108,14 +108,14 @@ def make_tokenizer():
 
 def stage_load(pool: Path):
     from ntk_selector.config import DataConfig
-    from ntk_selector.records import Records
+    from ntk_selector.io.records import Records
 
     return Records.load(pool, DataConfig())
 
 
 def stage_filter(pool: Path, test_set: Path) -> np.ndarray:
     from ntk_selector.config import PoolFilterConfig
-    from ntk_selector.filters import pool_filter
+    from ntk_selector.selection.filters import pool_filter
 
     records = stage_load(pool)
     return pool_filter(records.conversations, PoolFilterConfig(dedupe=True, decontaminate=str(test_set))).excluded
@@ -126,8 +126,8 @@ def stage_tokenize(pool: Path, store: Path, tokenizer, chat_template: bool = Tru
     import torch
 
     from ntk_selector.config import DataConfig
-    from ntk_selector.runner import run_rows
-    from ntk_selector.store import RowStore
+    from ntk_selector.features.runner import run_rows
+    from ntk_selector.io.store import RowStore
 
     records = stage_load(pool)
     cfg = DataConfig(max_length=256, token_budget=8192, max_batch_size=256, no_chat_template=not chat_template)
@@ -139,7 +139,7 @@ def stage_tokenize(pool: Path, store: Path, tokenizer, chat_template: bool = Tru
 
 
 def write_embedding_store(path: Path, rows: int, dim: int, seed: int, block: int = 262_144) -> None:
-    from ntk_selector.store import RowStore
+    from ntk_selector.io.store import RowStore
 
     rng = np.random.default_rng(seed)
     with RowStore(path, rows, dim, "float32", {"synthetic": path.name, "rows": rows}, overwrite=True) as store:
@@ -151,7 +151,7 @@ def write_embedding_store(path: Path, rows: int, dim: int, seed: int, block: int
 
 def stage_preselect(domain_store: Path, pool_store: Path, n: int):
     from ntk_selector.config import PreselectConfig
-    from ntk_selector.stages import preselect
+    from ntk_selector.selection.stages import preselect
 
     return preselect(domain_store, pool_store, PreselectConfig(n=n, knn_search="flat"), seed=0)
 
@@ -194,11 +194,12 @@ class PeakSampler:
 def child(args: argparse.Namespace) -> None:
     """One stage in this process; prints a JSON line with its memory."""
     work = Path(args.work)
-    import torch  # noqa: F401  (imports before the baseline, as in a real run)
     import datasets  # noqa: F401
-    import ntk_selector.stages  # noqa: F401
-    import ntk_selector.filters  # noqa: F401
-    import ntk_selector.runner  # noqa: F401
+    import torch  # noqa: F401  (imports before the baseline, as in a real run)
+
+    import ntk_selector.features.runner  # noqa: F401
+    import ntk_selector.selection.filters  # noqa: F401
+    import ntk_selector.selection.stages  # noqa: F401
 
     tokenizer = make_tokenizer() if args.child == "tokenize" else None
     base = anon_rss_bytes()

@@ -1,6 +1,6 @@
 """Downstream benchmark: does fine-tuning on D ∪ S, with S picked by NTK-Selector, beat the alternatives?
 
-Domain: drug-review sentiment from the packaged demo (``ntk_selector.demo.build_demo``): |D| = 100
+Domain: drug-review sentiment from the packaged demo (``ntk_selector.io.demo_data.build_demo``): |D| = 100
 balanced training reviews, the 379 test reviews as the test set, ``domain_valid`` (100 other
 training reviews) for choosing settings. Pool: 5,000 rows of seven other tasks (movie sentiment,
 plot-or-review, headline completion, debate party, dialogue, ShareGPT, code); nothing from drug
@@ -303,7 +303,7 @@ class Bench:
                     folder.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src / f"{k}.jsonl", paths[k])
             else:
-                from ntk_selector.demo import build_demo
+                from ntk_selector.io.demo_data import build_demo
 
                 built = build_demo(folder, n_domain=d, pool_size=self.s.pool_size, seed=0,
                                    balanced_domain=prior == "balanced")
@@ -340,7 +340,7 @@ class Bench:
     def run_select(self, d: int, n: int, method: str, out: Path, flags: list[str],
                    prior: str = "balanced") -> dict[str, Any]:
         """``ntk-selector select`` on the |D| = d files with these extra flags; the unit's summary."""
-        from ntk_selector.cli import main as cli
+        from ntk_selector.cli.commands import main as cli
 
         data = self.data(d, prior)
         args = ["select", "--domain", str(data["domain"]), "--pool", str(data["pool"]), "--out", str(out),
@@ -357,7 +357,7 @@ class Bench:
 
     def _draw_from_preselection(self, d: int, n: int, sel: int, out: Path) -> dict[str, Any]:
         """preselect-random with another seed: N uniformly from the seed-0 pre-selected set (no model work)."""
-        from ntk_selector.report import read_scores
+        from ntk_selector.selection.report import read_scores
 
         base = self.selection(d, n, "preselect-random", 0)
         scores = read_scores(Path(base["selected_file"]).with_name("scores.csv"))
@@ -386,7 +386,7 @@ class Bench:
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
         from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
-        from ntk_selector.finetune import finetune
+        from ntk_selector.training.finetune import finetune
 
         adapter = self.cache / "adapters" / run.key
         state = finetune(files, adapter, ModelConfig(model=self.s.model),
@@ -411,9 +411,9 @@ class Bench:
                          lambda: self._evaluate(run, adapter, path, split), f"evaluate {run.key} on {split}")
 
     def _evaluate(self, run: Run, adapter: str | None, path: Path, split: str) -> dict[str, Any]:
+        from ntk_selector.analysis.evaluate import run_evaluate
         from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
-        from ntk_selector.evaluate import run_evaluate
-        from ntk_selector.stages import Session
+        from ntk_selector.model.session import Session
 
         model_cfg = ModelConfig(model=self.s.model, adapter=adapter)
         if self._eval_session is None:
@@ -567,7 +567,7 @@ def accuracies(results: Path, metric: str = "accuracy") -> dict[tuple[str, str],
 
     ``metric``: accuracy, balanced_accuracy or macro_f1 (the latter two recomputed from the per-class
     counts, so results cached before they were written still have them)."""
-    from ntk_selector.evaluate import class_balanced_scores
+    from ntk_selector.analysis.evaluate import class_balanced_scores
 
     groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
     for u in load_units(results, "eval"):
@@ -647,7 +647,7 @@ def picked_tasks(results: Path, d: int, n: int) -> dict[str, dict[str, float]]:
 
 def picked_answers(results: Path, cache: Path, d: int, n: int) -> dict[str, dict[str, float]]:
     """Mean number of selected rows giving each of D's labels (and other answers), per method."""
-    from ntk_selector.answer_mix import answer_mix
+    from ntk_selector.selection.answer_mix import answer_mix
 
     data = cache / "data" / f"d{d}"
     if not (data / "pool.jsonl").exists():
@@ -881,10 +881,9 @@ def update_benchmarks_md(path: Path, table: str, command: str, results: Path) ->
 
 def estimate(s: Settings, bench: Bench, rate_train: float, rate_fwd: float) -> dict[str, float]:
     """Hours per phase from token counts and throughputs (padding: length-sorted ~1.05, shuffled ~1.9)."""
-    from ntk_selector.config import DataConfig
-    from ntk_selector.data import encode, to_conversation
-    from ntk_selector.models import load_tokenizer, model_path
-    from ntk_selector.config import ModelConfig
+    from ntk_selector.config import DataConfig, ModelConfig
+    from ntk_selector.io.tokens import encode, to_conversation
+    from ntk_selector.model.loading import load_tokenizer, model_path
 
     tok = load_tokenizer(model_path(ModelConfig(model=s.model), quiet=True))
     cfg = DataConfig(max_length=s.max_length)

@@ -88,16 +88,15 @@ def select_variant(bench: Any, d: int, n: int, method: str, out: Path) -> dict[s
 
 def _main_scores(folder: Path) -> np.ndarray:
     """The ntk score of every pool row in the main run's scores.csv (NaN where not scored)."""
-    from ntk_selector.report import read_scores
+    from ntk_selector.selection.report import read_scores
 
     return read_scores(folder / "scores.csv")["ntk_score"]
 
 
 def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     """The main run's ranking, skipping rows of a task that already has N/2."""
-    from ntk_selector.score import top_n
-
-    from ntk_selector.data import read_records
+    from ntk_selector.io.tokens import read_records
+    from ntk_selector.selection.score import top_n
 
     score = _main_scores(folder)
     pool = read_records(bench.data(d)["pool"])
@@ -115,11 +114,11 @@ def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
 def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     """Rescore the main run's stored features with every row scaled by its number of response positions."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.data import encode, read_records, to_conversation
-    from ntk_selector.models import load_tokenizer, model_path
-    from ntk_selector.stages import load_preselect
-    from ntk_selector.score import domain_direction, score_rows, top_n
-    from ntk_selector.store import DONE, open_store
+    from ntk_selector.io.store import DONE, open_store
+    from ntk_selector.io.tokens import encode, read_records, to_conversation
+    from ntk_selector.model.loading import load_tokenizer, model_path
+    from ntk_selector.selection.score import domain_direction, score_rows, top_n
+    from ntk_selector.selection.stages import load_preselect
 
     work = bench.cache / "work" / f"d{d}"
     order = load_preselect(work / "preselect.npz").order

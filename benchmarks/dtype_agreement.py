@@ -27,12 +27,12 @@ from typing import Any
 import torch
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, TrainConfig
-from ntk_selector.data import Encoded, collate, encode, read_records, to_conversation
-from ntk_selector.demo import build_demo
-from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.kernels import relative_error, rows_features, spearman, top_overlap
-from ntk_selector.models import load_base_model, with_lora
-from ntk_selector.training import save_adapter_atomic, train_lora
+from ntk_selector.features.gradients import GradientFeaturizer
+from ntk_selector.features.kernels import relative_error, rows_features, spearman, top_overlap
+from ntk_selector.io.demo_data import build_demo
+from ntk_selector.io.tokens import Encoded, collate, encode, read_records, to_conversation
+from ntk_selector.model.loading import load_base_model, with_lora
+from ntk_selector.training.loop import save_adapter_atomic, train_lora
 
 CACHE = Path("benchmarks/cache/dtype_agreement")
 

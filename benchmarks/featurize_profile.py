@@ -12,14 +12,14 @@ import sys
 import time
 
 import torch
+from featurize_speed import fixed_rows
 from peft import get_peft_model
 from torch.profiler import ProfilerActivity, profile
 
-from featurize_speed import fixed_rows
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig
-from ntk_selector.data import collate, plan_batches
-from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.models import load_base_model, lora_config
+from ntk_selector.features.gradients import GradientFeaturizer
+from ntk_selector.io.tokens import collate, plan_batches
+from ntk_selector.model.loading import load_base_model, lora_config
 
 
 def main() -> None:

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig
-from ntk_selector.data import IGNORE_INDEX, Encoded, collate, encode, plan_batches, read_records, to_conversation
-from ntk_selector.embed import mean_pooled
-from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.models import load_base_model, lora_config, lora_parameters
+from ntk_selector.features.embed import mean_pooled
+from ntk_selector.features.gradients import GradientFeaturizer
+from ntk_selector.io.tokens import IGNORE_INDEX, Encoded, collate, encode, plan_batches, read_records, to_conversation
+from ntk_selector.model.loading import load_base_model, lora_config, lora_parameters
 
 
 def peak_rss_mb() -> float:
@@ -63,7 +63,7 @@ def fixed_rows(n: int, length: int, vocab: int, seed: int) -> list[Encoded]:
 
 
 def demo_rows(n: int, tok: Any, max_length: int) -> list[Encoded]:
-    from ntk_selector.demo import build_demo
+    from ntk_selector.io.demo_data import build_demo
 
     paths = build_demo(Path("benchmarks/cache/demo_speed"), n_domain=100, pool_size=max(n, 500), seed=0)
     cfg = DataConfig(max_length=max_length)
@@ -157,7 +157,7 @@ def featurize_peak_rss(row_counts: list[int], model: str | None, proj_dim: int, 
     import subprocess
     import tempfile
 
-    from ntk_selector.demo import build_demo
+    from ntk_selector.io.demo_data import build_demo
 
     paths = build_demo(Path("benchmarks/cache/demo_speed"), n_domain=100, pool_size=max(max(row_counts), 500), seed=0)
     rows = paths.pool.read_text().splitlines()
@@ -202,7 +202,7 @@ def main() -> None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         base = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to("cuda" if torch.cuda.is_available() else "cpu")
         base.requires_grad_(False)
-        from ntk_selector.models import load_tokenizer, model_path
+        from ntk_selector.model.loading import load_tokenizer, model_path
 
         tok = load_tokenizer(model_path(ModelConfig()))
     else:

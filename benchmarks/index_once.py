@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_selector.cli import main as cli
+from ntk_selector.cli.commands import main as cli
 from ntk_selector.config import PreselectConfig, ScoreConfig
-from ntk_selector.index import open_index
-from ntk_selector.index_select import preselect_in_index, score_in_index
-from ntk_selector.kernels import spearman
-from ntk_selector.store import DONE, open_store
+from ntk_selector.features.kernels import spearman
+from ntk_selector.io.store import DONE, open_store
+from ntk_selector.selection.index import open_index
+from ntk_selector.selection.index_select import preselect_in_index, score_in_index
 
 
 def timed(args: list[str]) -> float:
@@ -59,7 +59,7 @@ def selected(run: Path) -> list[int]:
 
 def flags_for_embed(extra: list[str]) -> list[str]:
     """The extra flags the ``embed`` subcommand takes (drops feature settings and their values)."""
-    from ntk_selector.cli import MODEL_SECTIONS
+    from ntk_selector.cli.commands import MODEL_SECTIONS
     from ntk_selector.config import EmbedConfig, known_names
 
     names, kept, keep = known_names(MODEL_SECTIONS + (EmbedConfig,)), [], True

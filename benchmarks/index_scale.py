@@ -37,8 +37,8 @@ def rss_mb() -> float:
 
 def build_index(path: Path, rows: int, dim: int, emb_dim: int, store_dtype: str, block: int = 16_384) -> None:
     """A synthetic index folder (same layout and record as ``ntk-selector index``), written block by block."""
-    from ntk_selector.index import EMBEDDINGS, FEATURES, INDEX_META, PairStore
-    from ntk_selector.store import RowStore, write_json_atomic
+    from ntk_selector.io.store import RowStore, write_json_atomic
+    from ntk_selector.selection.index import EMBEDDINGS, FEATURES, INDEX_META, PairStore
 
     centers = np.random.default_rng(0).normal(size=(200, emb_dim)).astype(np.float32)
     definition = {"synthetic": True, "rows": rows}
@@ -67,10 +67,10 @@ def domain_arrays(domain: int, dim: int, emb_dim: int) -> tuple[np.ndarray, np.n
 def query(path: Path, domain: int, n: int, knn_search: str = "auto", block_mb: int = 256) -> dict:
     """One new domain against the index: (pre-selection, scores of the candidates, top N)."""
     from ntk_selector.config import PreselectConfig, ScoreConfig
-    from ntk_selector.index import open_index
-    from ntk_selector.index_select import preselect_in_index, score_in_index
-    from ntk_selector.score import top_n
-    from ntk_selector.store import DONE
+    from ntk_selector.io.store import DONE
+    from ntk_selector.selection.index import open_index
+    from ntk_selector.selection.index_select import preselect_in_index, score_in_index
+    from ntk_selector.selection.score import top_n
 
     index = open_index(path)
     emb, feat = domain_arrays(domain, index.features.shape[1], index.embeddings.shape[1])

@@ -41,7 +41,7 @@ def rss_mb() -> float:
 
 
 def write_store(path: Path, rows: int, dim: int, dtype: str, make_block, block: int = 65_536) -> None:
-    from ntk_selector.store import RowStore
+    from ntk_selector.io.store import RowStore
 
     with RowStore(path, rows, dim, dtype, {"synthetic": path.name, "rows": rows}, overwrite=True) as store:
         for start in range(0, rows, block):
@@ -84,10 +84,10 @@ def build_data(work: Path, args: argparse.Namespace) -> None:
 
 def measure(task: str, work: Path, args: argparse.Namespace) -> dict:
     from ntk_selector.config import ScoreConfig
-    from ntk_selector.preselect import default_m_k, reverse_knn
-    from ntk_selector.score import top_n
-    from ntk_selector.stages import ntk_scores
-    from ntk_selector.store import DONE, open_store
+    from ntk_selector.io.store import DONE, open_store
+    from ntk_selector.selection.preselect import default_m_k, reverse_knn
+    from ntk_selector.selection.score import top_n
+    from ntk_selector.selection.stages import ntk_scores
 
     base = rss_mb()
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from valid: an ablation; not written when it would hold the same rows as D, as f
 
 Pool: Natural Instructions v1 as shipped in ``bigbench==1.0.0`` (61 tasks, 193K rows), at most
 ``--per-task`` rows per task, prompt = the task definition (its first sentences) and the input,
-response = the first target; plus the demo's general sources (``ntk_selector.demo``: movie reviews,
+response = the first target; plus the demo's general sources (``ntk_selector.io.demo_data``: movie reviews,
 plots, headlines, debates, dialogues, ShareGPT, code). Only rows that fit ``--max-length`` tokens
 under the model's chat template are kept (a longer row loses its response to truncation and can
 never be selected), and every pool row sharing a 13-gram with any domain's test set is removed.
@@ -99,14 +99,14 @@ class Fitter:
 
     def __init__(self, model: str | None, max_length: int):
         from ntk_selector.config import DataConfig, ModelConfig
-        from ntk_selector.models import load_tokenizer, model_path
+        from ntk_selector.model.loading import load_tokenizer, model_path
 
         self.tok = load_tokenizer(model_path(ModelConfig(model=model), quiet=True))
         self.cfg = DataConfig(max_length=1 << 30)
         self.max_length = max_length
 
     def lengths(self, rows: list[Row]) -> list[int]:
-        from ntk_selector.data import encode, to_conversation
+        from ntk_selector.io.tokens import encode, to_conversation
 
         return [e.length for e in encode([to_conversation(r, self.cfg) for r in rows], self.tok, self.cfg)]
 
@@ -285,7 +285,7 @@ def natural_instruction_rows(fit: Fitter, downloads: Path, per_task: int, seed: 
 
 
 def demo_rows(pool_size: int, seed: int, fit: Fitter) -> list[Row]:
-    from ntk_selector.demo import _pool_candidates, _quotas
+    from ntk_selector.io.demo_data import _pool_candidates, _quotas
 
     rng = random.Random(seed)
     candidates = _pool_candidates(rng)
@@ -298,7 +298,7 @@ def demo_rows(pool_size: int, seed: int, fit: Fitter) -> list[Row]:
 
 def decontaminate(pool: list[Row], tests: Iterable[list[Row]], ngram: int) -> tuple[list[Row], int]:
     """Pool rows sharing a whitespace-token n-gram (or a whole short text) with any test row are dropped."""
-    from ntk_selector.filters import ngrams
+    from ntk_selector.selection.filters import ngrams
 
     banned: set = set()
     for rows in tests:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ntk_selector.projection import FactoredRademacher
+from ntk_selector.features.projection import FactoredRademacher
 
 ROOT = Path(__file__).resolve().parents[1]
 

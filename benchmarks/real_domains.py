@@ -201,7 +201,7 @@ class Bench:
         return self.unit("select", run.sel_key, definition, lambda: self._select(run, d_file, n))
 
     def _select(self, run: Run, d_file: Path, n: int) -> dict[str, Any]:
-        from ntk_selector.cli import main as cli
+        from ntk_selector.cli.commands import main as cli
 
         dom = self.domains[run.domain]
         out = self.cache / "select" / run.sel_key
@@ -244,7 +244,7 @@ class Bench:
                   "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels])}
         scores_csv = out / "scores.csv"
         if scores_csv.exists():
-            from ntk_selector.report import read_scores
+            from ntk_selector.selection.report import read_scores
 
             scores = read_scores(scores_csv)
             result["preselected"] = scores["pool_index"][scores["preselected"]].astype(int).tolist()
@@ -264,7 +264,7 @@ class Bench:
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
         from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
-        from ntk_selector.finetune import finetune
+        from ntk_selector.training.finetune import finetune
 
         adapter = self.cache / "adapters" / run.key
         state = finetune(files, adapter, ModelConfig(model=self.s.model),
@@ -289,9 +289,9 @@ class Bench:
         return self.unit("eval", f"{run.key}__{split}", definition, lambda: self._evaluate(trained, path, run, split))
 
     def _evaluate(self, trained: dict[str, Any] | None, path: Path, run: Run, split: str) -> dict[str, Any]:
+        from ntk_selector.analysis.evaluate import run_evaluate
         from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
-        from ntk_selector.evaluate import run_evaluate
-        from ntk_selector.stages import Session
+        from ntk_selector.model.session import Session
 
         adapter = trained and trained["adapter"]
         model_cfg = ModelConfig(model=self.s.model, adapter=adapter)
@@ -582,8 +582,8 @@ def plot(results: Path, s: Settings) -> None:
 def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]) -> dict[str, float]:
     """Predicted hours per phase from token counts and measured tokens/s (forward+backward, forward)."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.data import encode, to_conversation
-    from ntk_selector.models import load_tokenizer, model_path
+    from ntk_selector.io.tokens import encode, to_conversation
+    from ntk_selector.model.loading import load_tokenizer, model_path
 
     tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))
     cfg = DataConfig(max_length=bench.s.max_length)

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-
 from conftest import synthetic_rows, write_jsonl
 
 
@@ -73,7 +72,7 @@ TINY = ["--proj-dim", "16", "--rank", "4", "--quiet"]
 
 
 def _main(argv: list[Any]) -> tuple[int, str, str]:
-    from ntk_selector.cli import main
+    from ntk_selector.cli.commands import main
 
     err, out = io.StringIO(), io.StringIO()
     with redirect_stderr(err), redirect_stdout(out):
@@ -265,7 +264,7 @@ def _select_keeps_user_fields(method: str) -> Callable[[Ctx], list[Any]]:
 
 def _user_fields_intact(ctx: Ctx) -> tuple[str, str] | None:
     try:
-        from ntk_selector.selected_records import our_fields, user_record
+        from ntk_selector.io.outputs import our_fields, user_record
     except ImportError:  # versions before selected_records.py wrote our fields at the top level
         def our_fields(obj: dict) -> dict:
             return {"pool_index": obj["pool_index"]}

@@ -1,6 +1,6 @@
 """The select summary's count of the domain's labels among the selected rows' answers."""
 
-from ntk_selector.answer_mix import answer_mix, format_answer_mix, normalise_answer
+from ntk_selector.selection.answer_mix import answer_mix, format_answer_mix, normalise_answer
 
 
 def test_counts_per_label_and_warns_about_a_missing_common_label():

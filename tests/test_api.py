@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_rows, write_jsonl
 
 import ntk_selector
-from conftest import synthetic_rows, write_jsonl
 from ntk_selector import Selection, UserError, load_features, select
-from ntk_selector.cli import main
+from ntk_selector.cli.commands import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--proj-dim", "64", "--rank", "4", "--batch-size", "4", "--lr", "1e-3", "--quiet"]
@@ -118,9 +118,9 @@ def test_public_names():
 
     from ntk_selector import api
 
-    # loading the modules of the same names does not replace the functions on the package
-    assert importlib.import_module("ntk_selector.evaluate").run_evaluate and importlib.import_module("ntk_selector.score")
-    assert ntk_selector.evaluate is api.evaluate and ntk_selector.score is api.score
+    # loading the stage modules does not replace the API's functions on the package
+    assert importlib.import_module("ntk_selector.analysis.evaluate").run_evaluate and importlib.import_module("ntk_selector.selection.score")
+    assert ntk_selector.evaluate is api.evaluate and ntk_selector.score is api.score and callable(ntk_selector.score)
     assert {"select", "Selection", "featurize", "load_features", "score", "train", "evaluate", "UserError",
             "FeatureConfig", "TrainConfig"} <= set(ntk_selector.__all__)
 

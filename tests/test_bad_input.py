@@ -7,10 +7,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import write_jsonl
-from ntk_selector.cli import main
 
+from ntk_selector.cli.commands import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -170,8 +169,8 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
 
 
 def test_ngram_filter_against_a_direct_check():
-    from ntk_selector.data import Conversation
-    from ntk_selector.filters import ngrams, overlapping_rows
+    from ntk_selector.io.tokens import Conversation
+    from ntk_selector.selection.filters import ngrams, overlapping_rows
 
     grams = ngrams("a b c d e f", 3)
     assert grams == {"a b c", "b c d", "c d e", "d e f"}

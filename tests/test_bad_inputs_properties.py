@@ -14,12 +14,12 @@ from contextlib import redirect_stderr, redirect_stdout
 import numpy as np
 import pytest
 import yaml
+from conftest import synthetic_rows, write_jsonl
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from conftest import synthetic_rows, write_jsonl
-from ntk_selector.cli import main
-from ntk_selector.selected_records import our_fields, user_record
+from ntk_selector.cli.commands import main
+from ntk_selector.io.outputs import our_fields, user_record
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,7 +3,6 @@ one line naming the place and what to do, no traceback, no user file or field ch
 correct outputs where the input was valid."""
 
 import pytest
-
 from bad_input_cases import CASES, run_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")

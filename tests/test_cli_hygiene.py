@@ -7,10 +7,10 @@ import json
 import re
 
 import pytest
-
 from conftest import write_jsonl
+
 from ntk_selector import __version__
-from ntk_selector.cli import build_parser, main
+from ntk_selector.cli.commands import build_parser, main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +61,7 @@ def test_help_lists_only_used_flags_grouped_by_stage():
 
 
 def test_lora_rank_with_rank_alias():
-    from ntk_selector.cli import _configs
+    from ntk_selector.cli.commands import _configs
     from ntk_selector.config import LoraSettings
 
     p = build_parser()
@@ -72,7 +72,7 @@ def test_lora_rank_with_rank_alias():
 
 
 def test_lora_rank_key_in_config_file(tmp_path):
-    from ntk_selector.cli import _configs
+    from ntk_selector.cli.commands import _configs
     from ntk_selector.config import LoraSettings
 
     cfg = tmp_path / "c.yaml"
@@ -86,7 +86,7 @@ def test_log_level_shows_our_info_messages(small_files, tmp_path, capsys):
     main(["embed", "--data", str(domain), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "missing"),
           "--log-level", "info"])
     err = capsys.readouterr().err
-    assert re.search(r"INFO ntk_selector.records: .*domain.jsonl: 8 records, format prompt-response", err), err
+    assert re.search(r"INFO ntk_selector.io.records: .*domain.jsonl: 8 records, format prompt-response", err), err
 
 
 def test_quiet_silences_third_party_progress_bars(tiny_model_dir, tmp_path, capfd, monkeypatch):
@@ -178,13 +178,21 @@ def test_estimate_prints_each_stage_and_writes_nothing(tiny_model_dir, small_fil
 
 
 def test_estimate_numbers(tiny_model_dir, small_files):
-    from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
-                                     ScoreConfig, TrainConfig)
-    from ntk_selector.estimate import estimate
-    from ntk_selector.pipeline import SelectConfigs
-    from ntk_selector.records import Records
-    from ntk_selector.models import load_tokenizer
-    from ntk_selector.data import encode
+    from ntk_selector.config import (
+        DataConfig,
+        FeatureConfig,
+        LoraSettings,
+        ModelConfig,
+        PreselectConfig,
+        RunConfig,
+        ScoreConfig,
+        TrainConfig,
+    )
+    from ntk_selector.io.records import Records
+    from ntk_selector.io.tokens import encode
+    from ntk_selector.model.loading import load_tokenizer
+    from ntk_selector.selection.estimate import estimate
+    from ntk_selector.selection.pipeline import SelectConfigs
 
     domain, pool = small_files
     cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),
@@ -205,9 +213,17 @@ def test_select_from_dataset_objects_matches_files(tiny_model_dir, small_files, 
     """datasets.Dataset objects from Python select what the same rows in JSONL files select."""
     import datasets
 
-    from ntk_selector.config import (DataConfig, FeatureConfig, LoraSettings, ModelConfig, PreselectConfig, RunConfig,
-                                     ScoreConfig, TrainConfig)
-    from ntk_selector.pipeline import SelectConfigs, select
+    from ntk_selector.config import (
+        DataConfig,
+        FeatureConfig,
+        LoraSettings,
+        ModelConfig,
+        PreselectConfig,
+        RunConfig,
+        ScoreConfig,
+        TrainConfig,
+    )
+    from ntk_selector.selection.pipeline import SelectConfigs, select
 
     domain, pool = small_files
     cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),

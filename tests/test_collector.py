@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from ntk_selector.collector import LoraGradientCollector
 from ntk_selector.config import DataConfig
-from ntk_selector.data import collate, encode, to_conversation
+from ntk_selector.features.collector import LoraGradientCollector
+from ntk_selector.io.tokens import collate, encode, to_conversation
 
 
 def test_collector_matches_batch_of_one_autograd(lora_model, tok):

@@ -5,9 +5,7 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
-from ntk_selector.cli import build_parser
+from ntk_selector.cli.commands import build_parser
 from ntk_selector.config import FeatureConfig, LoraSettings, PreselectConfig, TrainConfig
 from ntk_selector.settings import configs_from_args
 
@@ -37,7 +35,7 @@ def test_yaml_then_command_line(tmp_path):
 
 
 def test_unknown_yaml_key_is_a_clear_error(tmp_path):
-    from ntk_selector.cli import main
+    from ntk_selector.cli.commands import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("proj_dimm: 3\n")

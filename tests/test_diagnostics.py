@@ -7,13 +7,21 @@ import numpy as np
 import pytest
 import torch
 
-from ntk_selector.cli import main
+from ntk_selector.analysis.diagnostics import (
+    choose_probe,
+    ntk_stability,
+    probe_kernel_features,
+    project_raw,
+    projection_ladder,
+)
+from ntk_selector.cli.commands import main
 from ntk_selector.config import DataConfig, DiagnoseConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
-from ntk_selector.data import collate
-from ntk_selector.diagnostics import choose_probe, ntk_stability, probe_kernel_features, project_raw, projection_ladder
-from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.models import lora_parameters
-from ntk_selector.stages import Records, Session, warmup
+from ntk_selector.features.gradients import GradientFeaturizer
+from ntk_selector.io.records import Records
+from ntk_selector.io.tokens import collate
+from ntk_selector.model.loading import lora_parameters
+from ntk_selector.model.session import Session
+from ntk_selector.selection.stages import warmup
 
 DATA = DataConfig(max_length=160)
 
@@ -68,7 +76,7 @@ def test_projection_error_shrinks_with_p(lora_model):
     shapes = [(n, tuple(p.shape)) for n, p in lora_parameters(lora_model)]
     dim = sum(int(np.prod(s)) for _, s in shapes)
     raw = torch.randn(12, dim)
-    from ntk_selector.diagnostics import Probe
+    from ntk_selector.analysis.diagnostics import Probe
 
     probe = Probe([None] * 12, np.array([True] * 4 + [False] * 8), np.arange(12))
     res = projection_ladder(raw, shapes, probe, [64, 256, 1024, 4096], seeds=3, top_share=0.25, seed=0)

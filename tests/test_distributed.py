@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_rows
 
-from conftest import synthetic_rows, write_jsonl
 from ntk_selector import distributed
-from ntk_selector.cli import main
+from ntk_selector.cli.commands import main
 from ntk_selector.config import DataConfig
-from ntk_selector.runner import run_rows
-from ntk_selector.store import RowStore, open_store
-
+from ntk_selector.features.runner import run_rows
+from ntk_selector.io.store import RowStore, open_store
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +39,7 @@ def test_env_and_shard():
 
 def test_ranks_write_disjoint_rows_that_equal_one_process(tmp_path, tok):
     """run_rows as rank 0 and 1 of 2 (in turn) fills the store exactly like one process."""
-    from ntk_selector.data import to_conversation
+    from ntk_selector.io.tokens import to_conversation
 
     cfg = DataConfig(max_batch_size=3, token_budget=10_000)
     convs = [to_conversation(r, cfg) for r in synthetic_rows(23, 3)]

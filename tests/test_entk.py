@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from ntk_selector.analysis.entk import choose_outputs, exact_entk
 from ntk_selector.config import DataConfig
-from ntk_selector.data import Conversation, collate, encode
-from ntk_selector.entk import choose_outputs, exact_entk
-from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.models import lora_parameters
+from ntk_selector.features.gradients import GradientFeaturizer
+from ntk_selector.io.tokens import Conversation, collate, encode
+from ntk_selector.model.loading import lora_parameters
 
 CONVS = [
     Conversation([{"role": "user", "content": "good drug, slept well"}], "positive"),

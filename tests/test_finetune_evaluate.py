@@ -8,13 +8,19 @@ import random
 import numpy as np
 import pytest
 import torch
-
 from conftest import synthetic_rows, write_jsonl
-from ntk_selector.cli import main
+
+from ntk_selector.analysis.evaluate import (
+    confusion,
+    greedy_generate,
+    label_log_likelihoods,
+    middle_truncate,
+    prompt_and_label_ids,
+    stop_token_ids,
+)
+from ntk_selector.cli.commands import main
 from ntk_selector.config import DataConfig
-from ntk_selector.data import Conversation
-from ntk_selector.evaluate import (confusion, greedy_generate, label_log_likelihoods, middle_truncate,
-                                   prompt_and_label_ids, stop_token_ids)
+from ntk_selector.io.tokens import Conversation
 
 LABELS = ("positive", "negative", "neutral")
 
@@ -251,7 +257,7 @@ def test_greedy_generation_matches_a_token_by_token_loop(lora_model, tok):
 
 
 def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
-    from ntk_selector.training import epoch_batches
+    from ntk_selector.training.loop import epoch_batches
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 300, size=1000)
@@ -271,7 +277,7 @@ def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
 def test_whole_epochs_are_full_passes(grouped):
     """3 epochs of 100 rows in batches of 8 are 3 x 13 steps, every row exactly once per epoch (the
     last batch of each epoch holds 4 rows); a half epoch is 7 of one epoch's 13 steps."""
-    from ntk_selector.training import epoch_batches
+    from ntk_selector.training.loop import epoch_batches
 
     lengths = np.random.default_rng(1).integers(5, 50, size=100) if grouped else None
     steps = epoch_batches(100, 8, 3.0, seed=0, lengths=lengths)
@@ -287,8 +293,8 @@ def test_example_mean_loss_weighs_rows_equally(lora_model, tok):
     import torch.nn.functional as F
 
     from ntk_selector.config import DataConfig
-    from ntk_selector.data import collate, encode, to_conversation
-    from ntk_selector.training import response_loss
+    from ntk_selector.io.tokens import collate, encode, to_conversation
+    from ntk_selector.training.loop import response_loss
 
     rows = [{"prompt": "q one", "response": "a"}, {"prompt": "q two", "response": "a much longer answer here"}]
     enc = encode([to_conversation(r, DataConfig()) for r in rows], tok, DataConfig())
@@ -317,7 +323,7 @@ def test_train_group_by_length_flag(tiny_model_dir, tmp_path):
 
 
 def test_content_free_prompts_keep_the_shared_text():
-    from ntk_selector.evaluate import CONTENT_FREE, content_free_conversations
+    from ntk_selector.analysis.evaluate import CONTENT_FREE, content_free_conversations
 
     convs = [Conversation([{"role": "system", "content": "sys"}, {"role": "user", "content": f"Review: {t}\nSentiment?"}], "x")
              for t in ("great film", "grim film", "fine")]

@@ -4,12 +4,12 @@ summed-logit shortcut == real logits; raw layout == named_parameters order."""
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_model, synthetic_rows
+
 from ntk_selector.config import DataConfig
-from ntk_selector.data import collate, encode, to_conversation
-from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.models import lora_parameters
+from ntk_selector.features.gradients import GradientFeaturizer
+from ntk_selector.io.tokens import collate, encode, to_conversation
+from ntk_selector.model.loading import lora_parameters
 
 
 def encoded_rows(tok, n=6, seed=0, **kw):

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from conftest import make_model
+
 from ntk_selector.config import DataConfig
-from ntk_selector.data import collate, encode, to_conversation
-from ntk_selector.heads import head_is_plain, shortcut_applies
-from ntk_selector.training import response_loss
+from ntk_selector.io.tokens import collate, encode, to_conversation
+from ntk_selector.model.heads import head_is_plain, shortcut_applies
+from ntk_selector.training.loop import response_loss
 
 
 class ScaledLogits(torch.nn.Module):

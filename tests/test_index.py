@@ -7,12 +7,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import make_model, make_tokenizer, synthetic_rows, write_jsonl
-from ntk_selector.cli import main
-from ntk_selector.index import PairStore, open_index
-from ntk_selector.preselect import default_m_k, reverse_knn
-from ntk_selector.store import DONE, open_store
+
+from ntk_selector.cli.commands import main
+from ntk_selector.io.store import DONE, open_store
+from ntk_selector.selection.index import PairStore, open_index
+from ntk_selector.selection.preselect import default_m_k, reverse_knn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,9 +167,9 @@ def test_embed_prefix_from_the_full_forward_equals_embedding_the_prefix(tiny_mod
 
 
 def test_minilm_embedder(tiny_model_dir, pool_and_index, tmp_path):
-    from ntk_selector.data import read_records, to_conversation
     from ntk_selector.config import DataConfig
-    from ntk_selector.sentence_encoder import SentenceEncoder, conversation_text
+    from ntk_selector.io.tokens import read_records, to_conversation
+    from ntk_selector.model.sentence_encoder import SentenceEncoder, conversation_text
 
     tmp, pool, domain = pool_and_index
     assert main(["index", "--pool", str(pool), "--out", str(tmp_path / "idx"), "--model", str(tiny_model_dir), *SPACE,

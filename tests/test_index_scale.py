@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_selector.store import DONE, EMPTY, RowStore, open_store
-from ntk_selector.score import score_rows_at
+from ntk_selector.io.store import DONE, EMPTY, RowStore, open_store
+from ntk_selector.selection.score import score_rows_at
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "index_scale.py"
 
@@ -58,8 +58,8 @@ def test_index_scale_benchmark_at_ci_size(tmp_path):
     assert not (tmp_path / "w").exists()
     # the query's top rows equal a dense computation over the same synthetic index
     bench.build_index(tmp_path / "again", 20000, 64, 16, "float16")
-    from ntk_selector.index import open_index
-    from ntk_selector.preselect import default_m_k, reverse_knn
+    from ntk_selector.selection.index import open_index
+    from ntk_selector.selection.preselect import default_m_k, reverse_knn
 
     index = open_index(tmp_path / "again")
     emb, feat = bench.domain_arrays(50, 64, 16)

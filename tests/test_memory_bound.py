@@ -71,13 +71,13 @@ def test_holding_the_pool_as_dicts_would_fail_the_bound(pools):
 
 @pytest.mark.parametrize("stage", ["load", "filter", "tokenize", "preselect"])
 def test_stage_memory_does_not_grow_with_the_pool(bench, pools, stage, one_thread, monkeypatch):
-    import ntk_selector.preselect
+    import ntk_selector.selection.preselect
 
     tok = bench.make_tokenizer()
     # blocks of the pre-selection's streamed search small enough that these pools span many of them
     # (at full size a block is a fixed few hundred MB, however large the pool)
-    monkeypatch.setattr(ntk_selector.preselect, "BLOCK_MB", 1)
-    for module in ("records", "runner"):
+    monkeypatch.setattr(ntk_selector.selection.preselect, "BLOCK_MB", 1)
+    for module in ("io.records", "features.runner"):
         monkeypatch.setattr(f"ntk_selector.{module}.CHUNK_ROWS", CHUNK)
 
     def make(rows):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from ntk_selector.cli import main
-from ntk_selector.methods import METHODS, method_help
+from ntk_selector.cli.commands import main
+from ntk_selector.selection.methods import METHODS, method_help
 
 
 def test_registry_fields_decide_the_stages(tiny_model_dir, small_files, tmp_path, one_thread):

@@ -6,13 +6,13 @@ import random
 
 import numpy as np
 import pytest
-
 from conftest import write_jsonl
-from ntk_selector.cli import main
+
+from ntk_selector.analysis.predict import kernel_ridge, predict_labels, prompt_only
+from ntk_selector.cli.commands import main
 from ntk_selector.config import DataConfig
-from ntk_selector.data import Conversation, collate, encode
-from ntk_selector.gradients import GradientFeaturizer
-from ntk_selector.predict import kernel_ridge, predict_labels, prompt_only
+from ntk_selector.features.gradients import GradientFeaturizer
+from ntk_selector.io.tokens import Conversation, collate, encode
 
 
 def test_kernel_ridge_equals_primal_ridge():

@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from ntk_selector.projection import FactoredRademacher, RawGradient, make_projector
+from ntk_selector.features.projection import FactoredRademacher, RawGradient, make_projector
 
 SHAPES = [("l0.q.lora_A.weight", (4, 24)), ("l0.q.lora_B.weight", (24, 4)), ("l0.v.lora_A.weight", (4, 24)),
           ("l0.v.lora_B.weight", (12, 4))]
@@ -92,7 +92,7 @@ def test_sign_cache_budget_changes_memory_not_numbers():
     assert cached == [0, 1, len(SHAPES)]
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     # and the same numbers as an explicitly scaled +-1 matrix
-    from ntk_selector.projection import rademacher
+    from ntk_selector.features.projection import rademacher
 
     name, _ = SHAPES[0]
     ref = rademacher((24, 4), 2, name).float() * 4 ** -0.5

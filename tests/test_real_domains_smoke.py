@@ -9,8 +9,6 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from conftest import synthetic_rows, write_jsonl
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"

@@ -11,7 +11,7 @@ import pytest
 
 from ntk_selector.config import DataConfig
 from ntk_selector.errors import DataError
-from ntk_selector.records import Records, read_records
+from ntk_selector.io.records import Records, read_records
 
 ROWS = [{"prompt": f"question {i}", "response": f"answer {i}", "task": "t" + str(i % 2)} for i in range(5)]
 EXPECTED = [([{"role": "user", "content": f"question {i}"}], f"answer {i}") for i in range(5)]

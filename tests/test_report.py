@@ -8,10 +8,10 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_rows, write_jsonl
-from ntk_selector.cli import main
-from ntk_selector.report import write_report
+
+from ntk_selector.cli.commands import main
+from ntk_selector.selection.report import write_report
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
 
 
 def test_report_shows_the_answer_mix_and_its_warning(tmp_path):
-    from ntk_selector.answer_mix import answer_mix
+    from ntk_selector.selection.answer_mix import answer_mix
 
     rec = {"prompt": "p", "response": "positive", "task": "t", "ntk_score": 1.0, "pool_index": 0}
     write_jsonl(tmp_path / "selected.jsonl", [rec])

@@ -10,12 +10,11 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_rows, write_jsonl
-from ntk_selector.cli import main
-from ntk_selector.runner import DELAY_ENV
-from ntk_selector.store import DONE, PENDING, read_status
 
+from ntk_selector.cli.commands import main
+from ntk_selector.features.runner import DELAY_ENV
+from ntk_selector.io.store import DONE, PENDING, read_status
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -117,7 +116,7 @@ def test_rerun_recomputes_only_rows_marked_missing(tiny_model_dir, small_files, 
 
 
 def test_select_rerun_skips_finished_stages(tiny_model_dir, small_files, tmp_path, monkeypatch):
-    from ntk_selector import pipeline
+    from ntk_selector.selection import pipeline
 
     domain, pool = small_files
     args = ["select", "--domain", str(domain), "--pool", str(pool), "--out", str(tmp_path / "o"), "--model",
@@ -126,9 +125,9 @@ def test_select_rerun_skips_finished_stages(tiny_model_dir, small_files, tmp_pat
     first = (tmp_path / "o" / "selected.jsonl").read_text()
     calls = []
     for name in ("train_lora",):
-        monkeypatch.setattr("ntk_selector.stages." + name, lambda *a, **k: calls.append(name))
-    monkeypatch.setattr("ntk_selector.stages.reverse_knn", lambda *a, **k: calls.append("reverse_knn"))
-    from ntk_selector import stages
+        monkeypatch.setattr("ntk_selector.selection.stages." + name, lambda *a, **k: calls.append(name))
+    monkeypatch.setattr("ntk_selector.selection.stages.reverse_knn", lambda *a, **k: calls.append("reverse_knn"))
+    from ntk_selector.selection import stages
 
     real_rows = stages.run_rows
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from ntk_selector.preselect import default_m_k, reverse_knn
-from ntk_selector.score import domain_direction, score_rows, top_n
-from ntk_selector.store import DONE, EMPTY
+from ntk_selector.io.store import DONE, EMPTY
+from ntk_selector.selection.preselect import default_m_k, reverse_knn
+from ntk_selector.selection.score import domain_direction, score_rows, top_n
 
 
 def test_score_is_mean_of_pairwise_inner_products():
@@ -84,8 +84,8 @@ def test_default_m_k():
 def test_max_cosine_rule_matches_a_dense_reference():
     """The LESS-style rule (score.max_cosine_rows): max over done domain rows of the cosine, NaN for pool rows
     without response tokens, the same in small blocks as in one."""
-    from ntk_selector.score import max_cosine_rows
-    from ntk_selector.store import DONE, EMPTY
+    from ntk_selector.io.store import DONE, EMPTY
+    from ntk_selector.selection.score import max_cosine_rows
 
     rng = np.random.default_rng(3)
     dom, pool = rng.normal(size=(5, 16)), rng.normal(size=(40, 16))

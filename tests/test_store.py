@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from ntk_selector.errors import UserError
-from ntk_selector.store import (DONE, EMPTY, PENDING, RowStore, describe_differences, iter_row_blocks, open_store,
-                                read_status)
+from ntk_selector.io.store import (
+    DONE,
+    EMPTY,
+    PENDING,
+    RowStore,
+    describe_differences,
+    iter_row_blocks,
+    open_store,
+    read_status,
+)
 
 DEF = {"model": "m", "seed": 0, "lora": {"rank": 8}}
 
@@ -52,7 +60,7 @@ def test_other_definition_is_refused_with_the_difference_then_overwrite(tmp_path
 
 
 def test_second_writer_is_refused_in_process_and_from_another_process(tmp_path):
-    code = ("import sys; from ntk_selector.store import RowStore; from ntk_selector.errors import UserError\n"
+    code = ("import sys; from ntk_selector.io.store import RowStore; from ntk_selector.errors import UserError\n"
             "try:\n    RowStore(sys.argv[1], 4, 2, 'float32', {'model': 'm', 'seed': 0, 'lora': {'rank': 8}})\n"
             "except UserError as e:\n    print(e); sys.exit(3)\n")
     with RowStore(tmp_path, 4, 2, "float32", DEF):

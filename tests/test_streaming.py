@@ -7,12 +7,12 @@ import faiss
 import numpy as np
 import pytest
 
-from ntk_selector import preselect
 from ntk_selector.config import ScoreConfig
-from ntk_selector.preselect import exact_search, reverse_knn
-from ntk_selector.score import block_rows_for, domain_direction, score_rows, top_n
-from ntk_selector.stages import ntk_scores
-from ntk_selector.store import DONE, EMPTY, RowStore
+from ntk_selector.io.store import DONE, EMPTY, RowStore
+from ntk_selector.selection import preselect
+from ntk_selector.selection.preselect import exact_search, reverse_knn
+from ntk_selector.selection.score import block_rows_for, score_rows, top_n
+from ntk_selector.selection.stages import ntk_scores
 
 
 def make_store(path, values, status=None):

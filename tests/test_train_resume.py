@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from conftest import synthetic_rows, write_jsonl
 from safetensors.torch import load_file
 
-from conftest import synthetic_rows, write_jsonl
-from ntk_selector import training
-from ntk_selector.cli import main
-from ntk_selector.train_checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE
+from ntk_selector.cli.commands import main
+from ntk_selector.training import loop as training
+from ntk_selector.training.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE
 
 # LoRA dropout makes every step draw random numbers: a resume that lost the random state would differ
 TRAIN = ["--quiet", "--rank", "4", "--batch-size", "3", "--epochs", "2", "--lr", "3e-3", "--lora-dropout", "0.3",

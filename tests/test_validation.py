@@ -6,9 +6,20 @@ import json
 import pytest
 import yaml
 
-from ntk_selector.config import (SECTIONS, ConfigError, DataConfig, LoraSettings, PreselectConfig, RunConfig,
-                                 TrainConfig, build, check_setting, load_yaml, to_dict)
-from ntk_selector.selected_records import json_line, our_fields, user_record, with_our_fields
+from ntk_selector.config import (
+    SECTIONS,
+    ConfigError,
+    DataConfig,
+    LoraSettings,
+    PreselectConfig,
+    RunConfig,
+    TrainConfig,
+    build,
+    check_setting,
+    load_yaml,
+    to_dict,
+)
+from ntk_selector.io.outputs import json_line, our_fields, user_record, with_our_fields
 
 
 def test_to_dict_and_load_yaml_are_symmetric(tmp_path):
@@ -80,8 +91,8 @@ def test_our_fields_never_collide(record, nested_key):
 
 
 def test_a_failing_report_is_a_warning(tiny_model_dir, small_files, tmp_path, capsys, monkeypatch, one_thread):
-    from ntk_selector import report
-    from ntk_selector.cli import main
+    from ntk_selector.cli.commands import main
+    from ntk_selector.selection import report
 
     def broken(out):
         raise RuntimeError("plot exploded")
@@ -97,6 +108,7 @@ def test_a_failing_report_is_a_warning(tiny_model_dir, small_files, tmp_path, ca
 
 def test_api_selection_keeps_user_fields_named_like_ours(tiny_model_dir, tmp_path, one_thread):
     from conftest import synthetic_rows, write_jsonl
+
     from ntk_selector import select
 
     pool = [{**r, "pool_index": f"theirs-{i}", "ntk_score": i} for i, r in enumerate(synthetic_rows(12, 4))]

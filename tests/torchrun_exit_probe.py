@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from ntk_selector.cli import main
+from ntk_selector.cli.commands import main
 
 rc = main(sys.argv[1:])
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]

@@ -5,18 +5,24 @@ The public face (README, "Python API"): ``select`` returns a ``Selection``; ``fe
 every setting's default; ``UserError`` is what bad input raises.
 """
 
+from ntk_selector.api import Selection, evaluate, featurize, load_features, score, select, train
+from ntk_selector.config import (
+                                 DataConfig,
+                                 DiagnoseConfig,
+                                 EmbedConfig,
+                                 FeatureConfig,
+                                 IndexConfig,
+                                 LoraSettings,
+                                 ModelConfig,
+                                 PoolFilterConfig,
+                                 PredictConfig,
+                                 PreselectConfig,
+                                 RunConfig,
+                                 ScoreConfig,
+                                 TrainConfig,
+)
+from ntk_selector.errors import DataError, UserError
 from ntk_selector.version import __version__
-
-# ``evaluate`` and ``score`` are also names of modules of this package: load those modules before
-# the API's functions of the same names are bound below, so the functions are what stays bound here
-import ntk_selector.evaluate  # noqa: E402,F401  isort: skip
-import ntk_selector.score  # noqa: E402,F401  isort: skip
-
-from ntk_selector.api import Selection, evaluate, featurize, load_features, score, select, train  # noqa: E402
-from ntk_selector.config import (DataConfig, DiagnoseConfig, EmbedConfig, FeatureConfig, IndexConfig,  # noqa: E402
-                                 LoraSettings, ModelConfig, PoolFilterConfig, PredictConfig, PreselectConfig, RunConfig,
-                                 ScoreConfig, TrainConfig)
-from ntk_selector.errors import DataError, UserError  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -1,4 +1,4 @@
-from ntk_selector.cli import main
+from ntk_selector.cli.commands import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -25,19 +25,26 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ntk_selector import distributed
-from ntk_selector.config import (SECTIONS, DataConfig, FeatureConfig, LoraSettings, ModelConfig, RunConfig, ScoreConfig,
-                                 TrainConfig)
+from ntk_selector.analysis.evaluate import run_evaluate
+from ntk_selector.config import (
+    SECTIONS,
+    DataConfig,
+    FeatureConfig,
+    LoraSettings,
+    ModelConfig,
+    RunConfig,
+    ScoreConfig,
+    TrainConfig,
+)
 from ntk_selector.errors import UserError
-from ntk_selector.evaluate import run_evaluate
-from ntk_selector.finetune import finetune
-from ntk_selector.index_select import select_with_index
-from ntk_selector.pipeline import SelectConfigs, write_text_atomic
-from ntk_selector.pipeline import select as run_pipeline
+from ntk_selector.io.outputs import our_fields, user_record
+from ntk_selector.io.store import open_store
+from ntk_selector.selection import stages
+from ntk_selector.selection.index_select import select_with_index
+from ntk_selector.selection.pipeline import SelectConfigs, write_text_atomic
+from ntk_selector.selection.pipeline import select as run_pipeline
 from ntk_selector.settings import MODEL_SECTIONS, configs_from_settings
-from ntk_selector import stages
-from ntk_selector.selected_records import our_fields, user_record
-from ntk_selector.store import open_store
-
+from ntk_selector.training.finetune import finetune
 
 # ----------------------------------------------------------------------------- select
 

@@ -13,8 +13,18 @@ import difflib
 import os
 from typing import Any, Mapping
 
-from ntk_selector.config import (INPUT_KEYS, DataConfig, LoraSettings, ModelConfig, RunConfig, SECTIONS, build, check_setting,
-                                 check_together, known_names, load_yaml)
+from ntk_selector.config import (
+    SECTIONS,
+    DataConfig,
+    LoraSettings,
+    ModelConfig,
+    RunConfig,
+    build,
+    check_setting,
+    check_together,
+    known_names,
+    load_yaml,
+)
 from ntk_selector.errors import UserError
 
 # Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
@@ -34,7 +44,7 @@ def settings_values(given: Mapping[str, Any], command: str, sections: tuple[type
     given = {**{k: v for k, v in from_yaml.items() if k in known_names(sections)},
              **{k: v for k, v in given.items() if k in known_names(sections)}}
     if command == "select" and given.get("index"):
-        from ntk_selector.index import index_settings
+        from ntk_selector.selection.index import index_settings
 
         values.update(index_settings(given["index"]))  # the index's settings, below the file and flags
     values.update(given)

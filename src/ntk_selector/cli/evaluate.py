@@ -1,0 +1,39 @@
+"""``ntk-selector evaluate``: its flags and the call into :mod:`ntk_selector.analysis.evaluate`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Callable
+
+from ntk_selector.analysis.evaluate import run_evaluate
+from ntk_selector.config import DataConfig, ModelConfig, RunConfig
+from ntk_selector.settings import configs_from_args
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    c = configs_from_args(args, (ModelConfig, DataConfig, RunConfig))
+    summary = run_evaluate(args.data, args.out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=args.labels,
+                           generate=args.generate, max_new_tokens=args.max_new_tokens, calibrate=args.calibrate)
+    if not c[RunConfig].quiet:
+        print(f"accuracy {summary['accuracy']:.4f} ({summary['correct']}/{summary['n']}, {summary['mode']}), "
+              f"balanced accuracy {summary['balanced_accuracy'] or 0:.4f}, macro-F1 {summary['macro_f1'] or 0:.4f}"
+              + (f", gold NLL {summary['gold_nll']:.4f}" if "gold_nll" in summary else "")
+              + (f"; calibrated: accuracy {summary['calibrated']['accuracy']:.4f}, balanced accuracy "
+                 f"{summary['calibrated']['balanced_accuracy'] or 0:.4f}" if "calibrated" in summary else "")
+              + f"; {Path(args.out) / 'eval.json'}")
+    return 0
+
+
+def register_cli(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add("evaluate", cmd_evaluate, "accuracy on a labelled test set (label log-likelihood, or --generate)",
+            (ModelConfig, DataConfig, RunConfig))
+    p.add_argument("--data", required=True, help="labelled test records (the response is the gold answer)")
+    p.add_argument("--out", required=True, help="output folder (eval.json, predictions.jsonl)")
+    p.add_argument("--labels", nargs="+", default=None,
+                   help="allowed labels (default: the distinct responses of the test file)")
+    p.add_argument("--generate", action="store_true", help="greedy generation with exact match instead of label scores")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="generation length for --generate (default: 32)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="also report scores after contextual calibration: each label's log-likelihood on content-free "
+                        "prompts (the test prompts' shared text around 'N/A', '', '[MASK]') is subtracted")

@@ -1,0 +1,1 @@
+"""Reading and writing: records and their formats, feature stores, safe file writes, selection outputs."""

@@ -1,0 +1,212 @@
+"""The stages as file-to-file steps (warm-up, embed, featurize, pre-select, score), each resumable
+and each usable alone from the CLI; ``pipeline.select`` chains them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntk_selector import distributed
+from ntk_selector.config import DataConfig, FeatureConfig, PreselectConfig, ScoreConfig, TrainConfig, to_dict
+from ntk_selector.errors import UserError
+from ntk_selector.features.embed import mean_pooled
+from ntk_selector.features.gradients import NTK_OBJECTIVES, GradientFeaturizer
+from ntk_selector.features.projection import PROJECTION_KIND
+from ntk_selector.features.runner import fill_store, run_rows, run_texts
+from ntk_selector.io.files import atomic_open, folder_lock
+from ntk_selector.io.records import Records
+from ntk_selector.io.store import (
+    DONE,
+    RowStore,
+    check_same_features,
+    describe_differences,
+    open_store,
+    write_json_atomic,
+)
+from ntk_selector.io.tokens import check_response_tokens, collate, data_definition, encode
+from ntk_selector.model.loading import resolve_device
+from ntk_selector.model.session import Session
+from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
+from ntk_selector.selection.score import block_rows_for, domain_direction, max_cosine_rows, score_rows
+from ntk_selector.training.checkpoint import TrainCheckpoint
+from ntk_selector.training.loop import check_adapter_folder, save_adapter_atomic, train_lora
+
+# ----------------------------------------------------------------------------- warm-up
+
+
+def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
+           checked: bool = False) -> dict[str, Any]:
+    """Train a fresh LoRA on the domain and save it to ``out`` (skipped when already there with the same setup).
+
+    Only our files are written into ``out`` (see training.check_adapter_folder), under the folder's lock.
+    ``checked``: the caller already ran check_response_tokens on the domain.
+    """
+    check_adapter_folder(out, session.run.overwrite)
+    with folder_lock(out):
+        return _warmup_locked(session, domain, out, data_cfg, train_cfg, checked)
+
+
+def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
+                   checked: bool) -> dict[str, Any]:
+    definition = {"stage": "warmup", **session.describe(), **data_definition(domain, data_cfg), "train": to_dict(train_cfg),
+                  "seed": session.run.seed}
+    state_file = out / "ntk_selector_warmup.json"
+    if state_file.exists():
+        try:
+            state = json.loads(state_file.read_text())
+        except (ValueError, UnicodeDecodeError):
+            state = {}  # damaged outside our atomic write: redo the warm-up
+        if state.get("definition") == json.loads(json.dumps(definition, default=str)) and \
+                (out / "adapter_config.json").exists():
+            return state["stats"]
+        if state and not session.run.overwrite:
+            raise UserError(f"{out} holds a warm-up of another setup "
+                            f"({describe_differences(state.get('definition', {}), json.loads(json.dumps(definition, default=str)))}); "
+                            f"use --overwrite or another output folder")
+    check_response_tokens([domain], session.load_tokenizer(), data_cfg, warn=not checked)
+    session.load(None)
+    checkpoint = TrainCheckpoint(out, definition, session.run.checkpoint_every, session.run.overwrite)
+    state_file.unlink(missing_ok=True)  # the marker goes first and comes back last: a half-saved adapter never looks finished
+    stats = train_lora(session.model, session.tokenizer, domain.conversations, data_cfg, train_cfg, session.run.seed,
+                       quiet=session.run.quiet, desc="warm-up", checkpoint=checkpoint)
+    save_adapter_atomic(session.model, out)
+    checkpoint.discard()
+    write_json_atomic(state_file, {"definition": definition, "stats": stats})
+    return stats
+
+
+# ----------------------------------------------------------------------------- embed / featurize
+
+
+EMBEDDERS = ("model", "minilm")
+
+
+def embedding_definition(session: Session, records: Records, data_cfg: DataConfig, embedder: str = "model",
+                         embed_max_length: int = 0) -> dict[str, Any]:
+    """What determines an embedding store's numbers (the embedder keys only when not the default, so
+    stores written before they existed still resume)."""
+    if embedder not in EMBEDDERS:
+        raise UserError(f"unknown embedder '{embedder}' (choose from {', '.join(EMBEDDERS)})")
+    definition = {"stage": "embed", **session.describe(), **data_definition(records, data_cfg)}
+    if embedder != "model":
+        from ntk_selector.model.sentence_encoder import SentenceEncoder
+
+        definition.update(embedder=embedder, encoder_fingerprint=SentenceEncoder.fingerprint())
+    if embed_max_length > 0:
+        definition["embed_max_length"] = int(embed_max_length)
+    return definition
+
+
+def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, desc: str = "embed",
+          embedder: str = "model", embed_max_length: int = 0) -> int:
+    """Pre-selection embeddings of every row into a store at ``out`` (resumes; shards over ranks):
+    the model's mean-pooled final hidden states, or the MiniLM sentence encoder's. Returns the rows
+    computed by this process."""
+    definition = embedding_definition(session, records, data_cfg, embedder, embed_max_length)
+    if embedder == "minilm":
+        from ntk_selector.model.sentence_encoder import BATCH_ROWS, SentenceEncoder, conversation_text
+
+        encoder = SentenceEncoder(resolve_device(session.model_cfg.device), embed_max_length)
+
+        def work_text(store: RowStore, d: distributed.Dist) -> int:
+            return run_texts(records.conversations, session.tokenizer, data_cfg, store,
+                             lambda convs: encoder.embed([conversation_text(c) for c in convs]), BATCH_ROWS,
+                             desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
+
+        return fill_store(out, len(records), encoder.dim, "float32", definition, session.run.overwrite, work_text)
+    dim = int(session.model.config.hidden_size)
+
+    def work(store: RowStore, d: distributed.Dist) -> int:
+        return run_rows(records.conversations, session.tokenizer, data_cfg, store,
+                        lambda b: mean_pooled(session.model, b, embed_max_length),
+                        desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
+
+    return fill_store(out, len(records), dim, "float32", definition, session.run.overwrite, work)
+
+
+def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> GradientFeaturizer:
+    probe = None
+    if feat_cfg.logits == "auto" and feat_cfg.objective in NTK_OBJECTIVES:
+        probe = collate(encode(records.conversations[:2], session.tokenizer, data_cfg), session.tokenizer.pad_token_id)
+    cache = feat_cfg.projection_cache_mb * (1 << 20) if feat_cfg.projection_cache_mb > 0 else None
+    return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe,
+                              cache_bytes=cache)
+
+
+def feature_definition(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> dict[str, Any]:
+    return {"stage": "featurize", **session.describe(), **data_definition(records, data_cfg),
+            "objective": feat_cfg.objective, "logits": feat_cfg.logits, "projection": PROJECTION_KIND[feat_cfg.proj_dim == 0],
+            "proj_dim": feat_cfg.proj_dim, "seed": session.run.seed}
+
+
+def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
+              desc: str = "featurize") -> dict[str, Any]:
+    """Projected per-sample gradient features of every row into a store at ``out`` (resumes; shards over ranks)."""
+    definition = feature_definition(session, records, data_cfg, feat_cfg)
+    with featurizer_for(session, records, data_cfg, feat_cfg) as feat:
+        # the resolved head mode (shortcut or real logits) changes the numbers, so it is part of the definition
+        definition["logits_mode"] = feat.logits_mode
+
+        def work(store: RowStore, d: distributed.Dist) -> int:
+            return run_rows(records.conversations, session.tokenizer, data_cfg, store, feat.features, desc=desc,
+                            quiet=session.run.quiet, rank=d.rank, world=d.world)
+
+        computed = fill_store(out, len(records), feat.out_dim, feat_cfg.store_dtype, definition, session.run.overwrite, work,
+                              extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]})
+        return {"logits_mode": feat.logits_mode, "dim": feat.out_dim, "computed": computed}
+
+
+# ----------------------------------------------------------------------------- pre-select / score
+
+
+def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int,
+              exclude: np.ndarray | None = None) -> PreselectResult:
+    """Reverse-kNN votes of the domain embeddings over the pool's (rows in ``exclude`` never get votes)."""
+    d_emb, d_status, d_meta = open_store(domain_store)
+    p_emb, p_status, p_meta = open_store(pool_store)
+    check_same_features(domain_store, d_meta, pool_store, p_meta)
+    pool_valid = p_status == DONE
+    if exclude is not None:
+        pool_valid &= ~exclude
+    if not (d_status == DONE).any():
+        raise UserError(f"{domain_store}: no domain row has response tokens: nothing to vote with")
+    m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
+    return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
+                       index_kind=pre_cfg.knn_search, seed=seed)
+
+
+def save_preselect(result: PreselectResult, out: Path) -> None:
+    with atomic_open(out, "wb") as fh:
+        np.savez(fh, votes=result.votes, best_sim=result.best_sim, order=result.order)
+
+
+def load_preselect(path: Path) -> PreselectResult:
+    with np.load(path) as z:
+        return PreselectResult(votes=z["votes"], best_sim=z["best_sim"], order=z["order"])
+
+
+def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> np.ndarray:
+    """Mean inner product (or cosine) of each pool row with the domain rows, read in blocks."""
+    d_feat, d_status, d_meta = open_store(domain_store)
+    p_feat, p_status, p_meta = open_store(pool_store)
+    check_same_features(domain_store, d_meta, pool_store, p_meta)
+    if d_feat.shape[1] != p_feat.shape[1]:
+        raise UserError(f"{domain_store} has {d_feat.shape[1]} dims but {pool_store} has {p_feat.shape[1]}: featurize both the same way")
+    if not (d_status == DONE).any():
+        raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")
+    rows = block_rows_for(d_feat.shape[1], score_cfg.score_block_mb)
+    direction = domain_direction(d_feat, d_status, score_cfg.cosine, rows)
+    return score_rows(p_feat, p_status, direction, score_cfg.cosine, rows)
+
+
+def max_cosine_scores(domain_store: Path, pool_store: Path, block_mb: int = 256) -> np.ndarray:
+    """LESS-style scores of two checked stores (the rule is score.max_cosine_rows)."""
+    d_feat, d_status, d_meta = open_store(domain_store)
+    p_feat, p_status, p_meta = open_store(pool_store)
+    check_same_features(domain_store, d_meta, pool_store, p_meta)
+    if not (d_status == DONE).any():
+        raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")
+    return max_cosine_rows(p_feat, p_status, d_feat, d_status, block_mb)
