@@ -90,7 +90,7 @@ def _main_scores(folder: Path) -> np.ndarray:
     """The ntk score of every pool row in the main run's scores.csv (NaN where not scored)."""
     from ntk_selector.selection.report import read_scores
 
-    return read_scores(folder / "scores.csv")["ntk_score"]
+    return read_scores(folder / "scores.csv")["score"]
 
 
 def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:

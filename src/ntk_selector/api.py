@@ -37,11 +37,12 @@ from ntk_selector.config import (
     TrainConfig,
 )
 from ntk_selector.errors import UserError
+from ntk_selector.io.files import write_text_atomic
 from ntk_selector.io.outputs import our_fields, user_record
 from ntk_selector.io.store import open_store
 from ntk_selector.selection import stages
 from ntk_selector.selection.index_select import select_with_index
-from ntk_selector.selection.pipeline import SelectConfigs, write_text_atomic
+from ntk_selector.selection.pipeline import SelectConfigs
 from ntk_selector.selection.pipeline import select as run_pipeline
 from ntk_selector.settings import MODEL_SECTIONS, configs_from_settings
 from ntk_selector.training.finetune import finetune
@@ -53,9 +54,10 @@ from ntk_selector.training.finetune import finetune
 class Selection:
     """What ``select`` picked. Everything is held in memory, so a Selection outlives its folder.
 
-    ``scores`` holds what the method ranks by (the ``ntk_score`` column): the mean NTK inner
-    product (or cosine) for ``ntk``, reverse-kNN votes for ``embedding``, the maximum cosine for
-    ``less``, and NaN for the random methods.
+    ``scores`` holds what the method ranks by (the last column of scores.csv, named by what it
+    holds): the mean NTK inner product (or cosine) for ``ntk`` (``ntk_score``), reverse-kNN votes for
+    ``embedding`` (``embedding_votes``), the maximum cosine for ``less`` (``less_max_cosine``), and
+    NaN for the random methods (``no_score``).
     """
 
     indices: np.ndarray  # int64 [N]: 0-based pool rows, best first

@@ -35,12 +35,11 @@ from tqdm.auto import tqdm
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, to_dict
 from ntk_selector.errors import UserError
-from ntk_selector.io.files import refuse_replacing
+from ntk_selector.io.files import refuse_replacing, write_text_atomic
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
 from ntk_selector.io.tokens import Conversation, encode, plan_batches
 from ntk_selector.model.session import Session
-from ntk_selector.selection.pipeline import write_text_atomic
 
 OTHER = "(other)"  # generated answers outside the label set
 MAX_MATRIX_LABELS = 100  # free answers can have a label per row: no confusion matrix then
@@ -133,7 +132,6 @@ def label_log_likelihoods(model: torch.nn.Module, prompts: Sequence[np.ndarray],
     for members in tqdm(batches, desc="evaluate", unit="batch", disable=quiet, dynamic_ncols=True):
         ps, ls = [prompts[i] for i in members], [labels[i] for i in members]
         ids, pos, mask = _packed_batch(ps, ls, pad_id, dtype)
-        T = ids.shape[1]
         tails = [sum(len(r) for r in labs) for labs in ls]
         keep = max(tails) + 1  # every label token's predictor lies in the last `keep` positions
         kwargs = {"logits_to_keep": keep} if keep_arg else {}

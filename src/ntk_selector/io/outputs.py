@@ -1,24 +1,37 @@
-"""The lines of ``selected.jsonl``: the user's pool record, unchanged, plus our fields where they cannot collide."""
+"""What a select run writes for the user: ``selected.jsonl`` (the user's pool record, unchanged,
+plus our two fields where they cannot collide), the selection as TRL rows, and ``scores.csv``.
+
+The score field is named by what it holds (the method's ``score_name``): ``ntk_score`` for ntk,
+``less_max_cosine`` for less, ``embedding_votes`` for embedding, ``no_score`` (empty) for the
+random draws."""
 
 from __future__ import annotations
 
+import io
 import json
+from pathlib import Path
 from typing import Any
 
-OUR_FIELDS = ("ntk_score", "pool_index")
+import numpy as np
+
+from ntk_selector.io.files import atomic_open, write_text_atomic
+from ntk_selector.io.formats import OUTPUT_FILES, to_trl_row
+from ntk_selector.io.records import Records
+
 NESTED_KEY = "ntk_selector"
 
 
-def with_our_fields(record: dict[str, Any], score: float | None, pool_index: int) -> dict[str, Any]:
+def with_our_fields(record: dict[str, Any], score: float | None, pool_index: int,
+                    score_name: str = "ntk_score") -> dict[str, Any]:
     """The user's record unchanged, followed by our fields as its last key(s).
 
-    Normally ``ntk_score`` and ``pool_index`` are added at the top level. When the record already
-    has a field of either name, both of ours go instead into one object
-    ``{"ntk_score": ..., "pool_index": ...}`` under the first of ``ntk_selector``, ``_ntk_selector``,
+    Normally ``score_name`` and ``pool_index`` are added at the top level, in that order. When the
+    record already has a field of either name, both of ours go instead into one object
+    ``{score_name: ..., "pool_index": ...}`` under the first of ``ntk_selector``, ``_ntk_selector``,
     ``__ntk_selector``, ... that the record does not have. Either way ours come last on the line.
     """
-    ours = {"ntk_score": score, "pool_index": pool_index}
-    if not any(k in record for k in OUR_FIELDS):
+    ours = {score_name: score, "pool_index": pool_index}
+    if not any(k in record for k in ours):
         return {**record, **ours}
     key = NESTED_KEY
     while key in record:
@@ -27,18 +40,49 @@ def with_our_fields(record: dict[str, Any], score: float | None, pool_index: int
 
 
 def our_fields(line_obj: dict[str, Any]) -> dict[str, Any]:
-    """``{"ntk_score", "pool_index"}`` of a selected.jsonl object, wherever with_our_fields put them."""
-    last = next(reversed(line_obj)) if line_obj else None
-    if last == "pool_index":
-        return {k: line_obj[k] for k in OUR_FIELDS}
-    return dict(line_obj[last])
+    """``{score_name: ..., "pool_index": ...}`` of a selected.jsonl object, wherever with_our_fields put them."""
+    keys = list(line_obj)
+    if keys and keys[-1] == "pool_index":
+        return {k: line_obj[k] for k in keys[-2:]}
+    return dict(line_obj[keys[-1]])
 
 
 def user_record(line_obj: dict[str, Any]) -> dict[str, Any]:
     """The pool record as the user wrote it, from a selected.jsonl object."""
-    last = next(reversed(line_obj)) if line_obj else None
-    drop = set(OUR_FIELDS) if last == "pool_index" else {last}
+    keys = list(line_obj)
+    drop = set(keys[-2:]) if keys and keys[-1] == "pool_index" else set(keys[-1:])
     return {k: v for k, v in line_obj.items() if k not in drop}
+
+
+def write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.ndarray, score_name: str) -> None:
+    """selected.jsonl: the chosen pool records in rank order, each with its score and pool row."""
+    buf = io.StringIO()
+    for i, record in zip(chosen, pool.rows_at(chosen)):
+        score = None if not np.isfinite(scores[i]) else float(scores[i])
+        buf.write(json_line(with_our_fields(record, score, int(i), score_name)))
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_trl_rows(out: Path, pool: Records, chosen: np.ndarray, kind: str) -> None:
+    """The selection as TRL rows (--output-format), in rank order, ready for an SFT trainer."""
+    if kind == "records":
+        return
+    rows = pool.subset(chosen, "").conversations
+    write_text_atomic(out / OUTPUT_FILES[kind], "".join(json.dumps(to_trl_row(c, kind), ensure_ascii=False) + "\n" for c in rows))
+
+
+SCORES_HEADER = ("pool_index", "votes", "preselected")  # then the method's score_name
+
+
+def write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, score_name: str,
+                 block: int = 65536) -> None:
+    """scores.csv, one line per pool row, written in blocks to an exclusive temporary, then renamed."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(",".join((*SCORES_HEADER, score_name)) + "\n")
+        for start in range(0, len(votes), block):
+            rows = range(start, min(len(votes), start + block))
+            fh.write("".join(f"{i},{int(votes[i])},{int(preselected[i])},{'' if not np.isfinite(scores[i]) else repr(float(scores[i]))}\n"
+                             for i in rows))
 
 
 # Characters that are fine inside a JSON string but that str.splitlines() and some editors treat as

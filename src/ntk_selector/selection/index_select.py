@@ -20,11 +20,13 @@ import numpy as np
 
 from ntk_selector import distributed
 from ntk_selector.errors import UserError
+from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import DONE, EMPTY, open_store
 from ntk_selector.model.session import Session
 from ntk_selector.selection.filters import pool_filter
 from ntk_selector.selection.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
+from ntk_selector.selection.methods import METHODS
 from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
 from ntk_selector.selection.score import block_rows_for, domain_direction, score_rows_at, top_n
 from ntk_selector.selection.stages import embed, embedding_definition, feature_definition, featurize, ntk_scores, warmup
@@ -54,9 +56,6 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         _finish_run,
         _subset_fingerprint,
         _summary,
-        _write_scores,
-        _write_selected,
-        _write_trl_rows,
     )
 
     mode = cfg.index.index_mode
@@ -147,9 +146,10 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         preselected = np.zeros(len(pool), dtype=bool)
         preselected[pre.order] = True
         with clock("write outputs"):
-            _write_selected(out / "selected.jsonl", pool, chosen, scores)
-            _write_trl_rows(out, pool, chosen, cfg.output.output_format)
-            _write_scores(out / "scores.csv", pre.votes, preselected, scores)
+            score_name = METHODS[cfg.method].score_name
+            write_selected(out / "selected.jsonl", pool, chosen, scores, score_name)
+            write_trl_rows(out, pool, chosen, cfg.output.output_format)
+            write_scores(out / "scores.csv", pre.votes, preselected, scores, score_name)
         summary = _summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         _, d_status, _ = open_store(stages / "index_embed_domain")
         summary["counts"]["domain_no_response_tokens"] = int((d_status == EMPTY).sum())

@@ -20,6 +20,7 @@ class Method:
     objective: str | None = None  # the features' objective; None: the --objective setting
     score_rule: str = "ntk"
     store_tag: str | None = None  # features store name (None: by objective), so methods can share a --work-dir
+    score_name: str = "ntk_score"  # what the score column of scores.csv and selected.jsonl holds, by name
 
     def features_tag(self, objective: str) -> str:
         if self.store_tag:
@@ -30,14 +31,17 @@ class Method:
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ntk", "NTK-Selector: the projected NTK features of the M pre-selected rows, scored against D"),
     Method("random", "N uniformly from the pool rows that have response tokens (no model run)", uses_model=False,
-           ranking="draw"),
-    Method("embedding", "the top N pre-selected rows by reverse-kNN votes", ranking="votes"),
-    Method("preselect-random", "N uniformly from the M pre-selected rows", ranking="draw"),
+           ranking="draw", score_name="no_score"),
+    Method("embedding", "the top N pre-selected rows by reverse-kNN votes", ranking="votes", score_name="embedding_votes"),
+    Method("preselect-random", "N uniformly from the M pre-selected rows", ranking="draw", score_name="no_score"),
     Method("less", "LESS-style: cross-entropy gradient features, max cosine over D's rows", objective="ce",
-           score_rule="max-cosine", store_tag="less_features"),
+           score_rule="max-cosine", store_tag="less_features", score_name="less_max_cosine"),
 )}
 
 
 def method_help() -> str:
     """The --method help text, from the registry."""
     return "; ".join(f"{m.name}: {m.help}{' (the default)' if m.name == 'ntk' else ''}" for m in METHODS.values())
+
+
+SCORE_NAMES = tuple(dict.fromkeys(m.score_name for m in METHODS.values()))

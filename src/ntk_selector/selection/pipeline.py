@@ -8,7 +8,6 @@ Every stage writes under ``OUT/stages`` and is skipped or resumed on a rerun; th
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import platform
@@ -40,15 +39,13 @@ from ntk_selector.config import (
 )
 from ntk_selector.errors import UserError
 from ntk_selector.io.files import (
-    atomic_open,
     refuse_replacing,
     release_lock,
     take_lock,
     write_json_atomic,
-    write_text_atomic,
 )
-from ntk_selector.io.formats import OUTPUT_FILES, OUTPUT_FORMATS, to_trl_row
-from ntk_selector.io.outputs import json_line, with_our_fields
+from ntk_selector.io.formats import OUTPUT_FILES, OUTPUT_FORMATS
+from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import EMPTY, META, describe_differences, open_store, read_meta
 from ntk_selector.io.tokens import check_response_tokens, encode
@@ -233,9 +230,9 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
 
     def finish() -> dict[str, Any]:
         with clock("write outputs"):
-            _write_selected(out / "selected.jsonl", pool, chosen, scores)
-            _write_trl_rows(out, pool, chosen, cfg.output.output_format)
-            _write_scores(out / "scores.csv", votes, preselected, scores)
+            write_selected(out / "selected.jsonl", pool, chosen, scores, method.score_name)
+            write_trl_rows(out, pool, chosen, cfg.output.output_format)
+            write_scores(out / "scores.csv", votes, preselected, scores, method.score_name)
         summary = _summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         summary["counts"]["domain_no_response_tokens"] = int((domain_status == EMPTY).sum())
         if warm_stats is not None:
@@ -256,9 +253,11 @@ def _select_random(domain: Records, pool: Records, out: Path, cfg: SelectConfigs
     rng = np.random.default_rng(cfg.run.seed)
     chosen = rng.permutation(np.sort(rng.choice(valid, size=n, replace=False)))
     with clock("write outputs"):
-        _write_selected(out / "selected.jsonl", pool, chosen, np.full(len(pool), np.nan))
-        _write_trl_rows(out, pool, chosen, cfg.output.output_format)
-        _write_scores(out / "scores.csv", np.zeros(len(pool), np.int64), np.zeros(len(pool), bool), np.full(len(pool), np.nan))
+        score_name = METHODS[cfg.method].score_name
+        write_selected(out / "selected.jsonl", pool, chosen, np.full(len(pool), np.nan), score_name)
+        write_trl_rows(out, pool, chosen, cfg.output.output_format)
+        write_scores(out / "scores.csv", np.zeros(len(pool), np.int64), np.zeros(len(pool), bool), np.full(len(pool), np.nan),
+                     score_name)
     return _finish_run(out, _summary(cfg, domain, pool, chosen, empty, 0, clock.seconds, out, filt), clock)
 
 
@@ -337,32 +336,6 @@ def _check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectC
     if theirs != mine:
         raise UserError(f"{out} holds another run ({describe_differences(theirs, mine)}); "
                         f"use --overwrite or another --out folder")
-
-
-def _write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.ndarray) -> None:
-    buf = io.StringIO()
-    for i, record in zip(chosen, pool.rows_at(chosen)):
-        score = None if not np.isfinite(scores[i]) else float(scores[i])
-        buf.write(json_line(with_our_fields(record, score, int(i))))
-    write_text_atomic(path, buf.getvalue())
-
-
-def _write_trl_rows(out: Path, pool: Records, chosen: np.ndarray, kind: str) -> None:
-    """The selection as TRL rows (--output-format), in rank order, ready for an SFT trainer."""
-    if kind == "records":
-        return
-    rows = pool.subset(chosen, "").conversations
-    write_text_atomic(out / OUTPUT_FILES[kind], "".join(json.dumps(to_trl_row(c, kind), ensure_ascii=False) + "\n" for c in rows))
-
-
-def _write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, block: int = 65536) -> None:
-    """scores.csv written in blocks to an exclusive temporary, then renamed."""
-    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write("pool_index,votes,preselected,ntk_score\n")
-        for start in range(0, len(votes), block):
-            rows = range(start, min(len(votes), start + block))
-            fh.write("".join(f"{i},{int(votes[i])},{int(preselected[i])},{'' if not np.isfinite(scores[i]) else repr(float(scores[i]))}\n"
-                             for i in rows))
 
 
 def task_counts(records: Records | list[dict[str, Any]], rows: np.ndarray | None = None,

@@ -42,22 +42,31 @@ def _selected(path: Path) -> list[dict[str, Any]]:
     from ntk_selector.io.outputs import our_fields, user_record
 
     with open(path, encoding="utf-8") as fh:
-        # the report's view of a line: the user's record with our fields on top (wherever they were written)
-        return [{**user_record(obj), **our_fields(obj)} for obj in map(json.loads, filter(str.strip, fh))]
+        # the report's view of a line: the user's record with our fields on top (wherever they were
+        # written), the score under "score" whatever the method named it
+        return [{**user_record(obj), **_score_as_score(our_fields(obj))} for obj in map(json.loads, filter(str.strip, fh))]
 
 
-def read_scores(path: Path) -> dict[str, np.ndarray] | None:
-    """The columns of a `select` run's scores.csv (NaN where a row has no score), or None."""
+def _score_as_score(ours: dict[str, Any]) -> dict[str, Any]:
+    return {"score": next(v for k, v in ours.items() if k != "pool_index"), "pool_index": ours["pool_index"]}
+
+
+def read_scores(path: Path) -> dict[str, Any] | None:
+    """The columns of a `select` run's scores.csv (NaN where a row has no score), or None. The last
+    column, named by what it holds (``ntk_score``, ``less_max_cosine``, ...), comes back as "score"."""
     if not path.exists():
         return None
     with open(path, encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        rows = list(reader)
+    if not header or not rows:
         return None
-    return {"pool_index": np.array([int(r["pool_index"]) for r in rows]),
-            "votes": np.array([int(r["votes"]) for r in rows]),
-            "preselected": np.array([r["preselected"] == "1" for r in rows]),
-            "ntk_score": np.array([float(r["ntk_score"]) if r["ntk_score"] else np.nan for r in rows])}
+    return {"pool_index": np.array([int(r[0]) for r in rows]),
+            "votes": np.array([int(r[1]) for r in rows]),
+            "preselected": np.array([r[2] == "1" for r in rows]),
+            "score": np.array([float(r[3]) if r[3] else np.nan for r in rows]),
+            "score_name": header[3]}
 
 
 # ----------------------------------------------------------------------------- plots
@@ -84,8 +93,8 @@ def _figure(path: Path, draw: Callable[[Any], None], size: tuple[float, float] =
     return path.name
 
 
-def _plot_scores(out: Path, scores: dict[str, np.ndarray], chosen: np.ndarray) -> str | None:
-    s = scores["ntk_score"]
+def _plot_scores(out: Path, scores: dict[str, Any], chosen: np.ndarray) -> str | None:
+    s = scores["score"]
     ok = np.isfinite(s)
     if not ok.any():
         return None
@@ -96,7 +105,7 @@ def _plot_scores(out: Path, scores: dict[str, np.ndarray], chosen: np.ndarray) -
         ax.hist(s[ok], bins=min(60, max(10, int(ok.sum() // 10))), color="#1f77b4", alpha=.85, label="scored pool rows")
         if cut is not None:
             ax.axvline(cut, color="#d62728", lw=2, ls="--", label=f"cut-off ({len(chosen)} selected)")
-        ax.set_xlabel("score")
+        ax.set_xlabel(scores.get("score_name", "score"))
         ax.set_ylabel("pool rows")
         ax.set_title("Score distribution of the scored (pre-selected) pool rows")
         ax.legend()
@@ -104,8 +113,8 @@ def _plot_scores(out: Path, scores: dict[str, np.ndarray], chosen: np.ndarray) -
     return _figure(out / "report_scores.png", draw)
 
 
-def _plot_votes(out: Path, scores: dict[str, np.ndarray], chosen: np.ndarray) -> str | None:
-    s, v = scores["ntk_score"], scores["votes"]
+def _plot_votes(out: Path, scores: dict[str, Any], chosen: np.ndarray) -> str | None:
+    s, v = scores["score"], scores["votes"]
     ok = np.isfinite(s)
     if not ok.any() or not (v > 0).any():
         return None
@@ -118,8 +127,8 @@ def _plot_votes(out: Path, scores: dict[str, np.ndarray], chosen: np.ndarray) ->
         ax.scatter(v[rest], s[rest], s=10, color="#1f77b4", alpha=.5, label="scored, not selected")
         ax.scatter(v[ok & sel], s[ok & sel], s=14, color="#ff7f0e", alpha=.9, label="selected")
         ax.set_xlabel("reverse-kNN votes")
-        ax.set_ylabel("NTK score")
-        ax.set_title("Votes (embedding pre-selection) vs NTK score")
+        ax.set_ylabel(scores.get("score_name", "score"))
+        ax.set_title(f"Votes (embedding pre-selection) vs {scores.get('score_name', 'score')}")
         ax.legend()
 
     return _figure(out / "report_votes.png", draw)
@@ -278,7 +287,7 @@ def _examples(title: str, recs: list[tuple[int, dict[str, Any]]], data_cfg: dict
     rows = []
     for rank, rec in recs:
         prompt, response = _example_text(rec, data_cfg)
-        score = rec.get("ntk_score")
+        score = rec.get("score")
         rows.append(f"<tr><td class='num'>{rank}</td><td class='num'>{_esc(rec.get('pool_index'))}</td>"
                     f"<td class='num'>{_esc(_fmt(score))}</td><td>{_esc(rec.get('task', ''))}</td>"
                     f"<td class='text'>{_esc(_short(prompt))}</td><td class='text'>{_esc(_short(response))}</td></tr>")
@@ -297,7 +306,7 @@ def _select_section(out: Path, run: dict[str, Any] | None, scores: dict[str, np.
     chosen = np.array([int(r["pool_index"]) for r in selected], dtype=np.int64)
     if scores is not None:
         parts.append(_img(_plot_scores(out, scores, chosen), "score distribution with the cut-off"))
-        parts.append(_img(_plot_votes(out, scores, chosen), "votes vs NTK score"))
+        parts.append(_img(_plot_votes(out, scores, chosen), "votes vs score"))
     if run:
         pool_tasks, sel_tasks = run.get("pool_per_task") or {}, run.get("selected_per_task") or {}
         img = _plot_tasks(out, pool_tasks, sel_tasks)
