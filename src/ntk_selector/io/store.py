@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ntk_selector.errors import UserError
+from ntk_selector.io.definitions import describe_differences
 from ntk_selector.io.files import LOCK, disk_full, release_lock, take_lock, temporary_beside, write_json_atomic
 
 PENDING, DONE, EMPTY = 0, 1, 2
@@ -105,22 +106,6 @@ def check_same_features(domain_path: str | Path, domain_meta: dict[str, Any], po
     if a != b:
         raise UserError(f"{domain_path} and {pool_path} were made differently and cannot be scored together "
                         f"({describe_differences(a, b)}); build both with the same settings")
-
-
-def describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
-    """``key: old -> new`` for every differing key (nested dicts flattened with dots)."""
-
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(old), flat(new)
-    return "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
 
 
 def _data_offset(path: Path) -> int:

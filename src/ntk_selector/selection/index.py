@@ -214,7 +214,7 @@ def index_settings(path: str | Path) -> dict[str, Any]:
 
 def space_differences(index_definition: dict[str, Any], mine: dict[str, Any]) -> str:
     """What maps rows differently in ``mine`` than in the index (the rows themselves aside)."""
-    from ntk_selector.io.store import describe_differences
+    from ntk_selector.io.definitions import describe_differences
 
     a = {k: v for k, v in index_definition.items() if k not in DATA_KEYS}
     b = {k: v for k, v in mine.items() if k not in DATA_KEYS}

@@ -11,7 +11,6 @@ The paper's mode (no ``--index``) warms up first and embeds the whole pool with 
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 
 from ntk_selector import distributed
 from ntk_selector.errors import UserError
+from ntk_selector.io.definitions import canonical
 from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import DONE, EMPTY, open_store
@@ -201,9 +201,9 @@ def _check_same_space(session: Session, domain: Records, index: Index, cfg: Any)
     defs = index.meta["definitions"]
     feat_def = {**feature_definition(session, domain, cfg.data, cfg.feature), "logits_mode": defs[FEATURES]["logits_mode"]}
     emb_def = embedding_definition(session, domain, cfg.data, cfg.embed.embedder, cfg.embed.embed_max_length)
-    norm = lambda d: json.loads(json.dumps(d, default=str))  # noqa: E731
     diffs: list[str] = []
-    for d in (space_differences(norm(defs[FEATURES]), norm(feat_def)), space_differences(norm(defs[EMBEDDINGS]), norm(emb_def))):
+    for d in (space_differences(canonical(defs[FEATURES]), canonical(feat_def)),
+              space_differences(canonical(defs[EMBEDDINGS]), canonical(emb_def))):
         diffs += [x for x in d.split("; ") if x and x not in diffs]
     if diffs:
         raise UserError(f"{index.path} was built with other settings ({'; '.join(diffs)}); "

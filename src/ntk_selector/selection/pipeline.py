@@ -38,6 +38,7 @@ from ntk_selector.config import (
     to_dict,
 )
 from ntk_selector.errors import UserError
+from ntk_selector.io.definitions import canonical
 from ntk_selector.io.files import (
     refuse_replacing,
     release_lock,
@@ -283,7 +284,7 @@ def _cached_preselect(stages: Path, cfg: SelectConfigs, excluded: np.ndarray) ->
     definition = {"domain": read_meta(stages / "embed_domain")["definition"], "pool": read_meta(stages / "embed_pool")["definition"],
                   "preselect": to_dict(cfg.preselect), "seed": cfg.run.seed,
                   "excluded": hashlib.sha256(np.packbits(excluded).tobytes()).hexdigest()[:16]}
-    definition = json.loads(json.dumps(definition, default=str))
+    definition = canonical(definition)
 
     def compute() -> None:
         if path.exists() and state.exists() and json.loads(state.read_text()).get("definition") == definition:

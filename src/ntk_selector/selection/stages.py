@@ -3,7 +3,6 @@ and each usable alone from the CLI; ``pipeline.select`` chains them."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,13 @@ from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.gradients import NTK_OBJECTIVES, GradientFeaturizer
 from ntk_selector.features.projection import PROJECTION_KIND
 from ntk_selector.features.runner import fill_store, run_rows, run_texts
+from ntk_selector.io.definitions import read_state, reuse_or_refuse
 from ntk_selector.io.files import atomic_open, folder_lock
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import (
     DONE,
     RowStore,
     check_same_features,
-    describe_differences,
     open_store,
     write_json_atomic,
 )
@@ -54,18 +53,10 @@ def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataC
     definition = {"stage": "warmup", **session.describe(), **data_definition(domain, data_cfg), "train": to_dict(train_cfg),
                   "seed": session.run.seed}
     state_file = out / "ntk_selector_warmup.json"
-    if state_file.exists():
-        try:
-            state = json.loads(state_file.read_text())
-        except (ValueError, UnicodeDecodeError):
-            state = {}  # damaged outside our atomic write: redo the warm-up
-        if state.get("definition") == json.loads(json.dumps(definition, default=str)) and \
-                (out / "adapter_config.json").exists():
-            return state["stats"]
-        if state and not session.run.overwrite:
-            raise UserError(f"{out} holds a warm-up of another setup "
-                            f"({describe_differences(state.get('definition', {}), json.loads(json.dumps(definition, default=str)))}); "
-                            f"use --overwrite or another output folder")
+    state = read_state(state_file) or {}  # damaged outside our atomic write: redo the warm-up
+    if reuse_or_refuse(state.get("definition") if state else None, definition, f"{out} holds a warm-up of another setup",
+                       ready=(out / "adapter_config.json").exists(), overwrite=session.run.overwrite):
+        return state["stats"]
     check_response_tokens([domain], session.load_tokenizer(), data_cfg, warn=not checked)
     session.load(None)
     checkpoint = TrainCheckpoint(out, definition, session.run.checkpoint_every, session.run.overwrite)

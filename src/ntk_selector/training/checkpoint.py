@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from ntk_selector.errors import UserError
+from ntk_selector.io.definitions import reuse_or_refuse
 from ntk_selector.io.files import disk_full, temporary_beside
 
 CHECKPOINT_DIR = "resume"  # inside the output folder; removed once the finished adapter is saved
@@ -84,10 +85,9 @@ class TrainCheckpoint:
             if self.overwrite:
                 return None
             raise UserError(f"{self.path} cannot be read ({e}); delete it or use --overwrite to start over") from e
-        if state.get("definition") != self.definition:
-            if self.overwrite:
-                return None
-            raise UserError(f"{self.path} is a checkpoint of another training run; use --overwrite or another output folder")
+        if not reuse_or_refuse(state.get("definition", {}), self.definition,
+                               f"{self.path} is a checkpoint of another training run", overwrite=self.overwrite):
+            return None
         if len(state["params"]) != len(params):
             raise UserError(f"{self.path}: holds {len(state['params'])} LoRA tensors, the model has {len(params)}")
         with torch.no_grad():

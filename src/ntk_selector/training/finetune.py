@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
 from ntk_selector.errors import UserError
+from ntk_selector.io.definitions import read_state, reuse_or_refuse
 from ntk_selector.io.files import folder_lock
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
@@ -32,16 +33,6 @@ def training_definition(session: Session, data: Sequence[Records], data_cfg: Dat
     return json.loads(json.dumps({
         "stage": "train", **session.describe(), "data": [data_definition(r, data_cfg) for r in data],
         "train": to_dict(train_cfg), "group_by_length": group_by_length, "seed": session.run.seed}, default=str))
-
-
-def read_state(out: str | Path) -> dict[str, Any] | None:
-    """The training state of a finished adapter folder, or None (also when the file is damaged: train again)."""
-    path = Path(out) / STATE_FILE
-    try:
-        state = json.loads(path.read_text()) if path.exists() else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return state if isinstance(state, dict) else None
 
 
 def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig,
@@ -66,11 +57,10 @@ def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: Model
 def _finetune_locked(data: list[Records], out: Path, session: Session, model_cfg: ModelConfig, data_cfg: DataConfig,
                      run: RunConfig, train_cfg: TrainConfig, group_by_length: bool) -> dict[str, Any]:
     definition = training_definition(session, data, data_cfg, train_cfg, group_by_length)
-    old = read_state(out)
-    if old is not None and not run.overwrite:
-        if old.get("definition") == definition and (out / "adapter_config.json").exists():
-            return old
-        raise UserError(f"{out} holds an adapter trained on other data or settings; use --overwrite or another --out")
+    old = None if run.overwrite else read_state(out / STATE_FILE)  # --overwrite trains again
+    if reuse_or_refuse(None if old is None else old.get("definition", {}), definition,
+                       f"{out} holds an adapter trained on other data or settings", ready=(out / "adapter_config.json").exists()):
+        return old
     check_response_tokens(data, session.load_tokenizer(), data_cfg)
     session.load(model_cfg.adapter)  # --adapter continues training it; otherwise a fresh seeded LoRA
     conversations = [c for r in data for c in r.conversations]
