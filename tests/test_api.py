@@ -83,6 +83,12 @@ def test_a_dataset_as_the_pool(cli_run, tiny_model_dir, rows, tmp_path):
     assert (out / "selected.jsonl").read_bytes() == (cli_run / "selected.jsonl").read_bytes()
     assert sel.records == [pool[i] for i in sel.indices]
     assert sel.to_dataset().to_list() == sel.records
+    # the Dataset went to the pipeline as a saved Arrow folder, not rewritten as JSON lines
+    assert not sel.summary["inputs"]["pool"].endswith(".jsonl")
+    # a view (select / shuffle) is read as its rows in its order
+    view = datasets.Dataset.from_list(pool).select(list(reversed(range(len(pool)))))
+    rev = select(domain, view, N, model=tiny_model_dir, **SETTINGS)
+    assert rev.records == [pool[len(pool) - 1 - i] for i in rev.indices]
 
 
 @pytest.mark.parametrize("settings, name", [

@@ -79,7 +79,8 @@ def test_a_checkpoint_of_another_run_is_refused_or_discarded(tiny_model_dir, dat
     monkeypatch.undo()
     other = ["--seed", "1"]
     assert main(train_args(tiny_model_dir, data, out, other)) == 2
-    assert "checkpoint of another training run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "checkpoint of another training run" in err and "seed: 0 -> 1" in err  # names what differs
     calls = watch_steps(monkeypatch)
     assert main(train_args(tiny_model_dir, data, out, other + ["--overwrite"])) == 0
     assert len(calls) == 8  # started over

@@ -159,13 +159,21 @@ def _in_memory(data: Any) -> bool:
 
 
 def _as_file(data: Any, folder: Path, name: str) -> Path:
-    """A path as is; in-memory records written to ``folder/name.jsonl`` (same records, same file, same fingerprint)."""
+    """A path as is; a ``datasets.Dataset`` saved as Arrow to ``folder/name`` (written by Arrow in
+    batches, never as Python dicts, and memory-mapped again by every process that reads it); a list
+    of dicts written to ``folder/name.jsonl``. The same records give the same files, hence the same
+    fingerprint, so a rerun resumes."""
     if isinstance(data, (str, Path)) or hasattr(data, "__fspath__"):
         return Path(data)
     if not _in_memory(data):
         raise UserError(f"{name}: expected a path, a list of dicts or a datasets.Dataset, got {type(data).__name__}")
     if len(data) == 0:
         raise UserError(f"{name}: no records (empty list)")
+    if _is_dataset(data):
+        path = folder / name
+        with _datasets_progress_off():
+            data.save_to_disk(str(path))  # a selected/shuffled view is saved as its rows, in its order
+        return path
     lines = []
     for i, record in enumerate(data):
         if not isinstance(record, Mapping):
@@ -178,6 +186,20 @@ def _as_file(data: Any, folder: Path, name: str) -> Path:
     path = folder / f"{name}.jsonl"
     write_text_atomic(path, "".join(lines))
     return path
+
+
+@contextmanager
+def _datasets_progress_off() -> Iterator[None]:
+    """No "Saving the dataset" bar for an internal copy."""
+    import datasets
+
+    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.utils.logging.enable_progress_bar()
 
 
 @contextmanager

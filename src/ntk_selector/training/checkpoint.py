@@ -85,7 +85,7 @@ class TrainCheckpoint:
             if self.overwrite:
                 return None
             raise UserError(f"{self.path} cannot be read ({e}); delete it or use --overwrite to start over") from e
-        if not reuse_or_refuse(state.get("definition", {}), self.definition,
+        if not reuse_or_refuse(json.loads(state.get("definition", "{}")), json.loads(self.definition),
                                f"{self.path} is a checkpoint of another training run", overwrite=self.overwrite):
             return None
         if len(state["params"]) != len(params):
