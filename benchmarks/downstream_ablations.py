@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -42,21 +42,22 @@ FT_SEED = re.compile(r"_ft\d+_")  # a fine-tuned run's seed in its key; variants
 class Variant:
     name: str  # no underscores: run keys are split on them
     what: str  # one line for the table
-    flags: tuple[str, ...] = ()  # extra `select` flags; {n}, {pool} are filled in
+    settings: Mapping[str, Any] = field(default_factory=dict)  # extra `select` settings; "{m2n}", "{pool}" filled in
     own_work_dir: bool = False  # the warm-up changes, so nothing downstream of it can be shared
     rescore: str | None = None  # computed from the main ntk run's outputs instead of a `select` run
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("cosine", "mean cosine instead of mean inner product", flags=("--cosine",)),
+    Variant("cosine", "mean cosine instead of mean inner product", settings={"cosine": True}),
     Variant("sum-tokens", "summed (not mean) logits over response positions", rescore="sum-tokens"),
     Variant("task-cap", "at most N/2 rows from one pool task", rescore="task-cap"),
     Variant("all-positions", "summed logits over every position, prompt too (not only the response)",
-            flags=("--objective", "ntk-all")),
-    Variant("m-2n", "M = 2N pre-selected", flags=("--m", "{m2n}")),
-    Variant("warmup-none", "no warm-up (lr 0: the untrained LoRA's kernel)", flags=("--lr", "0"), own_work_dir=True),
-    Variant("warmup-3ep", "3 warm-up epochs instead of 1", flags=("--epochs", "3"), own_work_dir=True),
-    Variant("m-all", "M = the whole pool: no pre-selection", flags=("--m", "{pool}")),
+            settings={"objective": "ntk-all"}),
+    Variant("m-2n", "M = 2N pre-selected", settings={"m": "{m2n}"}),
+    Variant("warmup-none", "no warm-up (lr 0: the untrained LoRA's kernel)", settings={"lr": 0.0},
+            own_work_dir=True),
+    Variant("warmup-3ep", "3 warm-up epochs instead of 1", settings={"epochs": 3.0}, own_work_dir=True),
+    Variant("m-all", "M = the whole pool: no pre-selection", settings={"m": "{pool}"}),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 NATURAL = "natural-prior"  # base, domain only, random and ntk again (every seed) with D drawn with the train split's label mix
@@ -81,9 +82,9 @@ def select_variant(bench: Any, d: int, n: int, method: str, out: Path) -> dict[s
         chosen = {"sum-tokens": _sum_tokens, "task-cap": _task_cap}[v.rescore](bench, d, n, Path(base["selected_file"]).parent)
         return {**bench.write_selection(d, chosen, out), "stage_seconds": {"rescore": 0.0}}
     work = bench.cache / "work" / (f"d{d}_{method}" if v.own_work_dir else f"d{d}")
-    fill = {"m2n": str(2 * n), "pool": str(bench.s.pool_size)}
-    flags = [f.format(**fill) for f in v.flags]
-    return bench.run_select(d, n, "ntk", out, ["--seed", "0", "--work-dir", str(work), *flags])
+    fill = {"{m2n}": 2 * n, "{pool}": bench.s.pool_size}
+    settings = {k: fill.get(value, value) if isinstance(value, str) else value for k, value in v.settings.items()}
+    return bench.run_select(d, n, "ntk", out, {"seed": 0, "work_dir": str(work), **settings})
 
 
 def _main_scores(folder: Path) -> np.ndarray:

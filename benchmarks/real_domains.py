@@ -32,17 +32,27 @@ predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also when this file is loaded by path
+from bench_common import (  # noqa: E402
+    cached_unit,
+    count_units,
+    counts,
+    finetune_summary,
+    git_commit,
+    log,
+    mean_std,
+    read_jsonl,
+    run_select,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", "ntk")
@@ -125,29 +135,6 @@ def selection_seed(method: str, seed: int) -> int:
     return 0 if method in DETERMINISTIC else seed
 
 
-def log(text: str) -> None:
-    print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {text}", flush=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def counts(values: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
-
-
 # ----------------------------------------------------------------------------- the benchmark
 
 
@@ -164,21 +151,9 @@ class Bench:
 
     def unit(self, kind: str, key: str, definition: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The cached JSON of this unit when its definition matches; otherwise compute and store it."""
-        path = self.results / kind / f"{key}.json"
-        definition = json.loads(json.dumps(definition, default=str))
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old.get("definition") == definition:
-                return old
-            log(f"{kind} {key}: cached result has another definition, recomputing")
-        log(f"{kind} {key} ...")
-        start = time.perf_counter()
-        result = compute()
-        result.update({"definition": definition, "unit_seconds": round(time.perf_counter() - start, 1),
-                       "finished": dt.datetime.now().isoformat(timespec="seconds")})
-        write_json(path, result)
-        extra = "".join(f", {k} {result[k]:.4f}" for k in ("accuracy", "balanced_accuracy") if isinstance(result.get(k), float))
-        log(f"{kind} {key}: done in {result['unit_seconds']:.0f} s{extra}")
+        result, computed = cached_unit(self.results / kind / f"{key}.json", definition, compute, f"{kind} {key}")
+        if not computed:
+            return result
         self.finished += 1
         if self.commit_every and self.finished % self.commit_every == 0:
             self.publish(commit=True)
@@ -201,24 +176,16 @@ class Bench:
         return self.unit("select", run.sel_key, definition, lambda: self._select(run, d_file, n))
 
     def _select(self, run: Run, d_file: Path, n: int) -> dict[str, Any]:
-        from ntk_selector.cli.commands import main as cli
-
         dom = self.domains[run.domain]
         out = self.cache / "select" / run.sel_key
         if run.method == "preselect-random" and run.sel != 0:
             return self._draw_from_preselection(run, n, out)
         work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
-        args = ["select", "--domain", str(d_file), "--pool", str(dom.pool), "--out", str(out), "--n", str(n),
-                "--method", run.method, "--proj-dim", str(self.s.proj_dim), "--rank", str(self.s.rank),
-                "--seed", str(run.sel), "--decontaminate", str(dom.test), "--max-length", str(self.s.max_length),
-                "--token-budget", str(self.s.token_budget), "--quiet", "--debug", "--overwrite",
-                *(["--work-dir", str(work)] if run.method != "random" else []),
-                *(["--model", self.s.model] if self.s.model else [])]
-        rc = cli(args)
-        if rc != 0:
-            raise RuntimeError(f"select failed (exit {rc}): {' '.join(args)}")
-        info = json.loads((out / "run.json").read_text())
-        chosen = [r["pool_index"] for r in read_jsonl(out / "selected.jsonl")]
+        chosen, info = run_select(d_file, dom.pool, out, n, run.method, model=self.s.model or None,
+                                  proj_dim=self.s.proj_dim, rank=self.s.rank, seed=run.sel,
+                                  decontaminate=str(dom.test), max_length=self.s.max_length,
+                                  token_budget=self.s.token_budget, overwrite=True,
+                                  **({"work_dir": str(work)} if run.method != "random" else {}))
         return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {})}
 
     def _draw_from_preselection(self, run: Run, n: int, out: Path) -> dict[str, Any]:
@@ -263,21 +230,10 @@ class Bench:
         return self.unit("train", run.key, definition, lambda: self._train(run, files))
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
-        from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
-        from ntk_selector.training.finetune import finetune
-
-        adapter = self.cache / "adapters" / run.key
-        state = finetune(files, adapter, ModelConfig(model=self.s.model),
-                         DataConfig(max_length=self.s.max_length, token_budget=self.s.token_budget),
-                         LoraSettings(rank=self.s.rank, lora_alpha=2.0 * self.s.rank),
-                         RunConfig(seed=run.ft, quiet=True, overwrite=True),
-                         TrainConfig(epochs=self.s.epochs, lr=run.lr, batch_size=self.s.batch_size,
-                                     loss_mean=run.loss_mean),
-                         group_by_length=True)
-        losses = state["losses"]
-        return {"adapter": str(adapter), "examples": state["examples"], "steps": state["steps"],
-                "seconds": state["seconds"], "loss_first": state["loss_first"], "loss_last": state["loss_last"],
-                "loss_curve": [round(float(np.mean(losses[i: i + 10])), 4) for i in range(0, len(losses), 10)]}
+        return finetune_summary(files, self.cache / "adapters" / run.key, model=self.s.model,
+                                max_length=self.s.max_length, token_budget=self.s.token_budget, rank=self.s.rank,
+                                seed=run.ft, epochs=self.s.epochs, lr=run.lr, batch_size=self.s.batch_size,
+                                group_by_length=True, loss_mean=run.loss_mean)
 
     def evaluate(self, run: Run, split: str) -> dict[str, Any]:
         dom = self.domains[run.domain]
@@ -376,46 +332,12 @@ class Bench:
             git_commit([self.results], f"real-domain benchmark: results so far ({count_units(self.results)} units)")
 
 
-def count_units(results: Path) -> int:
-    return sum(1 for _ in results.rglob("*.json"))
-
-
-def git_commit(paths: list[Path], message: str) -> None:
-    """Commit only these paths of the repository that holds them (retrying while the index is locked)."""
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=paths[0], capture_output=True, text=True).stdout.strip()
-    if not top:
-        return
-    rel = [str(p.resolve().relative_to(top)) for p in paths if p.exists()]
-    for attempt in range(10):
-        add = subprocess.run(["git", "add", "--", *rel], cwd=top, capture_output=True, text=True)
-        err = add.stderr
-        if add.returncode == 0:
-            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel], cwd=top).returncode == 0:
-                return
-            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], cwd=top, capture_output=True, text=True)
-            if done.returncode == 0:
-                log(f"committed: {message}")
-                return
-            err = done.stderr or done.stdout
-        if "index.lock" not in err:
-            log(f"git commit skipped: {err.strip()[-200:]}")
-            return
-        time.sleep(5 + 5 * attempt)
-
-
 # ----------------------------------------------------------------------------- table
 
 
 def load(results: Path, kind: str) -> dict[str, dict[str, Any]]:
     folder = results / kind
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
-
-
-def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values:
-        return "–"
-    v = np.asarray(values) * scale
-    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "")
 
 
 def group(evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, variant: str = "main",

@@ -1,0 +1,143 @@
+"""What the resumable benchmarks (downstream.py, real_domains.py) share: one JSON per finished unit,
+git commits of those results, the library calls that produce a unit, and the table's number format.
+
+Each unit's JSON holds its result, its ``definition`` (the settings that made it), ``unit_seconds``
+and ``finished``; a rerun reuses it while the definition matches, so a crashed run resumes. The
+byte layout of these files is fixed: cached results of long runs are read back by later versions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- files and logging
+
+
+def log(text: str) -> None:
+    print(f"[{dt.datetime.now():%Y-%m-%d %H:%M:%S}] {text}", flush=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Through a temporary file of this process, so a crash or a second writer never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def counts(values: list[str]) -> dict[str, int]:
+    """How often each value occurs, most frequent first (ties by value)."""
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    """``mean ± std`` over seeds (std only with two or more), scaled to percent unless told otherwise."""
+    if not values:
+        return "–"
+    v = np.asarray(values) * scale
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if len(v) > 1 else "")
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def cached_unit(path: Path, definition: dict[str, Any], compute: Callable[[], dict[str, Any]],
+                what: str) -> tuple[dict[str, Any], bool]:
+    """(the unit's result, whether it was computed now): the JSON at ``path`` when its definition
+    matches, else ``compute()`` stored there with its definition and timing."""
+    definition = json.loads(json.dumps(definition, default=str))
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("definition") == definition:
+            return old, False
+        log(f"{what}: cached result has another definition, recomputing")
+    log(f"{what} ...")
+    start = time.perf_counter()
+    result = compute()
+    result.update({"definition": definition, "unit_seconds": round(time.perf_counter() - start, 1),
+                   "finished": dt.datetime.now().isoformat(timespec="seconds")})
+    write_json(path, result)
+    extra = "".join(f", {k} {result[k]:.4f}" for k in ("accuracy", "balanced_accuracy") if isinstance(result.get(k), float))
+    log(f"{what}: done in {result['unit_seconds']:.0f} s{extra}")
+    return result, True
+
+
+def count_units(folder: Path) -> int:
+    return sum(1 for _ in folder.rglob("*.json"))
+
+
+def git_commit(paths: list[Path], message: str) -> None:
+    """Commit only these paths of the repository that holds them (retrying while the index is locked)."""
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=paths[0], capture_output=True, text=True).stdout.strip()
+    if not top:
+        return
+    rel = [str(p.resolve().relative_to(top)) for p in paths if p.exists()]
+    for attempt in range(10):
+        add = subprocess.run(["git", "add", "--", *rel], cwd=top, capture_output=True, text=True)
+        err = add.stderr
+        if add.returncode == 0:
+            if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel], cwd=top).returncode == 0:
+                return  # nothing new since the last commit
+            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], cwd=top, capture_output=True, text=True)
+            if done.returncode == 0:
+                log(f"committed: {message}")
+                return
+            err = done.stderr or done.stdout
+        if "index.lock" not in err:
+            log(f"git commit skipped: {err.strip()[-200:]}")
+            return
+        time.sleep(5 + 5 * attempt)
+    log("git commit skipped: index stayed locked")
+
+
+# ----------------------------------------------------------------------------- library calls
+
+
+def run_select(domain: Path, pool: Path, out: Path, n: int, method: str, **settings: Any) -> tuple[list[int], dict[str, Any]]:
+    """``ntk_selector.select`` into ``out`` with the benchmarks' logging settings: (the selected pool
+    rows, best first; run.json as written)."""
+    import ntk_selector
+
+    selection = ntk_selector.select(domain, pool, n, method=method, out=out, quiet=True, debug=True, **settings)
+    return selection.indices.tolist(), json.loads((out / "run.json").read_text())
+
+
+def finetune_summary(files: list[Path], adapter: Path, *, model: str | None, max_length: int, token_budget: int,
+                     rank: int, seed: int, epochs: float, lr: float, batch_size: int, group_by_length: bool,
+                     loss_mean: str = "token") -> dict[str, Any]:
+    """LoRA fine-tune (alpha = 2·rank) on the union of ``files`` into ``adapter``; the unit's result."""
+    from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
+    from ntk_selector.training.finetune import finetune
+
+    state = finetune(files, adapter, ModelConfig(model=model), DataConfig(max_length=max_length, token_budget=token_budget),
+                     LoraSettings(rank=rank, lora_alpha=2.0 * rank), RunConfig(seed=seed, quiet=True, overwrite=True),
+                     TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, loss_mean=loss_mean),
+                     group_by_length=group_by_length)
+    losses = state["losses"]
+    return {"adapter": str(adapter), "examples": state["examples"], "steps": state["steps"],
+            "seconds": state["seconds"], "loss_first": state["loss_first"], "loss_last": state["loss_last"],
+            "loss_curve": [round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, len(losses), 10)]}
