@@ -93,11 +93,19 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model_args = ["--model", args.model] if args.model else []
     index_dir = out / "index"
+    result_file = out / "index_once.json"
     result: dict = {"pool": str(args.pool), "n": args.n, "extra_flags": extra, "domains": {}}
-    result["index_seconds"] = timed(["index", "--pool", str(args.pool), "--out", str(index_dir), *model_args, "--quiet", *extra])
+    if result_file.exists():  # resume: finished parts are kept, with their seconds as measured then
+        result = json.loads(result_file.read_text())
+    if "index_seconds" not in result:
+        result["index_seconds"] = timed(["index", "--pool", str(args.pool), "--out", str(index_dir), *model_args, "--quiet",
+                                         *extra])
+        result_file.write_text(json.dumps(result, indent=2))
     index = open_index(index_dir)
     for domain in args.domain:
         name = domain.stem
+        if name in result["domains"]:
+            continue
         common = ["--domain", str(domain), "-n", str(args.n), "--quiet", *model_args, *extra]
         paper = out / name / "paper"
         res = {"paper_seconds": timed(["select", "--pool", str(args.pool), "--out", str(paper), *common])}
@@ -123,10 +131,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
         res["coarse_recall"] = {opt: coarse_recall(index_dir, args.pool, domain, opt, args.n, set(paper_top), out / name,
                                                    model_args, extra) for opt in args.coarse}
         result["domains"][name] = res
+        result_file.write_text(json.dumps(result, indent=2))
     for mode in args.modes:
         saved = [r["paper_seconds"] - r[mode]["seconds"] for r in result["domains"].values()]
         result[f"break_even_domains_{mode}"] = result["index_seconds"] / np.mean(saved) if np.mean(saved) > 0 else None
-    (out / "index_once.json").write_text(json.dumps(result, indent=2))
+    result_file.write_text(json.dumps(result, indent=2))
     return result
 
 
