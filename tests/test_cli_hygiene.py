@@ -192,7 +192,7 @@ def test_estimate_numbers(tiny_model_dir, small_files):
     from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer
     from ntk_selector.selection.estimate import estimate
-    from ntk_selector.selection.pipeline import SelectConfigs
+    from ntk_selector.selection.run_record import SelectConfigs
 
     domain, pool = small_files
     cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),
@@ -223,7 +223,8 @@ def test_select_from_dataset_objects_matches_files(tiny_model_dir, small_files, 
         ScoreConfig,
         TrainConfig,
     )
-    from ntk_selector.selection.pipeline import SelectConfigs, select
+    from ntk_selector.selection.pipeline import select
+    from ntk_selector.selection.run_record import SelectConfigs
 
     domain, pool = small_files
     cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),

@@ -6,7 +6,6 @@ import importlib.util
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 from conftest import synthetic_rows, write_jsonl
@@ -74,7 +73,6 @@ def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
     assert "| ntk |" in md and "## Next\n\nkept" in md and "(pending)" not in md
     # a rerun recomputes nothing
     before = {p: p.stat().st_mtime_ns for p in (results / "downstream").rglob("*.json")}
-    start = time.perf_counter()
     assert mod.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in (results / "downstream").rglob("*.json")} == before
     assert mod.main(args + ["--only-table"]) == 0

@@ -42,8 +42,8 @@ from ntk_selector.io.outputs import our_fields, user_record
 from ntk_selector.io.store import open_store
 from ntk_selector.selection import stages
 from ntk_selector.selection.index_select import select_with_index
-from ntk_selector.selection.pipeline import SelectConfigs
 from ntk_selector.selection.pipeline import select as run_pipeline
+from ntk_selector.selection.run_record import SelectConfigs
 from ntk_selector.settings import MODEL_SECTIONS, configs_from_settings
 from ntk_selector.training.finetune import finetune
 

@@ -228,7 +228,7 @@ class ConfigError(UserError, ValueError):
     """A config file or value that cannot be used."""
 
 
-# Sectioned YAML: these names group settings (the attribute names of pipeline.SelectConfigs, as
+# Sectioned YAML: these names group settings (the attribute names of run_record.SelectConfigs, as
 # run.json's "config" writes them, and the argument groups of --help).
 SECTION_NAMES: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "run": RunConfig, "train": TrainConfig,

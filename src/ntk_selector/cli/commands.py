@@ -114,7 +114,7 @@ def _inputs(args: argparse.Namespace, needs_pool: bool = True) -> dict[str, Any]
 
 def cmd_select(args: argparse.Namespace) -> int:
     from ntk_selector.api import select_files
-    from ntk_selector.selection.pipeline import SelectConfigs
+    from ntk_selector.selection.run_record import SelectConfigs
 
     c = _configs(args, SELECT_SECTIONS)
     inputs = _inputs(args, needs_pool=not c[IndexConfig].index)
@@ -252,7 +252,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from ntk_selector.api import select_files
     from ntk_selector.io.demo_data import build_demo
-    from ntk_selector.selection.pipeline import SelectConfigs, task_counts
+    from ntk_selector.selection.run_record import SelectConfigs, task_counts
 
     out = Path(args.out)
     paths = build_demo(out / "data", n_domain=args.domain_size, pool_size=args.pool_size, seed=0)

@@ -28,6 +28,14 @@ from ntk_selector.selection.filters import pool_filter
 from ntk_selector.selection.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
 from ntk_selector.selection.methods import METHODS
 from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
+from ntk_selector.selection.run_record import (
+    StageClock,
+    check_n,
+    check_output_folder,
+    finish_run,
+    run_summary,
+    subset_fingerprint,
+)
 from ntk_selector.selection.score import block_rows_for, domain_direction, score_rows_at, top_n
 from ntk_selector.selection.stages import embed, embedding_definition, feature_definition, featurize, ntk_scores, warmup
 
@@ -49,14 +57,6 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
 
 def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path,
                               cfg: Any) -> dict[str, Any] | None:
-    from ntk_selector.selection.pipeline import (
-        StageClock,
-        _check_n,
-        _check_output_folder,
-        _finish_run,
-        _subset_fingerprint,
-        _summary,
-    )
 
     mode = cfg.index.index_mode
     if mode not in INDEX_MODES:
@@ -84,8 +84,8 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         if pool.fingerprint != index.meta["pool_fingerprint"] or len(pool) != len(index.status):
             raise UserError(f"{pool_path} is not the pool indexed in {index.path} (its contents differ); "
                             f"pass the indexed pool with --pool, or build an index of this one")
-        _check_n(n, len(pool), pool_path)
-        _check_output_folder(out, domain, pool, cfg)
+        check_n(n, len(pool), pool_path)
+        check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
             filt = pool_filter(pool.conversations, cfg.filters)
         return domain, pool, filt
@@ -98,7 +98,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
     _check_same_space(session, domain, index, cfg)
     empty = index.status == EMPTY
     pool_valid = (index.status == DONE) & ~filt.excluded
-    _check_n(n, int(pool_valid.sum()), pool_path, "with response tokens, not excluded")
+    check_n(n, int(pool_valid.sum()), pool_path, "with response tokens, not excluded")
     with clock("embed"):
         embed(session, domain, stages / "index_embed_domain", cfg.data, desc="embed domain",
               embedder=cfg.embed.embedder, embed_max_length=cfg.embed.embed_max_length)
@@ -131,7 +131,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         with clock("load model"):
             distributed.all_ranks(lambda: session.load(str(stages / "warmup")))
         order = _broadcast_order(pre, stages)
-        cand = pool.subset(order, _subset_fingerprint(pool.fingerprint, order))
+        cand = pool.subset(order, subset_fingerprint(pool.fingerprint, order))
         with clock("featurize"):
             featurize(session, domain, stages / "features_domain", cfg.data, cfg.feature, desc="featurize domain")
             featurize(session, cand, stages / f"features_pool_{cand.fingerprint[:8]}", cfg.data, cfg.feature,
@@ -150,7 +150,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
             write_selected(out / "selected.jsonl", pool, chosen, scores, score_name)
             write_trl_rows(out, pool, chosen, cfg.output.output_format)
             write_scores(out / "scores.csv", pre.votes, preselected, scores, score_name)
-        summary = _summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
+        summary = run_summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         _, d_status, _ = open_store(stages / "index_embed_domain")
         summary["counts"]["domain_no_response_tokens"] = int((d_status == EMPTY).sum())
         summary["index"] = {"path": str(index.path), "mode": mode, "embedder": index.meta["embedder"],
@@ -158,7 +158,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
                                 0 if mode == "features" else int(len(pre.order))}
         if warm_stats is not None:
             summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
-        return _finish_run(out, summary, clock)
+        return finish_run(out, summary, clock)
 
     return distributed.on_main(finish)
 
