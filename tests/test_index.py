@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 EMB = ["--rank", "4", "--max-batch-size", "3", "--quiet"]
 SPACE = ["--proj-dim", "32", *EMB]
+API_EMB = {"rank": 4, "max_batch_size": 3}  # EMB as API settings
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +250,21 @@ def test_index_once_benchmark_on_the_tiny_model(tiny_model_dir, pool_and_index, 
     assert r["features"]["top_n_overlap"] == len(sel("paper") & sel("index_features")) / 5
     assert -1.0 <= r["features"]["spearman_on_paper_candidates"] <= 1.0
     assert 0.0 <= r["coarse_recall"]["model:9"] <= 1.0 and res["index_seconds"] > 0
+
+
+def test_the_api_index_equals_the_command_line_index(tiny_model_dir, pool_and_index, tmp_path):
+    """``ntk_selector.index`` builds the same index as ``ntk-selector index``, and ``select`` serves a
+    domain from it with the same selection as the command line."""
+    import ntk_selector
+
+    tmp, pool, domain = pool_and_index
+    info = ntk_selector.index(pool, tmp_path / "idx", model=tiny_model_dir, proj_dim=32, **API_EMB, quiet=True)
+    assert info["computed"] == 40
+    mine, theirs = open_index(tmp_path / "idx"), open_index(tmp / "idx")
+    assert mine.meta["definitions"] == theirs.meta["definitions"]
+    assert np.array_equal(np.asarray(mine.features), np.asarray(theirs.features))
+    sel = ntk_selector.select(domain, None, 5, index=str(tmp_path / "idx"), quiet=True)
+    assert main(["select", "--index", str(tmp / "idx"), "--domain", str(domain), "-n", "5", "--out", str(tmp_path / "cli"),
+                 "--quiet"]) == 0
+    cli_rows = [json.loads(x)["pool_index"] for x in (tmp_path / "cli" / "selected.jsonl").read_text().splitlines()]
+    assert sel.indices.tolist() == cli_rows

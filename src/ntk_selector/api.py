@@ -1,5 +1,6 @@
 """The library's front door, for notebooks and scripts: ``select`` returns the selection itself,
-and ``featurize``, ``load_features``, ``score``, ``train`` and ``evaluate`` run one stage each.
+``index`` indexes a pool once for many domains, and ``featurize``, ``load_features``, ``score``,
+``train`` and ``evaluate`` run one stage each.
 
 Settings are keyword arguments named like the command line's flags (``proj_dim=1024`` is
 ``--proj-dim 1024``; ``config="settings.yaml"`` is ``--config``), turned into the typed configs by
@@ -8,8 +9,9 @@ UserError that names the setting. Each function is a thin layer over the stage f
 command line calls, so both give the same files for the same settings.
 
 Records may be given as a path (anything ``--domain`` / ``--data`` takes), a list of dicts or a
-``datasets.Dataset``. In-memory records are written as JSONL first (for ``select``: under
-``OUT/inputs/``), so fingerprints, resuming and the output files work exactly as for files.
+``datasets.Dataset``. In-memory records are saved to a temporary folder first (a Dataset as Arrow,
+a list of dicts as JSONL); the same records give the same files and so the same fingerprint, so
+resuming and the output files work exactly as for files.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from ntk_selector.analysis.evaluate import run_evaluate
 from ntk_selector.config import (
     SECTIONS,
     DataConfig,
+    EmbedConfig,
     FeatureConfig,
     LoraSettings,
     ModelConfig,
@@ -39,8 +42,11 @@ from ntk_selector.config import (
 from ntk_selector.errors import UserError
 from ntk_selector.io.files import write_text_atomic
 from ntk_selector.io.outputs import our_fields, user_record
+from ntk_selector.io.records import Records
 from ntk_selector.io.store import open_store
+from ntk_selector.model.session import Session
 from ntk_selector.selection import stages
+from ntk_selector.selection.index import build_index
 from ntk_selector.selection.index_select import select_with_index
 from ntk_selector.selection.pipeline import select as run_pipeline
 from ntk_selector.selection.run_record import SelectConfigs
@@ -228,10 +234,22 @@ def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, ad
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "featurize",
                               MODEL_SECTIONS + (FeatureConfig,))
     with _files(data, "data", single=True) as (path,):
-        records = distributed.all_ranks(lambda: stages.Records.load(path, c[DataConfig]))
+        records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
         session = distributed.all_ranks(
-            lambda: stages.Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
+            lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
         return stages.featurize(session, records, Path(out), c[DataConfig], c[FeatureConfig])
+
+
+def index(pool: Any, out: str | Path, *, model: str | Path | None = None, **settings: Any) -> dict[str, Any]:
+    """Index the pool once (as ``ntk-selector index``; resumes): per row its pre-selection embedding
+    and the NTK feature of the base model with a seeded LoRA, no domain involved. Then
+    ``select(domain, None, n, index=out)`` serves any number of domains without running a pool row
+    through the model again. Returns what the index build reports (rows, rows computed now)."""
+    c = configs_from_settings(_with_model(settings, model=model), "index", MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
+    with _files(pool, "pool", single=True) as (path,):
+        records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
+        session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
+        return build_index(session, records, Path(out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
 
 
 def load_features(store: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
