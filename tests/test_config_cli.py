@@ -47,6 +47,10 @@ def test_train_subcommand_defaults_to_three_epochs():
 
     assert SUBCOMMAND_DEFAULTS["train"]["epochs"] == 3.0
     assert TrainConfig().epochs == 1.0  # the warm-up stays light
+    assert SUBCOMMAND_DEFAULTS["demo"]["embedder"] == "minilm"  # the demo's fast coarse stage; select keeps the model
+    from ntk_selector.config import EmbedConfig
+
+    assert EmbedConfig().embedder == "model"
 
 
 def test_shared_flags_have_one_name_everywhere():

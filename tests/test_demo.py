@@ -167,3 +167,5 @@ def test_demo_command_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: p
     assert sum(v["domain"] for v in mix["labels"].values()) == 12
     assert sum(v["selected"] for v in mix["labels"].values()) + mix["selected_other"] == 6
     assert "domain labels (rows in domain/selected):" in printed
+    run = json.loads((out / "select" / "run.json").read_text())
+    assert run["config"]["embed"]["embedder"] == "minilm"  # the demo's default pre-selection encoder
