@@ -253,12 +253,19 @@ def main() -> None:
         results.append(res)
         print(f"  {stage}: {res['above_baseline_bytes'] / 1e6:.0f} MB above baseline "
               f"({res['bytes_per_row']:.1f} bytes a row)", flush=True)
+    command = f"python benchmarks/data_scale.py --rows {args.rows} --stages {' '.join(args.stages)}"
+    for r in results:
+        r.update(date=date.today().isoformat(), command=command)
     summary = {"rows": args.rows, "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                f"{platform.system()} {platform.release()}", "python": platform.python_version(),
                "jsonl_bytes": (work / "pool.jsonl").stat().st_size, "arrow_bytes": arrow_bytes,
-               "stages": results,
-               "command": f"python benchmarks/data_scale.py --rows {args.rows} --stages {' '.join(args.stages)}"}
+               "stages": results, "command": command}
     out_path = ROOT / "benchmarks" / "results" / f"data_scale_{args.rows}.json"
+    if out_path.exists():  # stages measured by earlier runs (and not again now) are kept, each with its command
+        earlier = json.loads(out_path.read_text())
+        kept = [{"command": earlier.get("command"), **s} for s in earlier.get("stages", []) if s["stage"] not in args.stages]
+        summary["stages"] = kept + results
+        summary["command"] = "; ".join(dict.fromkeys(s.get("command", "") for s in summary["stages"]))
     out_path.write_text(json.dumps(summary, indent=2) + "\n")
     print("\n| stage | peak anonymous RSS above baseline | bytes a pool row |\n|---|---:|---:|")
     for r in results:
