@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ntk_selector.io.definitions import canonical
+
 # ----------------------------------------------------------------------------- files and logging
 
 
@@ -69,7 +71,7 @@ def cached_unit(path: Path, definition: dict[str, Any], compute: Callable[[], di
                 what: str) -> tuple[dict[str, Any], bool]:
     """(the unit's result, whether it was computed now): the JSON at ``path`` when its definition
     matches, else ``compute()`` stored there with its definition and timing."""
-    definition = json.loads(json.dumps(definition, default=str))
+    definition = canonical(definition)
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("definition") == definition:

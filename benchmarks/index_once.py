@@ -22,7 +22,6 @@ Writes --out/index_once.json and prints Markdown tables.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from ntk_selector.features.kernels import spearman
 from ntk_selector.io.store import DONE, open_store
 from ntk_selector.selection.index import open_index
 from ntk_selector.selection.index_select import preselect_in_index, score_in_index
+from ntk_selector.selection.report import read_scores as read_scores_csv
 
 
 def timed(args: list[str]) -> float:
@@ -46,11 +46,8 @@ def timed(args: list[str]) -> float:
 
 def read_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
     """(preselected mask, scores with NaN where not scored) from a select run's scores.csv."""
-    with open(run / "scores.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    pre = np.array([r["preselected"] == "1" for r in rows])
-    scores = np.array([float(r["ntk_score"]) if r["ntk_score"] else np.nan for r in rows])
-    return pre, scores
+    table = read_scores_csv(run / "scores.csv")
+    return table["preselected"], table["score"]
 
 
 def selected(run: Path) -> list[int]:

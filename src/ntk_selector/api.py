@@ -42,7 +42,7 @@ from ntk_selector.config import (
 from ntk_selector.errors import UserError
 from ntk_selector.io.files import write_text_atomic
 from ntk_selector.io.outputs import our_fields, user_record
-from ntk_selector.io.records import Records
+from ntk_selector.io.records import Records, datasets_quiet
 from ntk_selector.io.store import open_store
 from ntk_selector.model.session import Session
 from ntk_selector.selection import stages
@@ -177,7 +177,7 @@ def _as_file(data: Any, folder: Path, name: str) -> Path:
         raise UserError(f"{name}: no records (empty list)")
     if _is_dataset(data):
         path = folder / name
-        with _datasets_progress_off():
+        with datasets_quiet():
             data.save_to_disk(str(path))  # a selected/shuffled view is saved as its rows, in its order
         return path
     lines = []
@@ -192,20 +192,6 @@ def _as_file(data: Any, folder: Path, name: str) -> Path:
     path = folder / f"{name}.jsonl"
     write_text_atomic(path, "".join(lines))
     return path
-
-
-@contextmanager
-def _datasets_progress_off() -> Iterator[None]:
-    """No "Saving the dataset" bar for an internal copy."""
-    import datasets
-
-    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
-    datasets.utils.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            datasets.utils.logging.enable_progress_bar()
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,15 @@ CHUNK_ROWS = 4096
 DELAY_ENV = "NTK_SELECTOR_TEST_BATCH_DELAY"
 
 
+def _pending_chunks(status: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(chunk number, first row, pending mask) of each CHUNK_ROWS-row chunk with a pending row. The
+    chunk number is counted over all chunks, so batches go to the same rank on every rerun."""
+    for c, start in enumerate(range(0, len(status), CHUNK_ROWS)):
+        todo = status[start : start + CHUNK_ROWS] == PENDING
+        if todo.any():
+            yield c, start, todo
+
+
 def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: DataConfig, store: RowStore,
              compute: Callable[[Batch], torch.Tensor], *, desc: str = "rows", quiet: bool = False,
              rank: int = 0, world: int = 1) -> int:
@@ -40,10 +49,7 @@ def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: Da
     computed = 0
     with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
               dynamic_ncols=True) as bar:
-        for c, start in enumerate(range(0, len(conversations), CHUNK_ROWS)):
-            todo = status[start : start + CHUNK_ROWS] == PENDING
-            if not todo.any():
-                continue
+        for c, start, todo in _pending_chunks(status):
             encoded = encode(conversations[start : start + len(todo)], tokenizer, data_cfg)
             for b, members in enumerate(plan_batches([e.length for e in encoded], data_cfg.token_budget,
                                                      data_cfg.max_batch_size)):
@@ -74,10 +80,7 @@ def run_texts(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: D
     computed = 0
     with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
               dynamic_ncols=True) as bar:
-        for c, start in enumerate(range(0, len(conversations), CHUNK_ROWS)):
-            todo = status[start : start + CHUNK_ROWS] == PENDING
-            if not todo.any():
-                continue
+        for c, start, todo in _pending_chunks(status):
             empty_all = np.array([e.n_response_tokens == 0 for e in
                                   encode(conversations[start : start + len(todo)], tokenizer, data_cfg)])
             for b, first in enumerate(range(0, len(todo), batch_rows)):

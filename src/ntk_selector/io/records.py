@@ -53,8 +53,9 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def _datasets_quiet(bars: bool = False) -> Iterator[None]:
-    """Hide the ``datasets`` library's log lines (and, unless ``bars``, its progress bars) while loading."""
+def datasets_quiet(bars: bool = False) -> Iterator[None]:
+    """Hide the ``datasets`` library's log lines (and, unless ``bars``, its progress bars) while it
+    loads or saves for us."""
     import datasets
 
     log = logging.getLogger("datasets")
@@ -144,7 +145,7 @@ def _open_file(path: Path, cfg: DataConfig) -> Source:
         # every CSV value is text: no numbers guessed from "1", no NaN from an empty cell
         kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}), "keep_default_na": False}
     try:
-        with _datasets_quiet():
+        with datasets_quiet():
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as e:  # the datasets library raises many types for a bad file
         if builder == "json":
@@ -210,7 +211,7 @@ def _load_hub_like(source: str, cfg: DataConfig) -> Any:
     import datasets
 
     try:
-        with _datasets_quiet(bars=True):
+        with datasets_quiet(bars=True):
             loaded = datasets.load_dataset(source, name=cfg.subset, split=cfg.split)
     except Exception as e:
         if Path(source).exists():

@@ -42,6 +42,3 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 def method_help() -> str:
     """The --method help text, from the registry."""
     return "; ".join(f"{m.name}: {m.help}{' (the default)' if m.name == 'ntk' else ''}" for m in METHODS.values())
-
-
-SCORE_NAMES = tuple(dict.fromkeys(m.score_name for m in METHODS.values()))

@@ -8,7 +8,6 @@ Every stage writes under ``OUT/stages`` and is skipped or resumed on a rerun; th
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from ntk_selector.config import (
     to_dict,
 )
 from ntk_selector.errors import UserError
-from ntk_selector.io.definitions import canonical
+from ntk_selector.io.definitions import canonical, read_state
 from ntk_selector.io.files import (
     release_lock,
     take_lock,
@@ -214,7 +213,7 @@ def _cached_preselect(stages: Path, cfg: SelectConfigs, excluded: np.ndarray) ->
     definition = canonical(definition)
 
     def compute() -> None:
-        if path.exists() and state.exists() and json.loads(state.read_text()).get("definition") == definition:
+        if path.exists() and (read_state(state) or {}).get("definition") == definition:
             return
         result = preselect(stages / "embed_domain", stages / "embed_pool", cfg.preselect, cfg.run.seed, exclude=excluded)
         save_preselect(result, path)

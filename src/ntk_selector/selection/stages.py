@@ -53,8 +53,8 @@ def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataC
     definition = {"stage": "warmup", **session.describe(), **data_definition(domain, data_cfg), "train": to_dict(train_cfg),
                   "seed": session.run.seed}
     state_file = out / "ntk_selector_warmup.json"
-    state = read_state(state_file) or {}  # damaged outside our atomic write: redo the warm-up
-    if reuse_or_refuse(state.get("definition") if state else None, definition, f"{out} holds a warm-up of another setup",
+    state = read_state(state_file) or {}  # absent, or damaged outside our atomic write: redo the warm-up
+    if reuse_or_refuse(state.get("definition"), definition, f"{out} holds a warm-up of another setup",
                        ready=(out / "adapter_config.json").exists(), overwrite=session.run.overwrite):
         return state["stats"]
     check_response_tokens([domain], session.load_tokenizer(), data_cfg, warn=not checked)

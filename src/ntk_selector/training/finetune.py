@@ -9,13 +9,12 @@ the same definition skips the work, or resumes it from ``OUT/resume/`` after a c
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
 from ntk_selector.errors import UserError
-from ntk_selector.io.definitions import read_state, reuse_or_refuse
+from ntk_selector.io.definitions import canonical, read_state, reuse_or_refuse
 from ntk_selector.io.files import folder_lock
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
@@ -30,9 +29,9 @@ STATE_FILE = "training_state.json"
 def training_definition(session: Session, data: Sequence[Records], data_cfg: DataConfig, train_cfg: TrainConfig,
                         group_by_length: bool) -> dict[str, Any]:
     """Everything that determines the adapter's weights (compared on a rerun)."""
-    return json.loads(json.dumps({
+    return canonical({
         "stage": "train", **session.describe(), "data": [data_definition(r, data_cfg) for r in data],
-        "train": to_dict(train_cfg), "group_by_length": group_by_length, "seed": session.run.seed}, default=str))
+        "train": to_dict(train_cfg), "group_by_length": group_by_length, "seed": session.run.seed})
 
 
 def finetune(data_paths: Sequence[str | Path], out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig,
