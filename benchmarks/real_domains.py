@@ -22,7 +22,8 @@ Every unit (selection, fine-tune, evaluation) writes one JSON under ``--results`
 big files under ``--cache`` (ignored); a rerun skips finished units and a fine-tune in flight resumes
 from its checkpoint. Phases run most informative first: settings, seed 0 of every method on every
 domain (base and domain only on all domains, then ntk and random, then the other baselines), seeds
-1-2, then the ablations (per-example loss mean; balanced D). ``--estimate`` prints the
+1-2, then the ablations (per-example loss mean; balanced D); ``--phases ... index`` adds ntk against
+an index of the pool built once with the base model (``select --index``, seed 0). ``--estimate`` prints the
 predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and plot from the JSONs.
 
     python benchmarks/prepare_real_domains.py
@@ -61,6 +62,10 @@ DETERMINISTIC = ("embedding", "less", "ntk")
 ABLATION_METHODS = ("domain", "random", "ntk")
 # seed 0 runs these groups in turn over every domain: the no-selection arms, ntk against random, the rest
 SEED0_ORDER = (("base", "domain"), ("ntk", "random"), ("embedding", "preselect-random", "less"))
+# phase "index": ntk against an index of the pool built once with the base model (select --index),
+# seed 0 on every domain, beside the paper's mode; the table gives its top-N overlap with ntk's pick
+INDEX_METHOD = "ntk-index"
+TABLE_METHODS = METHODS + (INDEX_METHOD,)
 
 
 # ----------------------------------------------------------------------------- settings and keys
@@ -180,6 +185,11 @@ class Bench:
         out = self.cache / "select" / run.sel_key
         if run.method == "preselect-random" and run.sel != 0:
             return self._draw_from_preselection(run, n, out)
+        if run.method == INDEX_METHOD:
+            index = self.pool_index(dom.pool)
+            chosen, info = run_select(d_file, None, out, n, "ntk", index=index["index"], decontaminate=str(dom.test),
+                                      overwrite=True, model=self.s.model or None)
+            return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {})}
         work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
         chosen, info = run_select(d_file, dom.pool, out, n, run.method, model=self.s.model or None,
                                   proj_dim=self.s.proj_dim, rank=self.s.rank, seed=run.sel,
@@ -187,6 +197,25 @@ class Bench:
                                   token_budget=self.s.token_budget, overwrite=True,
                                   **({"work_dir": str(work)} if run.method != "random" else {}))
         return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {})}
+
+    def pool_index(self, pool: Path) -> dict[str, Any]:
+        """``ntk-selector index`` of the pool, once for every domain (same features as the selections)."""
+        out = self.cache / "index" / pool.stem
+        definition = {"kind": "index", "pool": str(pool), "model": self.s.model, "max_length": self.s.max_length,
+                      "proj_dim": self.s.proj_dim, "rank": self.s.rank, "seed": 0}
+
+        def build() -> dict[str, Any]:
+            import time
+
+            import ntk_selector
+
+            start = time.perf_counter()
+            report = ntk_selector.index(pool, out, model=self.s.model or None, max_length=self.s.max_length,
+                                        token_budget=self.s.token_budget, proj_dim=self.s.proj_dim, rank=self.s.rank,
+                                        seed=0, quiet=True)
+            return {"index": str(out), "report": report, "seconds": round(time.perf_counter() - start, 1)}
+
+        return self.unit("index", pool.stem, definition, build)
 
     def _draw_from_preselection(self, run: Run, n: int, out: Path) -> dict[str, Any]:
         """preselect-random with another seed: N uniformly from the seed-0 pre-selected M (no model work)."""
@@ -222,7 +251,7 @@ class Bench:
     def train(self, run: Run) -> dict[str, Any]:
         dom = self.domains[run.domain]
         files = [dom.d_file(run.d_variant)]
-        if run.method in SELECTING:
+        if run.method in SELECTING + (INDEX_METHOD,):
             files.append(Path(self.selection(run)["selected_file"]))
         definition = {"kind": "train", "files": [str(f) for f in files], "model": self.s.model,
                       "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
@@ -303,6 +332,10 @@ class Bench:
                     for name in self.domains:
                         for run in self.main_runs(name, self.s.seeds[:1], lrs[name], methods):
                             yield run, ("test", "valid")
+                continue
+            if phase == "index":
+                for name in self.domains:
+                    yield Run(name, INDEX_METHOD, 0, self.s.seeds[0], lrs[name]), ("test", "valid")
                 continue
             for name in self.domains:
                 if phase == "seeds":
@@ -417,7 +450,7 @@ def build_table(results: Path, s: Settings) -> str:
         lines += [f"## {name}: test (mean ± std over fine-tune seeds; %; NLL in nats)", "",
                   "| method | seeds | acc | bal. acc | macro-F1 | gold NLL | calibrated acc | calibrated bal. acc | valid bal. acc |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for m in METHODS:
+        for m in TABLE_METHODS:
             rs = group(evals, name, m, "test", lr=lr)
             vs = group(evals, name, m, "valid", lr=lr)
             if not rs:
@@ -430,22 +463,30 @@ def build_table(results: Path, s: Settings) -> str:
             for k, _ in METRICS:
                 avg.setdefault(m, {}).setdefault(k, []).append(float(np.mean([r[k] for r in rs])))
             avg[m].setdefault("gold_nll", []).append(float(np.mean([r["gold_nll"] for r in rs])))
-        for other in ("random", "less"):
-            bs = paired_bootstrap(group(evals, name, "ntk", "test", lr=lr), group(evals, name, other, "test", lr=lr))
+        for first, other in (("ntk", "random"), ("ntk", "less"), (INDEX_METHOD, "ntk")):
+            bs = paired_bootstrap(group(evals, name, first, "test", lr=lr), group(evals, name, other, "test", lr=lr))
             if bs:
-                lines.append(f"\nntk − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "
+                lines.append(f"\n{first} − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "
                              f"test rows {100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
         lines.append("")
         lines += [f"### {name}: what each method picked (selection seed 0)", "",
-                  "| method | top pool tasks | answers in D's labels | selection s |", "|---|---|---|---|"]
-        for m in SELECTING:
+                  "| method | top pool tasks | answers in D's labels | selection s | shared with ntk |",
+                  "|---|---|---|---|---|"]
+        ntk_pick = set(sels.get(f"{name}_natural_ntk_sel0", {}).get("pool_index", []))
+        for m in SELECTING + (INDEX_METHOD,):
             r = sels.get(f"{name}_natural_{m}_sel0")
             if r is None:
                 continue
             tasks = ", ".join(f"{t} {c}" for t, c in list(r["tasks"].items())[:4])
             answers = ", ".join(f"{t} {c}" for t, c in r["answers_in_d_labels"].items()) or "none"
             secs = sum(r.get("stage_seconds", {}).values())
-            lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} |")
+            shared = f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick else "–"
+            lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} | {shared} |")
+        index = load(results, "index")
+        if index and f"{name}_natural_{INDEX_METHOD}_sel0" in sels:
+            built = next(iter(index.values()))
+            lines.append(f"\n{INDEX_METHOD}: the pool's index was built once in {built['seconds']:.0f} s for every domain "
+                         "(not in its selection seconds).")
         lines.append("")
         ablation = []
         for variant in ("example-loss", "balanced"):
@@ -457,7 +498,7 @@ def build_table(results: Path, s: Settings) -> str:
         if ablation:
             lines += [f"### {name}: ablations (seed 0)", "", "| ablation | method | acc | bal. acc | macro-F1 | gold NLL |",
                       "|---|---|---|---|---|---|", *ablation, ""]
-    complete = [m for m in METHODS if m in avg and all(len(v) == len([d for d in domains if d in lrs]) for v in avg[m].values())]
+    complete = [m for m in TABLE_METHODS if m in avg and all(len(v) == len([d for d in domains if d in lrs]) for v in avg[m].values())]
     if complete and len(lrs) > 1:
         lines += ["## Average over the domains (test, %)", "", "| method | acc | bal. acc | macro-F1 | gold NLL |",
                   "|---|---|---|---|---|"]
@@ -485,7 +526,7 @@ def plot(results: Path, s: Settings) -> None:
         return
     fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 3.5), squeeze=False)
     for ax, (name, (lr, _)) in zip(axes[0], lrs.items()):
-        arms = [(m, [100 * r["balanced_accuracy"] for r in group(evals, name, m, "test", lr=lr)]) for m in METHODS]
+        arms = [(m, [100 * r["balanced_accuracy"] for r in group(evals, name, m, "test", lr=lr)]) for m in TABLE_METHODS]
         arms = [(m, v) for m, v in arms if v]
         ax.bar(range(len(arms)), [np.mean(v) for _, v in arms],
                yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for _, v in arms], color="#4878a8")
@@ -533,6 +574,8 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         hours["seed0"] = hours.get("seed0", 0) + (sel + 5 * arm + domain_arm + test_fwd) / 3600
         hours["seeds"] = hours.get("seeds", 0) + 2 * (5 * arm + domain_arm) / 3600
         hours["ablations"] = hours.get("ablations", 0) + (sel + 2 * (2 * arm + domain_arm)) / 3600
+        # the index: every pool row forward+backward once (shared by the domains); per domain one arm
+        hours["index"] = hours.get("index", 0) + (0 if "index" in hours else pool.sum() / rate_train / 3600) + arm / 3600
     hours = {k: v for k, v in hours.items() if k in ["settings", *phases]}
     hours["total"] = sum(hours.values())
     return hours
@@ -583,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-factor", type=int, default=d.n_factor)
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "real_domains"))
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache" / "real_domains"))
-    ap.add_argument("--phases", nargs="+", default=["seed0", "seeds", "ablations"])
+    ap.add_argument("--phases", nargs="+", default=["seed0", "index", "seeds", "ablations"])
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K units (0: never)")
     ap.add_argument("--only-table", action="store_true")
     ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
