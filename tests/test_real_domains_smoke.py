@@ -62,6 +62,10 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
     assert {"toy_natural_ntk_sel0", "toy_natural_random_sel0", "toy_natural_random_sel1", "toy_balanced_ntk_sel0"} <= set(sels)
     assert "toy_natural_ntk_sel1" not in sels and all(len(s["pool_index"]) == 12 for s in sels.values())
+    # the index arm: one index of the pool for the domain, ntk against it with seed 0 only
+    assert [p.stem for p in (results / "index").glob("*.json")] == ["pool"]
+    assert len(mod.group(evals, "toy", mod.INDEX_METHOD, "test", lr=chosen)) == 1
+    assert "toy_natural_ntk-index_sel0" in sels and "toy_natural_ntk-index_sel1" not in sels
     # the bootstrap: hand-made arms whose difference is known
     a = [{"truth": "0000", "predicted": "0000"}]
     b = [{"truth": "0000", "predicted": "0011"}]
@@ -69,6 +73,7 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert diff == 0.5 and 0 <= lo <= 0.5 <= hi <= 1
     table = (results / "table.md").read_text()
     assert "| ntk | 2 |" in table and "ntk − random" in table and "ablations" in table
+    assert "| ntk-index | 1 |" in table and "ntk-index − ntk" in table and "shared with ntk" in table
     assert (results / "balanced_accuracy.png").exists()
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0
