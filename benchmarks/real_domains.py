@@ -136,6 +136,33 @@ class Run:
         return f"{head}_ft{self.ft}_lr{self.lr:g}_{self.loss_mean}"
 
 
+def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], paper_run: Path,
+                    paper_top: list[int]) -> dict[str, float]:
+    """How close ntk against the index comes to the paper's mode on one domain: top-N overlap, the
+    share of the paper's top N among the index's M pre-selected rows, the overlap of the two M, and
+    the Spearman correlation, over the paper's M candidates, of the paper's scores with the scores
+    of the same rows' index features against the domain's base-model features."""
+    from ntk_selector.config import ScoreConfig
+    from ntk_selector.features.kernels import spearman
+    from ntk_selector.io.store import open_store
+    from ntk_selector.selection.index import open_index
+    from ntk_selector.selection.index_select import score_in_index
+    from ntk_selector.selection.report import read_scores
+
+    paper, ours = read_scores(paper_run / "scores.csv"), read_scores(index_run / "scores.csv")
+    for table in (paper, ours):  # one row per pool row, in pool order
+        assert np.array_equal(table["pool_index"], np.arange(len(table["pool_index"])))
+    top = np.asarray(paper_top, dtype=np.int64)
+    cand = np.flatnonzero(paper["preselected"])
+    d_feat, d_status, _ = open_store(index_run / "stages" / "index_features_domain")
+    index_scores = score_in_index(open_index(index_dir), d_feat, d_status, cand, ScoreConfig())
+    ok = np.isfinite(index_scores) & np.isfinite(paper["score"][cand])
+    return {"top_n_overlap": len(set(paper_top) & set(index_top)) / len(paper_top),
+            "recall_in_preselected": float(ours["preselected"][top].mean()),
+            "preselected_overlap": float((ours["preselected"] & paper["preselected"]).sum() / paper["preselected"].sum()),
+            "spearman_on_paper_candidates": float(spearman(paper["score"][cand][ok], index_scores[ok]))}
+
+
 def selection_seed(method: str, seed: int) -> int:
     return 0 if method in DETERMINISTIC else seed
 
@@ -189,7 +216,10 @@ class Bench:
             index = self.pool_index(dom.pool)
             chosen, info = run_select(d_file, None, out, n, "ntk", index=index["index"], decontaminate=str(dom.test),
                                       overwrite=True, model=self.s.model or None)
-            return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {})}
+            paper = self.selection(replace(run, method="ntk"))
+            return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
+                    "agreement_with_ntk": index_agreement(Path(index["index"]), out, chosen, self.cache / "select" /
+                                                          replace(run, method="ntk").sel_key, paper["pool_index"])}
         work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
         chosen, info = run_select(d_file, dom.pool, out, n, run.method, model=self.s.model or None,
                                   proj_dim=self.s.proj_dim, rank=self.s.rank, seed=run.sel,
@@ -485,8 +515,10 @@ def build_table(results: Path, s: Settings) -> str:
         index = load(results, "index")
         if index and f"{name}_natural_{INDEX_METHOD}_sel0" in sels:
             built = next(iter(index.values()))
+            agree = sels[f"{name}_natural_{INDEX_METHOD}_sel0"].get("agreement_with_ntk", {})
             lines.append(f"\n{INDEX_METHOD}: the pool's index was built once in {built['seconds']:.0f} s for every domain "
-                         "(not in its selection seconds).")
+                         "(not in its selection seconds). Against ntk's pick: " +
+                         ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in agree.items()) + ".")
         lines.append("")
         ablation = []
         for variant in ("example-loss", "balanced"):

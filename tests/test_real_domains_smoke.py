@@ -66,6 +66,11 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert [p.stem for p in (results / "index").glob("*.json")] == ["pool"]
     assert len(mod.group(evals, "toy", mod.INDEX_METHOD, "test", lr=chosen)) == 1
     assert "toy_natural_ntk-index_sel0" in sels and "toy_natural_ntk-index_sel1" not in sels
+    agree = sels["toy_natural_ntk-index_sel0"]["agreement_with_ntk"]
+    overlap = len(set(sels["toy_natural_ntk-index_sel0"]["pool_index"]) & set(sels["toy_natural_ntk_sel0"]["pool_index"]))
+    assert agree["top_n_overlap"] == overlap / 12
+    assert all(0 <= agree[k] <= 1 for k in ("recall_in_preselected", "preselected_overlap"))
+    assert -1 <= agree["spearman_on_paper_candidates"] <= 1
     # the bootstrap: hand-made arms whose difference is known
     a = [{"truth": "0000", "predicted": "0000"}]
     b = [{"truth": "0000", "predicted": "0011"}]
