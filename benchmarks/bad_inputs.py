@@ -50,7 +50,7 @@ def main() -> int:
     for r in results:
         by_group.setdefault(r["group"], Counter())[r["outcome"]] += 1
     total = Counter(r["outcome"] for r in results)
-    print(f"\n| group | tried | clear | silently wrong | lost | unclear |\n|---|---:|---:|---:|---:|---:|")
+    print("\n| group | tried | clear | silently wrong | lost | unclear |\n|---|---:|---:|---:|---:|---:|")
     for group, counts in list(by_group.items()) + [("all", total)]:
         print(f"| {group} | {sum(counts.values())} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + " |")
     if args.json:

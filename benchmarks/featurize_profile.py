@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
 from featurize_speed import fixed_rows
 from peft import get_peft_model
 from torch.profiler import ProfilerActivity, profile

@@ -196,7 +196,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     if args.random_config:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
 
         cfg = AutoConfig.from_pretrained(args.random_config)
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32

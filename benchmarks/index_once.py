@@ -69,13 +69,15 @@ def flags_for_embed(extra: list[str]) -> list[str]:
 
 
 def coarse_recall(index_dir: Path, pool: Path, domain: Path, option: str, n: int, paper_top: set[int], work: Path,
-                  model_args: list[str], extra: list[str]) -> float:
-    """Recall of the paper's top N within the M rows one coarse option pre-selects."""
+                  model_args: list[str], extra: list[str], pool_work: Path | None = None) -> float:
+    """Recall of the paper's top N within the M rows one coarse option pre-selects. The embedding
+    stores go under ``work`` (the pool's under ``pool_work`` when given, to share it between domains)."""
     embedder, _, length = option.partition(":")
     flags = ["--embedder", embedder] + (["--embed-max-length", length] if length else [])
     stores = {}
     for name, data in (("pool", pool), ("domain", domain)):
-        stores[name] = work / f"coarse_{option.replace(':', '_')}_{name}_{data.stem}"
+        folder = pool_work if name == "pool" and pool_work else work
+        stores[name] = folder / f"coarse_{option.replace(':', '_')}_{name}_{data.stem}"
         cli(["embed", "--data", str(data), "--out", str(stores[name]), *model_args, *flags, "--quiet", *flags_for_embed(extra)])
     d_emb, d_status, _ = open_store(stores["domain"])
     p_emb, p_status, _ = open_store(stores["pool"])

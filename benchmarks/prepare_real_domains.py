@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import csv
 import fnmatch
-import io
 import json
 import random
 import re

@@ -217,9 +217,11 @@ class Bench:
             chosen, info = run_select(d_file, None, out, n, "ntk", index=index["index"], decontaminate=str(dom.test),
                                       overwrite=True, model=self.s.model or None)
             paper = self.selection(replace(run, method="ntk"))
+            agree = index_agreement(Path(index["index"]), out, chosen, self.cache / "select" /
+                                    replace(run, method="ntk").sel_key, paper["pool_index"])
+            agree["minilm_recall_in_preselected"] = self.coarse_recall(run, d_file, n, paper["pool_index"], index["index"])
             return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
-                    "agreement_with_ntk": index_agreement(Path(index["index"]), out, chosen, self.cache / "select" /
-                                                          replace(run, method="ntk").sel_key, paper["pool_index"])}
+                    "agreement_with_ntk": agree}
         work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
         chosen, info = run_select(d_file, dom.pool, out, n, run.method, model=self.s.model or None,
                                   proj_dim=self.s.proj_dim, rank=self.s.rank, seed=run.sel,
@@ -227,6 +229,16 @@ class Bench:
                                   token_budget=self.s.token_budget, overwrite=True,
                                   **({"work_dir": str(work)} if run.method != "random" else {}))
         return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {})}
+
+    def coarse_recall(self, run: Run, d_file: Path, n: int, paper_top: list[int], index_dir: str) -> float:
+        """Share of ntk's top N among the M rows that packaged MiniLM embeddings pre-select (the coarse option)."""
+        from index_once import coarse_recall
+
+        dom = self.domains[run.domain]
+        return coarse_recall(Path(index_dir), dom.pool, d_file, "minilm", n, set(paper_top),
+                             self.cache / "coarse" / run.sel_key, ["--model", self.s.model] if self.s.model else [],
+                             ["--max-length", str(self.s.max_length), "--token-budget", str(self.s.token_budget)],
+                             pool_work=self.cache / "coarse")
 
     def pool_index(self, pool: Path) -> dict[str, Any]:
         """``ntk-selector index`` of the pool, once for every domain (same features as the selections)."""
