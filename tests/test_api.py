@@ -127,7 +127,7 @@ def test_public_names():
     # loading the stage modules does not replace the API's functions on the package
     assert importlib.import_module("ntk_selector.analysis.evaluate").run_evaluate and importlib.import_module("ntk_selector.selection.score")
     assert ntk_selector.evaluate is api.evaluate and ntk_selector.score is api.score and callable(ntk_selector.score)
-    assert {"select", "Selection", "featurize", "load_features", "score", "train", "evaluate", "UserError",
+    assert {"select", "Selection", "embed", "featurize", "load_features", "score", "train", "evaluate", "UserError",
             "FeatureConfig", "TrainConfig"} <= set(ntk_selector.__all__)
 
 
@@ -150,6 +150,23 @@ def test_featurize_load_features_and_score_match_the_cli(tiny_model_dir, rows, t
     # the mean inner product with the domain rows, from the features themselves
     pool_features, _ = load_features(tmp_path / "api_p")
     assert scores == pytest.approx(np.asarray(pool_features, np.float64) @ np.asarray(features, np.float64).mean(0), rel=1e-5)
+
+
+def test_embed_matches_the_cli(tiny_model_dir, rows, tmp_path):
+    domain, _ = rows
+    dom_file = write_jsonl(tmp_path / "d.jsonl", domain)
+    for embedder in ("model", "minilm"):
+        cli_out, api_out = tmp_path / f"cli_{embedder}", tmp_path / f"api_{embedder}"
+        assert main(["embed", "--data", str(dom_file), "--out", str(cli_out), "--model", str(tiny_model_dir),
+                     "--embedder", embedder, "--quiet"]) == 0
+        assert ntk_selector.embed(domain, api_out, model=tiny_model_dir, embedder=embedder, quiet=True) == len(domain)
+        emb, meta = load_features(api_out)
+        want = np.load(cli_out / "features.npy")
+        assert emb.shape == want.shape and np.array_equal(emb, want), embedder
+        # a rerun resumes: nothing left to compute
+        assert ntk_selector.embed(dom_file, api_out, model=tiny_model_dir, embedder=embedder, quiet=True) == 0
+    with pytest.raises(ntk_selector.UserError, match="embedder"):
+        ntk_selector.embed(domain, tmp_path / "bad", model=tiny_model_dir, embedder="word2vec", quiet=True)
 
 
 def readme_python_example() -> str:

@@ -1,6 +1,6 @@
 """The library's front door, for notebooks and scripts: ``select`` returns the selection itself,
-``index`` indexes a pool once for many domains, and ``featurize``, ``load_features``, ``score``,
-``train`` and ``evaluate`` run one stage each.
+``index`` indexes a pool once for many domains, and ``embed``, ``featurize``, ``load_features``,
+``score``, ``train`` and ``evaluate`` run one stage each.
 
 Settings are keyword arguments named like the command line's flags (``proj_dim=1024`` is
 ``--proj-dim 1024``; ``config="settings.yaml"`` is ``--config``), turned into the typed configs by
@@ -224,6 +224,21 @@ def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, ad
         session = distributed.all_ranks(
             lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
         return stages.featurize(session, records, Path(out), c[DataConfig], c[FeatureConfig])
+
+
+def embed(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
+          **settings: Any) -> int:
+    """Pre-selection embeddings of every row into the store ``out`` (as ``ntk-selector embed``;
+    resumes): the model's mean-pooled final hidden states, or with ``embedder="minilm"`` the
+    packaged sentence encoder's. Read them with ``load_features(out)``. Returns the rows computed now."""
+    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "embed",
+                              MODEL_SECTIONS + (EmbedConfig,))
+    with _files(data, "data", single=True) as (path,):
+        records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
+        session = distributed.all_ranks(
+            lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
+        return stages.embed(session, records, Path(out), c[DataConfig], embedder=c[EmbedConfig].embedder,
+                            embed_max_length=c[EmbedConfig].embed_max_length)
 
 
 def index(pool: Any, out: str | Path, *, model: str | Path | None = None, **settings: Any) -> dict[str, Any]:
