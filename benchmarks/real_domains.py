@@ -177,6 +177,7 @@ class Bench:
     results: Path
     cache: Path
     commit_every: int = 0
+    only_methods: tuple[str, ...] = ()  # run only these methods' cells (empty: all); lets a second worker take a disjoint share
     finished: int = 0
     _session: Any = None
     _pool_rows: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)
@@ -391,6 +392,8 @@ class Bench:
 
     def run(self, phases: list[str]) -> None:
         for run, splits in self.plan(phases):
+            if self.only_methods and run.method not in self.only_methods:
+                continue
             for split in splits:
                 self.evaluate(run, split)
         self.publish(commit=bool(self.commit_every))
@@ -672,6 +675,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache" / "real_domains"))
     ap.add_argument("--phases", nargs="+", default=["seed0", "index", "seeds", "ablations"])
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K units (0: never)")
+    ap.add_argument("--methods", nargs="+", default=[], choices=TABLE_METHODS,
+                    help="run only these methods' cells (default: all); two workers with disjoint methods can share "
+                         "--results and --cache")
     ap.add_argument("--only-table", action="store_true")
     ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
     ap.add_argument("--rate-train", type=float, default=180.0, help="tokens/s of a LoRA forward+backward (estimate)")
@@ -686,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, s)
         print((results / "table.md").read_text())
         return 0
-    bench = Bench(s, domains_from_args(args), results, cache, args.commit_every)
+    bench = Bench(s, domains_from_args(args), results, cache, args.commit_every, tuple(args.methods))
     hours = estimate(bench, args.rate_train, args.rate_forward, args.phases)
     log("estimate (hours on this machine's measured rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))
     if args.estimate:

@@ -83,3 +83,22 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"} == before
+
+
+def test_methods_filter_runs_only_those_cells(tiny_model_dir, tmp_path, one_thread):
+    write_jsonl(tmp_path / "d.jsonl", labelled(6, 1))
+    write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
+    write_jsonl(tmp_path / "t.jsonl", labelled(8, 3))
+    write_jsonl(tmp_path / "pool.jsonl", synthetic_rows(30, 4))
+    results = tmp_path / "results"
+    args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
+            "--domain-test", str(tmp_path / "t.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
+            "--model", str(tiny_model_dir), "--seeds", "0", "1", "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
+            "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results), "--cache", str(tmp_path / "c"),
+            "--phases", "seeds", "--methods", "random"]
+    assert load_script().main(args) == 0
+    # the settings sweep (always first), then seed 1 of random only: no model-based selection ran
+    assert sorted(p.stem for p in (results / "select").glob("*.json")) == ["toy_natural_random_sel1"]
+    assert sorted(p.stem for p in (results / "eval").glob("*.json")) == [
+        "toy_natural_domain_ft0_lr0.001_token__valid", "toy_natural_random_sel1_ft1_lr0.001_token__test",
+        "toy_natural_random_sel1_ft1_lr0.001_token__valid"]
