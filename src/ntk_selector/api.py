@@ -206,6 +206,15 @@ def _files(data: Any, name: str, single: bool = False) -> Iterator[list[Path]]:
                for i, item in enumerate(items)]
 
 
+@contextmanager
+def _records_and_session(data: Any, c: dict[type, Any]) -> Iterator[tuple[Records, Session]]:
+    """One input's records and a session with the configured model (and adapter), on every rank."""
+    with _files(data, "data", single=True) as (path,):
+        records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
+        yield records, distributed.all_ranks(
+            lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
+
+
 def _with_model(settings: dict[str, Any], **given: Any) -> dict[str, Any]:
     return {**settings, **{k: v for k, v in given.items() if v is not None}}
 
@@ -219,10 +228,7 @@ def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, ad
     ``ntk-selector featurize``; resumes). Returns the store's dim, logits mode and rows computed now."""
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "featurize",
                               MODEL_SECTIONS + (FeatureConfig,))
-    with _files(data, "data", single=True) as (path,):
-        records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
-        session = distributed.all_ranks(
-            lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
+    with _records_and_session(data, c) as (records, session):
         return stages.featurize(session, records, Path(out), c[DataConfig], c[FeatureConfig])
 
 
@@ -233,10 +239,7 @@ def embed(data: Any, out: str | Path, *, model: str | Path | None = None, adapte
     packaged sentence encoder's. Read them with ``load_features(out)``. Returns the rows computed now."""
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "embed",
                               MODEL_SECTIONS + (EmbedConfig,))
-    with _files(data, "data", single=True) as (path,):
-        records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
-        session = distributed.all_ranks(
-            lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
+    with _records_and_session(data, c) as (records, session):
         return stages.embed(session, records, Path(out), c[DataConfig], embedder=c[EmbedConfig].embedder,
                             embed_max_length=c[EmbedConfig].embed_max_length)
 
