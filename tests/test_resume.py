@@ -144,3 +144,23 @@ def test_select_rerun_skips_finished_stages(tiny_model_dir, small_files, tmp_pat
     assert calls == []
     assert (tmp_path / "o" / "selected.jsonl").read_text() == first
     assert not list((tmp_path / "o").glob("*.tmp"))
+
+
+def test_stores_of_prompt_response_data_keep_the_definition_they_had_before_formats(tiny_model_dir, small_files,
+                                                                                   tmp_path, capsys):
+    """Stores and warm-ups written before record formats existed (all prompt/response) must still
+    resume: their data definition is unchanged for prompt/response data, and names the format only
+    for the newer formats, so a chat file's store is never taken for a prompt/response one."""
+    domain, _ = small_files
+    before_formats = {"data_fingerprint", "data_rows", "max_length", "chat_template", "prompt_field", "response_field",
+                      "messages_field", "response_tokens"}
+    out = tmp_path / "store"
+    assert main(featurize_args(tiny_model_dir, domain, out)) == 0
+    d = json.loads((out / "meta.json").read_text())["definition"]
+    assert before_formats <= set(d) and "format" not in d
+    rows = [json.loads(line) for line in domain.read_text().splitlines()]
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": r["prompt"]},
+                                                               {"role": "assistant", "content": r["response"]}]}
+                                                 for r in rows])
+    assert main(featurize_args(tiny_model_dir, chat, tmp_path / "chat_store")) == 0
+    assert json.loads((tmp_path / "chat_store" / "meta.json").read_text())["definition"]["format"] == "messages"

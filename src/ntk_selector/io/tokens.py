@@ -244,10 +244,16 @@ def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
 
 
 def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
-    return {"data_fingerprint": records.fingerprint, "data_rows": len(records), "max_length": data_cfg.max_length,
-            "chat_template": not data_cfg.no_chat_template, "prompt_field": data_cfg.prompt_field,
-            "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field,
-            "response_tokens": RESPONSE_TOKENS, "format": records.format}
+    """What of the data determines a stage's numbers. The record format is named only when it is not
+    prompt/response (the one format before formats existed), so warm-ups and stores written then
+    still resume."""
+    definition = {"data_fingerprint": records.fingerprint, "data_rows": len(records), "max_length": data_cfg.max_length,
+                  "chat_template": not data_cfg.no_chat_template, "prompt_field": data_cfg.prompt_field,
+                  "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field,
+                  "response_tokens": RESPONSE_TOKENS}
+    if records.format != "prompt-response":
+        definition["format"] = records.format
+    return definition
 
 
 def check_response_tokens(data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool = True) -> int:
