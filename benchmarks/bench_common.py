@@ -67,22 +67,70 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 # ----------------------------------------------------------------------------- units
 
 
+UNIT_LOCK_POLL_SECONDS = 30.0
+
+
+def _lock_holder_alive(lock: Path) -> bool:
+    """Whether the process named in a unit's lock file still runs this benchmark (a lock left by a
+    process that died, e.g. at a machine's restart, is stale)."""
+    try:
+        pid = int(lock.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False
+    return b"python" in cmdline
+
+
+def _take_unit_lock(lock: Path, what: str) -> bool:
+    """True once this process holds ``lock``; False while another live worker holds it."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        if _lock_holder_alive(lock):
+            return False
+        log(f"{what}: removing a stale lock ({lock.read_text().strip() if lock.exists() else 'gone'})")
+        lock.unlink(missing_ok=True)
+        return _take_unit_lock(lock, what)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()} {dt.datetime.now().isoformat(timespec='seconds')}\n")
+    return True
+
+
 def cached_unit(path: Path, definition: dict[str, Any], compute: Callable[[], dict[str, Any]],
                 what: str) -> tuple[dict[str, Any], bool]:
     """(the unit's result, whether it was computed now): the JSON at ``path`` when its definition
-    matches, else ``compute()`` stored there with its definition and timing."""
+    matches, else ``compute()`` stored there with its definition and timing. A lock file beside the
+    JSON (``<name>.lock``, ignored by git) lets several workers share one results folder: a unit
+    another live worker is computing is waited for, never computed twice."""
     definition = canonical(definition)
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("definition") == definition:
-            return old, False
-        log(f"{what}: cached result has another definition, recomputing")
-    log(f"{what} ...")
-    start = time.perf_counter()
-    result = compute()
-    result.update({"definition": definition, "unit_seconds": round(time.perf_counter() - start, 1),
-                   "finished": dt.datetime.now().isoformat(timespec="seconds")})
-    write_json(path, result)
+    lock = path.with_name(path.name + ".lock")
+    waited = False
+    while True:
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("definition") == definition:
+                return old, False
+        if _take_unit_lock(lock, what):
+            break
+        if not waited:
+            log(f"{what}: another worker is computing it; waiting")
+            waited = True
+        time.sleep(UNIT_LOCK_POLL_SECONDS)
+    try:
+        if path.exists():  # finished by another worker between the check and the lock
+            old = json.loads(path.read_text())
+            if old.get("definition") == definition:
+                return old, False
+            log(f"{what}: cached result has another definition, recomputing")
+        log(f"{what} ...")
+        start = time.perf_counter()
+        result = compute()
+        result.update({"definition": definition, "unit_seconds": round(time.perf_counter() - start, 1),
+                       "finished": dt.datetime.now().isoformat(timespec="seconds")})
+        write_json(path, result)
+    finally:
+        lock.unlink(missing_ok=True)
     extra = "".join(f", {k} {result[k]:.4f}" for k in ("accuracy", "balanced_accuracy") if isinstance(result.get(k), float))
     log(f"{what}: done in {result['unit_seconds']:.0f} s{extra}")
     return result, True

@@ -1,0 +1,71 @@
+"""The benchmarks' unit cache (benchmarks/bench_common.py): a finished unit is reused while its
+definition matches, and workers sharing a results folder never compute one unit twice."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_common  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fast_poll(monkeypatch):
+    monkeypatch.setattr(bench_common, "UNIT_LOCK_POLL_SECONDS", 0.02)
+
+
+def test_reused_while_the_definition_matches(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    path = tmp_path / "eval" / "a.json"
+    first, computed = bench_common.cached_unit(path, {"lr": 1e-3}, compute, "unit a")
+    assert computed and first["value"] == 1 and not path.with_name("a.json.lock").exists()
+    again, computed = bench_common.cached_unit(path, {"lr": 1e-3}, compute, "unit a")
+    assert not computed and again["value"] == 1 and len(calls) == 1
+    changed, computed = bench_common.cached_unit(path, {"lr": 3e-3}, compute, "unit a")
+    assert computed and changed["value"] == 2
+
+
+def test_a_unit_another_live_worker_holds_is_waited_for_not_computed(tmp_path):
+    path = tmp_path / "train" / "b.json"
+    path.parent.mkdir(parents=True)
+    lock = path.with_name("b.json.lock")
+    lock.write_text(f"{__import__('os').getpid()} now\n")  # a live python process: this one
+
+    def other_worker_finishes():
+        time.sleep(0.2)
+        path.write_text(json.dumps({"value": "theirs", "definition": bench_common.canonical({"seed": 0})}))
+        lock.unlink()
+
+    threading.Thread(target=other_worker_finishes).start()
+    result, computed = bench_common.cached_unit(path, {"seed": 0}, lambda: pytest.fail("computed twice"), "unit b")
+    assert not computed and result["value"] == "theirs"
+
+
+def test_a_stale_lock_is_removed_and_the_unit_computed(tmp_path):
+    path = tmp_path / "select" / "c.json"
+    path.parent.mkdir(parents=True)
+    path.with_name("c.json.lock").write_text("999999999 long ago\n")  # no such process
+    result, computed = bench_common.cached_unit(path, {"n": 5}, lambda: {"value": "mine"}, "unit c")
+    assert computed and result["value"] == "mine" and not path.with_name("c.json.lock").exists()
+
+
+def test_the_lock_is_released_when_the_unit_fails(tmp_path):
+    path = tmp_path / "eval" / "d.json"
+
+    def broken():
+        raise RuntimeError("model crashed")
+
+    with pytest.raises(RuntimeError):
+        bench_common.cached_unit(path, {"x": 1}, broken, "unit d")
+    assert not path.exists() and not path.with_name("d.json.lock").exists()
