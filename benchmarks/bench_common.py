@@ -70,6 +70,10 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 UNIT_LOCK_POLL_SECONDS = 30.0
 
 
+class UnitBusy(Exception):
+    """A unit another live worker is computing (raised instead of waiting when asked not to wait)."""
+
+
 def _lock_holder_alive(lock: Path) -> bool:
     """Whether the process named in a unit's lock file still runs this benchmark (a lock left by a
     process that died, e.g. at a machine's restart, is stale)."""
@@ -98,11 +102,12 @@ def _take_unit_lock(lock: Path, what: str) -> bool:
 
 
 def cached_unit(path: Path, definition: dict[str, Any], compute: Callable[[], dict[str, Any]],
-                what: str) -> tuple[dict[str, Any], bool]:
+                what: str, wait: bool = True) -> tuple[dict[str, Any], bool]:
     """(the unit's result, whether it was computed now): the JSON at ``path`` when its definition
     matches, else ``compute()`` stored there with its definition and timing. A lock file beside the
     JSON (``<name>.lock``, ignored by git) lets several workers share one results folder: a unit
-    another live worker is computing is waited for, never computed twice."""
+    another live worker is computing is never computed twice; it is waited for, or with
+    ``wait=False`` UnitBusy is raised so the caller can do other units first."""
     definition = canonical(definition)
     lock = path.with_name(path.name + ".lock")
     waited = False
@@ -113,6 +118,8 @@ def cached_unit(path: Path, definition: dict[str, Any], compute: Callable[[], di
                 return old, False
         if _take_unit_lock(lock, what):
             break
+        if not wait:
+            raise UnitBusy(what)
         if not waited:
             log(f"{what}: another worker is computing it; waiting")
             waited = True

@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common, also when this file is loaded by path
 from bench_common import (  # noqa: E402
+    UnitBusy,
     cached_unit,
     count_units,
     counts,
@@ -178,13 +179,15 @@ class Bench:
     cache: Path
     commit_every: int = 0
     only_methods: tuple[str, ...] = ()  # run only these methods' cells (empty: all); lets a second worker take a disjoint share
+    defer_busy: bool = False  # a cell whose unit another worker is computing is put off to the end, not waited for
     finished: int = 0
     _session: Any = None
     _pool_rows: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)
 
     def unit(self, kind: str, key: str, definition: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The cached JSON of this unit when its definition matches; otherwise compute and store it."""
-        result, computed = cached_unit(self.results / kind / f"{key}.json", definition, compute, f"{kind} {key}")
+        result, computed = cached_unit(self.results / kind / f"{key}.json", definition, compute, f"{kind} {key}",
+                                       wait=not self.defer_busy)
         if not computed:
             return result
         self.finished += 1
@@ -391,9 +394,22 @@ class Bench:
                     yield run, ("test", "valid")
 
     def run(self, phases: list[str]) -> None:
+        """Every cell of the plan in order. Cells another worker is busy with (a unit lock held) are
+        put off and done, or waited for, once the rest of the plan is through."""
+        deferred: list[tuple[Run, tuple[str, ...]]] = []
         for run, splits in self.plan(phases):
             if self.only_methods and run.method not in self.only_methods:
                 continue
+            self.defer_busy = True
+            try:
+                for split in splits:
+                    self.evaluate(run, split)
+            except UnitBusy as busy:
+                log(f"{busy}: another worker is computing it; coming back to {run.key} later")
+                deferred.append((run, splits))
+            finally:
+                self.defer_busy = False
+        for run, splits in deferred:
             for split in splits:
                 self.evaluate(run, split)
         self.publish(commit=bool(self.commit_every))

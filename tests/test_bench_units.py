@@ -69,3 +69,36 @@ def test_the_lock_is_released_when_the_unit_fails(tmp_path):
     with pytest.raises(RuntimeError):
         bench_common.cached_unit(path, {"x": 1}, broken, "unit d")
     assert not path.exists() and not path.with_name("d.json.lock").exists()
+
+
+def test_wait_false_raises_busy_instead_of_waiting(tmp_path):
+    path = tmp_path / "eval" / "e.json"
+    path.parent.mkdir(parents=True)
+    path.with_name("e.json.lock").write_text(f"{__import__('os').getpid()} now\n")
+    with pytest.raises(bench_common.UnitBusy, match="unit e"):
+        bench_common.cached_unit(path, {"x": 1}, lambda: pytest.fail("computed"), "unit e", wait=False)
+
+
+def test_real_domains_puts_busy_cells_off_to_the_end(monkeypatch):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
+    spec = importlib.util.spec_from_file_location("real_domains_busy", script)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    runs = [mod.Run("d", m, 0, 0, 1e-3) for m in ("ntk", "random", "less")]
+    bench = mod.Bench(mod.Settings(), {}, Path("."), Path("."))
+    done, tries = [], {}
+
+    def evaluate(run, split):
+        tries[run.method] = tries.get(run.method, 0) + 1
+        if run.method == "ntk" and bench.defer_busy:  # busy while others may still run
+            raise bench_common.UnitBusy("select d_natural_ntk_sel0")
+        done.append((run.method, split))
+
+    monkeypatch.setattr(bench, "plan", lambda phases: iter([(r, ("test",)) for r in runs]))
+    monkeypatch.setattr(bench, "evaluate", evaluate)
+    monkeypatch.setattr(bench, "publish", lambda commit: None)
+    bench.run(["seed0"])
+    assert done == [("random", "test"), ("less", "test"), ("ntk", "test")] and tries["ntk"] == 2
