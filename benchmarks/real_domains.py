@@ -164,6 +164,11 @@ def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], pape
             "spearman_on_paper_candidates": float(spearman(paper["score"][cand][ok], index_scores[ok]))}
 
 
+def label_key(answer: str) -> str:
+    """An answer compared with D's labels: any case, surrounding space and a final period ignored."""
+    return answer.strip().rstrip(".!").strip().lower()
+
+
 def selection_seed(method: str, seed: int) -> int:
     return 0 if method in DETERMINISTIC else seed
 
@@ -283,7 +288,10 @@ class Bench:
         labels = {r["response"].strip() for r in read_jsonl(dom.d_file(run.d_variant))}
         result = {"pool_index": [int(i) for i in chosen], "selected_file": str(selected),
                   "tasks": counts([str(r.get("task", "(none)")) for r in rows]),
-                  "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels])}
+                  "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels]),
+                  # the pool writes many of D's answers another way ("Yes." for yes, "C." for C)
+                  "answers_like_d_labels": counts([label_key(r["response"]) for r in rows
+                                                   if label_key(r["response"]) in {label_key(x) for x in labels}])}
         scores_csv = out / "scores.csv"
         if scores_csv.exists():
             from ntk_selector.selection.report import read_scores
@@ -531,7 +539,7 @@ def build_table(results: Path, s: Settings) -> str:
                              f"test rows {100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
         lines.append("")
         lines += [f"### {name}: what each method picked (selection seed 0)", "",
-                  "| method | top pool tasks | answers in D's labels | selection s | shared with ntk |",
+                  "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | shared with ntk |",
                   "|---|---|---|---|---|"]
         ntk_pick = set(sels.get(f"{name}_natural_ntk_sel0", {}).get("pool_index", []))
         for m in SELECTING + (INDEX_METHOD,):
@@ -539,7 +547,7 @@ def build_table(results: Path, s: Settings) -> str:
             if r is None:
                 continue
             tasks = ", ".join(f"{t} {c}" for t, c in list(r["tasks"].items())[:4])
-            answers = ", ".join(f"{t} {c}" for t, c in r["answers_in_d_labels"].items()) or "none"
+            answers = ", ".join(f"{t} {c}" for t, c in r.get("answers_like_d_labels", r["answers_in_d_labels"]).items()) or "none"
             secs = sum(r.get("stage_seconds", {}).values())
             shared = f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick else "–"
             lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} | {shared} |")

@@ -32,7 +32,8 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     write_jsonl(tmp_path / "bal.jsonl", labelled(6, 5))
     write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
     write_jsonl(tmp_path / "t.jsonl", labelled(12, 3))
-    pool = synthetic_rows(40, 4) + [{"prompt": "Q: x y z", "response": "yes", "task": "dom-like"}] * 2
+    pool = synthetic_rows(40, 4) + [{"prompt": "Q: x y z", "response": "yes", "task": "dom-like"}] * 2 + \
+        [{"prompt": f"Q: is {w} a word?", "response": "Yes.", "task": "dom-like"} for w in ("ab", "cd", "ef")]
     write_jsonl(tmp_path / "pool.jsonl", pool)
     results, cache = tmp_path / "results", tmp_path / "cache"
     args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
@@ -62,6 +63,19 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
     assert {"toy_natural_ntk_sel0", "toy_natural_random_sel0", "toy_natural_random_sel1", "toy_balanced_ntk_sel0"} <= set(sels)
     assert "toy_natural_ntk_sel1" not in sels and all(len(s["pool_index"]) == 12 for s in sels.values())
+    # answers counted like D's labels: "Yes." is "yes"; the exact count does not see it
+    d_labels = {json.loads(line)["response"] for line in (tmp_path / "d.jsonl").read_text().splitlines()}
+    assert "yes" in d_labels
+    for key, s in sels.items():
+        if "_natural_" not in key:
+            continue
+        exact, like = s["answers_in_d_labels"], s["answers_like_d_labels"]
+        assert sum(like.values()) >= sum(exact.values()) and set(like) <= d_labels
+        yes_dot = sum(i in (42, 43, 44) for i in s["pool_index"])  # the pool's "Yes." rows
+        yes_exact = sum(i in (40, 41) for i in s["pool_index"])
+        assert like.get("yes", 0) == yes_dot + yes_exact and exact.get("yes", 0) == yes_exact, key
+    assert any(i in (42, 43, 44) for k, s in sels.items() if "_natural_" in k for i in s["pool_index"])
+    assert mod.label_key(" Yes. ") == "yes" and mod.label_key("C.") == "c"
     # the index arm: one index of the pool for the domain, ntk against it with seed 0 only
     assert [p.stem for p in (results / "index").glob("*.json")] == ["pool"]
     assert len(mod.group(evals, "toy", mod.INDEX_METHOD, "test", lr=chosen)) == 1
