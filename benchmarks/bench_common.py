@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -65,6 +67,12 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 # ----------------------------------------------------------------------------- units
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """``kill PID`` (SIGTERM) ends a benchmark like Ctrl-C: as an exception, so the unit in flight
+    releases its lock and the stores their locks, instead of leaving them for the next run to clear."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 UNIT_LOCK_POLL_SECONDS = 30.0

@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when this file is loaded by path
 import downstream_ablations as ABLATIONS  # noqa: E402,F401  (tests/test_downstream_smoke.py reads ABLATIONS.VARIANTS)
-from bench_common import log, write_text  # noqa: E402
+from bench_common import exit_cleanly_on_sigterm, log, write_text  # noqa: E402
 from downstream_estimate import estimate  # noqa: E402
 from downstream_phases import run_phases  # noqa: E402
 from downstream_publish import update_benchmarks_md  # noqa: E402
@@ -115,6 +115,7 @@ def run_flags(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     s, args = parse_args(argv)
+    exit_cleanly_on_sigterm()
     results, cache = Path(args.results), Path(args.cache)
     command = " ".join(["python benchmarks/downstream.py", *run_flags(argv or [])])
     if args.estimate or not args.only_table:

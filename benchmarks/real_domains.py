@@ -47,6 +47,7 @@ from bench_common import (  # noqa: E402
     cached_unit,
     count_units,
     counts,
+    exit_cleanly_on_sigterm,
     finetune_summary,
     git_commit,
     log,
@@ -717,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         print((results / "table.md").read_text())
         return 0
     bench = Bench(s, domains_from_args(args), results, cache, args.commit_every, tuple(args.methods))
+    exit_cleanly_on_sigterm()
     hours = estimate(bench, args.rate_train, args.rate_forward, args.phases)
     log("estimate (hours on this machine's measured rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))
     if args.estimate:

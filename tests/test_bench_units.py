@@ -102,3 +102,29 @@ def test_real_domains_puts_busy_cells_off_to_the_end(monkeypatch):
     monkeypatch.setattr(bench, "publish", lambda commit: None)
     bench.run(["seed0"])
     assert done == [("random", "test"), ("less", "test"), ("ntk", "test")] and tries["ntk"] == 2
+
+
+def test_sigterm_releases_the_unit_lock(tmp_path):
+    """A worker killed with SIGTERM leaves no lock behind (the unit's finally runs)."""
+    import os
+    import signal
+    import subprocess
+
+    path = tmp_path / "eval" / "f.json"
+    code = f"""
+import sys, time
+sys.path.insert(0, {str(Path(bench_common.__file__).parent)!r})
+import bench_common
+bench_common.exit_cleanly_on_sigterm()
+def slow():
+    time.sleep(60)
+bench_common.cached_unit(__import__("pathlib").Path({str(path)!r}), {{"x": 1}}, slow, "unit f")
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while not path.with_name("f.json.lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert path.with_name("f.json.lock").exists()
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert not path.with_name("f.json.lock").exists() and not path.exists()
