@@ -539,6 +539,20 @@ def build_table(results: Path, s: Settings) -> str:
                 lines.append(f"\n{first} − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "
                              f"test rows {100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
         lines.append("")
+        mixes = []
+        for m in TABLE_METHODS:
+            rs = group(evals, name, m, "test", lr=lr)
+            if rs and rs[0].get("confusion"):
+                cols = rs[0]["confusion"]["columns"]
+                shares = np.mean([np.asarray(r["confusion"]["matrix"]).sum(0) / r["n"] for r in rs], axis=0)
+                mixes.append(f"| {m} | " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cols, shares)) + " |")
+        if mixes:
+            truth = np.asarray(group(evals, name, "base", "test", lr=lr)[0]["confusion"]["matrix"]).sum(1) \
+                if group(evals, name, "base", "test", lr=lr) else None
+            head = f"### {name}: share of test rows predicted as each label (mean over seeds)"
+            if truth is not None:
+                head += " — test set: " + ", ".join(f"{c} {100 * v / truth.sum():.0f}%" for c, v in zip(cols, truth))
+            lines += [head, "", "| method | predicted |", "|---|---|", *mixes, ""]
         lines += [f"### {name}: what each method picked (selection seed 0)", "",
                   "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | shared with ntk |",
                   "|---|---|---|---|---|"]
@@ -547,10 +561,10 @@ def build_table(results: Path, s: Settings) -> str:
             r = sels.get(f"{name}_natural_{m}_sel0")
             if r is None:
                 continue
-            tasks = ", ".join(f"{t} {c}" for t, c in list(r["tasks"].items())[:4])
+            tasks = ", ".join(f"{t} {c}" for t, c in sorted(r["tasks"].items(), key=lambda tc: (-tc[1], tc[0]))[:4])
             answers = ", ".join(f"{t} {c}" for t, c in r.get("answers_like_d_labels", r["answers_in_d_labels"]).items()) or "none"
             secs = sum(r.get("stage_seconds", {}).values())
-            shared = f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick else "–"
+            shared = f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick and m != "ntk" else "–"
             lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} | {shared} |")
         index = load(results, "index")
         if index and f"{name}_natural_{INDEX_METHOD}_sel0" in sels:

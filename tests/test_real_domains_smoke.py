@@ -93,6 +93,7 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     table = (results / "table.md").read_text()
     assert "| ntk | 2 |" in table and "ntk − random" in table and "ablations" in table
     assert "| ntk-index | 1 |" in table and "ntk-index − ntk" in table and "shared with ntk" in table
+    assert "share of test rows predicted as each label" in table and "| ntk | meh " in table
     assert (results / "balanced_accuracy.png").exists()
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0
