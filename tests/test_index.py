@@ -97,7 +97,12 @@ def test_preselect_mode_featurizes_the_index_candidates_with_the_warm_model(pool
     # and the warm model's candidate features are those of featurize with the warm adapter
     stores = [p for p in (tmp / "pre" / "stages").iterdir() if p.name.startswith("features_pool_")]
     assert len(stores) == 1 and open_store(stores[0])[0].shape[0] == len(cand)
-    assert json.loads((tmp / "pre" / "run.json").read_text())["index"]["pool_rows_through_model"] == len(cand)
+    pre_run, feat_run = (json.loads((tmp / d / "run.json").read_text()) for d in ("pre", "feat_mode"))
+    assert pre_run["index"]["pool_rows_through_model"] == len(cand)
+    # what each run's own stores cost, and the index build's cost once
+    assert set(pre_run["store_seconds"]) == {"index_embed_domain", "features_domain", stores[0].name}
+    assert set(feat_run["store_seconds"]) == {"index_embed_domain", "index_features_domain"}
+    assert feat_run["index"]["build_work_seconds"] > 0
 
 
 def test_crashed_index_resumes_to_the_uninterrupted_one(tiny_model_dir, pool_and_index, tmp_path, monkeypatch):

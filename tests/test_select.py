@@ -39,6 +39,10 @@ def test_select_end_to_end(tiny_model_dir, small_files, tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["counts"]["selected"] == 5 and run["counts"]["pool"] == 40
     assert set(run["seconds"]) >= {"warmup", "embed", "preselect", "featurize", "score"}
+    # every store's writing time over all runs (one run here), each within this run's stage seconds
+    assert set(run["store_seconds"]) == {"embed_domain", "embed_pool", "features_domain", "features_pool"}
+    assert run["store_seconds"]["embed_pool"] <= run["seconds"]["embed"] + 0.1
+    assert run["store_seconds"]["features_pool"] <= run["seconds"]["featurize"] + 0.1
     assert sum(run["selected_per_task"].values()) == 5
     # stores follow the feature-store contract
     feats = np.load(out / "stages" / "features_pool" / "features.npy", mmap_mode="r")

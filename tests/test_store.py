@@ -120,3 +120,35 @@ def test_iter_row_blocks_matches_the_array(tmp_path, rows):
 def test_describe_differences_is_readable():
     assert describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": "x"}) == "b.c: 2 -> 3; d: None -> 'x'"
     assert json.dumps(describe_differences({}, {})) == '""'
+
+
+def test_work_seconds_add_up_over_runs_and_survive_a_crash(tmp_path, monkeypatch):
+    """meta.json's work_seconds is the store's writing time over every run; a run that dies before
+    finish() still counts up to its last periodic save; another definition starts from zero."""
+    import time
+
+    import ntk_selector.io.store as store_mod
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(store_mod.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(store_mod, "WORK_SECONDS_EVERY", 10.0)
+    values = np.ones((6, 2), np.float32)
+    s = RowStore(tmp_path, 6, 2, "float32", DEF)
+    clock["now"] += 15.0
+    s.write(np.array([0, 1]), values[:2])  # 15 s open: saved (>= 10 s since the last save)
+    clock["now"] += 4.0
+    s.write(np.array([2]), values[:1])  # 19 s, not saved yet
+    s.close()  # the run dies here: no finish()
+    assert json.loads((tmp_path / "meta.json").read_text())["work_seconds"] == 15.0
+    with RowStore(tmp_path, 6, 2, "float32", DEF) as s:
+        clock["now"] += 30.0
+        s.write(s.pending(), values[:3])
+        assert s.work_seconds == 45.0
+        assert s.finish()
+    assert open_store(tmp_path)[2]["work_seconds"] == 45.0
+    with RowStore(tmp_path, 6, 2, "float32", {**DEF, "seed": 1}, overwrite=True) as s:
+        clock["now"] += 2.0
+        s.write(np.arange(6), values)
+        s.finish()
+    assert open_store(tmp_path)[2]["work_seconds"] == 2.0
+    assert time.monotonic() == clock["now"]

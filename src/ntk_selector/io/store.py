@@ -8,7 +8,9 @@ Layout of a store folder:
   its status byte. Opening a store to resume verifies every done row and recomputes the rows whose
   checksum fails (a zeroed, corrupted or truncated ``features.npy`` is repaired, not reused);
   opening it to read (``open_store``) refuses a store with failing rows.
-- ``meta.json``     the definition (everything that determines the numbers), counts, completion
+- ``meta.json``     the definition (everything that determines the numbers), counts, completion,
+  and ``work_seconds``: the wall time the store was open for writing, summed over every run that
+  wrote it (saved at least once a minute while rows are written, so a crashed run's time counts too)
 
 Rows are written with positioned writes (``pwrite``) and synced before their status bytes, so
 after a crash a row marked done is always complete, and processes (also on other machines that
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +38,7 @@ from ntk_selector.io.files import LOCK, disk_full, release_lock, take_lock, temp
 PENDING, DONE, EMPTY = 0, 1, 2
 FEATURES, STATUS, META, CHECKSUMS = "features.npy", "status.npy", "meta.json", "checksums.npy"
 FORMAT = 1
+WORK_SECONDS_EVERY = 60.0  # how often a writer saves its running work_seconds while rows are written
 
 __all__ = ["PENDING", "DONE", "EMPTY", "FEATURES", "STATUS", "META", "CHECKSUMS", "LOCK", "RowStore", "open_store",
            "read_meta", "write_json_atomic", "describe_differences", "iter_row_blocks", "check_same_features"]
@@ -149,6 +153,8 @@ class RowStore:
         self.definition = json.loads(json.dumps({**definition, "rows": rows, "dim": dim, "store_dtype": str(self.dtype),
                                                  "store_format": FORMAT}, default=str))
         self.writer = writer
+        self._opened = self._meta_saved = time.monotonic()
+        self._work_before = 0.0  # work_seconds of earlier runs on this store (0 for a new one)
         self._lock_fh = None
         self._fds: dict[str, int] = {}
         self.repaired = 0  # rows found damaged when opening (their checksum failed) and queued again
@@ -221,6 +227,8 @@ class RowStore:
                 if not (self.writer and overwrite):
                     raise
                 old, whole = self.definition, False  # unreadable meta.json: --overwrite rebuilds
+            if whole and old == self.definition:
+                self._work_before = float(read_meta(self.path).get("work_seconds", 0.0))
             if whole and old != self.definition:
                 if not self.writer:
                     raise UserError(f"{self.path}: store definition changed under a running job ({describe_differences(old, self.definition)})")
@@ -237,6 +245,7 @@ class RowStore:
         self._create()
 
     def _create(self) -> None:
+        self._work_before = 0.0
         for name in (META, FEATURES, STATUS, CHECKSUMS):
             (self.path / name).unlink(missing_ok=True)
         for name, shape, dt in ((FEATURES, (self.rows, self.dim), self.dtype), (STATUS, (self.rows,), np.dtype(np.uint8)),
@@ -258,7 +267,8 @@ class RowStore:
         counts = {"rows": self.rows, "done": int((status == DONE).sum()), "no_response_tokens": int((status == EMPTY).sum()),
                   "pending": int((status == PENDING).sum())}
         meta = {"definition": self.definition, "counts": counts, "complete": complete,
-                "status_file": STATUS, "status_codes": {"pending": PENDING, "done": DONE, "no_response_tokens": EMPTY}}
+                "status_file": STATUS, "status_codes": {"pending": PENDING, "done": DONE, "no_response_tokens": EMPTY},
+                "work_seconds": self.work_seconds}
         if extra:
             meta.update(extra)
         write_json_atomic(self.path / META, meta)
@@ -318,6 +328,14 @@ class RowStore:
         if empty is not None:
             codes[np.asarray(empty, dtype=bool)[order]] = EMPTY
         self._pwrite(STATUS, rows, codes)
+        if self.writer and time.monotonic() - self._meta_saved >= WORK_SECONDS_EVERY:
+            self._write_meta(complete=False, status=self.status())  # keeps work_seconds if the run dies
+            self._meta_saved = time.monotonic()
+
+    @property
+    def work_seconds(self) -> float:
+        """Seconds this store has been open for writing, over every run (this one so far included)."""
+        return round(self._work_before + time.monotonic() - self._opened, 1)
 
     def sync(self) -> None:
         """Push this process's writes to the file system (before another process reads them)."""

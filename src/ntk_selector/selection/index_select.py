@@ -34,6 +34,7 @@ from ntk_selector.selection.run_record import (
     check_output_folder,
     finish_run,
     run_summary,
+    store_seconds,
     subset_fingerprint,
 )
 from ntk_selector.selection.score import block_rows_for, domain_direction, score_rows_at, top_n
@@ -116,6 +117,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         pre = distributed.on_main(preselect_rows)
     scores = np.full(len(pool), np.nan)
     warm_stats = None
+    stores = ["index_embed_domain"] + (["index_features_domain"] if mode == "features" else [])
     if mode == "features":
         def score() -> np.ndarray:
             d_feat, d_status, _ = open_store(stages / "index_features_domain")
@@ -136,6 +138,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
             featurize(session, domain, stages / "features_domain", cfg.data, cfg.feature, desc="featurize domain")
             featurize(session, cand, stages / f"features_pool_{cand.fingerprint[:8]}", cfg.data, cfg.feature,
                       desc="featurize candidates")
+        stores += ["features_domain", f"features_pool_{cand.fingerprint[:8]}"]
         with clock("score"):
             cand_scores = distributed.on_main(lambda: ntk_scores(stages / "features_domain",
                                                                  stages / f"features_pool_{cand.fingerprint[:8]}", cfg.score))
@@ -155,7 +158,9 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         summary["counts"]["domain_no_response_tokens"] = int((d_status == EMPTY).sum())
         summary["index"] = {"path": str(index.path), "mode": mode, "embedder": index.meta["embedder"],
                             "embed_max_length": index.meta["embed_max_length"], "pool_rows_through_model":
-                                0 if mode == "features" else int(len(pre.order))}
+                                0 if mode == "features" else int(len(pre.order)),
+                            "build_work_seconds": index.meta.get("work_seconds")}
+        summary["store_seconds"] = store_seconds(stages, stores)
         if warm_stats is not None:
             summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
         return finish_run(out, summary, clock)

@@ -44,6 +44,7 @@ from ntk_selector.selection.run_record import (
     check_output_folder,
     finish_run,
     run_summary,
+    store_seconds,
     subset_fingerprint,
 )
 from ntk_selector.selection.score import top_n
@@ -146,6 +147,7 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
     scores = np.full(len(pool), np.nan)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.zeros(0, dtype=np.int64)
+    stores = ["embed_domain", "embed_pool"]
     if method.ranking == "votes":
         chosen = pre.order[:n]
         scores[pre.order] = pre.votes[pre.order]
@@ -159,6 +161,7 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
         with clock("featurize"):
             featurize(session, domain, stages / f"{tag}_domain", cfg.data, feat_cfg, desc="featurize domain")
             featurize(session, cand, stages / pool_tag, cfg.data, feat_cfg, desc="featurize pool")
+        stores += [f"{tag}_domain", pool_tag]
 
         def score() -> np.ndarray:
             if method.score_rule == "ntk":
@@ -178,6 +181,7 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
             write_scores(out / "scores.csv", votes, preselected, scores, method.score_name)
         summary = run_summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         summary["counts"]["domain_no_response_tokens"] = int((domain_status == EMPTY).sum())
+        summary["store_seconds"] = store_seconds(stages, stores)
         if warm_stats is not None:
             summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
         return finish_run(out, summary, clock)

@@ -111,6 +111,18 @@ def finish_run(out: Path, summary: dict[str, Any], clock: StageClock) -> dict[st
     return summary
 
 
+def store_seconds(stages: Path, names: list[str]) -> dict[str, float]:
+    """Each named store's ``work_seconds``: its wall time over every run that wrote it, so a stage
+    resumed across several runs reports its whole cost (run.json's ``seconds`` are this run's)."""
+    from ntk_selector.io.store import read_meta
+
+    out = {}
+    for name in names:
+        if (stages / name / "meta.json").exists():
+            out[name] = float(read_meta(stages / name).get("work_seconds", 0.0))
+    return out
+
+
 def check_n(n: int, usable: int, pool_path: str | Path, which: str = "") -> None:
     if n > usable:
         raise UserError(f"--n {n} is larger than the pool ({usable} usable rows in {pool_path}{' ' + which if which else ''})")
