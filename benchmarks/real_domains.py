@@ -165,6 +165,15 @@ def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], pape
             "spearman_on_paper_candidates": float(spearman(paper["score"][cand][ok], index_scores[ok]))}
 
 
+def selection_seconds(sel: dict[str, Any]) -> float:
+    """A selection unit's cost over every run that worked on it: the stores' writing time (which
+    sums over resumed runs) for the embed and featurize stages, the last run's seconds for the rest."""
+    stages, stores = sel.get("stage_seconds", {}), sel.get("store_seconds", {})
+    if not stores:
+        return float(sum(stages.values()))
+    return float(sum(v for k, v in stages.items() if k not in ("embed", "featurize")) + sum(stores.values()))
+
+
 def label_key(answer: str) -> str:
     """An answer compared with D's labels: any case, surrounding space and a final period ignored."""
     return answer.strip().rstrip(".!").strip().lower()
@@ -231,6 +240,7 @@ class Bench:
                                     replace(run, method="ntk").sel_key, paper["pool_index"])
             agree["minilm_recall_in_preselected"] = self.coarse_recall(run, d_file, n, paper["pool_index"], index["index"])
             return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
+                    "store_seconds": info.get("store_seconds", {}),
                     "agreement_with_ntk": agree}
         work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
         chosen, info = run_select(d_file, dom.pool, out, n, run.method, model=self.s.model or None,
@@ -238,7 +248,8 @@ class Bench:
                                   decontaminate=str(dom.test), max_length=self.s.max_length,
                                   token_budget=self.s.token_budget, overwrite=True,
                                   **({"work_dir": str(work)} if run.method != "random" else {}))
-        return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {})}
+        return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
+                "store_seconds": info.get("store_seconds", {})}
 
     def coarse_recall(self, run: Run, d_file: Path, n: int, paper_top: list[int], index_dir: str) -> float:
         """Share of ntk's top N among the M rows that packaged MiniLM embeddings pre-select (the coarse option)."""
@@ -265,7 +276,8 @@ class Bench:
             report = ntk_selector.index(pool, out, model=self.s.model or None, max_length=self.s.max_length,
                                         token_budget=self.s.token_budget, proj_dim=self.s.proj_dim, rank=self.s.rank,
                                         seed=0, quiet=True)
-            return {"index": str(out), "report": report, "seconds": round(time.perf_counter() - start, 1)}
+            return {"index": str(out), "report": report, "seconds": round(time.perf_counter() - start, 1),
+                    "work_seconds": report["meta"].get("work_seconds")}
 
         return self.unit("index", pool.stem, definition, build)
 
@@ -563,7 +575,7 @@ def build_table(results: Path, s: Settings) -> str:
                 continue
             tasks = ", ".join(f"{t} {c}" for t, c in sorted(r["tasks"].items(), key=lambda tc: (-tc[1], tc[0]))[:4])
             answers = ", ".join(f"{t} {c}" for t, c in r.get("answers_like_d_labels", r["answers_in_d_labels"]).items()) or "none"
-            secs = sum(r.get("stage_seconds", {}).values())
+            secs = selection_seconds(r)
             shared = f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick and m != "ntk" else "–"
             lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} | {shared} |")
         index = load(results, "index")
@@ -572,7 +584,9 @@ def build_table(results: Path, s: Settings) -> str:
             agree = sels[f"{name}_natural_{INDEX_METHOD}_sel0"].get("agreement_with_ntk", {})
             rows, computed = built["report"]["meta"]["rows"], built["report"]["computed"]
             cost = f"{built['seconds']:.0f} s"
-            if 0 < computed < rows:  # resumed: the last run built only part of it
+            if built.get("work_seconds"):  # the build over every run that worked on it
+                cost = f"{built['work_seconds']:.0f} s"
+            elif 0 < computed < rows:  # resumed, before builds recorded their time: the last run's share
                 cost += (f" for the last {computed} of its {rows} rows (about {built['seconds'] * rows / computed:.0f} s "
                          "for all at that rate)")
             lines.append(f"\n{INDEX_METHOD}: the pool's index was built once in {cost} for every domain "

@@ -128,3 +128,18 @@ bench_common.cached_unit(__import__("pathlib").Path({str(path)!r}), {{"x": 1}}, 
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     assert not path.with_name("f.json.lock").exists() and not path.exists()
+
+
+def test_selection_seconds_take_the_stores_time_over_every_run(monkeypatch):
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
+    spec = importlib.util.spec_from_file_location("real_domains_secs", script)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    stages = {"warmup": 10.0, "embed": 5.0, "featurize": 3.0, "score": 1.0}
+    stores = {"embed_domain": 2.0, "embed_pool": 100.0, "features_domain": 1.0, "features_pool_ab12": 50.0}
+    # the last run embedded for 5 s of the 102 s its stores took over all runs
+    assert mod.selection_seconds({"stage_seconds": stages, "store_seconds": stores}) == 10 + 1 + 153
+    assert mod.selection_seconds({"stage_seconds": stages}) == 19.0  # units made before stores kept time

@@ -63,6 +63,7 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
     assert {"toy_natural_ntk_sel0", "toy_natural_random_sel0", "toy_natural_random_sel1", "toy_balanced_ntk_sel0"} <= set(sels)
     assert "toy_natural_ntk_sel1" not in sels and all(len(s["pool_index"]) == 12 for s in sels.values())
+    assert {"embed_pool", "features_domain"} <= set(sels["toy_natural_ntk_sel0"]["store_seconds"])
     # answers counted like D's labels: "Yes." is "yes"; the exact count does not see it
     d_labels = {json.loads(line)["response"] for line in (tmp_path / "d.jsonl").read_text().splitlines()}
     assert "yes" in d_labels
