@@ -82,15 +82,30 @@ class UnitBusy(Exception):
     """A unit another live worker is computing (raised instead of waiting when asked not to wait)."""
 
 
-def _lock_holder_alive(lock: Path) -> bool:
-    """Whether the process named in a unit's lock file still runs this benchmark (a lock left by a
-    process that died, e.g. at a machine's restart, is stale)."""
+def _process_identity(pid: int) -> str | None:
+    """Who ``pid`` is on this boot: the boot id and the process's start time (so a lock left before a
+    restart, or by a process whose number was reused, is not taken for a live holder)."""
     try:
-        pid = int(lock.read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    start = stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+    return f"{boot}:{start}"
+
+
+def _lock_holder_alive(lock: Path) -> bool:
+    """Whether the process that wrote a unit's lock file still runs (a lock left by a process that
+    died, e.g. at a machine's restart, is stale)."""
+    try:
+        pid, identity = lock.read_text().split()[:2]
+    except (OSError, ValueError):
         return False
-    return b"python" in cmdline
+    if not pid.isdigit():
+        return False
+    if ":" not in identity:  # a lock written before locks named the process's start: the number alone
+        return Path(f"/proc/{pid}").exists()
+    return _process_identity(int(pid)) == identity
 
 
 def _take_unit_lock(lock: Path, what: str) -> bool:
@@ -105,7 +120,7 @@ def _take_unit_lock(lock: Path, what: str) -> bool:
         lock.unlink(missing_ok=True)
         return _take_unit_lock(lock, what)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f"{os.getpid()} {dt.datetime.now().isoformat(timespec='seconds')}\n")
+        fh.write(f"{os.getpid()} {_process_identity(os.getpid())} {dt.datetime.now().isoformat(timespec='seconds')}\n")
     return True
 
 

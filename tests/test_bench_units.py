@@ -40,7 +40,8 @@ def test_a_unit_another_live_worker_holds_is_waited_for_not_computed(tmp_path):
     path = tmp_path / "train" / "b.json"
     path.parent.mkdir(parents=True)
     lock = path.with_name("b.json.lock")
-    lock.write_text(f"{__import__('os').getpid()} now\n")  # a live python process: this one
+    pid = __import__("os").getpid()
+    lock.write_text(f"{pid} {bench_common._process_identity(pid)} now\n")  # a live process: this one
 
     def other_worker_finishes():
         time.sleep(0.2)
@@ -60,6 +61,18 @@ def test_a_stale_lock_is_removed_and_the_unit_computed(tmp_path):
     assert computed and result["value"] == "mine" and not path.with_name("c.json.lock").exists()
 
 
+
+def test_a_lock_of_a_reused_process_number_is_stale(tmp_path):
+    """The number of a live process, but another start time (a restart, or the number reused)."""
+    path = tmp_path / "select" / "g.json"
+    path.parent.mkdir(parents=True)
+    pid = __import__("os").getpid()
+    boot, _ = bench_common._process_identity(pid).split(":")
+    path.with_name("g.json.lock").write_text(f"{pid} {boot}:1 long ago\n")
+    result, computed = bench_common.cached_unit(path, {"n": 5}, lambda: {"value": "mine"}, "unit g")
+    assert computed and result["value"] == "mine"
+
+
 def test_the_lock_is_released_when_the_unit_fails(tmp_path):
     path = tmp_path / "eval" / "d.json"
 
@@ -74,7 +87,8 @@ def test_the_lock_is_released_when_the_unit_fails(tmp_path):
 def test_wait_false_raises_busy_instead_of_waiting(tmp_path):
     path = tmp_path / "eval" / "e.json"
     path.parent.mkdir(parents=True)
-    path.with_name("e.json.lock").write_text(f"{__import__('os').getpid()} now\n")
+    pid = __import__("os").getpid()
+    path.with_name("e.json.lock").write_text(f"{pid} {bench_common._process_identity(pid)} now\n")
     with pytest.raises(bench_common.UnitBusy, match="unit e"):
         bench_common.cached_unit(path, {"x": 1}, lambda: pytest.fail("computed"), "unit e", wait=False)
 
