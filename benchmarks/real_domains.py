@@ -26,8 +26,15 @@ domain (base and domain only on all domains, then ntk and random, then the other
 an index of the pool built once with the base model (``select --index``, seed 0). ``--estimate`` prints the
 predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and plot from the JSONs.
 
+Several workers can share one ``--results`` and ``--cache`` (a lock file per unit; a unit another
+live worker holds is put off to the end of the plan): on two cores, two one-thread workers from
+opposite ends of the domain list (``--domains`` in reverse for the second) finish sooner than one
+two-thread run. ``--methods`` limits a worker to some methods.
+
     python benchmarks/prepare_real_domains.py
     python benchmarks/real_domains.py --data benchmarks/cache/real_domains/data --commit-every 3
+    OMP_NUM_THREADS=1 python benchmarks/real_domains.py --data DATA --commit-every 2 &
+    OMP_NUM_THREADS=1 python benchmarks/real_domains.py --data DATA --commit-every 2 --domains tfns pubmedqa mmlu_med fpb &
 """
 
 from __future__ import annotations
