@@ -28,8 +28,8 @@ predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and
 
 Several workers can share one ``--results`` and ``--cache`` (a lock file per unit; a unit another
 live worker holds is put off to the end of the plan): on two cores, two one-thread workers from
-opposite ends of the domain list (``--domains`` in reverse for the second) finish sooner than one
-two-thread run. ``--methods`` limits a worker to some methods.
+opposite ends of the domain list (``--domains`` in reverse for the second) keep both cores on
+independent units. ``--methods`` limits a worker to some methods.
 
     python benchmarks/prepare_real_domains.py
     python benchmarks/real_domains.py --data benchmarks/cache/real_domains/data --commit-every 3
