@@ -215,3 +215,19 @@ def test_train_and_evaluate_match_the_cli(cli_run, tiny_model_dir, rows, tmp_pat
     want = json.loads((tmp_path / "cli_e" / "eval.json").read_text())
     assert (result["accuracy"], result["gold_nll"]) == (want["accuracy"], want["gold_nll"])
     assert (tmp_path / "api_e" / "predictions.jsonl").read_text() == (tmp_path / "cli_e" / "predictions.jsonl").read_text()
+
+
+def test_the_api_loads_on_first_use_not_with_every_module():
+    """Importing one module (the projection) leaves the API, and the datasets library it reads records
+    with, unloaded; the public names still resolve, also through dir() and ``import *``."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ntk_selector.features.projection as p, ntk_selector as n\n"
+            "assert 'ntk_selector.api' not in sys.modules and 'datasets' not in sys.modules, sorted(sys.modules)\n"
+            "assert 'select' in dir(n) and n.select.__module__ == 'ntk_selector.api'\n"
+            "ns = {}\nexec('from ntk_selector import *', ns)\n"
+            "assert set(n.__all__) <= set(ns) and ns['Selection'] is n.Selection\n"
+            "try:\n    n.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no error')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
