@@ -20,6 +20,19 @@ def fast_poll(monkeypatch):
     monkeypatch.setattr(bench_common, "UNIT_LOCK_POLL_SECONDS", 0.02)
 
 
+@pytest.fixture()
+def real_domains():
+    """benchmarks/real_domains.py loaded as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
+    spec = importlib.util.spec_from_file_location("real_domains_units", script)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_reused_while_the_definition_matches(tmp_path):
     calls = []
 
@@ -93,14 +106,8 @@ def test_wait_false_raises_busy_instead_of_waiting(tmp_path):
         bench_common.cached_unit(path, {"x": 1}, lambda: pytest.fail("computed"), "unit e", wait=False)
 
 
-def test_real_domains_puts_busy_cells_off_to_the_end(monkeypatch):
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
-    spec = importlib.util.spec_from_file_location("real_domains_busy", script)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+def test_real_domains_puts_busy_cells_off_to_the_end(monkeypatch, real_domains):
+    mod = real_domains
     runs = [mod.Run("d", m, 0, 0, 1e-3) for m in ("ntk", "random", "less")]
     bench = mod.Bench(mod.Settings(), {}, Path("."), Path("."))
     done, tries = [], {}
@@ -144,14 +151,8 @@ bench_common.cached_unit(__import__("pathlib").Path({str(path)!r}), {{"x": 1}}, 
     assert not path.with_name("f.json.lock").exists() and not path.exists()
 
 
-def test_selection_seconds_take_the_stores_time_over_every_run(monkeypatch):
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
-    spec = importlib.util.spec_from_file_location("real_domains_secs", script)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+def test_selection_seconds_take_the_stores_time_over_every_run(real_domains):
+    mod = real_domains
     stages = {"warmup": 10.0, "embed": 5.0, "featurize": 3.0, "score": 1.0}
     stores = {"embed_domain": 2.0, "embed_pool": 100.0, "features_domain": 1.0, "features_pool_ab12": 50.0}
     # the last run embedded for 5 s of the 102 s its stores took over all runs
