@@ -222,13 +222,14 @@ class RowStore:
         whole = meta_path.exists() and (self.path / FEATURES).exists() and (self.path / STATUS).exists()
         if whole:
             try:
-                old = read_meta(self.path).get("definition", {})
+                saved = read_meta(self.path)
+                old = saved.get("definition", {})
             except UserError:
                 if not (self.writer and overwrite):
                     raise
                 old, whole = self.definition, False  # unreadable meta.json: --overwrite rebuilds
             if whole and old == self.definition:
-                self._work_before = float(read_meta(self.path).get("work_seconds", 0.0))
+                self._work_before = float(saved.get("work_seconds", 0.0))
             if whole and old != self.definition:
                 if not self.writer:
                     raise UserError(f"{self.path}: store definition changed under a running job ({describe_differences(old, self.definition)})")

@@ -31,7 +31,7 @@ from ntk_selector.errors import UserError
 from ntk_selector.features.embed import pool_hidden
 from ntk_selector.features.runner import fill_with, run_rows
 from ntk_selector.io.records import Records
-from ntk_selector.io.store import DONE, EMPTY, PENDING, RowStore, open_store, write_json_atomic
+from ntk_selector.io.store import DONE, EMPTY, PENDING, RowStore, open_store, read_meta, write_json_atomic
 from ntk_selector.io.tokens import Batch
 from ntk_selector.model.heads import decoder_of
 from ntk_selector.model.session import Session
@@ -149,8 +149,7 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
 
     def record() -> dict[str, Any]:
         _, status, meta_f = open_store(out / FEATURES)
-        _, _, meta_e = open_store(out / EMBEDDINGS)
-        seconds = [float(m.get("work_seconds", 0.0)) for m in (meta_f, meta_e)]
+        seconds = [float(m.get("work_seconds", 0.0)) for m in (meta_f, read_meta(out / EMBEDDINGS))]
         # one pass fills both stores at once with the model embedder; the other embedders run after it
         work_seconds = max(seconds) if embed_cfg.embedder == "model" else sum(seconds)
         meta = {"work_seconds": round(work_seconds, 1), "format": FORMAT, "pool": str(pool.path.resolve()) if pool.path.exists() else str(pool.path), "pool_fingerprint": pool.fingerprint, "rows": len(pool),

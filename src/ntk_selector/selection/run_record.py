@@ -39,7 +39,7 @@ from ntk_selector.io.definitions import describe_differences
 from ntk_selector.io.files import refuse_replacing, write_json_atomic
 from ntk_selector.io.formats import OUTPUT_FILES
 from ntk_selector.io.records import Records
-from ntk_selector.io.store import META
+from ntk_selector.io.store import META, read_meta
 from ntk_selector.selection.answer_mix import answer_mix
 from ntk_selector.selection.filters import PoolFilter
 from ntk_selector.version import __version__
@@ -114,8 +114,6 @@ def finish_run(out: Path, summary: dict[str, Any], clock: StageClock) -> dict[st
 def store_seconds(stages: Path, names: list[str]) -> dict[str, float]:
     """Each named store's ``work_seconds``: its wall time over every run that wrote it, so a stage
     resumed across several runs reports its whole cost (run.json's ``seconds`` are this run's)."""
-    from ntk_selector.io.store import read_meta
-
     out = {}
     for name in names:
         if (stages / name / "meta.json").exists():
