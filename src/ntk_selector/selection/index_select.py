@@ -134,14 +134,14 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
             distributed.all_ranks(lambda: session.load(str(stages / "warmup")))
         order = _broadcast_order(pre, stages)
         cand = pool.subset(order, subset_fingerprint(pool.fingerprint, order))
+        cand_store = f"features_pool_{cand.fingerprint[:8]}"
         with clock("featurize"):
             featurize(session, domain, stages / "features_domain", cfg.data, cfg.feature, desc="featurize domain")
-            featurize(session, cand, stages / f"features_pool_{cand.fingerprint[:8]}", cfg.data, cfg.feature,
-                      desc="featurize candidates")
-        stores += ["features_domain", f"features_pool_{cand.fingerprint[:8]}"]
+            featurize(session, cand, stages / cand_store, cfg.data, cfg.feature, desc="featurize candidates")
+        stores += ["features_domain", cand_store]
         with clock("score"):
-            cand_scores = distributed.on_main(lambda: ntk_scores(stages / "features_domain",
-                                                                 stages / f"features_pool_{cand.fingerprint[:8]}", cfg.score))
+            cand_scores = distributed.on_main(lambda: ntk_scores(stages / "features_domain", stages / cand_store,
+                                                                 cfg.score))
 
     def finish() -> dict[str, Any]:
         scores[pre.order] = cand_scores
