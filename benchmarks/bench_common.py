@@ -101,11 +101,7 @@ def _lock_holder_alive(lock: Path) -> bool:
         pid, identity = lock.read_text().split()[:2]
     except (OSError, ValueError):
         return False
-    if not pid.isdigit():
-        return False
-    if ":" not in identity:  # a lock written before locks named the process's start: the number alone
-        return Path(f"/proc/{pid}").exists()
-    return _process_identity(int(pid)) == identity
+    return pid.isdigit() and _process_identity(int(pid)) == identity
 
 
 def _take_unit_lock(lock: Path, what: str) -> bool:

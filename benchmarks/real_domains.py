@@ -306,12 +306,13 @@ class Bench:
             for r in rows:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
         labels = {r["response"].strip() for r in read_jsonl(dom.d_file(run.d_variant))}
+        label_keys = {label_key(x) for x in labels}
         result = {"pool_index": [int(i) for i in chosen], "selected_file": str(selected),
                   "tasks": counts([str(r.get("task", "(none)")) for r in rows]),
                   "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels]),
                   # the pool writes many of D's answers another way ("Yes." for yes, "C." for C)
                   "answers_like_d_labels": counts([label_key(r["response"]) for r in rows
-                                                   if label_key(r["response"]) in {label_key(x) for x in labels}])}
+                                                   if label_key(r["response"]) in label_keys])}
         scores_csv = out / "scores.csv"
         if scores_csv.exists():
             from ntk_selector.selection.report import read_scores
