@@ -12,6 +12,11 @@ and prints rows/s, the ratios the targets are stated in, the projection's share 
 time and the peak RSS. Usage:
 
     python benchmarks/featurize_speed.py [--model M] [--rows 48] [--proj-dim 8192] [--json out.json]
+    python benchmarks/featurize_speed.py --random-config llama3-8b --no-demo --lengths 256   # 8B shape, random weights
+
+`--random-config` takes an HF config folder or one of the named shapes below (SHAPES): with
+`--no-demo` the rows are random token ids, so no tokenizer or weights are needed (a GPU machine
+with only torch, transformers and peft runs it; benchmarks/gpu_check.sh).
 
 Speed is never asserted in tests; this script is the measurement.
 """
@@ -37,6 +42,33 @@ from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.gradients import GradientFeaturizer
 from ntk_selector.io.tokens import IGNORE_INDEX, Encoded, collate, encode, plan_batches, read_records, to_conversation
 from ntk_selector.model.loading import load_base_model, lora_config, lora_parameters
+
+# Llama-architecture shapes by name, for random-weight runs on machines without the weights.
+SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
+                         rope_theta=100000.0, rms_norm_eps=1e-5),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, tie_word_embeddings=False,
+                      rope_theta=500000.0, rms_norm_eps=1e-5),
+}
+
+
+def random_model(config: str, layers: int | None) -> torch.nn.Module:
+    """A frozen model of ``config`` (a named shape or an HF config folder) with random weights, on
+    the GPU in bf16 when there is one (fp32 on the CPU), initialised where it will run."""
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig(**SHAPES[config]) if config in SHAPES else AutoConfig.from_pretrained(config)
+    if layers:
+        cfg.num_hidden_layers = layers
+    if cfg.pad_token_id is None:
+        cfg.pad_token_id = 0
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with device:
+        base = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    return base.requires_grad_(False)
 
 
 def peak_rss_mb() -> float:
@@ -78,10 +110,9 @@ def fixed_batches(rows: list[Encoded], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(rows), size)]
 
 
-def bench_rows(model: torch.nn.Module, tok: Any, rows: list[Encoded], proj_dim: int, token_budget: int,
+def bench_rows(model: torch.nn.Module, pad: int, rows: list[Encoded], proj_dim: int, token_budget: int,
                repeats: int) -> dict[str, Any]:
     device = next(model.parameters()).device
-    pad = tok.pad_token_id
     n = len(rows)
     params = [p for _, p in lora_parameters(model)]
     b8 = [collate([rows[i] for i in idx], pad).to(device) for idx in fixed_batches(rows, 8)]
@@ -142,6 +173,8 @@ def bench_rows(model: torch.nn.Module, tok: Any, rows: list[Encoded], proj_dim: 
             results["projection_share"] = proj_time[0] / repeats / secs if repeats == 1 else proj_time[0] / (secs * repeats)
         results[f"{name}_rows_per_s"] = n / secs
         results["peak_rss_mb_after_" + name] = peak_rss_mb()
+        if torch.cuda.is_available():
+            results["peak_gpu_mb_after_" + name] = torch.cuda.max_memory_allocated() / (1 << 20)
     feat.close()
     r = results
     r["featurize_vs_ce_step"] = r["featurize_rows_per_s"] / r["ce_step_rows_per_s"]
@@ -182,7 +215,9 @@ def featurize_peak_rss(row_counts: list[int], model: str | None, proj_dim: int, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="HF folder / id (default: packaged SmolLM2-135M-Instruct)")
-    ap.add_argument("--random-config", default=None, help="instead of --model: an HF config id/folder, random weights")
+    ap.add_argument("--random-config", default=None,
+                    help=f"instead of --model: random weights of an HF config folder or a named shape ({', '.join(SHAPES)})")
+    ap.add_argument("--layers", type=int, default=None, help="with --random-config: keep only this many layers")
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--proj-dim", type=int, default=8192)
     ap.add_argument("--token-budget", type=int, default=2048)
@@ -195,18 +230,16 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
+    tok = None
     if args.random_config:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        base = random_model(args.random_config, args.layers)
+        if not args.no_demo:  # real rows need the packaged tokenizer
+            from ntk_selector.model.loading import load_tokenizer, model_path
 
-        cfg = AutoConfig.from_pretrained(args.random_config)
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-        base = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to("cuda" if torch.cuda.is_available() else "cpu")
-        base.requires_grad_(False)
-        from ntk_selector.model.loading import load_tokenizer, model_path
-
-        tok = load_tokenizer(model_path(ModelConfig()))
+            tok = load_tokenizer(model_path(ModelConfig()))
     else:
         base, tok = load_base_model(ModelConfig(model=args.model))
+    pad_id = tok.pad_token_id if tok is not None else base.config.pad_token_id
     from peft import get_peft_model
 
     lcfg = lora_config(LoraSettings())
@@ -214,7 +247,7 @@ def main() -> None:
     model = get_peft_model(base, lcfg)
     model.eval()
     vocab = int(base.config.vocab_size)
-    sets: list[tuple[str, list[Encoded]]] = [(f"fixed {L} tokens", fixed_rows(args.rows, L, min(vocab, tok.vocab_size), L))
+    sets: list[tuple[str, list[Encoded]]] = [(f"fixed {L} tokens", fixed_rows(args.rows, L, min(vocab, tok.vocab_size) if tok else vocab, L))
                                              for L in args.lengths]
     if not args.no_demo:
         sets.append(("demo pool (variable)", demo_rows(args.rows, tok, 512)))
@@ -222,12 +255,14 @@ def main() -> None:
     report: dict[str, Any] = {
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
-        "model": args.random_config or args.model or "SmolLM2-135M-Instruct (packaged)", "device": str(device),
+        "model": (f"{args.random_config} (random weights{f', {args.layers} layers' if args.layers else ''})"
+                  if args.random_config else args.model or "SmolLM2-135M-Instruct (packaged)"),
+        "device": str(device), "dtype": str(next(base.parameters()).dtype).replace("torch.", ""),
         "lora": "r=8 q/k/v/o", "proj_dim": args.proj_dim, "command": " ".join(sys.argv), "sets": {},
     }
     for name, rows in sets:
         print(f"== {name}: {len(rows)} rows", flush=True)
-        r = bench_rows(model, tok, rows, args.proj_dim, args.token_budget, args.repeats)
+        r = bench_rows(model, pad_id, rows, args.proj_dim, args.token_budget, args.repeats)
         report["sets"][name] = r
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
     if args.rss_rows:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU measurements in one short run, for a GPU machine that has torch, transformers and peft but
+# neither the packaged model nor `datasets` (random weights of named shapes, random token rows):
+#   1. projection throughput against the sign-cache budget on Llama-3-8B's LoRA layout
+#      (benchmarks/projection_budget.py);
+#   2. featurize and embed against a plain LoRA forward+backward and a LESS-style batch-of-one loop,
+#      at SmolLM2-135M's shape and at Llama-3-8B's (benchmarks/featurize_speed.py).
+# Each step has its own time limit, so one slow step still leaves the others' results. About six
+# minutes on an H200. Results go to $RESULTS (default benchmarks/results/gpu), one JSON per step and
+# log.txt; copy them into benchmarks/results/gpu and BENCHMARKS.md.
+#
+#   bash benchmarks/gpu_check.sh            # from the repository root
+set -uo pipefail
+RESULTS=${RESULTS:-benchmarks/results/gpu}
+PY=${PYTHON:-python3}
+mkdir -p "$RESULTS"
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+exec > >(tee -a "$RESULTS/log.txt") 2>&1
+
+date -u
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, \
+'peft', peft.__version__, 'cuda', torch.cuda.is_available())" || exit 1
+
+echo "== projection budget (Llama-3-8B LoRA layout, p = 8192)"
+timeout 120 $PY benchmarks/projection_budget.py --device cuda --budgets-mb 0 256 1024 4096 --steps 5 \
+    --out "$RESULTS/projection_budget_gpu.json"
+
+echo "== featurize speed, SmolLM2-135M shape (random weights, bf16)"
+timeout 150 $PY benchmarks/featurize_speed.py --random-config smollm2-135m --no-demo --lengths 128 256 --rows 256 \
+    --repeats 2 --json "$RESULTS/featurize_speed_gpu_smollm2.json"
+
+echo "== featurize speed, Llama-3-8B shape (random weights, bf16)"
+timeout 200 $PY benchmarks/featurize_speed.py --random-config llama3-8b --no-demo --lengths 256 --rows 64 \
+    --repeats 2 --json "$RESULTS/featurize_speed_gpu_llama3_8b.json"
+date -u
