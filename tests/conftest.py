@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 # No network in tests, and the datasets library's Arrow cache in a throw-away folder.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -16,6 +19,19 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ntk-selector
 
 import pytest
 import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(script: str, module_name: str) -> ModuleType:
+    """A script of benchmarks/ (not part of the package) loaded as a module, registered in sys.modules
+    under ``module_name`` because dataclasses look their module up while the file runs."""
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / script)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

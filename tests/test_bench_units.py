@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_common  # noqa: E402
+from conftest import load_benchmark  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -22,15 +23,8 @@ def fast_poll(monkeypatch):
 
 @pytest.fixture()
 def real_domains():
-    """benchmarks/real_domains.py loaded as a module (it is a script, not part of the package)."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
-    spec = importlib.util.spec_from_file_location("real_domains_units", script)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
+    """benchmarks/real_domains.py loaded as a module."""
+    return load_benchmark("real_domains.py", "real_domains_units")
 
 
 def test_reused_while_the_definition_matches(tmp_path):
@@ -72,7 +66,6 @@ def test_a_stale_lock_is_removed_and_the_unit_computed(tmp_path):
     path.with_name("c.json.lock").write_text("999999999 long ago\n")  # no such process
     result, computed = bench_common.cached_unit(path, {"n": 5}, lambda: {"value": "mine"}, "unit c")
     assert computed and result["value"] == "mine" and not path.with_name("c.json.lock").exists()
-
 
 
 def test_a_lock_of_a_reused_process_number_is_stale(tmp_path):

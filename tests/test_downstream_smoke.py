@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 
-from conftest import synthetic_rows, write_jsonl
+from conftest import load_benchmark, synthetic_rows, write_jsonl
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "downstream.py"
 METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", "ntk")
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("downstream_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("downstream.py", "downstream_bench")
 
 
 def labelled(n: int, seed: int) -> list[dict]:

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_model, make_tokenizer, synthetic_rows, write_jsonl
+from conftest import load_benchmark, make_model, make_tokenizer, synthetic_rows, write_jsonl
 
 from ntk_selector.cli.commands import main
 from ntk_selector.io.store import DONE, open_store
@@ -236,15 +236,7 @@ def test_two_nodes_index_and_select_equal_one_process(tiny_model_dir, pool_and_i
 
 
 def test_index_once_benchmark_on_the_tiny_model(tiny_model_dir, pool_and_index, tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "index_once.py"
-    spec = importlib.util.spec_from_file_location("index_once", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["index_once"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("index_once.py", "index_once")
     _, pool, domain = pool_and_index
     args = ["--pool", str(pool), "--domain", str(domain), "-n", "5", "--out", str(tmp_path), "--model",
             str(tiny_model_dir), "--modes", "features", "--coarse", "model:9", "--", *SPACE]

@@ -1,25 +1,17 @@
 """Index queries stream: scoring candidates reads the store block by block (memory does not grow
 with the pool), and gives the dense answer; the scale benchmark runs end to end at CI size."""
 
-import importlib.util
-import sys
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
+from conftest import load_benchmark
 
 from ntk_selector.io.store import DONE, EMPTY, RowStore, open_store
 from ntk_selector.selection.score import score_rows_at
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "index_scale.py"
-
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("index_scale", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["index_scale"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("index_scale.py", "index_scale")
 
 
 def test_score_rows_at_equals_dense_and_memory_is_one_block(tmp_path):

@@ -6,13 +6,11 @@ same stages at 10^7 rows and measures process memory."""
 
 from __future__ import annotations
 
-import importlib.util
 import tracemalloc
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL, LARGE = 4_000, 20_000
 CHUNK = 512  # rows per chunk in these tests (4096 in a run), so the pools span many chunks
 BOUND = 200  # bytes a pool row
@@ -20,10 +18,7 @@ BOUND = 200  # bytes a pool row
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("data_scale", ROOT / "benchmarks" / "data_scale.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("data_scale.py", "data_scale")
 
 
 @pytest.fixture(scope="module")

@@ -3,23 +3,14 @@ on the tiny model, the table with its bootstrap intervals, and a rerun that reco
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 
-from conftest import synthetic_rows, write_jsonl
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_domains.py"
+from conftest import load_benchmark, synthetic_rows, write_jsonl
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("real_domains_bench", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("real_domains.py", "real_domains_bench")
 
 
 def labelled(n: int, seed: int, labels=("yes", "no", "meh")) -> list[dict]:
