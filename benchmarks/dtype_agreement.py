@@ -34,7 +34,7 @@ from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.gradients import GradientFeaturizer
 from ntk_selector.features.kernels import relative_error, rows_features, spearman, top_overlap
 from ntk_selector.io.demo_data import build_demo
-from ntk_selector.io.tokens import Encoded, collate, encode, plan_batches, read_records, to_conversation
+from ntk_selector.io.tokens import Encoded, collate, encode, read_records, to_conversation
 from ntk_selector.model.loading import load_base_model, with_lora
 from ntk_selector.training.loop import save_adapter_atomic, train_lora
 
@@ -49,11 +49,12 @@ def features(model: torch.nn.Module, rows: list[Encoded], pad_id: int, proj_dim:
 
 def embed_rows_per_s(model: torch.nn.Module, rows: list[Encoded], pad_id: int, data_cfg: DataConfig) -> float:
     """Pre-selection embedding speed: mean-pooled forward passes over ``rows`` in the library's batches."""
-    batches = plan_batches([e.length for e in rows], data_cfg.token_budget, data_cfg.max_batch_size)
-    mean_pooled(model, collate([rows[i] for i in batches[0]], pad_id))  # warm caches
+    def embed(some: list[Encoded]) -> torch.Tensor:
+        return rows_features(lambda b: mean_pooled(model, b), some, pad_id, data_cfg.token_budget, data_cfg.max_batch_size)
+
+    embed(rows[:8])  # warm caches
     start = time.perf_counter()
-    for batch in batches:
-        mean_pooled(model, collate([rows[i] for i in batch], pad_id))
+    embed(rows)
     return len(rows) / (time.perf_counter() - start)
 
 
