@@ -205,6 +205,7 @@ class Bench:
     finished: int = 0
     _session: Any = None
     _pool_rows: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)
+    _train_files: dict[str, list[Path]] = field(default_factory=dict)
 
     def unit(self, kind: str, key: str, definition: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The cached JSON of this unit when its definition matches; otherwise compute and store it."""
@@ -231,7 +232,11 @@ class Bench:
         definition = {"kind": "select", "domain": str(d_file), "pool": str(dom.pool), "test": str(dom.test), "n": n,
                       "method": run.method, "sel_seed": run.sel, "model": self.s.model, "max_length": self.s.max_length,
                       "proj_dim": self.s.proj_dim, "rank": self.s.rank}
-        return self.unit("select", run.sel_key, definition, lambda: self._select(run, d_file, n))
+        sel = self.unit("select", run.sel_key, definition, lambda: self._select(run, d_file, n))
+        if not Path(sel["selected_file"]).exists():  # results outlive the cache (a new machine has none)
+            log(f"select {run.sel_key}: rewriting its selected rows from the cached pool indices")
+            self._write_selected(dom.pool, sel["pool_index"], Path(sel["selected_file"]))
+        return sel
 
     def _select(self, run: Run, d_file: Path, n: int) -> dict[str, Any]:
         dom = self.domains[run.domain]
@@ -300,11 +305,8 @@ class Bench:
         dom = self.domains[run.domain]
         pool = self.pool_rows(dom.pool)
         rows = [pool[i] for i in chosen]
-        out.mkdir(parents=True, exist_ok=True)
         selected = out / "selected_rows.jsonl"
-        with open(selected, "w", encoding="utf-8") as fh:
-            for r in rows:
-                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        self._write_selected(dom.pool, chosen, selected)
         labels = {r["response"].strip() for r in read_jsonl(dom.d_file(run.d_variant))}
         label_keys = {label_key(x) for x in labels}
         result = {"pool_index": [int(i) for i in chosen], "selected_file": str(selected),
@@ -321,6 +323,14 @@ class Bench:
             result["preselected"] = scores["pool_index"][scores["preselected"]].astype(int).tolist()
         return result
 
+    def _write_selected(self, pool_path: Path, chosen: list[int], selected: Path) -> None:
+        """The selected pool rows, in selection order: what the final fine-tune reads beside D."""
+        pool = self.pool_rows(pool_path)
+        selected.parent.mkdir(parents=True, exist_ok=True)
+        with open(selected, "w", encoding="utf-8") as fh:
+            for i in chosen:
+                fh.write(json.dumps(pool[i], ensure_ascii=False) + "\n")
+
     # -- fine-tunes and evaluations ----------------------------------------------------
 
     def train(self, run: Run) -> dict[str, Any]:
@@ -331,7 +341,17 @@ class Bench:
         definition = {"kind": "train", "files": [str(f) for f in files], "model": self.s.model,
                       "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
                       "rank": self.s.rank, "lr": run.lr, "seed": run.ft, "loss_mean": run.loss_mean}
-        return self.unit("train", run.key, definition, lambda: self._train(run, files))
+        trained = self.unit("train", run.key, definition, lambda: self._train(run, files))
+        self._train_files[run.key] = files
+        return trained
+
+    def _ensure_adapter(self, run: Run, trained: dict[str, Any]) -> None:
+        """The cached train unit's adapter, refitted when the cache lost it (results outlive the cache):
+        same files, seed and settings, so the same fine-tune up to float summation order."""
+        if Path(trained["adapter"], "adapter_config.json").exists():
+            return
+        log(f"train {run.key}: adapter missing from the cache, refitting it")
+        self._train(run, self._train_files[run.key])
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
         return finetune_summary(files, self.cache / "adapters" / run.key, model=self.s.model,
@@ -353,6 +373,8 @@ class Bench:
         from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
         from ntk_selector.model.session import Session
 
+        if trained is not None:
+            self._ensure_adapter(run, trained)
         adapter = trained and trained["adapter"]
         model_cfg = ModelConfig(model=self.s.model, adapter=adapter)
         if self._session is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 from conftest import load_benchmark, synthetic_rows, write_jsonl
 
@@ -90,6 +91,20 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"} == before
+    # results outlive the cache (a new machine has none): a lost eval is redone, its selected rows
+    # rewritten from the cached pool indices and its adapter refitted, and nothing else is recomputed
+    shutil.rmtree(cache)
+    lost = results / "eval" / f"toy_natural_ntk_sel0_ft0_lr{chosen:g}_token__test.json"
+    old = json.loads(lost.read_text())
+    lost.unlink()
+    del before[lost]
+    assert mod.main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name not in ("settings.json", lost.name)} == before
+    redone = json.loads(lost.read_text())
+    assert redone["definition"] == old["definition"]
+    assert (redone["predicted"], redone["gold_nll"]) == (old["predicted"], old["gold_nll"])  # one thread: the same refit
+    selected = [json.loads(line) for line in open(sels["toy_natural_ntk_sel0"]["selected_file"])]
+    assert selected == [pool[i] for i in sels["toy_natural_ntk_sel0"]["pool_index"]]
 
 
 def test_methods_filter_runs_only_those_cells(tiny_model_dir, tmp_path, one_thread):
