@@ -201,6 +201,9 @@ class Bench:
     cache: Path
     commit_every: int = 0
     only_methods: tuple[str, ...] = ()  # run only these methods' cells (empty: all); lets a second worker take a disjoint share
+    # only the selections of the planned cells: they need the domain's pool embedding, which lives in
+    # the cache of one sitting, while a fine-tune needs only the selection's cached pool indices
+    select_only: bool = False
     defer_busy: bool = False  # a cell whose unit another worker is computing is put off to the end, not waited for
     finished: int = 0
     _session: Any = None
@@ -453,6 +456,10 @@ class Bench:
                 continue
             self.defer_busy = True
             try:
+                if self.select_only:
+                    if run.method in SELECTING + (INDEX_METHOD,):
+                        self.selection(run)
+                    continue
                 for split in splits:
                     self.evaluate(run, split)
             except UnitBusy as busy:
@@ -461,6 +468,9 @@ class Bench:
             finally:
                 self.defer_busy = False
         for run, splits in deferred:
+            if self.select_only:
+                self.selection(run)
+                continue
             for split in splits:
                 self.evaluate(run, split)
         self.publish(commit=bool(self.commit_every))
@@ -766,6 +776,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=[], choices=TABLE_METHODS,
                     help="run only these methods' cells (default: all); two workers with disjoint methods can share "
                          "--results and --cache")
+    ap.add_argument("--select-only", action="store_true",
+                    help="compute only the selections of the planned cells, no fine-tunes: a selection needs its "
+                         "domain's pool embedding from the cache, a fine-tune only the selection's cached indices")
     ap.add_argument("--only-table", action="store_true")
     ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
     ap.add_argument("--rate-train", type=float, default=180.0,
@@ -783,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, s)
         print((results / "table.md").read_text())
         return 0
-    bench = Bench(s, domains_from_args(args), results, cache, args.commit_every, tuple(args.methods))
+    bench = Bench(s, domains_from_args(args), results, cache, args.commit_every, tuple(args.methods),
+                  select_only=args.select_only)
     exit_cleanly_on_sigterm()
     hours = estimate(bench, args.rate_train, args.rate_forward, args.phases)
     log("estimate (hours on this machine's measured rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))

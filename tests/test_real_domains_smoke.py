@@ -124,3 +124,25 @@ def test_methods_filter_runs_only_those_cells(tiny_model_dir, tmp_path, one_thre
     assert sorted(p.stem for p in (results / "eval").glob("*.json")) == [
         "toy_natural_domain_ft0_lr0.001_token__valid", "toy_natural_random_sel1_ft1_lr0.001_token__test",
         "toy_natural_random_sel1_ft1_lr0.001_token__valid"]
+
+
+def test_select_only_computes_selections_and_no_fine_tunes(tiny_model_dir, tmp_path, one_thread):
+    write_jsonl(tmp_path / "d.jsonl", labelled(6, 1))
+    write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
+    write_jsonl(tmp_path / "t.jsonl", labelled(8, 3))
+    write_jsonl(tmp_path / "pool.jsonl", synthetic_rows(30, 4))
+    results = tmp_path / "results"
+    args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
+            "--domain-test", str(tmp_path / "t.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
+            "--model", str(tiny_model_dir), "--seeds", "0", "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
+            "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results), "--cache", str(tmp_path / "c"),
+            "--phases", "seed0", "--methods", "base", "embedding", "preselect-random", "--select-only"]
+    assert load_script().main(args) == 0
+    sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
+    assert sorted(sels) == ["toy_natural_embedding_sel0", "toy_natural_preselect-random_sel0"]
+    assert all(len(s["pool_index"]) == 12 for s in sels.values())
+    # the pre-selection is shared: both draw from the same M rows
+    assert sels["toy_natural_embedding_sel0"]["preselected"] == sels["toy_natural_preselect-random_sel0"]["preselected"]
+    # no fine-tune beyond the settings sweep that picks the learning rate
+    assert sorted(p.stem for p in (results / "train").glob("*.json")) == ["toy_natural_domain_ft0_lr0.001_token"]
+    assert sorted(p.stem for p in (results / "eval").glob("*.json")) == ["toy_natural_domain_ft0_lr0.001_token__valid"]
