@@ -145,12 +145,12 @@ class Run:
         return f"{head}_ft{self.ft}_lr{self.lr:g}_{self.loss_mean}"
 
 
-def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], paper_run: Path,
-                    paper_top: list[int]) -> dict[str, float]:
-    """How close ntk against the index comes to the paper's mode on one domain: top-N overlap, the
-    share of the paper's top N among the index's M pre-selected rows, the overlap of the two M, and
-    the Spearman correlation, over the paper's M candidates, of the paper's scores with the scores
-    of the same rows' index features against the domain's base-model features."""
+def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], paper: dict[str, Any]) -> dict[str, Any]:
+    """How close ntk against the index comes to the paper's mode (``paper``: its cached selection) on
+    one domain: top-N overlap, the share of the paper's top N among the index's M pre-selected rows,
+    the overlap of the two M, and the Spearman correlation, over the paper's M candidates, of the
+    paper's scores with the scores of the same rows' index features against the domain's base-model
+    features (None when the paper's selection predates keeping its scores)."""
     from ntk_selector.config import ScoreConfig
     from ntk_selector.features.kernels import spearman
     from ntk_selector.io.store import open_store
@@ -158,18 +158,21 @@ def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], pape
     from ntk_selector.selection.index_select import score_in_index
     from ntk_selector.selection.report import read_scores
 
-    paper, ours = read_scores(paper_run / "scores.csv"), read_scores(index_run / "scores.csv")
-    for table in (paper, ours):  # one row per pool row, in pool order
-        assert np.array_equal(table["pool_index"], np.arange(len(table["pool_index"])))
-    top = np.asarray(paper_top, dtype=np.int64)
-    cand = np.flatnonzero(paper["preselected"])
-    d_feat, d_status, _ = open_store(index_run / "stages" / "index_features_domain")
-    index_scores = score_in_index(open_index(index_dir), d_feat, d_status, cand, ScoreConfig())
-    ok = np.isfinite(index_scores) & np.isfinite(paper["score"][cand])
-    return {"top_n_overlap": len(set(paper_top) & set(index_top)) / len(paper_top),
-            "recall_in_preselected": float(ours["preselected"][top].mean()),
-            "preselected_overlap": float((ours["preselected"] & paper["preselected"]).sum() / paper["preselected"].sum()),
-            "spearman_on_paper_candidates": float(spearman(paper["score"][cand][ok], index_scores[ok]))}
+    ours = read_scores(index_run / "scores.csv")
+    assert np.array_equal(ours["pool_index"], np.arange(len(ours["pool_index"])))  # one row per pool row, in order
+    paper_top, cand = paper["pool_index"], np.asarray(paper["preselected"], dtype=np.int64)
+    agree: dict[str, Any] = {
+        "top_n_overlap": len(set(paper_top) & set(index_top)) / len(paper_top),
+        "recall_in_preselected": float(ours["preselected"][np.asarray(paper_top, dtype=np.int64)].mean()),
+        "preselected_overlap": float(ours["preselected"][cand].sum() / len(cand)),
+        "spearman_on_paper_candidates": None}
+    if paper.get("preselected_scores") is not None:
+        paper_scores = np.array([np.nan if x is None else x for x in paper["preselected_scores"]], dtype=np.float64)
+        d_feat, d_status, _ = open_store(index_run / "stages" / "index_features_domain")
+        index_scores = score_in_index(open_index(index_dir), d_feat, d_status, cand, ScoreConfig())
+        ok = np.isfinite(index_scores) & np.isfinite(paper_scores)
+        agree["spearman_on_paper_candidates"] = float(spearman(paper_scores[ok], index_scores[ok]))
+    return agree
 
 
 def selection_seconds(sel: dict[str, Any]) -> float:
@@ -251,8 +254,7 @@ class Bench:
             chosen, info = run_select(d_file, None, out, n, "ntk", index=index["index"], decontaminate=str(dom.test),
                                       overwrite=True, model=self.s.model or None)
             paper = self.selection(replace(run, method="ntk"))
-            agree = index_agreement(Path(index["index"]), out, chosen, self.cache / "select" /
-                                    replace(run, method="ntk").sel_key, paper["pool_index"])
+            agree = index_agreement(Path(index["index"]), out, chosen, paper)
             agree["minilm_recall_in_preselected"] = self.coarse_recall(run, d_file, n, paper["pool_index"], index["index"])
             return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
                     "store_seconds": info.get("store_seconds", {}),
@@ -324,6 +326,9 @@ class Bench:
 
             scores = read_scores(scores_csv)
             result["preselected"] = scores["pool_index"][scores["preselected"]].astype(int).tolist()
+            if scores["score_name"] != "no_score":  # kept with the result: the cache does not outlive the sitting
+                result["preselected_scores"] = [None if not np.isfinite(x) else float(f"{x:.7g}")
+                                                for x in scores["score"][scores["preselected"]]]
         return result
 
     def _write_selected(self, pool_path: Path, chosen: list[int], selected: Path) -> None:
@@ -631,7 +636,8 @@ def build_table(results: Path, s: Settings) -> str:
                          "for all at that rate)")
             lines.append(f"\n{INDEX_METHOD}: the pool's index was built once in {cost} for every domain "
                          "(not in its selection seconds). Against ntk's pick: " +
-                         ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in agree.items()) + ".")
+                         ", ".join(f"{k.replace('_', ' ')} " + ("not kept" if v is None else f"{v:.3f}")
+                                   for k, v in agree.items()) + ".")
         lines.append("")
         ablation = []
         for variant in ("example-loss", "balanced"):
