@@ -193,11 +193,44 @@ def git_commit(paths: list[Path], message: str) -> None:
 # ----------------------------------------------------------------------------- library calls
 
 
-def run_select(domain: Path, pool: Path, out: Path, n: int, method: str, **settings: Any) -> tuple[list[int], dict[str, Any]]:
+def cli_flags(**settings: Any) -> list[str]:
+    """``--name value`` for each setting (``--flag`` for True; None and False left out): the CLI
+    spelling of the keyword settings the Python API takes."""
+    flags: list[str] = []
+    for name, value in settings.items():
+        if value is None or value is False:
+            continue
+        flags.append(f"--{name.replace('_', '-')}")
+        if value is not True:
+            flags.append(str(value))
+    return flags
+
+
+def run_ranks(command: str, ranks: int, *args: str, **settings: Any) -> None:
+    """``ntk-selector COMMAND`` as ``ranks`` torchrun processes of one thread each. On a CPU two 1-thread
+    ranks embed and featurize faster than one 2-thread process (BENCHMARKS.md, "Real domains"); the
+    stores they fill are what one process would write, so the caller's in-process run that follows
+    finds them done and only scores and writes the outputs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m", "ntk_selector",
+           command, *args, *cli_flags(**settings)]
+    log(f"{command} under torchrun, {ranks} ranks of one thread")
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+
+
+def run_select(domain: Path, pool: Path | None, out: Path, n: int, method: str, ranks: int = 1,
+               **settings: Any) -> tuple[list[int], dict[str, Any]]:
     """``ntk_selector.select`` into ``out`` with the benchmarks' logging settings: (the selected pool
-    rows, best first; run.json as written)."""
+    rows, best first; run.json as written). With ``ranks`` > 1 the model work runs first under
+    torchrun (``run_ranks``); run.json's ``store_seconds`` then hold its cost."""
     import ntk_selector
 
+    if ranks > 1 and method != "random":
+        run_ranks("select", ranks, "--domain", str(domain), *(["--pool", str(pool)] if pool is not None else []),
+                  "-n", str(n), "--out", str(out), "--method", method, quiet=True, debug=True, **settings)
     selection = ntk_selector.select(domain, pool, n, method=method, out=out, quiet=True, debug=True, **settings)
     return selection.indices.tolist(), json.loads((out / "run.json").read_text())
 

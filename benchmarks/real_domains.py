@@ -60,6 +60,7 @@ from bench_common import (  # noqa: E402
     log,
     mean_std,
     read_jsonl,
+    run_ranks,
     run_select,
     write_json,
 )
@@ -207,6 +208,7 @@ class Bench:
     # only the selections of the planned cells: they need the domain's pool embedding, which lives in
     # the cache of one sitting, while a fine-tune needs only the selection's cached pool indices
     select_only: bool = False
+    ranks: int = 1  # torchrun processes (one thread each) for the model work of selections and the index build
     defer_busy: bool = False  # a cell whose unit another worker is computing is put off to the end, not waited for
     finished: int = 0
     _session: Any = None
@@ -260,7 +262,7 @@ class Bench:
                     "store_seconds": info.get("store_seconds", {}),
                     "agreement_with_ntk": agree}
         work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
-        chosen, info = run_select(d_file, dom.pool, out, n, run.method, model=self.s.model or None,
+        chosen, info = run_select(d_file, dom.pool, out, n, run.method, ranks=self.ranks, model=self.s.model or None,
                                   proj_dim=self.s.proj_dim, rank=self.s.rank, seed=run.sel,
                                   decontaminate=str(dom.test), max_length=self.s.max_length,
                                   token_budget=self.s.token_budget, overwrite=True,
@@ -290,9 +292,11 @@ class Bench:
             import ntk_selector
 
             start = time.perf_counter()
-            report = ntk_selector.index(pool, out, model=self.s.model or None, max_length=self.s.max_length,
-                                        token_budget=self.s.token_budget, proj_dim=self.s.proj_dim, rank=self.s.rank,
-                                        seed=0, quiet=True)
+            settings = dict(model=self.s.model or None, max_length=self.s.max_length, token_budget=self.s.token_budget,
+                            proj_dim=self.s.proj_dim, rank=self.s.rank, seed=0, quiet=True)
+            if self.ranks > 1:  # the rows under torchrun; the call below then finds the index built
+                run_ranks("index", self.ranks, "--pool", str(pool), "--out", str(out), **settings)
+            report = ntk_selector.index(pool, out, **settings)
             return {"index": str(out), "report": report, "seconds": round(time.perf_counter() - start, 1),
                     "work_seconds": report["meta"].get("work_seconds")}
 
@@ -785,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--select-only", action="store_true",
                     help="compute only the selections of the planned cells, no fine-tunes: a selection needs its "
                          "domain's pool embedding from the cache, a fine-tune only the selection's cached indices")
+    ap.add_argument("--ranks", type=int, default=1,
+                    help="torchrun processes of one thread each for the model work of selections and the index build "
+                         "(on a 2-core CPU, 2 ranks beat one 2-thread process); fine-tunes stay in this process")
     ap.add_argument("--only-table", action="store_true")
     ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
     ap.add_argument("--rate-train", type=float, default=180.0,
@@ -803,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         print((results / "table.md").read_text())
         return 0
     bench = Bench(s, domains_from_args(args), results, cache, args.commit_every, tuple(args.methods),
-                  select_only=args.select_only)
+                  select_only=args.select_only, ranks=args.ranks)
     exit_cleanly_on_sigterm()
     hours = estimate(bench, args.rate_train, args.rate_forward, args.phases)
     log("estimate (hours on this machine's measured rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))

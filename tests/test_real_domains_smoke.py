@@ -137,7 +137,8 @@ def test_select_only_computes_selections_and_no_fine_tunes(tiny_model_dir, tmp_p
             "--model", str(tiny_model_dir), "--seeds", "0", "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
             "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results), "--cache", str(tmp_path / "c"),
             "--phases", "seed0", "--methods", "base", "embedding", "preselect-random", "--select-only"]
-    assert load_script().main(args) == 0
+    mod = load_script()
+    assert mod.main(args) == 0
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
     assert sorted(sels) == ["toy_natural_embedding_sel0", "toy_natural_preselect-random_sel0"]
     assert all(len(s["pool_index"]) == 12 for s in sels.values())
@@ -146,3 +147,30 @@ def test_select_only_computes_selections_and_no_fine_tunes(tiny_model_dir, tmp_p
     # no fine-tune beyond the settings sweep that picks the learning rate
     assert sorted(p.stem for p in (results / "train").glob("*.json")) == ["toy_natural_domain_ft0_lr0.001_token"]
     assert sorted(p.stem for p in (results / "eval").glob("*.json")) == ["toy_natural_domain_ft0_lr0.001_token__valid"]
+
+
+def test_ranks_select_and_index_equal_one_process(tiny_model_dir, tmp_path, one_thread, capfd):
+    """--ranks 2: the selections' and the index's model work under torchrun, the same picks as in-process."""
+    write_jsonl(tmp_path / "d.jsonl", labelled(6, 1))
+    write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
+    write_jsonl(tmp_path / "t.jsonl", labelled(8, 3))
+    write_jsonl(tmp_path / "pool.jsonl", synthetic_rows(30, 4))
+    mod = load_script()
+    picks = {}
+    for ranks in (1, 2):
+        results = tmp_path / f"results{ranks}"
+        args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
+                "--domain-test", str(tmp_path / "t.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
+                "--model", str(tiny_model_dir), "--seeds", "0", "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
+                "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results),
+                "--cache", str(tmp_path / f"c{ranks}"), "--phases", "seed0", "index", "--methods", "ntk",
+                mod.INDEX_METHOD, "--select-only", "--ranks", str(ranks)]
+        assert mod.main(args) == 0
+        logged = capfd.readouterr()
+        for command in ("select", "index"):  # the torchrun path ran only when asked for
+            assert (f"{command} under torchrun, 2 ranks" in logged.out + logged.err) == (ranks == 2)
+        picks[ranks] = {p.stem: json.loads(p.read_text())["pool_index"] for p in (results / "select").glob("*.json")}
+        index = json.loads((results / "index" / "pool.json").read_text())
+        assert index["report"]["meta"]["rows"] == 30 and index["work_seconds"] > 0
+    assert sorted(picks[2]) == ["toy_natural_ntk-index_sel0", "toy_natural_ntk_sel0"]
+    assert picks[1] == picks[2]
