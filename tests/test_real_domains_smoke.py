@@ -107,17 +107,22 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert selected == [pool[i] for i in sels["toy_natural_ntk_sel0"]["pool_index"]]
 
 
-def test_methods_filter_runs_only_those_cells(tiny_model_dir, tmp_path, one_thread):
+def small_domain(tmp_path, model_dir, results, cache, seeds=("0",)) -> list[str]:
+    """A 6-row D, 6 valid and 8 test rows, a 30-row pool: the arguments of a tiny one-domain run."""
     write_jsonl(tmp_path / "d.jsonl", labelled(6, 1))
     write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
     write_jsonl(tmp_path / "t.jsonl", labelled(8, 3))
     write_jsonl(tmp_path / "pool.jsonl", synthetic_rows(30, 4))
-    results = tmp_path / "results"
-    args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
+    return ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
             "--domain-test", str(tmp_path / "t.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
-            "--model", str(tiny_model_dir), "--seeds", "0", "1", "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
-            "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results), "--cache", str(tmp_path / "c"),
-            "--phases", "seeds", "--methods", "random"]
+            "--model", str(model_dir), "--seeds", *seeds, "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
+            "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results), "--cache", str(cache)]
+
+
+def test_methods_filter_runs_only_those_cells(tiny_model_dir, tmp_path, one_thread):
+    results = tmp_path / "results"
+    args = small_domain(tmp_path, tiny_model_dir, results, tmp_path / "c", seeds=("0", "1")) + [
+        "--phases", "seeds", "--methods", "random"]
     assert load_script().main(args) == 0
     # the settings sweep (always first), then seed 1 of random only: no model-based selection ran
     assert sorted(p.stem for p in (results / "select").glob("*.json")) == ["toy_natural_random_sel1"]
@@ -127,16 +132,9 @@ def test_methods_filter_runs_only_those_cells(tiny_model_dir, tmp_path, one_thre
 
 
 def test_select_only_computes_selections_and_no_fine_tunes(tiny_model_dir, tmp_path, one_thread):
-    write_jsonl(tmp_path / "d.jsonl", labelled(6, 1))
-    write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
-    write_jsonl(tmp_path / "t.jsonl", labelled(8, 3))
-    write_jsonl(tmp_path / "pool.jsonl", synthetic_rows(30, 4))
     results = tmp_path / "results"
-    args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
-            "--domain-test", str(tmp_path / "t.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
-            "--model", str(tiny_model_dir), "--seeds", "0", "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
-            "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results), "--cache", str(tmp_path / "c"),
-            "--phases", "seed0", "--methods", "base", "embedding", "preselect-random", "--select-only"]
+    args = small_domain(tmp_path, tiny_model_dir, results, tmp_path / "c") + [
+        "--phases", "seed0", "--methods", "base", "embedding", "preselect-random", "--select-only"]
     mod = load_script()
     assert mod.main(args) == 0
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
@@ -151,20 +149,12 @@ def test_select_only_computes_selections_and_no_fine_tunes(tiny_model_dir, tmp_p
 
 def test_ranks_select_and_index_equal_one_process(tiny_model_dir, tmp_path, one_thread, capfd):
     """--ranks 2: the selections' and the index's model work under torchrun, the same picks as in-process."""
-    write_jsonl(tmp_path / "d.jsonl", labelled(6, 1))
-    write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
-    write_jsonl(tmp_path / "t.jsonl", labelled(8, 3))
-    write_jsonl(tmp_path / "pool.jsonl", synthetic_rows(30, 4))
     mod = load_script()
     picks = {}
     for ranks in (1, 2):
         results = tmp_path / f"results{ranks}"
-        args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
-                "--domain-test", str(tmp_path / "t.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
-                "--model", str(tiny_model_dir), "--seeds", "0", "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
-                "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results),
-                "--cache", str(tmp_path / f"c{ranks}"), "--phases", "seed0", "index", "--methods", "ntk",
-                mod.INDEX_METHOD, "--select-only", "--ranks", str(ranks)]
+        args = small_domain(tmp_path, tiny_model_dir, results, tmp_path / f"c{ranks}") + [
+            "--phases", "seed0", "index", "--methods", "ntk", mod.INDEX_METHOD, "--select-only", "--ranks", str(ranks)]
         assert mod.main(args) == 0
         logged = capfd.readouterr()
         for command in ("select", "index"):  # the torchrun path ran only when asked for
