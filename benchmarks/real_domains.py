@@ -213,7 +213,6 @@ class Bench:
     finished: int = 0
     _session: Any = None
     _pool_rows: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)
-    _train_files: dict[str, list[Path]] = field(default_factory=dict)
 
     def unit(self, kind: str, key: str, definition: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """The cached JSON of this unit when its definition matches; otherwise compute and store it."""
@@ -345,17 +344,19 @@ class Bench:
 
     # -- fine-tunes and evaluations ----------------------------------------------------
 
-    def train(self, run: Run) -> dict[str, Any]:
-        dom = self.domains[run.domain]
-        files = [dom.d_file(run.d_variant)]
+    def _train_inputs(self, run: Run) -> list[Path]:
+        """The fine-tune's files: D, plus the selected rows for a selecting method."""
+        files = [self.domains[run.domain].d_file(run.d_variant)]
         if run.method in SELECTING + (INDEX_METHOD,):
             files.append(Path(self.selection(run)["selected_file"]))
+        return files
+
+    def train(self, run: Run) -> dict[str, Any]:
+        files = self._train_inputs(run)
         definition = {"kind": "train", "files": [str(f) for f in files], "model": self.s.model,
                       "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
                       "rank": self.s.rank, "lr": run.lr, "seed": run.ft, "loss_mean": run.loss_mean}
-        trained = self.unit("train", run.key, definition, lambda: self._train(run, files))
-        self._train_files[run.key] = files
-        return trained
+        return self.unit("train", run.key, definition, lambda: self._train(run, files))
 
     def _ensure_adapter(self, run: Run, trained: dict[str, Any]) -> None:
         """The cached train unit's adapter, refitted when the cache lost it (results outlive the cache):
@@ -363,7 +364,7 @@ class Bench:
         if Path(trained["adapter"], "adapter_config.json").exists():
             return
         log(f"train {run.key}: adapter missing from the cache, refitting it")
-        self._train(run, self._train_files[run.key])
+        self._train(run, self._train_inputs(run))
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
         return finetune_summary(files, self.cache / "adapters" / run.key, model=self.s.model,
@@ -465,25 +466,25 @@ class Bench:
                 continue
             self.defer_busy = True
             try:
-                if self.select_only:
-                    if run.method in SELECTING + (INDEX_METHOD,):
-                        self.selection(run)
-                    continue
-                for split in splits:
-                    self.evaluate(run, split)
+                self._cell(run, splits)
             except UnitBusy as busy:
                 log(f"{busy}: another worker is computing it; coming back to {run.key} later")
                 deferred.append((run, splits))
             finally:
                 self.defer_busy = False
         for run, splits in deferred:
-            if self.select_only:
-                self.selection(run)
-                continue
-            for split in splits:
-                self.evaluate(run, split)
+            self._cell(run, splits)
         self.publish(commit=bool(self.commit_every))
         log("all requested phases done")
+
+    def _cell(self, run: Run, splits: tuple[str, ...]) -> None:
+        """One cell of the plan: only its selection under select_only, else its evaluations."""
+        if self.select_only:
+            if run.method in SELECTING + (INDEX_METHOD,):
+                self.selection(run)
+            return
+        for split in splits:
+            self.evaluate(run, split)
 
     def publish(self, commit: bool) -> None:
         try:
