@@ -76,6 +76,7 @@ SEED0_ORDER = (("base", "domain"), ("ntk", "random"), ("embedding", "preselect-r
 # seed 0 on every domain, beside the paper's mode; the table gives its top-N overlap with ntk's pick
 INDEX_METHOD = "ntk-index"
 TABLE_METHODS = METHODS + (INDEX_METHOD,)
+SELECTION_METHODS = SELECTING + (INDEX_METHOD,)  # the arms whose fine-tune adds selected pool rows to D
 
 
 # ----------------------------------------------------------------------------- settings and keys
@@ -347,7 +348,7 @@ class Bench:
     def _train_inputs(self, run: Run) -> list[Path]:
         """The fine-tune's files: D, plus the selected rows for a selecting method."""
         files = [self.domains[run.domain].d_file(run.d_variant)]
-        if run.method in SELECTING + (INDEX_METHOD,):
+        if run.method in SELECTION_METHODS:
             files.append(Path(self.selection(run)["selected_file"]))
         return files
 
@@ -480,7 +481,7 @@ class Bench:
     def _cell(self, run: Run, splits: tuple[str, ...]) -> None:
         """One cell of the plan: only its selection under select_only, else its evaluations."""
         if self.select_only:
-            if run.method in SELECTING + (INDEX_METHOD,):
+            if run.method in SELECTION_METHODS:
                 self.selection(run)
             return
         for split in splits:
@@ -619,7 +620,7 @@ def build_table(results: Path, s: Settings) -> str:
                   "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | shared with ntk |",
                   "|---|---|---|---|---|"]
         ntk_pick = set(sels.get(f"{name}_natural_ntk_sel0", {}).get("pool_index", []))
-        for m in SELECTING + (INDEX_METHOD,):
+        for m in SELECTION_METHODS:
             r = sels.get(f"{name}_natural_{m}_sel0")
             if r is None:
                 continue
