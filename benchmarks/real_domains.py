@@ -40,6 +40,7 @@ independent units. ``--methods`` limits a worker to some methods.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass, field, replace
@@ -191,6 +192,30 @@ def label_key(answer: str) -> str:
     return answer.strip().rstrip(".!").strip().lower()
 
 
+def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
+    """sha256 of the rows in order: what a selection's pool indices must point at again on a new machine."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def check_same_rows(sel: dict[str, Any], rows: list[dict[str, Any]], where: str) -> None:
+    """Refuse to rewrite a selection's rows from a pool that is not the one it was made from: the indices
+    would silently point at other rows. Checks the rows' fingerprint, or, for selections recorded before
+    it existed, their task counts."""
+    if len(rows) != len(sel["pool_index"]):
+        same = False
+    elif "selected_sha256" in sel:
+        same = rows_fingerprint(rows) == sel["selected_sha256"]
+    else:
+        same = counts([str(r.get("task", "(none)")) for r in rows]) == sel["tasks"]
+    if not same:
+        raise RuntimeError(f"{where}: the pool rows at this selection's indices are not the ones it selected; the pool "
+                           "file changed since (prepare the data again with the same script and seeds, or delete the "
+                           "selection's JSON under --results to select again)")
+
+
 def selection_seed(method: str, seed: int) -> int:
     return 0 if method in DETERMINISTIC else seed
 
@@ -243,6 +268,8 @@ class Bench:
         sel = self.unit("select", run.sel_key, definition, lambda: self._select(run, d_file, n))
         if not Path(sel["selected_file"]).exists():  # results outlive the cache (a new machine has none)
             log(f"select {run.sel_key}: rewriting its selected rows from the cached pool indices")
+            pool = self.pool_rows(dom.pool)
+            check_same_rows(sel, [pool[i] for i in sel["pool_index"] if i < len(pool)], f"{run.sel_key} (pool {dom.pool})")
             self._write_selected(dom.pool, sel["pool_index"], Path(sel["selected_file"]))
         return sel
 
@@ -319,6 +346,7 @@ class Bench:
         labels = {r["response"].strip() for r in read_jsonl(dom.d_file(run.d_variant))}
         label_keys = {label_key(x) for x in labels}
         result = {"pool_index": [int(i) for i in chosen], "selected_file": str(selected),
+                  "selected_sha256": rows_fingerprint(rows),
                   "tasks": counts([str(r.get("task", "(none)")) for r in rows]),
                   "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels]),
                   # the pool writes many of D's answers another way ("Yes." for yes, "C." for C)

@@ -151,3 +151,23 @@ def test_selection_seconds_take_the_stores_time_over_every_run(real_domains):
     # the last run embedded for 5 s of the 102 s its stores took over all runs
     assert mod.selection_seconds({"stage_seconds": stages, "store_seconds": stores}) == 10 + 1 + 153
     assert mod.selection_seconds({"stage_seconds": stages}) == 19.0  # units made before stores kept time
+
+
+def test_rewriting_a_selection_refuses_a_changed_pool(real_domains):
+    mod = real_domains
+    pool = [{"prompt": f"q{i}", "response": "yes" if i % 2 else "no", "task": f"t{i % 3}"} for i in range(9)]
+    chosen = [4, 0, 7]
+    rows = [pool[i] for i in chosen]
+    sel = {"pool_index": chosen, "selected_sha256": mod.rows_fingerprint(rows),
+           "tasks": mod.counts([r["task"] for r in rows])}
+    mod.check_same_rows(sel, rows, "same pool")  # passes
+    edited = [dict(rows[0], response="maybe"), *rows[1:]]  # same tasks, another answer: only the fingerprint sees it
+    with pytest.raises(RuntimeError, match="not the ones it selected"):
+        mod.check_same_rows(sel, edited, "edited pool")
+    with pytest.raises(RuntimeError, match="not the ones it selected"):
+        mod.check_same_rows(sel, rows[:2], "shorter pool")  # an index past its end
+    # a selection recorded before the fingerprint existed is checked by its task counts
+    old = {k: v for k, v in sel.items() if k != "selected_sha256"}
+    mod.check_same_rows(old, edited, "old selection, same tasks")
+    with pytest.raises(RuntimeError, match="old selection"):
+        mod.check_same_rows(old, [pool[2], *rows[1:]], "old selection, other tasks")
