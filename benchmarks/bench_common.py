@@ -33,7 +33,7 @@ def write_text(path: Path, text: str) -> None:
     """Through a temporary file of this process, so a crash or a second writer never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")  # read back as UTF-8 (read_jsonl)
     os.replace(tmp, path)
 
 
@@ -56,6 +56,11 @@ def counts(values: list[str]) -> dict[str, int]:
     for v in values:
         out[v] = out.get(v, 0) + 1
     return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def task_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """How many rows come from each pool task (rows without one count as "(none)")."""
+    return counts([str(r.get("task", "(none)")) for r in rows])
 
 
 def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import downstream_ablations as ablations
 import numpy as np
-from bench_common import cached_unit, counts, finetune_summary, log, read_jsonl, run_select, write_jsonl
+from bench_common import cached_unit, finetune_summary, log, read_jsonl, run_select, task_counts, write_jsonl
 from downstream_data import data_files
 from downstream_publish import publish
 from downstream_settings import Run, Settings, d_tag, selection_key
@@ -98,7 +98,7 @@ class Bench:
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "selected.jsonl", rows)
         return {"selected_file": str(out / "selected.jsonl"), "pool_index": [int(i) for i in chosen],
-                "selected_per_task": counts([str(r.get("task", "(none)")) for r in rows])}
+                "selected_per_task": task_counts(rows)}
 
     def train(self, run: Run) -> dict[str, Any]:
         files = [self.data(run.d, run.prior)["domain"]]

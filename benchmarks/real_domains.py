@@ -63,7 +63,9 @@ from bench_common import (  # noqa: E402
     read_jsonl,
     run_ranks,
     run_select,
+    task_counts,
     write_json,
+    write_jsonl,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +211,7 @@ def check_same_rows(sel: dict[str, Any], rows: list[dict[str, Any]], where: str)
     elif "selected_sha256" in sel:
         same = rows_fingerprint(rows) == sel["selected_sha256"]
     else:
-        same = counts([str(r.get("task", "(none)")) for r in rows]) == sel["tasks"]
+        same = task_counts(rows) == sel["tasks"]
     if not same:
         raise RuntimeError(f"{where}: the pool rows at this selection's indices are not the ones it selected; the pool "
                            "file changed since (prepare the data again with the same script and seeds, or delete the "
@@ -269,8 +271,9 @@ class Bench:
         if not Path(sel["selected_file"]).exists():  # results outlive the cache (a new machine has none)
             log(f"select {run.sel_key}: rewriting its selected rows from the cached pool indices")
             pool = self.pool_rows(dom.pool)
-            check_same_rows(sel, [pool[i] for i in sel["pool_index"] if i < len(pool)], f"{run.sel_key} (pool {dom.pool})")
-            self._write_selected(dom.pool, sel["pool_index"], Path(sel["selected_file"]))
+            rows = [pool[i] for i in sel["pool_index"] if i < len(pool)]
+            check_same_rows(sel, rows, f"{run.sel_key} (pool {dom.pool})")
+            write_jsonl(Path(sel["selected_file"]), rows)
         return sel
 
     def _select(self, run: Run, d_file: Path, n: int) -> dict[str, Any]:
@@ -341,13 +344,13 @@ class Bench:
         dom = self.domains[run.domain]
         pool = self.pool_rows(dom.pool)
         rows = [pool[i] for i in chosen]
-        selected = out / "selected_rows.jsonl"
-        self._write_selected(dom.pool, chosen, selected)
+        selected = out / "selected_rows.jsonl"  # in selection order: what the final fine-tune reads beside D
+        write_jsonl(selected, rows)
         labels = {r["response"].strip() for r in read_jsonl(dom.d_file(run.d_variant))}
         label_keys = {label_key(x) for x in labels}
         result = {"pool_index": [int(i) for i in chosen], "selected_file": str(selected),
                   "selected_sha256": rows_fingerprint(rows),
-                  "tasks": counts([str(r.get("task", "(none)")) for r in rows]),
+                  "tasks": task_counts(rows),
                   "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels]),
                   # the pool writes many of D's answers another way ("Yes." for yes, "C." for C)
                   "answers_like_d_labels": counts([label_key(r["response"]) for r in rows
@@ -362,14 +365,6 @@ class Bench:
                 result["preselected_scores"] = [None if not np.isfinite(x) else float(f"{x:.7g}")
                                                 for x in scores["score"][scores["preselected"]]]
         return result
-
-    def _write_selected(self, pool_path: Path, chosen: list[int], selected: Path) -> None:
-        """The selected pool rows, in selection order: what the final fine-tune reads beside D."""
-        pool = self.pool_rows(pool_path)
-        selected.parent.mkdir(parents=True, exist_ok=True)
-        with open(selected, "w", encoding="utf-8") as fh:
-            for i in chosen:
-                fh.write(json.dumps(pool[i], ensure_ascii=False) + "\n")
 
     # -- fine-tunes and evaluations ----------------------------------------------------
 

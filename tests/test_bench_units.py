@@ -169,5 +169,5 @@ def test_rewriting_a_selection_refuses_a_changed_pool(real_domains):
     # a selection recorded before the fingerprint existed is checked by its task counts
     old = {k: v for k, v in sel.items() if k != "selected_sha256"}
     mod.check_same_rows(old, edited, "old selection, same tasks")
-    with pytest.raises(RuntimeError, match="old selection"):
+    with pytest.raises(RuntimeError, match="old selection, other tasks: the pool rows at this selection.s indices are not"):
         mod.check_same_rows(old, [pool[2], *rows[1:]], "old selection, other tasks")
