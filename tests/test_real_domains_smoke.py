@@ -165,3 +165,30 @@ def test_ranks_select_and_index_equal_one_process(tiny_model_dir, tmp_path, one_
         assert index["report"]["meta"]["rows"] == 30 and index["work_seconds"] > 0
     assert sorted(picks[2]) == ["toy_natural_ntk-index_sel0", "toy_natural_ntk_sel0"]
     assert picks[1] == picks[2]
+
+
+def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
+    """The table's paired intervals on hand-made evaluations whose arms differ: a swapped or
+    misattributed arm changes the printed number (the toy run above cannot see that: its arms agree)."""
+    mod = load_script()
+    truth = "abcabcabca"
+    arms = {  # run key (without the lr/loss tail) -> predictions over the 10 test rows
+        "toy_natural_domain_ft0": "aaaaaaaaaa", "toy_natural_domain_ft1": "aaaaaaaaab",
+        "toy_natural_ntk_sel0_ft0": "abcabcaaaa", "toy_natural_ntk_sel0_ft1": "abcabcabaa",
+        "toy_natural_random_sel0_ft0": "abcaaaaaaa", "toy_natural_random_sel1_ft1": "abcabcabca",
+    }
+    (tmp_path / "eval").mkdir()
+
+    def record(predicted: str) -> dict:
+        acc = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+        return {"n": len(truth), "truth": truth, "predicted": predicted, "accuracy": acc, "balanced_accuracy": acc,
+                "macro_f1": acc, "gold_nll": 1 - acc, "calibrated": {"accuracy": acc, "balanced_accuracy": acc}}
+
+    (tmp_path / "eval" / "toy_natural_domain_ft0_lr0.001_token__valid.json").write_text(json.dumps(record("abcabcabca")))
+    for key, predicted in arms.items():
+        (tmp_path / "eval" / f"{key}_lr0.001_token__test.json").write_text(json.dumps(record(predicted)))
+    table = mod.build_table(tmp_path, mod.Settings(lrs=(1e-3,)))
+    # per row, correctness averaged over the two seeds: ntk 0.85, domain 0.35, random 0.8 of the rows
+    assert "| ntk | 2 | 85.0 ± 7.1 |" in table and "| domain | 2 | 35.0 ± 7.1 |" in table
+    assert "ntk − domain: +50.0 points" in table and "ntk − random: +5.0 points" in table
+    assert "ntk − less" not in table and "ntk − embedding" not in table  # arms without evaluations print nothing
