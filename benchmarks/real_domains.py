@@ -619,8 +619,9 @@ def build_table(results: Path, s: Settings) -> str:
             for k, _ in METRICS:
                 avg.setdefault(m, {}).setdefault(k, []).append(float(np.mean([r[k] for r in rs])))
             avg[m].setdefault("gold_nll", []).append(float(np.mean([r["gold_nll"] for r in rs])))
-        for first, other in (("ntk", "random"), ("ntk", "less"), ("ntk", "embedding"), ("ntk", "domain"),
-                             (INDEX_METHOD, "ntk")):
+        # ntk − preselect-random isolates the NTK score: both draw from the same pre-selected M
+        for first, other in (("ntk", "random"), ("ntk", "less"), ("ntk", "embedding"), ("ntk", "preselect-random"),
+                             ("ntk", "domain"), (INDEX_METHOD, "ntk")):
             bs = paired_bootstrap(group(evals, name, first, "test", lr=lr), group(evals, name, other, "test", lr=lr))
             if bs:
                 lines.append(f"\n{first} − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "

@@ -85,7 +85,7 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert diff == 0.5 and 0 <= lo <= 0.5 <= hi <= 1
     table = (results / "table.md").read_text()
     assert "| ntk | 2 |" in table and "ablations" in table
-    assert all(f"ntk − {m}" in table for m in ("random", "less", "embedding", "domain"))
+    assert all(f"ntk − {m}" in table for m in ("random", "less", "embedding", "preselect-random", "domain"))
     assert "| ntk-index | 1 |" in table and "ntk-index − ntk" in table and "shared with ntk" in table
     assert "share of test rows predicted as each label" in table and "| ntk | meh " in table
     assert (results / "balanced_accuracy.png").exists()
@@ -191,4 +191,5 @@ def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
     # per row, correctness averaged over the two seeds: ntk 0.85, domain 0.35, random 0.8 of the rows
     assert "| ntk | 2 | 85.0 ± 7.1 |" in table and "| domain | 2 | 35.0 ± 7.1 |" in table
     assert "ntk − domain: +50.0 points" in table and "ntk − random: +5.0 points" in table
-    assert "ntk − less" not in table and "ntk − embedding" not in table  # arms without evaluations print nothing
+    # arms without evaluations print no interval
+    assert all(f"ntk − {m}" not in table for m in ("less", "embedding", "preselect-random"))
