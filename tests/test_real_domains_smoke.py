@@ -193,3 +193,8 @@ def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
     assert "ntk − domain: +50.0 points" in table and "ntk − random: +5.0 points" in table
     # arms without evaluations print no interval
     assert all(f"ntk − {m}" not in table for m in ("less", "embedding", "preselect-random"))
+    # preselect-random at 0.9 of the rows against ntk's 0.85: the isolating comparison, with its sign
+    (tmp_path / "eval" / "toy_natural_preselect-random_sel0_ft0_lr0.001_token__test.json").write_text(
+        json.dumps(record("abcabcabcb")))
+    table = mod.build_table(tmp_path, mod.Settings(lrs=(1e-3,)))
+    assert "ntk − preselect-random: -5.0 points" in table
