@@ -86,7 +86,7 @@ VALID = {
     "rank": st.integers(1, 8) | st.just("4"), "lora_alpha": st.floats(0.5, 32) | st.just("1e1"),
     "lora_dropout": st.floats(0, 0.5), "target_modules": st.sampled_from(["q_proj", ["q_proj", "v_proj"], "o_proj"]),
     "seed": st.integers(0, 100), "proj_dim": st.sampled_from([0, 8, 16, "24"]),
-    "objective": st.sampled_from(["ntk", "ntk-all", "ce"]), "logits": st.sampled_from(["auto", "full"]),
+    "objective": st.sampled_from(["ntk", "ntk-all", "ntk-content", "ce"]), "logits": st.sampled_from(["auto", "full"]),
     "store_dtype": st.sampled_from(["float32", "float16"]), "prompt_field": st.just("prompt"),
     "overwrite": st.booleans(), "checkpoint_every": st.integers(0, 10), "quiet": st.booleans(),
     "no_chat_template": st.booleans(),

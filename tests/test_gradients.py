@@ -17,7 +17,7 @@ def encoded_rows(tok, n=6, seed=0, **kw):
     return encode([to_conversation(r, cfg) for r in synthetic_rows(n, seed)], tok, cfg)
 
 
-def reference_gradient(model, enc, pad_id, objective):
+def reference_gradient(model, enc, pad_id, objective, end_of_turn=None):
     """Batch of one, real logits, plain autograd, flattened in named_parameters() order."""
     b = collate([enc], pad_id)
     params = [p for _, p in lora_parameters(model)]
@@ -25,6 +25,9 @@ def reference_gradient(model, enc, pad_id, objective):
     n = b.target_mask.sum()
     if objective == "ntk":
         f = (logits.sum(-1) * b.target_mask).sum() / n
+    elif objective == "ntk-content":  # the positions whose next token is response content, not the end of turn
+        content = b.target_mask & (b.labels != end_of_turn)
+        f = (logits.sum(-1) * content).sum() / content.sum()
     elif objective == "ntk-all":  # every position but the last predicts a real token (one row, no padding)
         f = logits[0, :-1].sum() / (b.input_ids.shape[1] - 1)
     else:
@@ -38,14 +41,16 @@ def rel_err(a, b):
 
 
 @pytest.mark.parametrize("objective,logits", [("ntk", "shortcut"), ("ntk", "full"), ("ntk-all", "shortcut"),
-                                             ("ntk-all", "full"), ("ce", "full")])
+                                             ("ntk-all", "full"), ("ntk-content", "shortcut"),
+                                             ("ntk-content", "full"), ("ce", "full")])
 def test_per_sample_raw_gradients_match_batch_of_one(lora_model, tok, objective, logits):
     encs = encoded_rows(tok)
     batch = collate(encs, tok.pad_token_id)
     with GradientFeaturizer(lora_model, 0, 0, objective, logits) as feat:
         got = feat.features(batch)
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
     for i, e in enumerate(encs):
-        ref = reference_gradient(lora_model, e, tok.pad_token_id, objective)
+        ref = reference_gradient(lora_model, e, tok.pad_token_id, objective, end_of_turn)
         assert got[i].abs().sum() > 0
         assert rel_err(got[i], ref) < 1e-5, (i, rel_err(got[i], ref))
 
@@ -167,3 +172,27 @@ def test_bf16_base_gives_features_close_to_fp32(lora_model, tok):
         assert rel_err(got[i], ref[i]) < 2e-2, (i, rel_err(got[i], ref[i]))
         assert rel_err(got[i], alone[i]) < 2e-2, (i, rel_err(got[i], alone[i]))
     assert rel_err(got, ref) > 0  # really ran in bf16
+
+
+def test_ntk_content_drops_only_the_end_of_turn_position(lora_model, tok):
+    """A one-word answer's ntk-content feature is the gradient at the one position choosing it; rows with
+    a longer answer differ from ntk; a row whose response is one token keeps it."""
+    from ntk_selector.features.gradients import content_mask
+
+    cfg = DataConfig()
+    rows = [{"prompt": "a b c", "response": "d"}, {"prompt": "a b", "response": "c d e f"}]
+    encs = encode([to_conversation(r, cfg) for r in rows], tok, cfg)
+    batch = collate(encs, tok.pad_token_id)
+    mask = content_mask(batch)
+    assert (batch.target_mask.sum(1) - mask.sum(1)).tolist() == [1, 1]
+    last = [int(torch.nonzero(batch.target_mask[b]).max()) for b in range(2)]
+    assert not mask[0, last[0]] and not mask[1, last[1]]
+    assert batch.labels[0, last[0]] == tok.convert_tokens_to_ids("<|im_end|>")
+    one = collate([encs[0]], tok.pad_token_id)
+    one.target_mask[0, last[0] - 1] = False  # the response is now the end-of-turn token alone
+    assert torch.equal(content_mask(one), one.target_mask)
+    with GradientFeaturizer(lora_model, 0, 0, "ntk-content", "full") as feat:
+        content = feat.features(batch)
+    with GradientFeaturizer(lora_model, 0, 0, "ntk", "full") as feat:
+        full = feat.features(batch)
+    assert rel_err(content[0], full[0]) > 1e-3 and rel_err(content[1], full[1]) > 1e-3

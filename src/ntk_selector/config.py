@@ -117,7 +117,7 @@ class TrainConfig:
 @dataclass
 class FeatureConfig:
     proj_dim: int = _f(8192, "projected feature dimension p (0 stores the raw LoRA gradient)", min=0)
-    objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ce: of the mean response cross-entropy (LESS)", choices=("ntk", "ntk-all", "ce"))
+    objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ntk-content: over the response positions but the one predicting the end-of-turn token; ce: of the mean response cross-entropy (LESS)", choices=("ntk", "ntk-all", "ntk-content", "ce"))
     logits: str = _f("auto", "auto: summed-logit shortcut u.h when the head is linear; full: real logits", choices=("auto", "full", "shortcut"))
     store_dtype: str = _f("float32", "dtype of stored features: float32 or float16", choices=("float32", "float16"))
     projection_cache_mb: int = _f(0, "megabytes of +-1 projection matrices kept (int8) on the device; the rest are regenerated per batch; 0: a quarter of the device's free memory", min=0)

@@ -13,6 +13,11 @@ Objectives (per row b, R_b = positions whose logits predict a response token):
   a plain linear map use the real logits ("full"). ``auto`` checks which applies on a probe input.
 - ``ntk-all``: as ``ntk`` but over every position that predicts a real next token (prompt and
   response), for checking what restricting the objective to the response changes.
+- ``ntk-content``: as ``ntk`` without each row's last response position, the one whose logits
+  predict the end-of-turn token (kept when it is the row's only one). For a one-word answer the
+  feature is then that of the position that chooses the answer alone, not half of it the answer
+  word's own position. A row cut at ``max_length`` has no end-of-turn token and loses its last
+  content position instead, one of many.
 - ``ce``: ``f_b`` = mean cross-entropy over R_b (LESS-style gradients).
 """
 
@@ -40,7 +45,8 @@ from ntk_selector.model.loading import lora_parameters
 def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head: SummedLogitHead | None) -> torch.Tensor:
     """f_b for every row of the batch, [B] (rows without response tokens give 0)."""
     if objective in NTK_OBJECTIVES:
-        positions = batch.target_mask if objective == "ntk" else next_token_mask(batch)
+        positions = {"ntk": batch.target_mask, "ntk-all": next_token_mask(batch),
+                     "ntk-content": content_mask(batch)}[objective]
         if head is not None:
             per_pos = head(last_hidden(model, batch))  # [B, T]
         else:
@@ -51,10 +57,20 @@ def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head
         tok = F.cross_entropy(logits.float(), labels, reduction="none")
         per_row = torch.zeros(batch.input_ids.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
         return per_row / batch.target_mask.sum(1).clamp_min(1).float()
-    raise ValueError(f"unknown objective '{objective}' (ntk, ntk-all or ce)")
+    raise ValueError(f"unknown objective '{objective}' (ntk, ntk-all, ntk-content or ce)")
 
 
-NTK_OBJECTIVES = ("ntk", "ntk-all")  # summed-logit objectives (the head shortcut applies)
+NTK_OBJECTIVES = ("ntk", "ntk-all", "ntk-content")  # summed-logit objectives (the head shortcut applies)
+
+
+def content_mask(batch: Batch) -> torch.Tensor:
+    """[B, T] bool: the response positions without each row's last (kept where it is the only one)."""
+    mask = batch.target_mask.clone()
+    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = torch.where(mask, pos, -1).max(1).values
+    rows = torch.nonzero(mask.sum(1) > 1).flatten()
+    mask[rows, last[rows]] = False
+    return mask
 
 
 def next_token_mask(batch: Batch) -> torch.Tensor:
