@@ -22,8 +22,10 @@ Every unit (selection, fine-tune, evaluation) writes one JSON under ``--results`
 big files under ``--cache`` (ignored); a rerun skips finished units and a fine-tune in flight resumes
 from its checkpoint. Phases run most informative first: settings, seed 0 of every method on every
 domain (base and domain only on all domains, then ntk and random, then the other baselines), seeds
-1-2, then the ablations (per-example loss mean; balanced D); ``--phases ... index`` adds ntk against
-an index of the pool built once with the base model (``select --index``, seed 0). ``--estimate`` prints the
+1-2, then the ablations (per-example loss mean; balanced D), then the variants of the method (seed 0,
+beside ntk, never in its place: ``ntk-content``, the NTK objective without the end-of-turn position);
+``--phases ... index`` adds ntk against an index of the pool built once with the base model
+(``select --index``, seed 0). ``--estimate`` prints the
 predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and plot from the JSONs.
 
 Several workers can share one ``--results`` and ``--cache`` (a lock file per unit; a unit another
@@ -78,8 +80,13 @@ SEED0_ORDER = (("base", "domain"), ("ntk", "random"), ("embedding", "preselect-r
 # phase "index": ntk against an index of the pool built once with the base model (select --index),
 # seed 0 on every domain, beside the paper's mode; the table gives its top-N overlap with ntk's pick
 INDEX_METHOD = "ntk-index"
-TABLE_METHODS = METHODS + (INDEX_METHOD,)
-SELECTION_METHODS = SELECTING + (INDEX_METHOD,)  # the arms whose fine-tune adds selected pool rows to D
+# phase "variants": the paper's method with one change, seed 0 on every domain, reported beside ntk (never in
+# its place). ntk-content: the NTK objective without the position that predicts the end-of-turn token
+# (select --objective ntk-content); with D's one-word answers that position is half of D's feature.
+CONTENT_METHOD = "ntk-content"
+VARIANT_METHODS = (CONTENT_METHOD,)
+TABLE_METHODS = METHODS + (INDEX_METHOD,) + VARIANT_METHODS
+SELECTION_METHODS = SELECTING + (INDEX_METHOD,) + VARIANT_METHODS  # the arms whose fine-tune adds selected pool rows to D
 
 
 # ----------------------------------------------------------------------------- settings and keys
@@ -291,12 +298,14 @@ class Bench:
             return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
                     "store_seconds": info.get("store_seconds", {}),
                     "agreement_with_ntk": agree}
-        work = self.cache / "work" / f"{run.domain}_{run.d_variant}"
-        chosen, info = run_select(d_file, dom.pool, out, n, run.method, ranks=self.ranks, model=self.s.model or None,
+        work = self.cache / "work" / f"{run.domain}_{run.d_variant}"  # warm-up, embeddings, pre-selection shared
+        method, extra = run.method, ({"work_dir": str(work)} if run.method != "random" else {})
+        if run.method == CONTENT_METHOD:  # its features get their own store in the shared work folder
+            method, extra = "ntk", {**extra, "objective": "ntk-content"}
+        chosen, info = run_select(d_file, dom.pool, out, n, method, ranks=self.ranks, model=self.s.model or None,
                                   proj_dim=self.s.proj_dim, rank=self.s.rank, seed=run.sel,
                                   decontaminate=str(dom.test), max_length=self.s.max_length,
-                                  token_budget=self.s.token_budget, overwrite=True,
-                                  **({"work_dir": str(work)} if run.method != "random" else {}))
+                                  token_budget=self.s.token_budget, overwrite=True, **extra)
         return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
                 "store_seconds": info.get("store_seconds", {})}
 
@@ -467,9 +476,10 @@ class Bench:
                         for run in self.main_runs(name, self.s.seeds[:1], lrs[name], methods):
                             yield run, ("test", "valid")
                 continue
-            if phase == "index":
+            if phase in ("index", "variants"):
                 for name in self.domains:
-                    yield Run(name, INDEX_METHOD, 0, self.s.seeds[0], lrs[name]), ("test", "valid")
+                    for m in ((INDEX_METHOD,) if phase == "index" else VARIANT_METHODS):
+                        yield Run(name, m, 0, self.s.seeds[0], lrs[name]), ("valid", "test")
                 continue
             for name in self.domains:
                 if phase == "seeds":
@@ -621,7 +631,7 @@ def build_table(results: Path, s: Settings) -> str:
             avg[m].setdefault("gold_nll", []).append(float(np.mean([r["gold_nll"] for r in rs])))
         # ntk − preselect-random isolates the NTK score: both draw from the same pre-selected M
         for first, other in (("ntk", "random"), ("ntk", "less"), ("ntk", "embedding"), ("ntk", "preselect-random"),
-                             ("ntk", "domain"), (INDEX_METHOD, "ntk")):
+                             ("ntk", "domain"), (INDEX_METHOD, "ntk"), (CONTENT_METHOD, "ntk")):
             bs = paired_bootstrap(group(evals, name, first, "test", lr=lr), group(evals, name, other, "test", lr=lr))
             if bs:
                 lines.append(f"\n{first} − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "
@@ -756,6 +766,8 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         hours["seed0"] = hours.get("seed0", 0) + (sel + 5 * arm + domain_arm + test_fwd) / 3600
         hours["seeds"] = hours.get("seeds", 0) + 2 * (5 * arm + domain_arm) / 3600
         hours["ablations"] = hours.get("ablations", 0) + (sel + 2 * (2 * arm + domain_arm)) / 3600
+        # a variant: its features of D and the M = 4N pre-selected candidates, then one arm
+        hours["variants"] = hours.get("variants", 0) + len(VARIANT_METHODS) * (4 * n * mean_sel / rate_train + arm) / 3600
         # the index: every pool row forward+backward once (shared by the domains); per domain one arm
         hours["index"] = hours.get("index", 0) + (0 if "index" in hours else pool.sum() / rate_train / 3600) + arm / 3600
     hours = {k: v for k, v in hours.items() if k in ["settings", *phases]}
@@ -808,7 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-factor", type=int, default=d.n_factor)
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "real_domains"))
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache" / "real_domains"))
-    ap.add_argument("--phases", nargs="+", default=["seed0", "index", "seeds", "ablations"])
+    ap.add_argument("--phases", nargs="+", default=["seed0", "index", "seeds", "ablations", "variants"],
+                    choices=["seed0", "index", "seeds", "ablations", "variants"])
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K units (0: never)")
     ap.add_argument("--methods", nargs="+", default=[], choices=TABLE_METHODS,
                     help="run only these methods' cells (default: all); two workers with disjoint methods can share "

@@ -78,6 +78,15 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert agree["top_n_overlap"] == overlap / 12
     assert all(0 <= agree[k] <= 1 for k in ("recall_in_preselected", "preselected_overlap", "minilm_recall_in_preselected"))
     assert -1 <= agree["spearman_on_paper_candidates"] <= 1
+    # the variant arm: seed 0 only, its own features over the same warm-up and pre-selected M as ntk
+    assert len(mod.group(evals, "toy", mod.CONTENT_METHOD, "test", lr=chosen)) == 1
+    assert len(mod.group(evals, "toy", mod.CONTENT_METHOD, "valid", lr=chosen)) == 1
+    content, paper = sels["toy_natural_ntk-content_sel0"], sels["toy_natural_ntk_sel0"]
+    assert "toy_natural_ntk-content_sel1" not in sels and content["preselected"] == paper["preselected"]
+    features = sorted(k for k in content["store_seconds"] if k.startswith("features"))
+    assert features[0] == "features_ntk-content_domain" and features[1].startswith("features_ntk-content_pool_")
+    assert len(features) == 2 and content["preselected_scores"] != paper["preselected_scores"]
+    assert all(content["store_seconds"][k] == paper["store_seconds"][k] for k in ("embed_domain", "embed_pool"))
     # the bootstrap: hand-made arms whose difference is known
     a = [{"truth": "0000", "predicted": "0000"}]
     b = [{"truth": "0000", "predicted": "0011"}]
@@ -87,6 +96,7 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert "| ntk | 2 |" in table and "ablations" in table
     assert all(f"ntk − {m}" in table for m in ("random", "less", "embedding", "preselect-random", "domain"))
     assert "| ntk-index | 1 |" in table and "ntk-index − ntk" in table and "shared with ntk" in table
+    assert "| ntk-content | 1 |" in table and "ntk-content − ntk" in table
     assert "share of test rows predicted as each label" in table and "| ntk | meh " in table
     assert (results / "balanced_accuracy.png").exists()
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
