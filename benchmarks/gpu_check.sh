@@ -4,9 +4,9 @@
 #   1. projection throughput against the sign-cache budget on Llama-3-8B's LoRA layout
 #      (benchmarks/projection_budget.py);
 #   2. featurize and embed against a plain LoRA forward+backward and a LESS-style batch-of-one loop,
-#      at SmolLM2-135M's shape and at Llama-3-8B's (benchmarks/featurize_speed.py).
-# Each step has its own time limit, so one slow step still leaves the others' results. About six
-# minutes on an H200. Results go to $RESULTS (default benchmarks/results/gpu), one JSON per step and
+#      at SmolLM2-135M's shape (also at larger token budgets) and at Llama-3-8B's (benchmarks/featurize_speed.py).
+# Each step has its own time limit, so one slow step still leaves the others' results. About eight
+# minutes on an H200 (measured 2026-12-04: BENCHMARKS.md, "On a GPU"). Results go to $RESULTS (default benchmarks/results/gpu), one JSON per step and
 # log.txt; copy them into benchmarks/results/gpu and BENCHMARKS.md.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root
@@ -27,8 +27,14 @@ timeout 120 $PY benchmarks/projection_budget.py --device cuda --budgets-mb 0 256
     --out "$RESULTS/projection_budget_gpu.json"
 
 echo "== featurize speed, SmolLM2-135M shape (random weights, bf16)"
-timeout 150 $PY benchmarks/featurize_speed.py --random-config smollm2-135m --no-demo --lengths 128 256 --rows 256 \
+timeout 150 $PY benchmarks/featurize_speed.py --random-config smollm2-135m --no-demo --lengths 128 256 --rows 64 \
     --repeats 2 --json "$RESULTS/featurize_speed_gpu_smollm2.json"
+
+echo "== featurize speed, SmolLM2-135M shape, larger token budgets (batches of 8 are overhead-bound there)"
+for budget in 8192 16384; do
+  timeout 100 $PY benchmarks/featurize_speed.py --random-config smollm2-135m --no-demo --lengths 256 --rows 64 \
+      --repeats 2 --token-budget "$budget" --json "$RESULTS/featurize_speed_gpu_smollm2_budget$budget.json"
+done
 
 echo "== featurize speed, Llama-3-8B shape (random weights, bf16)"
 timeout 200 $PY benchmarks/featurize_speed.py --random-config llama3-8b --no-demo --lengths 256 --rows 64 \
