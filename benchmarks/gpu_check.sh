@@ -4,10 +4,12 @@
 #   1. projection throughput against the sign-cache budget on Llama-3-8B's LoRA layout
 #      (benchmarks/projection_budget.py);
 #   2. featurize and embed against a plain LoRA forward+backward and a LESS-style batch-of-one loop,
-#      at SmolLM2-135M's shape (also at larger token budgets) and at Llama-3-8B's (benchmarks/featurize_speed.py).
+#      at SmolLM2-135M's shape (also at larger token budgets) and at Llama-3-8B's
+#      (benchmarks/featurize_speed.py).
 # Each step has its own time limit, so one slow step still leaves the others' results. About eight
-# minutes on an H200 (measured 2026-12-04: BENCHMARKS.md, "On a GPU"). Results go to $RESULTS (default benchmarks/results/gpu), one JSON per step and
-# log.txt; copy them into benchmarks/results/gpu and BENCHMARKS.md.
+# minutes on an H200 (the sum of the steps' times measured on 2026-12-04: BENCHMARKS.md, "On a GPU").
+# Results go to $RESULTS (default benchmarks/results/gpu), one JSON per step and log.txt; copy them
+# into benchmarks/results/gpu and BENCHMARKS.md.
 #
 #   bash benchmarks/gpu_check.sh            # from the repository root
 set -uo pipefail
