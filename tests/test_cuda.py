@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import synthetic_rows, write_jsonl
-from test_gradients import encoded_rows, reference_gradient, rel_err
+from test_gradients import bf16_base_copy, encoded_rows, reference_gradient, rel_err
+from test_projection import SHAPES
 
 from ntk_selector.features.gradients import GradientFeaturizer
 from ntk_selector.features.projection import FactoredRademacher
@@ -65,7 +66,7 @@ def test_gpu_projected_features_equal_cpu_and_ignore_batching(lora_model, tok):
 
 
 def test_gpu_sign_cache_budget_changes_memory_not_numbers():
-    shapes = [("l0.q.lora_A.weight", (4, 24)), ("l0.q.lora_B.weight", (24, 4)), ("l0.v.lora_A.weight", (4, 24))]
+    shapes = SHAPES[:3]  # 24 x 4 signs each at p = 16, k = 4
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(3, *s, generator=gen) for _, s in shapes]
     outs = []
@@ -84,10 +85,8 @@ def test_gpu_bf16_base_close_to_fp32(lora_model, tok):
     """The GPU default: bf16 base weights (tensor-core products), fp32 LoRA and fp32 features."""
     encs = encoded_rows(tok)
     batch = collate(encs, tok.pad_token_id)
-    half = on_gpu(lora_model)
-    for name, p in half.named_parameters():
-        if "lora_" not in name:
-            p.data = p.data.to(torch.bfloat16)
+    half = bf16_base_copy(lora_model).to(GPU)
+    assert all(p.dtype == torch.float32 for n, p in half.named_parameters() if "lora_" in n)
     with GradientFeaturizer(lora_model, 256, 3, "ntk", "auto", probe=batch) as f32:
         ref = f32.features(batch)
     with GradientFeaturizer(half, 256, 3, "ntk", "auto", probe=batch) as bf16:

@@ -40,6 +40,17 @@ def rel_err(a, b):
     return float((a - b).norm() / b.norm())
 
 
+def bf16_base_copy(model):
+    """A copy of ``model`` with bf16 base weights and its LoRA weights left in fp32 (the GPU default)."""
+    import copy
+
+    half = copy.deepcopy(model)
+    for name, p in half.named_parameters():
+        if "lora_" not in name:
+            p.data = p.data.to(torch.bfloat16)
+    return half
+
+
 @pytest.mark.parametrize("objective,logits", [("ntk", "shortcut"), ("ntk", "full"), ("ntk-all", "shortcut"),
                                              ("ntk-all", "full"), ("ntk-content", "shortcut"),
                                              ("ntk-content", "full"), ("ce", "full")])
@@ -152,14 +163,9 @@ def test_projected_features_are_projection_of_raw(lora_model, tok):
 def test_bf16_base_gives_features_close_to_fp32(lora_model, tok):
     """The GPU default (bf16 base weights, fp32 LoRA, fp32 per-sample products) on CPU: close to
     fp32 features, and a batched row equals the same row alone up to bf16 rounding."""
-    import copy
-
     encs = encoded_rows(tok)
     batch = collate(encs, tok.pad_token_id)
-    half = copy.deepcopy(lora_model)
-    for name, p in half.named_parameters():
-        if "lora_" not in name:
-            p.data = p.data.to(torch.bfloat16)
+    half = bf16_base_copy(lora_model)
     assert all(p.dtype == torch.float32 for _, p in lora_parameters(half))
     with GradientFeaturizer(lora_model, 256, 3, "ntk", "auto", probe=batch) as f32:
         ref = f32.features(batch)
