@@ -1,6 +1,8 @@
 """Per-sample features against a batch-of-one autograd reference; padding/batch invariance;
 summed-logit shortcut == real logits; raw layout == named_parameters order."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,8 +44,6 @@ def rel_err(a, b):
 
 def bf16_base_copy(model):
     """A copy of ``model`` with bf16 base weights and its LoRA weights left in fp32 (the GPU default)."""
-    import copy
-
     half = copy.deepcopy(model)
     for name, p in half.named_parameters():
         if "lora_" not in name:
