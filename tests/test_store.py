@@ -146,9 +146,18 @@ def test_work_seconds_add_up_over_runs_and_survive_a_crash(tmp_path, monkeypatch
         assert s.work_seconds == 45.0
         assert s.finish()
     assert open_store(tmp_path)[2]["work_seconds"] == 45.0
+    with RowStore(tmp_path, 6, 2, "float32", DEF) as s:  # a rerun that finds nothing to do adds no time
+        clock["now"] += 7.0
+        assert s.work_seconds == 45.0 and s.finish()
+    assert open_store(tmp_path)[2]["work_seconds"] == 45.0
     with RowStore(tmp_path, 6, 2, "float32", {**DEF, "seed": 1}, overwrite=True) as s:
         clock["now"] += 2.0
         s.write(np.arange(6), values)
         s.finish()
     assert open_store(tmp_path)[2]["work_seconds"] == 2.0
+    with RowStore(tmp_path, 6, 2, "float32", {**DEF, "seed": 2}, overwrite=True) as s:  # a quick store is not 0 s
+        clock["now"] += 0.004
+        s.write(np.arange(6), values)
+        s.finish()
+    assert open_store(tmp_path)[2]["work_seconds"] == 0.004
     assert time.monotonic() == clock["now"]

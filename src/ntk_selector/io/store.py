@@ -155,6 +155,7 @@ class RowStore:
         self.writer = writer
         self._opened = self._meta_saved = time.monotonic()
         self._work_before = 0.0  # work_seconds of earlier runs on this store (0 for a new one)
+        self._idle = False  # opened complete and nothing written since: this run adds no work time
         self._lock_fh = None
         self._fds: dict[str, int] = {}
         self.repaired = 0  # rows found damaged when opening (their checksum failed) and queued again
@@ -168,6 +169,7 @@ class RowStore:
             self._offsets = {name: _data_offset(self.path / name) for name in (FEATURES, STATUS, CHECKSUMS)}
             if writer:
                 self._verify_and_requeue()
+                self._idle = not (self.status() == PENDING).any()
         except BaseException:
             self.close()
             raise
@@ -329,14 +331,19 @@ class RowStore:
         if empty is not None:
             codes[np.asarray(empty, dtype=bool)[order]] = EMPTY
         self._pwrite(STATUS, rows, codes)
+        self._idle = False
         if self.writer and time.monotonic() - self._meta_saved >= WORK_SECONDS_EVERY:
             self._write_meta(complete=False, status=self.status())  # keeps work_seconds if the run dies
             self._meta_saved = time.monotonic()
 
     @property
     def work_seconds(self) -> float:
-        """Seconds this store has been open for writing, over every run (this one so far included)."""
-        return round(self._work_before + time.monotonic() - self._opened, 1)
+        """Seconds this store has been open for writing, over every run (this one so far included), to
+        the millisecond. A run that finds the store complete and writes nothing (a resume with nothing
+        left to do) adds nothing: rerunning a finished stage leaves its recorded cost as it was."""
+        if self._idle:
+            return self._work_before
+        return round(self._work_before + time.monotonic() - self._opened, 3)
 
     def sync(self) -> None:
         """Push this process's writes to the file system (before another process reads them)."""

@@ -152,7 +152,7 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
         seconds = [float(m.get("work_seconds", 0.0)) for m in (meta_f, read_meta(out / EMBEDDINGS))]
         # one pass fills both stores at once with the model embedder; the other embedders run after it
         work_seconds = max(seconds) if embed_cfg.embedder == "model" else sum(seconds)
-        meta = {"work_seconds": round(work_seconds, 1), "format": FORMAT, "pool": str(pool.path.resolve()) if pool.path.exists() else str(pool.path), "pool_fingerprint": pool.fingerprint, "rows": len(pool),
+        meta = {"work_seconds": round(work_seconds, 3), "format": FORMAT, "pool": str(pool.path.resolve()) if pool.path.exists() else str(pool.path), "pool_fingerprint": pool.fingerprint, "rows": len(pool),
                 "embedder": embed_cfg.embedder, "embed_max_length": embed_cfg.embed_max_length,
                 "definitions": {EMBEDDINGS: emb_def, FEATURES: feat_def},
                 "counts": {"rows": len(pool), "done": int((status == DONE).sum()),
