@@ -168,8 +168,7 @@ class RowStore:
                 self._fds[name] = os.open(self.path / name, os.O_RDWR | os.O_NOFOLLOW)
             self._offsets = {name: _data_offset(self.path / name) for name in (FEATURES, STATUS, CHECKSUMS)}
             if writer:
-                self._verify_and_requeue()
-                self._idle = not (self.status() == PENDING).any()
+                self._idle = not self._verify_and_requeue()
         except BaseException:
             self.close()
             raise
@@ -205,11 +204,12 @@ class RowStore:
         np.save(tmp, sums)
         os.replace(tmp, self.path / CHECKSUMS)
 
-    def _verify_and_requeue(self) -> None:
-        """Mark pending again every written row whose bytes fail their checksum."""
+    def _verify_and_requeue(self) -> bool:
+        """Mark pending again every written row whose bytes fail their checksum. Returns whether
+        any row is pending afterwards (the run has work to do)."""
         status = self.status()
         if not (status != PENDING).any():
-            return
+            return len(status) > 0
         features = np.load(self.path / FEATURES, mmap_mode="r")
         checksums = np.load(self.path / CHECKSUMS)
         bad = bad_rows(features, status, checksums)
@@ -218,6 +218,7 @@ class RowStore:
             self._pwrite(STATUS, np.sort(bad), np.zeros(len(bad), dtype=np.uint8))
             os.fsync(self._fds[STATUS])
             self.repaired = int(len(bad))
+        return bool(len(bad)) or bool((status == PENDING).any())
 
     def _open_or_create(self, overwrite: bool) -> None:
         meta_path = self.path / META
