@@ -540,12 +540,12 @@ def load(results: Path, kind: str) -> dict[str, dict[str, Any]]:
 
 
 def group(evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, variant: str = "main",
-          lr: float | None = None) -> list[dict[str, Any]]:
-    """The evaluations of one arm over its seeds."""
+          lr: float | None = None, seed: int | None = None) -> list[dict[str, Any]]:
+    """The evaluations of one arm over its seeds (``seed``: only that fine-tune seed's)."""
     out = []
     for key, r in evals.items():
         run_key, _, sp = key.partition("__")
-        if sp != split:
+        if sp != split or (seed is not None and method != "base" and f"_ft{seed}_" not in run_key):
             continue
         if method == "base":
             if run_key == f"{domain}_base":
@@ -592,6 +592,32 @@ def chosen_lrs(evals: dict[str, dict[str, Any]], domains: list[str], s: Settings
 
 
 METRICS = (("accuracy", "acc"), ("balanced_accuracy", "bal. acc"), ("macro_f1", "macro-F1"))
+
+
+ABLATION_SETTINGS = (("main", "main (token mean, natural D)"), ("example-loss", "per-example loss mean"),
+                     ("balanced", "balanced D"))
+
+
+def ablation_lines(evals: dict[str, dict[str, Any]], name: str, lr: float) -> list[str]:
+    """The ablations' seed-0 arms beside the main setting's seed-0 runs, with ntk − random in each setting:
+    an ablation reads as the change it makes to that difference."""
+    rows, diffs = [], []
+    for variant, label in ABLATION_SETTINGS:
+        for m in ABLATION_METHODS:
+            rs = group(evals, name, m, "test", variant, lr, seed=0)
+            if rs:
+                rows.append(f"| {label} | {m} | " + " | ".join(f"{100 * rs[0][k]:.1f}" for k, _ in METRICS) +
+                            f" | {rs[0]['gold_nll']:.3f} |")
+        bs = paired_bootstrap(group(evals, name, "ntk", "test", variant, lr, seed=0),
+                              group(evals, name, "random", "test", variant, lr, seed=0))
+        if bs:
+            diffs.append(f"{label}: ntk − random {100 * bs[0]:+.1f} points accuracy "
+                         f"({100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
+    if not any(not r.startswith("| main ") for r in rows):
+        return []
+    return [f"### {name}: ablations (fine-tune seed 0, beside the main setting's seed 0)", "",
+            "| setting | method | acc | bal. acc | macro-F1 | gold NLL |", "|---|---|---|---|---|---|", *rows, "",
+            *(f"- {d}" for d in diffs), ""]
 
 
 def build_table(results: Path, s: Settings) -> str:
@@ -680,16 +706,7 @@ def build_table(results: Path, s: Settings) -> str:
                          ", ".join(f"{k.replace('_', ' ')} " + ("not kept" if v is None else f"{v:.3f}")
                                    for k, v in agree.items()) + ".")
         lines.append("")
-        ablation = []
-        for variant in ("example-loss", "balanced"):
-            for m in ABLATION_METHODS:
-                rs = group(evals, name, m, "test", variant, lr)
-                if rs:
-                    ablation.append(f"| {variant} | {m} | " + " | ".join(mean_std([r[k] for r in rs]) for k, _ in METRICS) +
-                                    f" | {mean_std([r['gold_nll'] for r in rs], 1.0, 3)} |")
-        if ablation:
-            lines += [f"### {name}: ablations (seed 0)", "", "| ablation | method | acc | bal. acc | macro-F1 | gold NLL |",
-                      "|---|---|---|---|---|---|", *ablation, ""]
+        lines += ablation_lines(evals, name, lr)
     complete = [m for m in TABLE_METHODS if m in avg and all(len(v) == len([d for d in domains if d in lrs]) for v in avg[m].values())]
     if complete and len(lrs) > 1:
         lines += ["## Average over the domains (test, %)", "", "| method | acc | bal. acc | macro-F1 | gold NLL |",

@@ -208,3 +208,12 @@ def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
         json.dumps(record("abcabcabcb")))
     table = mod.build_table(tmp_path, mod.Settings(lrs=(1e-3,)))
     assert "ntk − preselect-random: -5.0 points" in table
+    assert "ablations" not in table  # no ablation arm yet: no ablation section
+    # an ablation sits beside the main setting's seed-0 runs (ntk 80%, random 60% of the rows), not the seed means
+    for key, predicted in (("toy_natural_ntk_sel0_ft0", "abcabcabca"), ("toy_natural_random_sel0_ft0", "aaaaaaaaaa")):
+        (tmp_path / "eval" / f"{key}_lr0.001_example__test.json").write_text(json.dumps(record(predicted)))
+    table = mod.build_table(tmp_path, mod.Settings(lrs=(1e-3,)))
+    assert "| main (token mean, natural D) | ntk | 80.0 |" in table and "| main (token mean, natural D) | random | 60.0 |" in table
+    assert "| per-example loss mean | ntk | 100.0 |" in table and "| per-example loss mean | random | 40.0 |" in table
+    assert "- main (token mean, natural D): ntk − random +20.0 points" in table
+    assert "- per-example loss mean: ntk − random +60.0 points" in table and "balanced D" not in table
