@@ -601,19 +601,19 @@ ABLATION_SETTINGS = (("main", "main (token mean, natural D)"), ("example-loss", 
 def ablation_lines(evals: dict[str, dict[str, Any]], name: str, lr: float) -> list[str]:
     """The ablations' seed-0 arms beside the main setting's seed-0 runs, with ntk − random in each setting:
     an ablation reads as the change it makes to that difference."""
-    rows, diffs = [], []
+    rows, diffs, any_ablation = [], [], False
     for variant, label in ABLATION_SETTINGS:
-        for m in ABLATION_METHODS:
-            rs = group(evals, name, m, "test", variant, lr, seed=0)
+        arms = {m: group(evals, name, m, "test", variant, lr, seed=0) for m in ABLATION_METHODS}
+        for m, rs in arms.items():
             if rs:
+                any_ablation |= variant != "main"
                 rows.append(f"| {label} | {m} | " + " | ".join(f"{100 * rs[0][k]:.1f}" for k, _ in METRICS) +
                             f" | {rs[0]['gold_nll']:.3f} |")
-        bs = paired_bootstrap(group(evals, name, "ntk", "test", variant, lr, seed=0),
-                              group(evals, name, "random", "test", variant, lr, seed=0))
+        bs = paired_bootstrap(arms["ntk"], arms["random"])
         if bs:
             diffs.append(f"{label}: ntk − random {100 * bs[0]:+.1f} points accuracy "
                          f"({100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
-    if not any(not r.startswith("| main ") for r in rows):
+    if not any_ablation:
         return []
     return [f"### {name}: ablations (fine-tune seed 0, beside the main setting's seed 0)", "",
             "| setting | method | acc | bal. acc | macro-F1 | gold NLL |", "|---|---|---|---|---|---|", *rows, "",
