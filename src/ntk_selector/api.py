@@ -284,11 +284,12 @@ def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapte
 
 
 def evaluate(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
-             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
-             calibrate: bool = False, **settings: Any) -> dict[str, Any]:
-    """Accuracy on a labelled test set, as ``ntk-selector evaluate``; returns eval.json's contents."""
+             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int | None = None,
+             calibrate: bool = False, task: str = "auto", **settings: Any) -> dict[str, Any]:
+    """Score a test set as ``ntk-selector evaluate`` does (label accuracy, or free-text NLL per token and
+    with ``generate`` ROUGE-L / chrF); returns eval.json's contents."""
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "evaluate",
                               (ModelConfig, DataConfig, RunConfig))
     with _files(data, "test", single=True) as (path,):
         return run_evaluate(path, out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=labels, generate=generate,
-                            max_new_tokens=max_new_tokens, calibrate=calibrate)
+                            max_new_tokens=max_new_tokens, calibrate=calibrate, task=task)
