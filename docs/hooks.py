@@ -37,6 +37,7 @@ def settings_table() -> str:
     """One table per config section: flag, YAML key section, default, help."""
     sys.path.insert(0, str(ROOT / "src"))
     from ntk_selector import config
+    from ntk_selector.settings import SUBCOMMAND_DEFAULTS
 
     names = {}
     for name, section in config.SECTION_NAMES.items():
@@ -54,6 +55,9 @@ def settings_table() -> str:
                 text += f" (one of: {', '.join(map(str, meta['choices']))})"
             out.append(f"| {', '.join(f'`{x}`' for x in flags)} | `{default!r}` | {text} |")
         out.append("")
+    own = "; ".join(f"`{cmd}`: " + ", ".join(f"`{config.flag(k)} {v}`" for k, v in values.items())
+                    for cmd, values in SUBCOMMAND_DEFAULTS.items())
+    out.append(f"Commands with defaults of their own (their `--help` shows them): {own}.")
     return "\n".join(out)
 
 
