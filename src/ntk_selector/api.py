@@ -413,33 +413,37 @@ def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapte
 
 
 def evaluate(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
-             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
-             calibrate: bool = False, **settings: Any) -> dict[str, Any]:
-    """Accuracy on a labelled test set, as ``ntk-selector evaluate``.
+             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int | None = None,
+             calibrate: bool = False, task: str = "auto", **settings: Any) -> dict[str, Any]:
+    """Score a test set as ``ntk-selector evaluate`` does; writes ``eval.json`` and ``predictions.jsonl``.
 
-    Each allowed label is scored by its log-likelihood after the prompt (or, with ``generate=True``,
-    greedy answers are compared by exact match).
+    Label answers are scored by each allowed label's log-likelihood after the prompt (accuracy);
+    free-text answers by the NLL per response token (and with ``generate`` ROUGE-L / chrF).
 
     Args:
         data: The test records: a path, a list of dicts or a ``datasets.Dataset``.
-        out: The folder for ``eval.json``.
+        out: The folder for ``eval.json`` and ``predictions.jsonl``.
         model: An HF model folder or hub id; None for the packaged default model.
         adapter: A PEFT adapter folder (the fine-tune to evaluate); None for the base model.
         labels: The allowed labels; None for the distinct responses of the test set.
-        generate: Generate greedy answers instead of scoring the labels.
-        max_new_tokens: The generation length with ``generate=True``.
-        calibrate: Also report contextually calibrated scores (content-free prompts' prior subtracted).
+        generate: Also generate greedy answers (exact match for labels; ROUGE-L, chrF and exact match
+            for free text).
+        max_new_tokens: The generation length with ``generate=True``; None for the default of the task.
+        calibrate: Also report contextually calibrated label scores (content-free prompts' prior
+            subtracted).
+        task: ``classification``, ``generation`` or ``auto`` (labels when the test answers look like
+            labels); ``eval.json`` says which was used and why.
         **settings: Settings by flag name (``max_length``, ``device``, ``dtype``, ...).
 
     Returns:
-        ``eval.json``'s contents: ``accuracy``, ``balanced_accuracy``, ``macro_f1``, per-class counts,
-        the confusion matrix and ``gold_nll``.
+        ``eval.json``'s contents: for labels ``accuracy``, ``balanced_accuracy``, ``macro_f1``,
+        per-class counts, the confusion matrix and ``gold_nll``; the task used and why.
 
     Raises:
-        UserError: A bad setting or record.
+        UserError: A bad setting or record, or ``out`` holds the evaluation of other data.
     """
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "evaluate",
                               (ModelConfig, DataConfig, RunConfig))
     with _files(data, "test", single=True) as (path,):
         return run_evaluate(path, out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=labels, generate=generate,
-                            max_new_tokens=max_new_tokens, calibrate=calibrate)
+                            max_new_tokens=max_new_tokens, calibrate=calibrate, task=task)
