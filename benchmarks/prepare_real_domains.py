@@ -401,28 +401,38 @@ def p3_pool_rows(fit: Fitter, size: int, seed: int) -> tuple[list[Row], dict[str
         if not fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES):
             by_template.setdefault(r["task"], []).append({"prompt": r["prompt"], "response": r["response"].strip(),
                                                           "task": r["task"], "source": "p3_t0"})
-    fitting: dict[str, list[Row]] = {}
+    # candidates are tokenized lazily, a few at a time per template, so a small pool costs little
+    state = {task: {"rows": by_template[task], "next": 0, "ready": []} for task in sorted(by_template)}
+    for task, st in state.items():
+        random.Random(f"{seed}-{task}").shuffle(st["rows"])
     too_long = 0
-    for task in sorted(by_template):
-        cands = by_template[task]
-        random.Random(f"{seed}-{task}").shuffle(cands)
-        ok = fit.fits(cands)
-        too_long += sum(not x for x in ok)
-        fitting[task] = [r for r, keep in zip(cands, ok) if keep and r["response"]]
+
+    def take(task: str) -> Row | None:
+        nonlocal too_long
+        st = state[task]
+        while not st["ready"] and st["next"] < len(st["rows"]):
+            chunk = st["rows"][st["next"]: st["next"] + 16]
+            st["next"] += len(chunk)
+            ok = fit.fits(chunk)
+            too_long += sum(not x for x in ok)
+            st["ready"].extend(r for r, keep in zip(chunk, ok) if keep and r["response"])
+        return st["ready"].pop(0) if st["ready"] else None
+
     picked: list[Row] = []
-    taken = {t: 0 for t in fitting}
-    while len(picked) < size:  # round robin: every template gives one more row in turn while it has rows
-        progressed = False
-        for task in sorted(fitting):
-            if len(picked) < size and taken[task] < len(fitting[task]):
-                picked.append(fitting[task][taken[task]])
-                taken[task] += 1
-                progressed = True
-        if not progressed:
-            break
+    open_tasks = list(state)
+    while len(picked) < size and open_tasks:  # round robin: every template gives one more row in turn while it has rows
+        for task in list(open_tasks):
+            if len(picked) >= size:
+                break
+            row = take(task)
+            if row is None:
+                open_tasks.remove(task)
+            else:
+                picked.append(row)
     info = {"source_rows": len(rows), "templates": len(by_template),
             "held_out_rows": sum(fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) for r in rows),
-            "rows_too_long": too_long, "drawn": len(picked)}
+            "rows_too_long_seen": too_long, "drawn": len(picked),
+            "templates_drawn": len({r["task"] for r in picked})}
     return picked, info
 
 
