@@ -43,7 +43,7 @@ from ntk_selector.errors import UserError
 from ntk_selector.io.files import refuse_replacing, write_text_atomic
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
-from ntk_selector.io.tokens import Conversation, encode, plan_batches
+from ntk_selector.io.tokens import Conversation, Encoded, encode, plan_batches
 from ntk_selector.model.session import Session
 
 OTHER = "(other)"  # generated answers outside the label set
@@ -331,7 +331,7 @@ def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: S
 def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, generate: bool,
                   max_new_tokens: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Free-text answers: the gold response's NLL per token; with ``generate``, greedy answers and their metrics."""
-    from ntk_selector.analysis.text_metrics import generation_summary, nll_summary, response_nll
+    from ntk_selector.analysis.text_metrics import generation_summary, nll_summary
 
     tok, model, quiet = session.tokenizer, session.model, session.run.quiet
     encoded = encode(test.conversations, tok, data_cfg)
@@ -354,6 +354,14 @@ def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, gene
                         "max_new_tokens": limit})
         rows = [{**r, **g} for r, g in zip(rows, gen_rows)]
     return summary, rows
+
+
+def response_nll(model: Any, encoded: Sequence[Encoded], pad_id: int, data_cfg: DataConfig, *,
+                 quiet: bool = True) -> np.ndarray:
+    """Summed negative log-likelihood (nats) of each row's response tokens given its prompt."""
+    prompts = [e.input_ids[: e.response_start] for e in encoded]
+    responses = [[e.input_ids[e.response_start :]] for e in encoded]
+    return -label_log_likelihoods(model, prompts, responses, pad_id, data_cfg, quiet=quiet)[:, 0]
 
 
 def evaluate_labels(session: Session, test: Records, data_cfg: DataConfig, truth: list[str], *,

@@ -22,21 +22,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ntk_selector.config import DataConfig
 from ntk_selector.io.tokens import TRUNCATION, Encoded
 
 # rouge-score's own name for the longest-common-subsequence score over the whole text
 ROUGE_TYPE = "rougeL"
-
-
-def response_nll(model: Any, encoded: Sequence[Encoded], pad_id: int, data_cfg: DataConfig, *,
-                 quiet: bool = True) -> np.ndarray:
-    """Summed negative log-likelihood (nats) of each row's response tokens given its prompt."""
-    from ntk_selector.analysis.evaluate import label_log_likelihoods
-
-    prompts = [e.input_ids[: e.response_start] for e in encoded]
-    responses = [[e.input_ids[e.response_start :]] for e in encoded]
-    return -label_log_likelihoods(model, prompts, responses, pad_id, data_cfg, quiet=quiet)[:, 0]
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
