@@ -133,7 +133,7 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
 
             def work(store: PairStore, d: distributed.Dist) -> int:
                 return run_rows(pool.conversations, session.tokenizer, data_cfg, store, compute, desc="index pool",
-                                quiet=quiet, rank=d.rank, world=d.world)
+                                quiet=quiet, rank=d.rank, world=d.world, device=next(session.model.parameters()).device)
 
             try:
                 computed = fill_with(open_pair, work, extra={"logits_mode": feat.logits_mode,

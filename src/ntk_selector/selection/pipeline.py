@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ntk_selector import distributed
+from ntk_selector.features import budget
 from ntk_selector.config import (
     DataConfig,
     check_together,
@@ -110,7 +111,8 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
     lock = distributed.on_main(lambda: take_lock(out))
     try:
         distributed.on_main(lambda: check_output_folder(out, domain, pool, cfg))  # again, now that we hold the lock
-        return _select_locked(domain, pool, filt, out, stages, cfg, clock, pool_path)
+        with budget.recording():  # the token budget each stage chose, for run.json
+            return _select_locked(domain, pool, filt, out, stages, cfg, clock, pool_path)
     finally:
         release_lock(lock)
 

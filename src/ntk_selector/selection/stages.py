@@ -72,6 +72,11 @@ def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataC
 # ----------------------------------------------------------------------------- embed / featurize
 
 
+def model_device(model: Any) -> Any:
+    """The device a model's parameters are on (where a stage's batches run)."""
+    return next(model.parameters()).device
+
+
 EMBEDDERS = ("model", "minilm")
 
 
@@ -113,7 +118,7 @@ def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, d
     def work(store: RowStore, d: distributed.Dist) -> int:
         return run_rows(records.conversations, session.tokenizer, data_cfg, store,
                         lambda b: mean_pooled(session.model, b, embed_max_length),
-                        desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
+                        desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world, device=model_device(session.model))
 
     return fill_store(out, len(records), dim, "float32", definition, session.run.overwrite, work)
 
@@ -143,7 +148,7 @@ def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfi
 
         def work(store: RowStore, d: distributed.Dist) -> int:
             return run_rows(records.conversations, session.tokenizer, data_cfg, store, feat.features, desc=desc,
-                            quiet=session.run.quiet, rank=d.rank, world=d.world)
+                            quiet=session.run.quiet, rank=d.rank, world=d.world, device=model_device(session.model))
 
         computed = fill_store(out, len(records), feat.out_dim, feat_cfg.store_dtype, definition, session.run.overwrite, work,
                               extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]})
