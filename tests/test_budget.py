@@ -238,3 +238,55 @@ def test_run_json_keeps_each_stages_budget(tiny_model_dir, small_files, tmp_path
                  "--token-budget", "300"]) == 0
     record = json.loads((out2 / "run.json").read_text())["token_budget"]
     assert record["setting"] == 300 and set(record["stages"].values()) == {300}
+
+
+# ----------------------------------------------------------------------------- one encoding a row a stage
+
+
+def test_each_row_is_tokenized_once_a_stage(tiny_model_dir, tmp_path, monkeypatch):
+    """The data check before a stage and the stage's run share one encoding of every row (the
+    featurizer's probe rows too): counted by the texts handed to the tokenizer."""
+    import csv
+    from collections import Counter
+
+    from transformers import PreTrainedTokenizerBase
+
+    seen: Counter = Counter()
+    real = PreTrainedTokenizerBase.__call__
+
+    def counting(self, text=None, *args, **kwargs):
+        for t in [text] if isinstance(text, str) else list(text or []):
+            seen[t] += 1
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", counting)
+    d_rows = [{"prompt": f"domain question {i} about things", "response": f"domain reply {i} zq"} for i in range(10)]
+    p_rows = [{"prompt": f"pool question {i} of kind {i % 3}", "response": f"pool reply {i} zq"} for i in range(30)]
+    domain = write_jsonl(tmp_path / "d.jsonl", d_rows)
+    pool = write_jsonl(tmp_path / "p.jsonl", p_rows)
+    common = ["--model", str(tiny_model_dir), "--quiet", "--lora-rank", "4"]
+
+    def counts(rows):
+        return [seen[r["response"]] for r in rows]
+
+    runs = {
+        "warmup": (["warmup", "--domain", str(domain), "--out", str(tmp_path / "w"), "--batch-size", "4"], d_rows),
+        "train": (["train", "--data", str(domain), "--data", str(pool), "--out", str(tmp_path / "t"), "--batch-size", "8"],
+                  d_rows + p_rows),
+        "embed": (["embed", "--data", str(pool), "--out", str(tmp_path / "e")], p_rows),
+        "featurize": (["featurize", "--data", str(pool), "--out", str(tmp_path / "f"), "--proj-dim", "32"], p_rows),
+    }
+    for name, (argv, rows) in runs.items():
+        seen.clear()
+        assert main(argv + common) == 0, name
+        assert counts(rows) == [1] * len(rows), name
+
+    seen.clear()
+    out = tmp_path / "sel"
+    assert main(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--n", "3",
+                 "--proj-dim", "32", "--batch-size", "4", *common]) == 0
+    with open(out / "scores.csv") as fh:
+        pre = [row["preselected"] in ("1", "True", "true") for row in csv.DictReader(fh)]
+    assert sum(pre) == 12
+    assert counts(d_rows) == [3] * len(d_rows)  # warm-up, embed, featurize: once each
+    assert counts(p_rows) == [1 + p for p in pre]  # embed; featurize for the pre-selected candidates

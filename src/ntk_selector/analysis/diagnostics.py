@@ -129,7 +129,8 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
                   ) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, Any]]:
     """Warm up the (fresh) LoRA of ``model`` on the domain as the ``warmup`` stage does, measuring the
     probe kernel along the way. Returns the curve, the probe features at the last step, and training stats."""
-    n_train = sum(e.n_response_tokens > 0 for e in encode(domain.conversations, tokenizer, data_cfg))
+    encoded = encode(domain.conversations, tokenizer, data_cfg)  # once: the count and the warm-up share it
+    n_train = sum(e.n_response_tokens > 0 for e in encoded)
     total = len(epoch_batches(n_train, train_cfg.batch_size, train_cfg.epochs, seed)) if n_train else 0
     measure = set(stability_steps(total, diag.stability_points))
     pad = tokenizer.pad_token_id
@@ -151,7 +152,7 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
             state["features"] = f
 
         stats = train_lora(model, tokenizer, domain.conversations, data_cfg, train_cfg, seed, quiet=quiet,
-                           desc="warm-up (stability)", on_step=on_step)
+                           desc="warm-up (stability)", on_step=on_step, encoded=encoded)
     for point in curve:
         point["loss"] = stats["losses"][point["step"] - 1] if point["step"] > 0 else None
     return curve, state["features"], {k: v for k, v in stats.items() if k != "losses"}

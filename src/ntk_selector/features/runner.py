@@ -24,7 +24,7 @@ from ntk_selector import distributed
 from ntk_selector.config import DataConfig
 from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.store import PENDING, RowStore
-from ntk_selector.io.tokens import Batch, Conversation, collate, encode, plan_batches
+from ntk_selector.io.tokens import Batch, Conversation, Encoded, collate, encode, encode_rows, plan_batches
 
 CHUNK_ROWS = 4096
 # Seconds to sleep after each written batch: lets the crash-safety tests kill a run mid-way.
@@ -42,13 +42,14 @@ def _pending_chunks(status: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]
 
 def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: DataConfig, store: RowStore,
              compute: Callable[[Batch], torch.Tensor], *, desc: str = "rows", quiet: bool = False,
-             rank: int = 0, world: int = 1, device: torch.device | None = None) -> int:
+             rank: int = 0, world: int = 1, device: torch.device | None = None, known: Sequence[Encoded] = ()) -> int:
     """Compute ``compute(batch) -> [B, dim]`` for this rank's pending rows; return rows computed here.
 
     ``device``: where ``compute`` runs, for ``--token-budget auto`` (budget.TokenBudget): sized once,
     on the first pending chunk, and used for every chunk's plan; after an out-of-memory error this
     rank computes its planned batches in smaller pieces (the plan, and so which rank computes which
-    batch, stays the same)."""
+    batch, stays the same). ``known``: encodings of the first rows made earlier in the stage (the
+    featurizer's probe), reused so each row is tokenized once a stage."""
     status = store.status()
     pad_id = tokenizer.pad_token_id
     delay = float(os.environ.get(DELAY_ENV) or 0.0)
@@ -57,7 +58,7 @@ def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: Da
     with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
               dynamic_ncols=True) as bar:
         for c, start, todo in _pending_chunks(status):
-            encoded = encode(conversations[start : start + len(todo)], tokenizer, data_cfg)
+            encoded = encode_rows(conversations, start, start + len(todo), tokenizer, data_cfg, known)
             lengths = [e.length for e in encoded]
 
             def run(members: list[int], encoded: list = encoded) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ntk_selector.io.formats import OUTPUT_FORMATS
 from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import EMPTY, open_store, read_meta
-from ntk_selector.io.tokens import check_response_tokens, encode
+from ntk_selector.io.tokens import encode, encode_checked
 from ntk_selector.model.loading import load_tokenizer, model_path
 from ntk_selector.model.session import Session
 from ntk_selector.selection.filters import PoolFilter, pool_filter
@@ -127,8 +127,9 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
     session = Session(cfg.model, cfg.lora, cfg.run)
     with clock("warmup"):
         def warm() -> dict[str, Any]:
-            check_response_tokens([domain], session.load_tokenizer(), cfg.data)  # warns before any model work
-            return warmup(session, domain, stages / "warmup", cfg.data, cfg.train, checked=True)
+            # warns before any model work; the warm-up trains on these encodings (the domain is tokenized once)
+            encoded = encode_checked([domain], session.load_tokenizer(), cfg.data)[0]
+            return warmup(session, domain, stages / "warmup", cfg.data, cfg.train, encoded=encoded)
 
         warm_stats = distributed.on_main(warm)
     with clock("load model"):
