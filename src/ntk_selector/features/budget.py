@@ -177,6 +177,8 @@ class TokenBudget:
 
     def _measure(self, lengths: Sequence[int], run: Callable[[list[int]], Any]) -> tuple[int, str]:
         members = probe_rows(lengths)
+        if not members:
+            return CPU_BUDGET, "auto: no rows to measure"
         while True:
             try:
                 run(members)  # first call: allocates what the stage keeps (projection signs, head vector)
