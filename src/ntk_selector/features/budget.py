@@ -155,10 +155,6 @@ class TokenBudget:
         self.planned: int | None = None  # the budget batches are planned with: fixed once resolved
         self.how = "--token-budget"
 
-    @property
-    def auto(self) -> bool:
-        return self.setting == AUTO
-
     def resolve(self, lengths: Sequence[int], run: Callable[[list[int]], Any]) -> int:
         """The budget: the number given, 2048 on a CPU, or measured on a CUDA device with ``run(members)``
         (the stage's own work on rows ``members`` of ``lengths``). The same on every rank."""

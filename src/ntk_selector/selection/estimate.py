@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ntk_selector.errors import UserError
 from ntk_selector.features.budget import TokenBudget
 from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.runner import CHUNK_ROWS
@@ -154,6 +155,9 @@ def _warmup_rate(model: Any, tok: Any, d_sample: Records, d_enc: list[Encoded], 
 
     bs = cfg.train.batch_size
     usable = [i for i, e in enumerate(d_enc) if e.n_response_tokens > 0]
+    if not usable:
+        raise UserError(f"{d_sample.path}: no sampled example has response tokens left (empty responses, or all "
+                        f"truncated away at --max-length {cfg.data.max_length}); raise --max-length")
     by_length = sorted(usable, key=lambda i: (d_enc[i].length, i))
     want = min(len(by_length), bs * (batches + 1))
     picked = sorted({by_length[int(j * len(by_length) / want)] for j in range(want)}) if want else []
