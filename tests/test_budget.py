@@ -290,3 +290,37 @@ def test_each_row_is_tokenized_once_a_stage(tiny_model_dir, tmp_path, monkeypatc
     assert sum(pre) == 12
     assert counts(d_rows) == [3] * len(d_rows)  # warm-up, embed, featurize: once each
     assert counts(p_rows) == [1 + p for p in pre]  # embed; featurize for the pre-selected candidates
+
+
+def test_evaluate_backs_off_on_out_of_memory_with_the_same_scores(lora_model, tok, capsys):
+    """Label scoring whose forward runs out of memory above 150 padded tokens: the batches are
+    retried in pieces and every score equals the run that never ran out."""
+    import random
+
+    from ntk_selector.analysis.evaluate import label_log_likelihoods, prompt_and_label_ids
+    from ntk_selector.io.tokens import Conversation
+
+    rng = random.Random(0)
+    convs = [Conversation([{"role": "user", "content": " ".join(rng.choice("abc def ghij k".split()) for _ in range(n))}], "x")
+             for n in (1, 4, 9, 17, 2, 30, 6, 3)]
+    cfg = DataConfig(max_length=4096, token_budget=4096, max_batch_size=8)
+    prompts, label_ids, _ = prompt_and_label_ids(convs, ["yes", "no"], tok, cfg)
+    want = label_log_likelihoods(lora_model, prompts, label_ids, tok.pad_token_id, cfg)
+    real = lora_model.forward
+    sizes: list[int] = []
+
+    def forward(*args, **kwargs):
+        tokens = int(kwargs["input_ids"].numel())
+        if tokens > 150:
+            raise oom()
+        sizes.append(tokens)
+        return real(*args, **kwargs)
+
+    lora_model.forward = forward
+    try:
+        got = label_log_likelihoods(lora_model, prompts, label_ids, tok.pad_token_id, cfg, quiet=False)
+    finally:
+        lora_model.forward = real
+    assert sizes and max(sizes) <= 150
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert "token budget for evaluate: " in capsys.readouterr().err  # halved at least once
