@@ -16,6 +16,7 @@ from peft import get_peft_model
 from torch.profiler import ProfilerActivity, profile
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig
+from ntk_selector.features.budget import resolve_setting
 from ntk_selector.features.gradients import GradientFeaturizer
 from ntk_selector.io.tokens import collate, plan_batches
 from ntk_selector.model.loading import load_base_model, lora_config
@@ -31,7 +32,7 @@ def main() -> None:
     model.eval()
     rows = fixed_rows(16, length, tok.vocab_size, length)
     batches = [collate([rows[i] for i in idx], tok.pad_token_id)
-               for idx in plan_batches([r.length for r in rows], data_cfg.token_budget, data_cfg.max_batch_size)]
+               for idx in plan_batches([r.length for r in rows], resolve_setting(data_cfg.token_budget), data_cfg.max_batch_size)]
     with GradientFeaturizer(model, 8192, 0, "ntk", "auto", probe=batches[0]) as feat:
         for b in batches:  # warm-up pass
             feat.features(b)

@@ -201,11 +201,17 @@ def test_estimate_numbers(tiny_model_dir, small_files):
     tok = load_tokenizer(str(tiny_model_dir))
     pool_tokens = sum(e.length for e in encode(list(Records.load(pool, DataConfig()).conversations), tok, DataConfig()))
     stages = {s["stage"]: s for s in est["stages"]}
-    # the pool sample (64 rows >= 40) covers the whole pool, so tokens are exact
+    # the pool sample (up to 1024 rows >= 40) covers the whole pool, so tokens are exact
     assert stages["embed"]["tokens"] - round(est["mean_tokens"]["domain"] * 8) == pytest.approx(pool_tokens, abs=1)
-    # warm-up: ceil(8 / 4) steps a epoch x 2 epochs at the timed seconds per step
-    assert stages["warm-up"]["seconds"] == pytest.approx(4 * est["timed"]["warmup_step_seconds"])
-    assert stages["featurize"]["seconds"] == pytest.approx(24 * est["timed"]["featurize_row_seconds"])
+    # warm-up: ceil(8 / 4) steps a epoch x 2 epochs; seconds: the timed rate x the steps' padded tokens
+    assert est["timed"]["warmup_steps"] == 4
+    assert stages["warm-up"]["seconds"] == pytest.approx(stages["warm-up"]["padded_tokens"]
+                                                         * est["timed"]["warmup_padded_token_seconds"])
+    # featurize: the domain's 8 rows and the M = 16 candidates, at their batch plans' padded tokens
+    assert stages["featurize"]["padded_tokens"] >= stages["featurize"]["tokens"]
+    assert stages["featurize"]["seconds"] == pytest.approx(stages["featurize"]["padded_tokens"]
+                                                           * est["timed"]["featurize_padded_token_seconds"], rel=1e-3)
+    assert est["token_budget"] == {"embed": 2048, "featurize": 2048}  # auto on a CPU
     assert all(s["seconds"] >= 0 for s in est["stages"])
 
 

@@ -100,7 +100,7 @@ class DataConfig:
     subset: str | None = _f(None, "subset (configuration name) of a hub dataset")
     max_length: int = _f(512, "truncate tokenized examples to this many tokens", min=2)
     no_chat_template: bool = _f(False, "tokenize prompt + response + EOS instead of the chat template")
-    token_budget: int = _f(2048, "max padded tokens per batch (batch size x longest row); backward memory grows ~1 MB per token for a 135M model", min=1)
+    token_budget: int | str = _f("auto", "max padded tokens per batch (batch size x longest row), or auto: 2048 on a CPU, sized to the free memory on a GPU (measured on the first batch, halved on out-of-memory)", min=1, words=("auto",))
     max_batch_size: int = _f(64, "max rows per batch", min=1)
 
     def __post_init__(self) -> None:
@@ -516,6 +516,11 @@ def check_setting(name: str, value: Any, where: str | None = None) -> Any:
     f = _field_info(name)
     where = where or flag(name)
     kind = str(f.type).replace(" ", "")
+    words = f.metadata.get("words", ())
+    if words:  # a number, or one of these words (token_budget: a number or auto)
+        if isinstance(value, str) and value.strip().lower() in words:
+            return value.strip().lower()
+        kind = kind.removesuffix("|str")
     optional = kind.endswith("|None")
     kind = kind.removesuffix("|None")
     if value is None:
@@ -535,7 +540,12 @@ def check_setting(name: str, value: Any, where: str | None = None) -> Any:
     if isinstance(value, (list, tuple, dict)):
         raise ConfigError(f"{where} must be a single {'number' if kind in ('int', 'float') else 'value'}, "
                           f"got {_describe(value)}")
-    out = _scalar(kind, value, where)
+    try:
+        out = _scalar(kind, value, where)
+    except ConfigError as e:
+        if not words:
+            raise
+        raise ConfigError(str(e).replace(" must be a whole number,", f" must be a whole number or {' or '.join(words)},")) from None
     _in_range(out, f.metadata, where)
     return out
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ntk_selector.analysis.entk import choose_outputs, exact_entk, output_head
 from ntk_selector.config import DataConfig, DiagnoseConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
 from ntk_selector.errors import UserError
+from ntk_selector.features.budget import resolve_setting
 from ntk_selector.features.gradients import GradientFeaturizer
 from ntk_selector.features.kernels import (
     cosine_normalize,
@@ -113,7 +114,8 @@ def choose_probe(domain: Records, pool: Records, rows: int, seed: int, tokenizer
 
 
 def probe_kernel_features(feat: GradientFeaturizer, probe: Probe, pad_id: int, data_cfg: DataConfig) -> torch.Tensor:
-    return rows_features(feat.features, probe.encoded, pad_id, data_cfg.token_budget, data_cfg.max_batch_size)
+    return rows_features(feat.features, probe.encoded, pad_id, data_cfg.token_budget, data_cfg.max_batch_size,
+                         device=next(feat.model.parameters()).device, stage="probe features", quiet=True)
 
 
 def stability_steps(total_steps: int, points: int) -> list[int]:
@@ -127,7 +129,8 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
                   ) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, Any]]:
     """Warm up the (fresh) LoRA of ``model`` on the domain as the ``warmup`` stage does, measuring the
     probe kernel along the way. Returns the curve, the probe features at the last step, and training stats."""
-    n_train = sum(e.n_response_tokens > 0 for e in encode(domain.conversations, tokenizer, data_cfg))
+    encoded = encode(domain.conversations, tokenizer, data_cfg)  # once: the count and the warm-up share it
+    n_train = sum(e.n_response_tokens > 0 for e in encoded)
     total = len(epoch_batches(n_train, train_cfg.batch_size, train_cfg.epochs, seed)) if n_train else 0
     measure = set(stability_steps(total, diag.stability_points))
     pad = tokenizer.pad_token_id
@@ -149,7 +152,7 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
             state["features"] = f
 
         stats = train_lora(model, tokenizer, domain.conversations, data_cfg, train_cfg, seed, quiet=quiet,
-                           desc="warm-up (stability)", on_step=on_step)
+                           desc="warm-up (stability)", on_step=on_step, encoded=encoded)
     for point in curve:
         point["loss"] = stats["losses"][point["step"] - 1] if point["step"] > 0 else None
     return curve, state["features"], {k: v for k, v in stats.items() if k != "losses"}
@@ -159,7 +162,7 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
 
 
 def approximation(model: torch.nn.Module, probe: Probe, pad_id: int, diag: DiagnoseConfig, seed: int,
-                  token_budget: int, quiet: bool = False) -> dict[str, Any]:
+                  token_budget: int | str, quiet: bool = False) -> dict[str, Any]:
     """Exact (or output-sampled) eNTK vs the Jacobian-free kernel on a few probe rows."""
     vocab = int(output_head(model).weight.shape[0])
     total = len(choose_outputs(vocab, diag.approx_outputs, seed))
@@ -169,7 +172,7 @@ def approximation(model: torch.nn.Module, probe: Probe, pad_id: int, diag: Diagn
             bar.update(done - bar.n)
 
         # small length-bucketed batches: every output costs a backward over all rows, padding included
-        groups = plan_batches([e.length for e in probe.encoded], token_budget, 4)
+        groups = plan_batches([e.length for e in probe.encoded], resolve_setting(token_budget), 4)
         probe = probe.take(np.concatenate(groups))  # rows in batch order
         bounds = np.cumsum([0] + [len(g) for g in groups])
         batches = [collate(probe.encoded[a:b], pad_id) for a, b in zip(bounds[:-1], bounds[1:])]

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, to_dict
 from ntk_selector.errors import UserError
+from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.files import refuse_replacing, write_text_atomic
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
@@ -133,8 +134,10 @@ def label_log_likelihoods(model: torch.nn.Module, prompts: Sequence[np.ndarray],
     device, dtype = param.device, param.dtype if param.dtype.is_floating_point else torch.float32
     keep_arg = _supports_logits_to_keep(model)
     lengths = [len(p) + sum(len(r) for r in labs) for p, labs in zip(prompts, labels)]
-    batches = plan_batches(lengths, data_cfg.token_budget, data_cfg.max_batch_size)
-    for members in tqdm(batches, desc="evaluate", unit="batch", disable=quiet, dynamic_ncols=True):
+    budget = TokenBudget(data_cfg.token_budget, device, "evaluate", quiet=quiet)
+
+    def run(members: list[int]) -> np.ndarray:
+        """[len(members), K] label log-likelihoods of these rows (one forward)."""
         ps, ls = [prompts[i] for i in members], [labels[i] for i in members]
         ids, pos, mask = _packed_batch(ps, ls, pad_id, dtype)
         tails = [sum(len(r) for r in labs) for labs in ls]
@@ -155,11 +158,18 @@ def label_log_likelihoods(model: torch.nn.Module, prompts: Sequence[np.ndarray],
         picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)].float()
         lp = torch.log_softmax(picked, dim=-1).gather(1, torch.tensor(targets, device=device)[:, None])[:, 0]
         lp = lp.double().cpu().numpy()
+        got = np.zeros((len(members), k), dtype=np.float64)
         at = 0
         for b, labs in enumerate(ls):
             for j, r in enumerate(labs):
-                out[members[b], j] = lp[at : at + len(r)].sum()
+                got[b, j] = lp[at : at + len(r)].sum()
                 at += len(r)
+        return got
+
+    batches = plan_batches(lengths, budget.resolve(lengths, run), data_cfg.max_batch_size) if n else []
+    for members in tqdm(batches, desc="evaluate", unit="batch", disable=quiet, dynamic_ncols=True):
+        for piece, got in budget.run(members, lengths, run):
+            out[piece] = got
     return out
 
 
@@ -186,8 +196,9 @@ def greedy_generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[np
     pad = tokenizer.pad_token_id
     texts = [""] * len(prompts)
     lengths = [len(p) + max_new_tokens for p in prompts]
-    for members in tqdm(plan_batches(lengths, data_cfg.token_budget, data_cfg.max_batch_size), desc="generate",
-                        unit="batch", disable=quiet, dynamic_ncols=True):
+    budget = TokenBudget(data_cfg.token_budget, device, "generate", quiet=quiet)
+
+    def run(members: list[int]) -> list[str]:
         T = max(len(prompts[i]) for i in members)
         ids = torch.full((len(members), T), pad, dtype=torch.long)
         attn = torch.zeros((len(members), T), dtype=torch.long)
@@ -197,10 +208,18 @@ def greedy_generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[np
             attn[b, T - len(p) :] = 1
         out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, num_beams=1, eos_token_id=list(stop_ids), pad_token_id=pad)
-        for b, i in enumerate(members):
+        got = []
+        for b in range(len(members)):
             new = out[b, T:].tolist()
             cut = next((t for t, tok in enumerate(new) if tok in stop_ids), len(new))
-            texts[i] = tokenizer.decode(new[:cut], skip_special_tokens=True)
+            got.append(tokenizer.decode(new[:cut], skip_special_tokens=True))
+        return got
+
+    batches = plan_batches(lengths, budget.resolve(lengths, run), data_cfg.max_batch_size) if prompts else []
+    for members in tqdm(batches, desc="generate", unit="batch", disable=quiet, dynamic_ncols=True):
+        for piece, got in budget.run(members, lengths, run):
+            for i, text in zip(piece, got):
+                texts[i] = text
     return texts
 
 

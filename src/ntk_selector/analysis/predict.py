@@ -80,8 +80,9 @@ def predict(domain_path: str | Path, test_path: str | Path, out_dir: str | Path,
     with GradientFeaturizer(session.model, feat_cfg.proj_dim, run.seed, "ntk", feat_cfg.logits,
                             collate(train_enc[:2], tok.pad_token_id)) as feat:
         def features(enc: list[Encoded]) -> np.ndarray:
-            return rows_features(feat.features, enc, tok.pad_token_id, data_cfg.token_budget,
-                                 data_cfg.max_batch_size).double().numpy()
+            return rows_features(feat.features, enc, tok.pad_token_id, data_cfg.token_budget, data_cfg.max_batch_size,
+                                 device=next(session.model.parameters()).device, stage="predict features",
+                                 quiet=run.quiet).double().numpy()
 
         f_train, f_test = features(train_enc), features(test_enc)
         dim = feat.out_dim

@@ -94,6 +94,8 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
             group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
         else:
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
+            if f.metadata.get("words"):  # a number or a word (--token-budget auto): check_setting reads it
+                conv = str
             metavar = flag.lstrip("-").replace("-", "_").upper()
             group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 

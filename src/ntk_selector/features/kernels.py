@@ -9,18 +9,28 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.tokens import Batch, Encoded, collate, plan_batches
 
 
 def rows_features(compute: Callable[[Batch], torch.Tensor], encoded: Sequence[Encoded], pad_id: int,
-                  token_budget: int, max_batch_size: int) -> torch.Tensor:
-    """``compute`` over length-bucketed batches of ``encoded``, stacked back in input order (float32, CPU)."""
+                  token_budget: int | str, max_batch_size: int, device: torch.device | None = None,
+                  stage: str = "rows", quiet: bool = False) -> torch.Tensor:
+    """``compute`` over length-bucketed batches of ``encoded``, stacked back in input order (float32, CPU).
+    ``token_budget``: a number or auto (sized on ``device``, where ``compute`` runs; see budget.TokenBudget)."""
+    lengths = [e.length for e in encoded]
+    budget = TokenBudget(token_budget, device, stage, quiet=quiet)
+
+    def run(members: list[int]) -> torch.Tensor:
+        return compute(collate([encoded[i] for i in members], pad_id))
+
     out: torch.Tensor | None = None
-    for members in plan_batches([e.length for e in encoded], token_budget, max_batch_size):
-        values = compute(collate([encoded[i] for i in members], pad_id)).detach().float().cpu()
-        if out is None:
-            out = torch.zeros(len(encoded), values.shape[1], dtype=torch.float32)
-        out[torch.as_tensor(members)] = values
+    for members in plan_batches(lengths, budget.resolve(lengths, run), max_batch_size):
+        for piece, result in budget.run(members, lengths, run):
+            values = result.detach().float().cpu()
+            if out is None:
+                out = torch.zeros(len(encoded), values.shape[1], dtype=torch.float32)
+            out[torch.as_tensor(piece)] = values
     if out is None:
         raise ValueError("no rows to featurize")
     return out

@@ -22,8 +22,9 @@ from tqdm.auto import tqdm
 
 from ntk_selector import distributed
 from ntk_selector.config import DataConfig
+from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.store import PENDING, RowStore
-from ntk_selector.io.tokens import Batch, Conversation, collate, encode, plan_batches
+from ntk_selector.io.tokens import Batch, Conversation, Encoded, collate, encode, encode_rows, plan_batches
 
 CHUNK_ROWS = 4096
 # Seconds to sleep after each written batch: lets the crash-safety tests kill a run mid-way.
@@ -41,29 +42,43 @@ def _pending_chunks(status: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]
 
 def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: DataConfig, store: RowStore,
              compute: Callable[[Batch], torch.Tensor], *, desc: str = "rows", quiet: bool = False,
-             rank: int = 0, world: int = 1) -> int:
-    """Compute ``compute(batch) -> [B, dim]`` for this rank's pending rows; return rows computed here."""
+             rank: int = 0, world: int = 1, device: torch.device | None = None, known: Sequence[Encoded] = ()) -> int:
+    """Compute ``compute(batch) -> [B, dim]`` for this rank's pending rows; return rows computed here.
+
+    ``device``: where ``compute`` runs, for ``--token-budget auto`` (budget.TokenBudget): sized once,
+    on the first pending chunk, and used for every chunk's plan; after an out-of-memory error this
+    rank computes its planned batches in smaller pieces (the plan, and so which rank computes which
+    batch, stays the same). ``known``: encodings of the first rows made earlier in the stage (the
+    featurizer's probe), reused so each row is tokenized once a stage."""
     status = store.status()
     pad_id = tokenizer.pad_token_id
     delay = float(os.environ.get(DELAY_ENV) or 0.0)
+    budget = TokenBudget(data_cfg.token_budget, device, desc, quiet=quiet)
     computed = 0
     with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
               dynamic_ncols=True) as bar:
         for c, start, todo in _pending_chunks(status):
-            encoded = encode(conversations[start : start + len(todo)], tokenizer, data_cfg)
-            for b, members in enumerate(plan_batches([e.length for e in encoded], data_cfg.token_budget,
-                                                     data_cfg.max_batch_size)):
+            encoded = encode_rows(conversations, start, start + len(todo), tokenizer, data_cfg, known)
+            lengths = [e.length for e in encoded]
+
+            def run(members: list[int], encoded: list = encoded) -> torch.Tensor:
+                return compute(collate([encoded[j] for j in members], pad_id))
+
+            planned = budget.resolve(lengths, run)
+            for b, members in enumerate(plan_batches(lengths, planned, data_cfg.max_batch_size)):
                 missing = todo[members]
                 if not missing.any():
                     continue
                 if (b + c) % world == rank:
                     # the whole planned batch is computed (same numbers as any other run), its missing rows written
-                    items = [encoded[j] for j in members]
-                    empty = np.array([e.n_response_tokens == 0 for e in items])
-                    values = compute(collate(items, pad_id)).detach().float().cpu().numpy()
-                    values[empty] = 0.0
-                    store.write(start + np.asarray(members)[missing], values[missing], empty=empty[missing])
-                    computed += int(missing.sum())
+                    for piece, out in budget.run(members, lengths, run):
+                        rows = np.asarray(piece)
+                        wanted = todo[rows]
+                        empty = np.array([encoded[j].n_response_tokens == 0 for j in piece])
+                        values = out.detach().float().cpu().numpy()
+                        values[empty] = 0.0
+                        store.write(start + rows[wanted], values[wanted], empty=empty[wanted])
+                        computed += int(wanted.sum())
                     if delay:
                         time.sleep(delay)
                 bar.update(int(missing.sum()))

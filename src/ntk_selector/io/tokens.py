@@ -282,7 +282,18 @@ def check_response_tokens(data: list[Records], tokenizer: Any, data_cfg: DataCon
     """Before any model work: warn (on stderr) about rows whose response is cut by --max-length (only a
     response longer than about 3/4 of it is: prompts are shortened first), and refuse when no row has a
     response token left. Returns the usable rows."""
+    return _check(data, tokenizer, data_cfg, warn, keep=False)[0]
+
+
+def encode_checked(data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool = True) -> list[list[Encoded]]:
+    """``check_response_tokens``, keeping every file's encodings for the work that follows, so a stage
+    tokenizes each row once (the check and the run share one encoding)."""
+    return _check(data, tokenizer, data_cfg, warn, keep=True)[1]
+
+
+def _check(data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool, keep: bool) -> tuple[int, list[list[Encoded]]]:
     usable = 0
+    kept: list[list[Encoded]] = []
     for records in data:
         encoded = encode(records.conversations, tokenizer, data_cfg)
         lost = [i for i, (e, c) in enumerate(zip(encoded, records.conversations))
@@ -297,8 +308,19 @@ def check_response_tokens(data: list[Records], tokenizer: Any, data_cfg: DataCon
             print(f"WARNING: {len(cut)} of {len(records)} rows of {records.path} have responses longer than "
                   f"--max-length {data_cfg.max_length} leaves them (first at line {records.line(cut[0])}): their "
                   f"ends are cut; raise --max-length to keep them whole", file=sys.stderr, flush=True)
+        if keep:
+            kept.append(encoded)
     if usable == 0:
         names = ", ".join(str(r.path) for r in data)
         raise UserError(f"{names}: no example has response tokens left (empty responses, or all truncated away at "
                         f"--max-length {data_cfg.max_length}); raise --max-length")
-    return usable
+    return usable, kept
+
+
+def encode_rows(conversations: Sequence[Conversation], start: int, stop: int, tokenizer: Any, data_cfg: DataConfig,
+                known: Sequence[Encoded] = ()) -> list[Encoded]:
+    """Encodings of rows ``start:stop``; ``known`` holds the encodings of rows ``0:len(known)`` made earlier
+    in the same stage, which are reused instead of tokenizing those rows again."""
+    head = list(known[start:stop]) if start < len(known) else []
+    rest = start + len(head)
+    return head + (encode(conversations[rest:stop], tokenizer, data_cfg) if rest < stop else [])

@@ -35,7 +35,14 @@ from ntk_selector.io.store import DONE, EMPTY, PENDING, RowStore, open_store, re
 from ntk_selector.io.tokens import Batch
 from ntk_selector.model.heads import decoder_of
 from ntk_selector.model.session import Session
-from ntk_selector.selection.stages import embed, embedding_definition, feature_definition, featurize, featurizer_for
+from ntk_selector.selection.stages import (
+    embed,
+    embedding_definition,
+    feature_definition,
+    featurize,
+    featurizer_for,
+    probe_head,
+)
 
 INDEX_META = "index.json"
 EMBEDDINGS, FEATURES = "embeddings", "features"
@@ -107,7 +114,8 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
     feat_def = feature_definition(session, pool, data_cfg, feat_cfg)
     quiet = session.run.quiet
     if embed_cfg.embedder == "model":
-        with featurizer_for(session, pool, data_cfg, feat_cfg) as feat:
+        head = probe_head(session, pool, data_cfg, feat_cfg)
+        with featurizer_for(session, pool, data_cfg, feat_cfg, head) as feat:
             feat_def["logits_mode"] = feat.logits_mode
             catcher = HiddenCatcher(session.model)
             hidden_dim = int(session.model.config.hidden_size)
@@ -133,7 +141,8 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
 
             def work(store: PairStore, d: distributed.Dist) -> int:
                 return run_rows(pool.conversations, session.tokenizer, data_cfg, store, compute, desc="index pool",
-                                quiet=quiet, rank=d.rank, world=d.world)
+                                quiet=quiet, rank=d.rank, world=d.world, device=next(session.model.parameters()).device,
+                                known=head)
 
             try:
                 computed = fill_with(open_pair, work, extra={"logits_mode": feat.logits_mode,

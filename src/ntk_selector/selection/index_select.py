@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ntk_selector import distributed
+from ntk_selector.features import budget
 from ntk_selector.errors import UserError
 from ntk_selector.io.definitions import canonical
 from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
@@ -51,7 +52,8 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     lock = distributed.on_main(lambda: take_lock(Path(out_dir)))
     try:
-        return _select_with_index_locked(domain_path, pool_path, out_dir, cfg)
+        with budget.recording():  # the token budget each stage chose, for run.json
+            return _select_with_index_locked(domain_path, pool_path, out_dir, cfg)
     finally:
         release_lock(lock)
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ntk_selector import distributed
+from ntk_selector.features import budget
 from ntk_selector.config import (
     DataConfig,
     check_together,
@@ -31,7 +32,7 @@ from ntk_selector.io.formats import OUTPUT_FORMATS
 from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import EMPTY, open_store, read_meta
-from ntk_selector.io.tokens import check_response_tokens, encode
+from ntk_selector.io.tokens import encode, encode_checked
 from ntk_selector.model.loading import load_tokenizer, model_path
 from ntk_selector.model.session import Session
 from ntk_selector.selection.filters import PoolFilter, pool_filter
@@ -110,7 +111,8 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
     lock = distributed.on_main(lambda: take_lock(out))
     try:
         distributed.on_main(lambda: check_output_folder(out, domain, pool, cfg))  # again, now that we hold the lock
-        return _select_locked(domain, pool, filt, out, stages, cfg, clock, pool_path)
+        with budget.recording():  # the token budget each stage chose, for run.json
+            return _select_locked(domain, pool, filt, out, stages, cfg, clock, pool_path)
     finally:
         release_lock(lock)
 
@@ -125,8 +127,9 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
     session = Session(cfg.model, cfg.lora, cfg.run)
     with clock("warmup"):
         def warm() -> dict[str, Any]:
-            check_response_tokens([domain], session.load_tokenizer(), cfg.data)  # warns before any model work
-            return warmup(session, domain, stages / "warmup", cfg.data, cfg.train, checked=True)
+            # warns before any model work; the warm-up trains on these encodings (the domain is tokenized once)
+            encoded = encode_checked([domain], session.load_tokenizer(), cfg.data)[0]
+            return warmup(session, domain, stages / "warmup", cfg.data, cfg.train, encoded=encoded)
 
         warm_stats = distributed.on_main(warm)
     with clock("load model"):

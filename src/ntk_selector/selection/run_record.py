@@ -34,6 +34,7 @@ from ntk_selector.config import (
     TrainConfig,
     to_dict,
 )
+from ntk_selector.features import budget
 from ntk_selector.errors import UserError
 from ntk_selector.io.definitions import describe_differences
 from ntk_selector.io.files import refuse_replacing, write_json_atomic
@@ -97,7 +98,10 @@ class StageClock:
 
 def finish_run(out: Path, summary: dict[str, Any], clock: StageClock) -> dict[str, Any]:
     """run.json last: its presence marks a finished run (a crashed run leaves none). The report comes
-    after it and cannot fail the run: a report error is a warning."""
+    after it and cannot fail the run: a report error is a warning. It records the token budget each
+    stage that ran here planned its batches with (``--token-budget auto`` chooses per stage)."""
+    setting = summary.get("config", {}).get("data", {}).get("token_budget")
+    summary["token_budget"] = {"setting": setting, "stages": budget.recorded()}
     write_json_atomic(out / "run.json", summary)
     try:
         from ntk_selector.selection.report import write_report

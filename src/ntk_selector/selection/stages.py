@@ -25,7 +25,7 @@ from ntk_selector.io.store import (
     open_store,
     write_json_atomic,
 )
-from ntk_selector.io.tokens import check_response_tokens, collate, data_definition, encode
+from ntk_selector.io.tokens import Encoded, collate, data_definition, encode, encode_checked
 from ntk_selector.model.loading import resolve_device
 from ntk_selector.model.session import Session
 from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
@@ -37,19 +37,20 @@ from ntk_selector.training.loop import check_adapter_folder, save_adapter_atomic
 
 
 def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
-           checked: bool = False) -> dict[str, Any]:
+           encoded: list[Encoded] | None = None) -> dict[str, Any]:
     """Train a fresh LoRA on the domain and save it to ``out`` (skipped when already there with the same setup).
 
     Only our files are written into ``out`` (see training.check_adapter_folder), under the folder's lock.
-    ``checked``: the caller already ran check_response_tokens on the domain.
+    ``encoded``: the domain's encodings, when the caller already checked them (tokens.encode_checked):
+    the warm-up trains on them instead of tokenizing the domain again.
     """
     check_adapter_folder(out, session.run.overwrite)
     with folder_lock(out):
-        return _warmup_locked(session, domain, out, data_cfg, train_cfg, checked)
+        return _warmup_locked(session, domain, out, data_cfg, train_cfg, encoded)
 
 
 def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
-                   checked: bool) -> dict[str, Any]:
+                   encoded: list[Encoded] | None) -> dict[str, Any]:
     definition = {"stage": "warmup", **session.describe(), **data_definition(domain, data_cfg), "train": to_dict(train_cfg),
                   "seed": session.run.seed}
     state_file = out / "ntk_selector_warmup.json"
@@ -57,12 +58,13 @@ def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataC
     if reuse_or_refuse(state.get("definition"), definition, f"{out} holds a warm-up of another setup",
                        ready=(out / "adapter_config.json").exists(), overwrite=session.run.overwrite):
         return state["stats"]
-    check_response_tokens([domain], session.load_tokenizer(), data_cfg, warn=not checked)
+    if encoded is None:
+        encoded = encode_checked([domain], session.load_tokenizer(), data_cfg)[0]
     session.load(None)
     checkpoint = TrainCheckpoint(out, definition, session.run.checkpoint_every, session.run.overwrite)
     state_file.unlink(missing_ok=True)  # the marker goes first and comes back last: a half-saved adapter never looks finished
     stats = train_lora(session.model, session.tokenizer, domain.conversations, data_cfg, train_cfg, session.run.seed,
-                       quiet=session.run.quiet, desc="warm-up", checkpoint=checkpoint)
+                       quiet=session.run.quiet, desc="warm-up", checkpoint=checkpoint, encoded=encoded)
     save_adapter_atomic(session.model, out)
     checkpoint.discard()
     write_json_atomic(state_file, {"definition": definition, "stats": stats})
@@ -70,6 +72,11 @@ def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataC
 
 
 # ----------------------------------------------------------------------------- embed / featurize
+
+
+def model_device(model: Any) -> Any:
+    """The device a model's parameters are on (where a stage's batches run)."""
+    return next(model.parameters()).device
 
 
 EMBEDDERS = ("model", "minilm")
@@ -113,15 +120,24 @@ def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, d
     def work(store: RowStore, d: distributed.Dist) -> int:
         return run_rows(records.conversations, session.tokenizer, data_cfg, store,
                         lambda b: mean_pooled(session.model, b, embed_max_length),
-                        desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
+                        desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world, device=model_device(session.model))
 
     return fill_store(out, len(records), dim, "float32", definition, session.run.overwrite, work)
 
 
-def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> GradientFeaturizer:
-    probe = None
+def probe_head(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> list[Encoded]:
+    """Encodings of the first rows when the featurizer needs a probe batch (to find whether the head is
+    linear), else none; the stage's run reuses them (run_rows ``known``) instead of encoding them again."""
     if feat_cfg.logits == "auto" and feat_cfg.objective in NTK_OBJECTIVES:
-        probe = collate(encode(records.conversations[:2], session.tokenizer, data_cfg), session.tokenizer.pad_token_id)
+        return encode(records.conversations[:2], session.tokenizer, data_cfg)
+    return []
+
+
+def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig,
+                   head: list[Encoded] | None = None) -> GradientFeaturizer:
+    """The stage's featurizer; ``head``: probe_head's encodings when the caller keeps them."""
+    head = probe_head(session, records, data_cfg, feat_cfg) if head is None else head
+    probe = collate(head, session.tokenizer.pad_token_id) if head else None
     cache = feat_cfg.projection_cache_mb * (1 << 20) if feat_cfg.projection_cache_mb > 0 else None
     return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe,
                               cache_bytes=cache)
@@ -137,13 +153,15 @@ def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfi
               desc: str = "featurize") -> dict[str, Any]:
     """Projected per-sample gradient features of every row into a store at ``out`` (resumes; shards over ranks)."""
     definition = feature_definition(session, records, data_cfg, feat_cfg)
-    with featurizer_for(session, records, data_cfg, feat_cfg) as feat:
+    head = probe_head(session, records, data_cfg, feat_cfg)
+    with featurizer_for(session, records, data_cfg, feat_cfg, head) as feat:
         # the resolved head mode (shortcut or real logits) changes the numbers, so it is part of the definition
         definition["logits_mode"] = feat.logits_mode
 
         def work(store: RowStore, d: distributed.Dist) -> int:
             return run_rows(records.conversations, session.tokenizer, data_cfg, store, feat.features, desc=desc,
-                            quiet=session.run.quiet, rank=d.rank, world=d.world)
+                            quiet=session.run.quiet, rank=d.rank, world=d.world, device=model_device(session.model),
+                            known=head)
 
         computed = fill_store(out, len(records), feat.out_dim, feat_cfg.store_dtype, definition, session.run.overwrite, work,
                               extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]})

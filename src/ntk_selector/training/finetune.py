@@ -18,7 +18,7 @@ from ntk_selector.io.definitions import canonical, read_state, reuse_or_refuse
 from ntk_selector.io.files import folder_lock
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
-from ntk_selector.io.tokens import check_response_tokens, data_definition
+from ntk_selector.io.tokens import data_definition, encode_checked
 from ntk_selector.model.session import Session
 from ntk_selector.training.checkpoint import TrainCheckpoint
 from ntk_selector.training.loop import check_adapter_folder, save_adapter_atomic, train_lora
@@ -60,13 +60,14 @@ def _finetune_locked(data: list[Records], out: Path, session: Session, model_cfg
     if reuse_or_refuse(None if old is None else old.get("definition", {}), definition,
                        f"{out} holds an adapter trained on other data or settings", ready=(out / "adapter_config.json").exists()):
         return old
-    check_response_tokens(data, session.load_tokenizer(), data_cfg)
+    encoded = [e for per_file in encode_checked(data, session.load_tokenizer(), data_cfg) for e in per_file]
     session.load(model_cfg.adapter)  # --adapter continues training it; otherwise a fresh seeded LoRA
     conversations = [c for r in data for c in r.conversations]
     checkpoint = TrainCheckpoint(out, definition, run.checkpoint_every, run.overwrite)
     (out / STATE_FILE).unlink(missing_ok=True)  # the marker comes back last: a half-saved adapter never looks finished
     stats = train_lora(session.model, session.tokenizer, conversations, data_cfg, train_cfg, run.seed,
-                       quiet=run.quiet, desc="train", group_by_length=group_by_length, checkpoint=checkpoint)
+                       quiet=run.quiet, desc="train", group_by_length=group_by_length, checkpoint=checkpoint,
+                       encoded=encoded)
     save_adapter_atomic(session.model, out)
     checkpoint.discard()
     state = {"definition": definition, "rows": {str(r.path): len(r) for r in data}, **stats}

@@ -80,15 +80,22 @@ def epoch_batches(n: int, batch_size: int, epochs: float, seed: int,
 def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Conversation], data_cfg: DataConfig,
                train_cfg: TrainConfig, seed: int, *, quiet: bool = False, desc: str = "train",
                on_step: Callable[[int, torch.nn.Module], None] | None = None,
-               group_by_length: bool = False, checkpoint: TrainCheckpoint | None = None) -> dict[str, Any]:
+               group_by_length: bool = False, checkpoint: TrainCheckpoint | None = None,
+               encoded: Sequence[Encoded] | None = None) -> dict[str, Any]:
     """Train the model's LoRA parameters in place; return loss history and timing.
 
     With ``checkpoint``, the run first resumes from its saved state (if any) and saves it every
-    ``checkpoint.every`` steps; the result equals an uninterrupted run's.
+    ``checkpoint.every`` steps; the result equals an uninterrupted run's. ``encoded``: the
+    conversations' encodings when the caller already made them (tokens.encode_checked), so they are
+    not tokenized again.
     """
     from transformers import get_linear_schedule_with_warmup
 
-    encoded: list[Encoded] = [e for e in encode(conversations, tokenizer, data_cfg) if e.n_response_tokens > 0]
+    if encoded is None:
+        encoded = encode(conversations, tokenizer, data_cfg)
+    elif len(encoded) != len(conversations):
+        raise ValueError(f"{len(encoded)} encodings for {len(conversations)} conversations")
+    encoded = [e for e in encoded if e.n_response_tokens > 0]
     if not encoded:
         raise ValueError("no training example has response tokens")
     params = [p for _, p in lora_parameters(model)]
