@@ -296,6 +296,7 @@ class ScoreConfig:
 
     cosine: bool = _f(False, "score with mean cosine instead of the mean inner product")
     score_block_mb: int = _f(256, "megabytes of features read per block when scoring (memory does not grow with the pool)", min=1)
+    answer_mix: str = _f("off", "select (beyond the paper): off = plain top N by score; keep = the top N under the constraint that the selected rows answering with one of D's labels (classification domains: at most 20 distinct answers) have D's label shares, rows with other answers unconstrained; FILE.json = target shares instead ({\"label\": share, ...}, summing to 1). Rule: the plain top N's rows with other answers stay; its m rows with D's labels are re-divided into per-label quotas by largest-remainder rounding of share x m, each filled by the label's best-scored candidates; a label with too few candidates gives all it has and the others fill its place. Methods with a score only (ntk, less, embedding)")
 
     def __post_init__(self) -> None:
         check_section(self)

@@ -61,7 +61,7 @@ UNUSED: dict[str, set[str]] = {
     "embed": {"work_dir", "checkpoint_every"},
     "featurize": {"work_dir", "checkpoint_every"},
     "preselect": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout"},
-    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search"},
+    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search", "answer_mix"},
     "index": {"work_dir", "checkpoint_every"},
     # one process each: no torchrun timeout; train batches by --batch-size, not a token budget
     "train": {"work_dir", "dist_timeout", "token_budget", "max_batch_size"},
