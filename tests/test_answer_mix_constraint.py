@@ -351,3 +351,18 @@ def test_api_select_takes_answer_mix(tiny_model_dir, labelled_files):
     free = [{"prompt": f"question {i}", "response": f"a free answer {i}"} for i in range(8)]
     with pytest.raises(UserError, match="needs a classification domain"):
         select(free, pool, 10, model=tiny_model_dir, answer_mix="keep", proj_dim=32, quiet=True, rank=4)
+
+
+def test_a_run_from_before_the_option_resumes_and_another_mix_is_another_run(tiny_model_dir, labelled_files, capsys):
+    domain, pool, tmp = labelled_files
+    out = tmp / "old"
+    assert run_select(tiny_model_dir, domain, pool, out, "--work-dir", tmp / "work_off") == 0
+    run = json.loads((out / "run.json").read_text())
+    del run["inputs"]["settings"]["answer_mix"]  # as a run.json written before --answer-mix existed
+    (out / "run.json").write_text(json.dumps(run))
+    before = (out / "selected.jsonl").read_text()
+    assert run_select(tiny_model_dir, domain, pool, out, "--work-dir", tmp / "work_off") == 0
+    assert (out / "selected.jsonl").read_text() == before
+    capsys.readouterr()
+    assert run_select(tiny_model_dir, domain, pool, out, "--work-dir", tmp / "work_off", "--answer-mix", "keep") == 2
+    assert "holds another run (settings.answer_mix: 'off' -> 'keep')" in capsys.readouterr().err
