@@ -14,6 +14,7 @@ from ntk_selector.cli.commands import main
 from ntk_selector.errors import UserError
 from ntk_selector.selection.answer_mix import (
     constrained_top_n,
+    format_answer_mix,
     largest_remainder,
     mix_target,
     normalise_answer,
@@ -272,6 +273,15 @@ def test_select_keep_end_to_end(tiny_model_dir, labelled_files, method, score_na
     plain, picked = check_constrained_pick(selected, ranking, run, read_records(pool))
     assert [s["pool_index"] for s in plain_sel] == plain  # the default is the plain top N
     assert picked != plain or run["answer_mix"]["constraint"]["rows_replaced"] == 0
+    page = (keep_out / "report.html").read_text()
+    assert f"{run['answer_mix']['constraint']['rows_replaced']} rows of the plain top N replaced" in page
+    assert "<th>plain top N</th>" in page and "<td>neutral</td><td class='num'>4</td><td>33.3%</td>" in page
+    lines = format_answer_mix(run["answer_mix"])
+    c = run["answer_mix"]["constraint"]
+    assert lines[1] == (f"  --answer-mix keep: selected rows per label negative {c['before']['labels']['negative']}, neutral "
+                        f"{c['before']['labels']['neutral']}, positive {c['before']['labels']['positive']} (plain top N) -> "
+                        f"negative {c['quota']['negative']}, neutral {c['quota']['neutral']}, positive "
+                        f"{c['quota']['positive']}; {c['rows_replaced']} rows replaced")
     assert run["config"]["score"]["answer_mix"] == "keep"
 
 
