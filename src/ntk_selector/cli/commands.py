@@ -94,7 +94,7 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
             group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
         else:
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
-            metavar = flag.lstrip("-").replace("-", "_").upper()
+            metavar = f.metadata.get("metavar", flag.lstrip("-").replace("-", "_").upper())
             group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 
 
