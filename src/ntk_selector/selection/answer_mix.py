@@ -3,7 +3,9 @@
 Why: fine-tuning on D ∪ S moves the model's prior over D's labels toward the answers S gives. In the
 downstream benchmark (docs/benchmarks/downstream.md) the similarity-based selections took only binary movie
 sentiment rows ("positive"/"negative", never D's "neutral"), and how often the fine-tuned model
-answered "neutral" decided its accuracy. This count makes such a mismatch visible at selection time.
+answered "neutral" decided its accuracy. This count makes such a mismatch visible at selection time,
+and ``--answer-mix`` (``constrained_top_n``, beyond the paper) removes it: the top N by score whose
+rows with D's labels give each label D's share, or the shares of a target file.
 """
 
 from __future__ import annotations
