@@ -289,6 +289,10 @@ class ScoreConfig:
     Args:
         cosine: Score by the mean cosine instead of the mean inner product.
         score_block_mb: Megabytes of features read per block (memory does not grow with the pool).
+        answer_mix: ``select`` only (beyond the paper): ``off`` (the plain top N by score), ``keep``
+            (the top N whose rows answering with one of D's labels give each label D's share) or the
+            path of a JSON file of target shares per label; the quota rule is
+            ``selection.answer_mix.constrained_top_n``'s.
 
     Raises:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
