@@ -129,6 +129,11 @@ def test_target_file_shares_and_a_label_targeted_at_zero(tmp_path):
     got, record = pick([5, 4, 3, 2, 1], ["neg", "neg", "pos", "free", "neg"], 3, shares)
     assert got == [0, 2, 3] and record["quota"] == {"neg": 0, "pos": 1}
     assert record["after"] == {"labels": {"neg": 1, "pos": 1}, "other": 1}
+    # shares are read as written (0.6 is 3/5, so 0.6 x 5 = 3 exactly, with no remainder left to round)
+    path.write_text(json.dumps({"pos": 0.6, "neg": 0.4}))
+    shares = mix_target(str(path), domain, "d.jsonl")
+    assert shares == {"neg": Fraction(2, 5), "pos": Fraction(3, 5)}
+    assert largest_remainder(shares, 5) == {"neg": 2, "pos": 3}
     # a label the file leaves out is targeted at 0
     path.write_text(json.dumps({"pos": 1.0}))
     assert mix_target(str(path), domain, "d.jsonl") == {"neg": 0, "pos": 1}

@@ -124,7 +124,7 @@ def _read_target_file(path: Path, labels: list[str]) -> dict[str, Fraction]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise UserError(f"{path}: the share of {key!r} must be a non-negative number, got {json.dumps(value)}")
         given[label] = str(key)
-        shares[label] = Fraction(value)
+        shares[label] = Fraction(str(value))  # as written: 0.2 is 1/5, not the float nearest to it
     total = sum(shares.values())
     if abs(float(total) - 1.0) > SHARE_TOLERANCE:
         raise UserError(f"{path}: the shares sum to {float(total):g}, not 1 (within {SHARE_TOLERANCE:g})")
