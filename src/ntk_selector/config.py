@@ -289,6 +289,10 @@ class ScoreConfig:
     Args:
         cosine: Score by the mean cosine instead of the mean inner product.
         score_block_mb: Megabytes of features read per block (memory does not grow with the pool).
+        answer_mix: ``select`` only (beyond the paper): ``off`` (the plain top N by score), ``keep``
+            (the top N whose rows answering with one of D's labels give each label D's share) or the
+            path of a JSON file of target shares per label; the quota rule is
+            ``selection.answer_mix.constrained_top_n``'s.
 
     Raises:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
@@ -296,6 +300,7 @@ class ScoreConfig:
 
     cosine: bool = _f(False, "score with mean cosine instead of the mean inner product")
     score_block_mb: int = _f(256, "megabytes of features read per block when scoring (memory does not grow with the pool)", min=1)
+    answer_mix: str = _f("off", "the label mix of the selection (beyond the paper): off = the plain top N by score; keep = the top N under the constraint that the selected rows answering with one of D's labels (D a classification task: at most 20 distinct answers, each about twice or more) give each label D's share, rows answering otherwise unconstrained; FILE.json = target shares instead ({\"label\": share, ...}, summing to 1). Rule: the plain top N's N-m rows with other answers stay; its m rows with D's labels are re-divided by largest-remainder rounding of share x m into per-label quotas, each filled with the label's best-scored candidates; a label with too few candidates gives all it has and the other labels fill its place. Methods that rank by a score only (ntk, less, embedding)", metavar="off|keep|FILE.json")
 
     def __post_init__(self) -> None:
         check_section(self)

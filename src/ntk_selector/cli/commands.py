@@ -61,7 +61,7 @@ UNUSED: dict[str, set[str]] = {
     "embed": {"work_dir", "checkpoint_every"},
     "featurize": {"work_dir", "checkpoint_every"},
     "preselect": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout"},
-    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search"},
+    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search", "answer_mix"},
     "index": {"work_dir", "checkpoint_every"},
     # one process each: no torchrun timeout; train batches by --batch-size, not a token budget
     "train": {"work_dir", "dist_timeout", "token_budget", "max_batch_size"},
@@ -96,7 +96,7 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
             if f.metadata.get("words"):  # a number or a word (--token-budget auto): check_setting reads it
                 conv = str
-            metavar = flag.lstrip("-").replace("-", "_").upper()
+            metavar = f.metadata.get("metavar", flag.lstrip("-").replace("-", "_").upper())
             group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
 
 

@@ -25,6 +25,7 @@ from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import DONE, EMPTY, open_store
 from ntk_selector.model.session import Session
+from ntk_selector.selection.answer_mix import mix_target, pick_top_n, with_constraint
 from ntk_selector.selection.filters import pool_filter
 from ntk_selector.selection.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
 from ntk_selector.selection.methods import METHODS
@@ -87,13 +88,14 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         if pool.fingerprint != index.meta["pool_fingerprint"] or len(pool) != len(index.status):
             raise UserError(f"{pool_path} is not the pool indexed in {index.path} (its contents differ); "
                             f"pass the indexed pool with --pool, or build an index of this one")
+        mix = mix_target(cfg.score.answer_mix, [c.response for c in domain.conversations], domain.path)
         check_n(n, len(pool), pool_path)
         check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
             filt = pool_filter(pool.conversations, cfg.filters)
-        return domain, pool, filt
+        return domain, pool, filt, mix
 
-    domain, pool, filt = distributed.all_ranks(load)
+    domain, pool, filt, mix = distributed.all_ranks(load)
     out.mkdir(parents=True, exist_ok=True)
     session = Session(cfg.model, cfg.lora, cfg.run)
     with clock("load model"):
@@ -147,7 +149,8 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
 
     def finish() -> dict[str, Any]:
         scores[pre.order] = cand_scores
-        chosen = pre.order[top_n(cand_scores, n)]
+        ranking = pre.order[top_n(cand_scores, n if mix is None else len(cand_scores))]
+        chosen, mix_record = pick_top_n(ranking, n, pool, mix)
         preselected = np.zeros(len(pool), dtype=bool)
         preselected[pre.order] = True
         with clock("write outputs"):
@@ -158,6 +161,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         summary = run_summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         _, d_status, _ = open_store(stages / "index_embed_domain")
         summary["counts"]["domain_no_response_tokens"] = int((d_status == EMPTY).sum())
+        summary["answer_mix"] = with_constraint(summary["answer_mix"], cfg.score.answer_mix, mix_record)
         summary["index"] = {"path": str(index.path), "mode": mode, "embedder": index.meta["embedder"],
                             "embed_max_length": index.meta["embed_max_length"], "pool_rows_through_model":
                                 0 if mode == "features" else int(len(pre.order)),

@@ -35,6 +35,7 @@ from ntk_selector.io.store import EMPTY, open_store, read_meta
 from ntk_selector.io.tokens import encode, encode_checked
 from ntk_selector.model.loading import load_tokenizer, model_path
 from ntk_selector.model.session import Session
+from ntk_selector.selection.answer_mix import mix_target, pick_top_n, with_constraint
 from ntk_selector.selection.filters import PoolFilter, pool_filter
 from ntk_selector.selection.methods import METHODS
 from ntk_selector.selection.preselect import PreselectResult
@@ -84,6 +85,9 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         raise UserError("select needs --pool (the candidate records), or --index (an index of them)")
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
+    if cfg.score.answer_mix != "off" and METHODS[cfg.method].ranking == "draw":
+        raise UserError(f"--answer-mix {cfg.score.answer_mix} picks the top N by score, and --method {cfg.method} "
+                        f"draws at random: use it with ntk, less or embedding")
     check_together(cfg.feature, cfg.lora)
     n = cfg.preselect.n
     if n <= 0:
@@ -94,31 +98,33 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
     stages = Path(cfg.run.work_dir) if cfg.run.work_dir else out / "stages"
     clock = StageClock()
 
-    def load() -> tuple[Records, Records, PoolFilter]:
+    def load() -> tuple[Records, Records, PoolFilter, Any]:
         with clock("load data"):
             domain = Records.load(domain_path, cfg.data)
             pool = Records.load(pool_path, cfg.data)
+        mix = mix_target(cfg.score.answer_mix, [c.response for c in domain.conversations], domain.path)
         check_n(n, len(pool), pool.path)
         check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
             filt = pool_filter(pool.conversations, cfg.filters)
         check_n(n, int((~filt.excluded).sum()), pool.path, "after excluding duplicates / test-set overlaps")
-        return domain, pool, filt
+        return domain, pool, filt, mix
 
-    domain, pool, filt = distributed.all_ranks(load)
+    domain, pool, filt, mix = distributed.all_ranks(load)
     out.mkdir(parents=True, exist_ok=True)
     # one writer per output folder: a second select on it stops here with a clear message
     lock = distributed.on_main(lambda: take_lock(out))
     try:
         distributed.on_main(lambda: check_output_folder(out, domain, pool, cfg))  # again, now that we hold the lock
         with budget.recording():  # the token budget each stage chose, for run.json
-            return _select_locked(domain, pool, filt, out, stages, cfg, clock, pool_path)
+            return _select_locked(domain, pool, filt, out, stages, cfg, clock, pool_path, mix)
     finally:
         release_lock(lock)
 
 
 def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, stages: Path, cfg: SelectConfigs,
-                   clock: StageClock, pool_path: str | Path) -> dict[str, Any] | None:
+                   clock: StageClock, pool_path: str | Path, mix: Any = None) -> dict[str, Any] | None:
+    """``mix``: the target label shares of ``--answer-mix`` (answer_mix.mix_target), None for the plain top N."""
     n = cfg.preselect.n
     method = METHODS[cfg.method]
     if not method.uses_model:
@@ -150,9 +156,10 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
     scores = np.full(len(pool), np.nan)
     rng = np.random.default_rng(cfg.run.seed)
     chosen = np.zeros(0, dtype=np.int64)
+    mix_record = None
     stores = ["embed_domain", "embed_pool"]
     if method.ranking == "votes":
-        chosen = pre.order[:n]
+        chosen, mix_record = pick_top_n(pre.order, n, pool, mix)
         scores[pre.order] = pre.votes[pre.order]
     elif method.ranking == "draw":
         chosen = rng.choice(pre.order, size=min(n, len(pre.order)), replace=False)
@@ -175,7 +182,8 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
             cand_scores = distributed.on_main(score)
         if cand_scores is not None:  # rank 0: the scores and outputs are its job
             scores[pre.order] = cand_scores
-            chosen = pre.order[top_n(cand_scores, n)]
+            ranking = pre.order[top_n(cand_scores, n if mix is None else len(cand_scores))]
+            chosen, mix_record = pick_top_n(ranking, n, pool, mix)
 
     def finish() -> dict[str, Any]:
         with clock("write outputs"):
@@ -184,6 +192,7 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
             write_scores(out / "scores.csv", votes, preselected, scores, method.score_name)
         summary = run_summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         summary["counts"]["domain_no_response_tokens"] = int((domain_status == EMPTY).sum())
+        summary["answer_mix"] = with_constraint(summary["answer_mix"], cfg.score.answer_mix, mix_record)
         summary["store_seconds"] = store_seconds(stages, stores)
         if warm_stats is not None:
             summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}

@@ -319,9 +319,18 @@ def _select_section(out: Path, run: dict[str, Any] | None, scores: dict[str, np.
         if mix:
             parts.append("<h3>Domain labels among the selected answers</h3>")
             parts += [f"<div class='warn'><b>Warning.</b> {_esc(w)}</div>" for w in mix.get("warnings", [])]
-            parts.append(_table(["domain label", "domain rows", "selected rows with this answer"],
-                                [[label, v["domain"], v["selected"]] for label, v in mix["labels"].items()]
-                                + [["(other answers)", "", mix["selected_other"]]]))
+            c = mix.get("constraint")
+            if c:  # --answer-mix: the plain top N's counts beside the constrained pick's
+                parts.append(f"<p>--answer-mix {_esc(str(c['setting']))}: {c['rows_replaced']} rows of the plain top N "
+                             f"replaced so that the rows with the domain's labels have the target shares.</p>")
+                parts.append(_table(["domain label", "domain rows", "target share", "plain top N", "selected rows with this answer"],
+                                    [[label, v["domain"], f"{c['target_share'].get(label, 0):.1%}",
+                                      c["before"]["labels"].get(label, 0), v["selected"]] for label, v in mix["labels"].items()]
+                                    + [["(other answers)", "", "", c["before"]["other"], mix["selected_other"]]]))
+            else:
+                parts.append(_table(["domain label", "domain rows", "selected rows with this answer"],
+                                    [[label, v["domain"], v["selected"]] for label, v in mix["labels"].items()]
+                                    + [["(other answers)", "", mix["selected_other"]]]))
     if selected:
         data_cfg = ((run or {}).get("config") or {}).get("data") or {}
         ranked = list(enumerate(selected, start=1))

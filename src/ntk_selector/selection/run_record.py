@@ -144,6 +144,14 @@ def settings_record(cfg: SelectConfigs) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in flat.items() if k not in RUN_ONLY}, default=str))
 
 
+def default_settings() -> dict[str, Any]:
+    """Every setting's default, as settings_record writes it."""
+    from ntk_selector.config import SECTIONS
+
+    flat = to_dict(*[section() for section in SECTIONS])
+    return json.loads(json.dumps(flat, default=str))
+
+
 def check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectConfigs) -> None:
     """Refuse an output folder that holds another run or a store (unless --overwrite)."""
     if (out / META).exists():
@@ -162,6 +170,10 @@ def check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectCo
     theirs = {k: old.get("inputs", {}).get(k) for k in mine}
     if theirs["settings"] is None:
         theirs["settings"] = mine["settings"]  # written before settings were recorded
+    elif isinstance(theirs["settings"], dict):  # a setting added since that run, at its default, is the same run
+        defaults = default_settings()
+        theirs["settings"] = {**{k: v for k, v in mine["settings"].items() if k not in theirs["settings"]
+                                 and k in defaults and defaults[k] == v}, **theirs["settings"]}
     if theirs != mine:
         raise UserError(f"{out} holds another run ({describe_differences(theirs, mine)}); "
                         f"use --overwrite or another --out folder")
