@@ -60,8 +60,8 @@ UNUSED: dict[str, set[str]] = {
     "warmup": {"work_dir", "dist_timeout"},
     "embed": {"work_dir", "checkpoint_every"},
     "featurize": {"work_dir", "checkpoint_every"},
-    "preselect": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout"},
-    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search"},
+    "preselect": {"work_dir", "checkpoint_every", "dist_timeout"},
+    "score": {"work_dir", "checkpoint_every", "dist_timeout", "seed", "m", "k", "knn_search"},
     "index": {"work_dir", "checkpoint_every"},
     # one process each: no torchrun timeout; train batches by --batch-size, not a token budget
     "train": {"work_dir", "dist_timeout", "token_budget", "max_batch_size"},
@@ -211,27 +211,48 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_preselect(args: argparse.Namespace) -> int:
-    from ntk_selector.selection.stages import preselect, save_preselect
+    from ntk_selector.selection.stages import check_preselect_out, preselect, preselect_definition, save_preselect
 
     c = _configs(args, (PreselectConfig, RunConfig))
     if c[PreselectConfig].n <= 0:
         raise UserError("--n must be a positive number of examples to select")
-    result = preselect(Path(args.domain_store), Path(args.pool_store), c[PreselectConfig], c[RunConfig].seed)
-    save_preselect(result, Path(args.out))
+    out, domain_store, pool_store = Path(args.out), Path(args.domain_store), Path(args.pool_store)
+    definition = preselect_definition(domain_store, pool_store, c[PreselectConfig], c[RunConfig].seed)
+    check_preselect_out(out, definition, c[RunConfig].overwrite)
+    result = preselect(domain_store, pool_store, c[PreselectConfig], c[RunConfig].seed)
+    save_preselect(result, out, definition)
     _say(c[RunConfig], f"pre-selected {len(result.order)} pool rows into {args.out}")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ntk_selector.io.files import folder_lock
-    from ntk_selector.selection.stages import ntk_scores
+    from ntk_selector.io.definitions import canonical, read_state, reuse_or_refuse
+    from ntk_selector.io.files import check_out_folder, folder_lock, refuse_replacing, write_json_atomic
+    from ntk_selector.selection.stages import ntk_scores, store_definition
 
     c = _configs(args, (ScoreConfig, RunConfig, PreselectConfig))
-    scores = ntk_scores(Path(args.domain_features), Path(args.pool_features), c[ScoreConfig])
-    out = Path(args.out)
+    out, domain, pool = Path(args.out), Path(args.domain_features), Path(args.pool_features)
+    check_out_folder(out)
+    overwrite = c[RunConfig].overwrite
+    definition = canonical({"stage": "score", "domain": store_definition(domain),
+                            "pool": store_definition(pool), "cosine": c[ScoreConfig].cosine, "n": c[PreselectConfig].n})
+
+    def refuse_others() -> None:  # the user's files of our names, or scores of other stores or settings
+        refuse_replacing(out, SCORE_OUTPUTS, ((SCORE_STATE, "definition"),), overwrite)
+        reuse_or_refuse((read_state(out / SCORE_STATE) or {}).get("definition"), definition,
+                        f"{out} holds scores of other stores or settings", ready=False, overwrite=overwrite)
+
+    refuse_others()
+    scores = ntk_scores(domain, pool, c[ScoreConfig])
     with folder_lock(out):
+        refuse_others()  # again, now that we hold the lock
         _write_score_files(out, scores, c)
+        write_json_atomic(out / SCORE_STATE, {"definition": definition})
     return 0
+
+
+SCORE_STATE = "score.json"
+SCORE_OUTPUTS = ("scores.csv", "top.txt", SCORE_STATE)
 
 
 def _write_score_files(out: Path, scores: Any, c: dict[type, Any]) -> None:
@@ -468,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if debug:
             traceback.print_exc()
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
+            _report(e, f"ntk-selector: error: {e.filename or 'a file'}: {why}; choose files and an --out folder "
+                       f"you can read and write")
+            return 2
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             _report(e, f"ntk-selector: error: {e} (rerun with --debug for the traceback)")
             return 1

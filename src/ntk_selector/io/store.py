@@ -160,8 +160,7 @@ class RowStore:
         self._fds: dict[str, int] = {}
         self.repaired = 0  # rows found damaged when opening (their checksum failed) and queued again
         if writer:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock_fh = take_lock(self.path)
+            self._lock_fh = take_lock(self.path)  # creates the folder, or says why it cannot
         try:
             self._open_or_create(overwrite)
             for name in (FEATURES, STATUS, CHECKSUMS):
