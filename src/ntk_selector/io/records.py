@@ -98,7 +98,7 @@ def open_source(source: Any, cfg: DataConfig, name: str | None = None) -> Source
     import datasets
 
     if isinstance(source, datasets.DatasetDict):
-        source = _pick_split(source, cfg.split, name or "<DatasetDict>")
+        source = pick_split(source, cfg.split, name or "<DatasetDict>")
     if isinstance(source, datasets.Dataset):
         return Source(name or "<datasets.Dataset>", source, source._fingerprint)
     text = str(source)
@@ -112,12 +112,13 @@ def open_source(source: Any, cfg: DataConfig, name: str | None = None) -> Source
     return _open_hub(text, cfg)
 
 
-def _pick_split(dd: Any, split: str | None, name: str) -> Any:
+def pick_split(dd: Any, split: str | None, name: str, flag: str = "--split") -> Any:
+    """One split of a ``DatasetDict``: the one named, or its only one."""
     names = list(dd.keys())
     if split is None:
         if len(names) == 1:
             return dd[names[0]]
-        raise DataError(f"{name} has splits {', '.join(names)}: choose one with --split")
+        raise DataError(f"{name} has splits {', '.join(names)}: choose one with {flag}")
     if split not in dd:
         raise DataError(f"{name} has no split '{split}' (it has {', '.join(names)})")
     return dd[split]
@@ -166,7 +167,7 @@ def _open_folder(path: Path, cfg: DataConfig) -> Source:
             loaded = _read_arrow_streams(path)
         if isinstance(loaded, datasets.DatasetDict):
             split = cfg.split if cfg.split is not None else (list(loaded)[0] if len(loaded) == 1 else None)
-            ds = _pick_split(loaded, split, str(path))
+            ds = pick_split(loaded, split, str(path))
             return Source(str(path), ds, file_fingerprint(path / split), "rows", path)
         return Source(str(path), loaded, file_fingerprint(path), "rows", path)
     # a folder of data files, read like a hub dataset (the same load_dataset code path)
@@ -217,7 +218,7 @@ def _load_hub_like(source: str, cfg: DataConfig) -> Any:
         if Path(source).exists():
             raise DataError(f"{source}: cannot load this folder as a dataset ({_first_line(e)})") from None
         raise DataError(f"{source}: not a local file, and the hub dataset cannot be loaded ({_first_line(e)})") from None
-    return _pick_split(loaded, cfg.split, source) if isinstance(loaded, datasets.DatasetDict) else loaded
+    return pick_split(loaded, cfg.split, source) if isinstance(loaded, datasets.DatasetDict) else loaded
 
 
 def _first_line(e: BaseException) -> str:
