@@ -144,6 +144,9 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         check_section(self)
+        if self.index_mode != "features" and not self.index:
+            raise ConfigError(f"--index-mode {self.index_mode} needs --index (an index folder from `ntk-selector index`); "
+                              f"without it select runs the whole pipeline")
 
 
 @dataclass
@@ -383,7 +386,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh) if str(path).endswith(".json") else yaml.safe_load(fh)
+            if str(path).endswith(".json"):
+                raw = json.load(fh, object_pairs_hook=_json_object_once(path))
+            else:
+                raw = yaml.load(fh, Loader=_KeysOnceLoader)  # noqa: S506 - a SafeLoader that refuses repeated keys
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
     except (OSError, UnicodeDecodeError) as e:
@@ -397,6 +403,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (key: value lines)")
     if isinstance(raw.get("config"), dict) and "versions" in raw:  # a select run.json
+        _note_other_release(path, raw.get("versions"))
         raw = raw["config"]
     names = known_names()
     flat: dict[str, Any] = {}
@@ -416,6 +423,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         flat[name] = check_setting(name, value, f"{path}: {prefix}{key}")
 
     for key, value in raw.items():
+        section = str(key).replace("-", "_")
+        if section in SECTION_NAMES and section not in names and not isinstance(value, dict):
+            raise ConfigError(f"{path}: section '{key}' must be a mapping of settings (indented key: value lines), "
+                              f"got {'a list' if isinstance(value, list) else _describe(value)}")
         if isinstance(value, dict):
             if str(key).replace("-", "_") not in SECTION_NAMES and key != "select":
                 unknown.append(f"section '{key}'{did_you_mean(str(key), SECTION_NAMES)}")
@@ -427,6 +438,52 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     return flat
+
+
+class _KeysOnceLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is refused (PyYAML keeps the last)."""
+
+
+def _mapping_once(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise ConfigError(f"{loader.name}: setting '{key}' is given twice (lines {seen[key]} and {line}); keep one")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_KeysOnceLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
+def _json_object_once(path: str | Path) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ConfigError(f"{path}: setting '{key}' is given twice; keep one")
+            out[key] = value
+        return out
+
+    return hook
+
+
+_NOTED_RELEASES: set[str] = set()
+
+
+def _note_other_release(path: str | Path, versions: Any) -> None:
+    """One line when a replayed run.json was written by another release (once per file and process)."""
+    import sys
+
+    from ntk_selector.version import __version__
+
+    theirs = versions.get("ntk_selector") if isinstance(versions, dict) else None
+    if theirs and theirs != __version__ and str(path) not in _NOTED_RELEASES:
+        _NOTED_RELEASES.add(str(path))
+        print(f"WARNING: {path} was written by ntk-selector {theirs}; this is {__version__}: its settings are replayed, "
+              f"but defaults and results may differ", file=sys.stderr, flush=True)
 
 
 def build(section: type, values: Mapping[str, Any]) -> Any:

@@ -72,6 +72,22 @@ UNUSED: dict[str, set[str]] = {
 UNUSED_ELSEWHERE = {"work_dir"}  # subcommands registered by other modules
 
 
+class OneSpelling(argparse.Action):
+    """Store the value, refusing one setting given under two of its spellings with different values
+    (``--rank 4 --lora-rank 2``); one flag given twice keeps its last value, as argparse does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        seen = namespace.__dict__.setdefault("_spellings", {})
+        earlier = seen.get(self.dest)
+        if earlier is not None and earlier[0] != option_string and earlier[1] != values:
+            shown = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+            parser.error(f"{earlier[0]} {shown(earlier[1])} and {option_string} {shown(values)} set the same setting; "
+                         f"give one of them")
+        seen[self.dest] = (option_string, values)
+        setattr(namespace, self.dest, values)
+
+
 def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict[str, Any], command: str = "",
                  skip: set[str] | None = None) -> None:
     title = GROUP_TITLES.get(section.__name__, section.__name__.lower())
@@ -91,11 +107,13 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
         if t == "bool":
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
         elif t.startswith("list["):
-            group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text,
+                               action=OneSpelling)
         else:
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
             metavar = flag.lstrip("-").replace("-", "_").upper()
-            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar,
+                               action=OneSpelling)
 
 
 def _inputs(args: argparse.Namespace, needs_pool: bool = True) -> dict[str, Any]:
@@ -372,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--domain", help="domain (target) records: a file, a dataset folder or a hub id")
         g.add_argument("--pool", help="candidate pool records: a file, a dataset folder or a hub id "
                                       "(with --index: the indexed pool, read from its recorded path by default)")
-        g.add_argument("--n", "-n", dest="n", type=int, default=argparse.SUPPRESS, metavar="N",
+        g.add_argument("--n", "-n", dest="n", type=int, default=argparse.SUPPRESS, metavar="N", action=OneSpelling,
                        help="number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)")
         g.add_argument("--out", required=True, help="output folder")
 
