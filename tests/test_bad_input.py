@@ -157,14 +157,15 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
     deco = run["pool_filter"]["decontamination"]
     assert deco["rows"] == 2 and set(deco["pool_indices"]) == {i for i, k in enumerate(kinds) if k == "contaminated"}
     assert deco["ngram"] == 13
-    # without --dedupe duplicates are reported but may be selected; the rest stays out
+    # with --keep-duplicates (the behaviour before dedupe became the default) duplicates are reported
+    # but may be selected; the rest stays out
     n2 = len(usable | dups)
-    assert main([str(a) for a in common + ["--out", tmp_path / "b", "--n", n2]]) == 0
+    assert main([str(a) for a in common + ["--out", tmp_path / "b", "--n", n2, "--keep-duplicates"]]) == 0
     picked = {json.loads(l)["pool_index"] for l in open(tmp_path / "b" / "selected.jsonl")}
     assert picked == usable | dups
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["counts"]["pool_duplicates"] == 3 and run["pool_filter"]["duplicates"]["excluded"] is False
-    err = error_line(capsys, common + ["--out", tmp_path / "c", "--n", n2 + 1])
+    err = error_line(capsys, common + ["--out", tmp_path / "c", "--n", n2 + 1, "--keep-duplicates"])
     assert f"--n {n2 + 1} is larger than the pool ({n2} usable rows" in err
 
 

@@ -169,7 +169,8 @@ class ScoreConfig:
 
 @dataclass
 class PoolFilterConfig:
-    dedupe: bool = _f(False, "drop repeated pool rows (same prompt and response) from selection; duplicates are always reported")
+    dedupe: bool = _f(True, "fold identical pool rows (same prompt and response): only the first copy can be selected; the count is printed and in run.json (--keep-duplicates: any copy may be selected, the earlier behaviour)", off_flag="--keep-duplicates")
+    keep_domain_copies: bool = _f(False, "let pool rows that are exact copies of a domain row (same prompt and response) be selected; by default they are left out, counted in the summary and run.json")
     decontaminate: str | None = _f(None, "test-set records: pool rows sharing an n-gram with any of them are reported and never selected")
     ngram: int = _f(13, "n of the whitespace-token n-grams of --decontaminate (texts shorter than n match as a whole)", min=1)
 

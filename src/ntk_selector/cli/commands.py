@@ -106,6 +106,9 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
         t = str(f.type)
         if t == "bool":
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            if "off_flag" in f.metadata:  # a switch that is on by default: its flag turns it off
+                group.add_argument(f.metadata["off_flag"], dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                   help=f"turn {flag} off")
         elif t.startswith("list["):
             group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text,
                                action=OneSpelling)
@@ -154,6 +157,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 def print_summary(summary: dict[str, Any], out: str | Path, compare: dict[str, int] | None = None) -> None:
     print(f"\nselected {summary['counts']['selected']} of {summary['counts']['pool']} pool rows "
           f"({summary['method']}); outputs in {out}/")
+    for line in filter_lines(summary):
+        print("  " + line)
     pool_tasks = summary["pool_per_task"]
     if len(pool_tasks) > 1 or "(none)" not in pool_tasks:
         head = f"  {'pool task':<24}{'pool':>7}{'selected':>10}" + (f"{'random':>8}" if compare is not None else "")
@@ -168,6 +173,20 @@ def print_summary(summary: dict[str, Any], out: str | Path, compare: dict[str, i
 
         print("\n".join(format_answer_mix(summary["answer_mix"])))
     print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+
+
+def filter_lines(summary: dict[str, Any]) -> list[str]:
+    """What the pool filters left out, in words (the counts are in run.json too)."""
+    report = summary.get("pool_filter") or {}
+    dup, copies = report.get("duplicates") or {}, report.get("domain_copies") or {}
+    lines = []
+    if dup.get("rows"):
+        lines.append(f"{dup['rows']} duplicate pool rows " + ("folded: only the first copy of each can be selected "
+                     "(--keep-duplicates lets any copy be)" if dup.get("excluded") else "kept (--keep-duplicates)"))
+    if copies.get("rows"):
+        lines.append(f"{copies['rows']} pool rows are exact copies of domain rows: " + (
+            "left out (--keep-domain-copies keeps them)" if copies.get("excluded") else "kept (--keep-domain-copies)"))
+    return lines
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from ntk_selector.model.session import Session
 from ntk_selector.selection.filters import pool_filter
 from ntk_selector.selection.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
 from ntk_selector.selection.methods import METHODS
-from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
+from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn, warn_clamped
 from ntk_selector.selection.run_record import (
     StageClock,
     check_n,
@@ -88,7 +88,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         check_n(n, len(pool), pool_path)
         check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
-            filt = pool_filter(pool.conversations, cfg.filters)
+            filt = pool_filter(pool.conversations, cfg.filters, domain.conversations)
         return domain, pool, filt
 
     domain, pool, filt = distributed.all_ranks(load)
@@ -171,6 +171,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
 def preselect_in_index(index: Index, domain_emb: np.ndarray, domain_status: np.ndarray, n: int, pre_cfg: Any,
                        pool_valid: np.ndarray, seed: int = 0) -> PreselectResult:
     """Reverse-kNN votes of the domain embeddings over the index's (M = 4N, K = M/4 by default)."""
+    warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(domain_emb, index.embeddings, m, k, pool_valid=pool_valid, domain_valid=domain_status == DONE,
                        index_kind=pre_cfg.knn_search, seed=seed)

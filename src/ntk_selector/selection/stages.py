@@ -30,7 +30,7 @@ from ntk_selector.io.store import (
 from ntk_selector.io.tokens import check_response_tokens, collate, data_definition, encode
 from ntk_selector.model.loading import resolve_device
 from ntk_selector.model.session import Session
-from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
+from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn, warn_clamped
 from ntk_selector.selection.score import block_rows_for, domain_direction, max_cosine_rows, score_rows
 from ntk_selector.training.checkpoint import TrainCheckpoint
 from ntk_selector.training.loop import check_adapter_folder, save_adapter_atomic, train_lora
@@ -166,6 +166,7 @@ def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, se
         pool_valid &= ~exclude
     if not (d_status == DONE).any():
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to vote with")
+    warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
                        index_kind=pre_cfg.knn_search, seed=seed)
