@@ -92,14 +92,14 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         return domain, pool, filt
 
     domain, pool, filt = distributed.all_ranks(load)
+    empty = index.status == EMPTY
+    pool_valid = (index.status == DONE) & ~filt.excluded
+    check_n(n, int(pool_valid.sum()), pool_path, "with response tokens, not excluded")  # before any model work
     out.mkdir(parents=True, exist_ok=True)
     session = Session(cfg.model, cfg.lora, cfg.run)
     with clock("load model"):
         distributed.all_ranks(lambda: session.load(None))
     _check_same_space(session, domain, index, cfg)
-    empty = index.status == EMPTY
-    pool_valid = (index.status == DONE) & ~filt.excluded
-    check_n(n, int(pool_valid.sum()), pool_path, "with response tokens, not excluded")
     with clock("embed"):
         embed(session, domain, stages / "index_embed_domain", cfg.data, desc="embed domain",
               embedder=cfg.embed.embedder, embed_max_length=cfg.embed.embed_max_length)
