@@ -986,3 +986,152 @@ CASES += [
     Case("a replayed run.json of another release", "message", _replay_other_release, 0,
          "was written by ntk-selector 0.0.1; this is", check=_same_selection_as_first),
 ]
+
+
+# ----------------------------------------------------------------------------- second round: siblings of the cases above
+
+
+def _out_is_for(kind: str, command: str) -> Callable[[Ctx], list[Any]]:
+    """--out that is a file or a dangling link, for the commands _out_is does not build."""
+
+    def argv(ctx: Ctx) -> list[Any]:
+        out = ctx.root / "out"
+        if kind == "file":
+            out.write_text("mine")
+        else:
+            os.symlink(ctx.root / "gone", out)
+        with_check(ctx, lambda c: None if (out.is_symlink() or out.read_text() == "mine") else ("lost", "--out changed"))
+        if command == "preselect":
+            _embed_stores(ctx)
+            return _preselect(ctx, out)
+        if command in ("warmup", "train"):
+            flag = "--domain" if command == "warmup" else "--data"
+            return [command, flag, ctx.domain(), "--out", out, "--model", ctx.model, "--rank", "4", "--epochs", "1", "--quiet"]
+        if command == "evaluate":
+            return ["evaluate", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet"]
+        return ["embed", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet"]
+
+    return argv
+
+
+def _embed_folder_with(ctx: Ctx, files: dict[str, str]) -> list[Any]:
+    out = ctx.root / "o"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with_check(ctx, unchanged(ctx, *(f"o/{n}" for n in files)))
+    return ["embed", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet"]
+
+
+def _rows_read(n: int, store: str = "o") -> Callable[[Ctx], tuple[str, str] | None]:
+    def check(ctx: Ctx) -> tuple[str, str] | None:
+        meta = ctx.root / store / "meta.json"
+        if not meta.exists():
+            return "wrong", "no store written"
+        rows = json.loads(meta.read_text())["counts"]["rows"]
+        return None if rows == n else ("wrong", f"{rows} rows read, expected {n}")
+
+    return check
+
+
+def _api_dataset_missing_field(ctx: Ctx) -> Any:
+    import datasets
+
+    import ntk_selector
+
+    rows = synthetic_rows(24, 2)
+    rows[3]["response"] = None
+    return ntk_selector.select(synthetic_rows(8, 1), datasets.Dataset.from_list(rows), n=4, method="random",
+                               model=str(ctx.model), quiet=True)
+
+
+def _api_train_lists(ctx: Ctx) -> Any:
+    import ntk_selector
+
+    second = synthetic_rows(6, 3)
+    del second[2]["response"]
+    return ntk_selector.train([synthetic_rows(6, 1), second], ctx.root / "adapter", model=str(ctx.model), rank=4,
+                              epochs=1, quiet=True)
+
+
+def _api_featurize_dataset_dict(ctx: Ctx) -> Any:
+    import datasets
+
+    import ntk_selector
+
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(synthetic_rows(5, 2)),
+                               "test": datasets.Dataset.from_list(synthetic_rows(3, 3))})
+    return ntk_selector.featurize(dd, ctx.root / "o", model=str(ctx.model), split="test", proj_dim=16, rank=4, quiet=True)
+
+
+def _duplicates_ntk(ctx: Ctx) -> list[Any]:
+    rows = synthetic_rows(24, 2)
+    pool = ctx.pool(rows + [dict(r) for r in rows] + [dict(r) for r in rows[:4]])
+    return ["select", "--domain", ctx.domain(), "--pool", pool, "--out", ctx.root / "o", "--n", "12", "--model", ctx.model,
+            *TINY]
+
+
+def _no_identical_rows_ntk(ctx: Ctx) -> tuple[str, str] | None:
+    picked = [_content(r) for r in _selected(ctx)]
+    if len(picked) != 12 or len(set(picked)) != 12:
+        return "wrong", f"{len(picked) - len(set(picked))} identical rows among {len(picked)} selected"
+    return None
+
+
+def _large_k(ctx: Ctx) -> list[Any]:
+    return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", ctx.root / "o", "--n", "4", "--k", "50",
+            "--model", ctx.model, *TINY]
+
+
+def _featurize_umask(ctx: Ctx) -> list[Any]:
+    return featurize(ctx, ctx.domain(), ctx.root / "o")
+
+
+def _store_modes(ctx: Ctx) -> tuple[str, str] | None:
+    out = ctx.root / "o"
+    for path in [out, *out.rglob("*")]:
+        want = 0o775 if path.is_dir() else 0o664
+        got = path.stat().st_mode & 0o777
+        if got != want:
+            return "wrong", f"{path.relative_to(ctx.root)} has mode {got:o}, expected {want:o}"
+    return None
+
+
+CASES += [
+    # --- data loss
+    Case("score --out folder holding the user's top.txt", "loss",
+         lambda c: _score_into_folder_with(c, {"top.txt": "1\n2\n"}), 2, "already holds top.txt", check=run_checks),
+    Case("embed --out folder holding the user's status.npy", "loss",
+         lambda c: _embed_folder_with(c, {"status.npy": "mine"}), 2, "holds status.npy, not written by ntk-selector as a store",
+         check=run_checks),
+    # --- settings
+    Case("--rank 4 --lora-rank 4 (same value) runs", "setting",
+         lambda c: featurize(c, c.domain(), c.root / "o", "--lora-rank", "4"), 0, "", check=_state_is("lora.rank", 4)),
+    _yaml_text_case("YAML section given as a number", "feature: 64\n", "section 'feature' must be a mapping of settings"),
+    _yaml_text_case("YAML filters section given as a list", "filters:\n  - dedupe\n",
+                    "section 'filters' must be a mapping of settings"),
+    # --- data
+    data_case("pool folder of notes.txt only", "", _mixed_folder({"notes.txt": "notes"}),
+              "holds files that are not record files and would be skipped (notes.txt)"),
+    data_case("empty pool folder", "", lambda c: (c.root / "empty_dir").mkdir() or c.root / "empty_dir",
+              "no record files in the folder"),
+    Case("pool folder of a.jsonl and c.json reads both", "data",
+         lambda c: featurize(c, _mixed_folder({"a.jsonl": ROWS_A, "c.json": ROWS_A, "README.md": "# card"})(c), c.root / "o"),
+         0, "", check=_rows_read(30)),
+    Case("identical pool rows are never selected twice (ntk)", "data", _duplicates_ntk, 0, "", check=_no_identical_rows_ntk),
+    Case("API Dataset record with a null response", "data", lambda c: [], 2, "pool[3]: missing field 'response'",
+         call=_api(_api_dataset_missing_field)),
+    Case("API train on two record lists, one missing a field", "data", lambda c: [], 2,
+         "data[1][2]: missing field 'response'", call=_api(_api_train_lists)),
+    Case("API featurize a DatasetDict with split='test'", "data", lambda c: [], 0, "",
+         call=_api(_api_featurize_dataset_dict), check=_rows_read(3)),
+    # --- outputs
+    *[Case(f"{command} --out is an existing file", "store", _out_is_for("file", command), 2, "is a file, not a folder",
+           check=run_checks) for command in ("embed", "warmup", "evaluate")],
+    *[Case(f"{command} --out is a dangling symlink", "store", _out_is_for("link", command), 2,
+           "is a symbolic link to a missing target", check=run_checks) for command in ("preselect", "train")],
+    Case("a feature store follows the umask (002)", "store", _featurize_umask, 0, "", check=_store_modes,
+         fault=lambda c: _umask(0o002)),
+    # --- messages
+    Case("--k 50 on a 24-row pool", "message", _large_k, 0, "--k 50 is more than the 24 pool rows"),
+]
