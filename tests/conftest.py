@@ -79,6 +79,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def confident_model_dir(tmp_path_factory):
+    """The tiny model with a 30x larger LM head: at the default init its logits stay within about +-1, too flat
+    to learn a fixed answer that greedy decoding reproduces; LoRA still trains only q/k/v/o."""
+    path = tmp_path_factory.mktemp("confident-llama")
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30.0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture()
 def one_thread():
     """Tiny models run several times faster on one thread when the cores are shared."""

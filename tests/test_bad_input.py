@@ -114,7 +114,8 @@ def hygiene_files(tmp_path):
     normal = [{"prompt": f"q{i} good bad", "response": f"r{i} ok", "kind": "normal"} for i in range(16)]
     rows = list(normal)
     rows += [{"prompt": "x1", "response": "", "kind": "empty"}, {"prompt": "x2", "response": "  ", "kind": "empty"}]
-    rows += [{"prompt": "long " * 60 + str(i), "response": "cut", "kind": "truncated"} for i in range(2)]
+    # longer than --max-length: the prompt loses its middle, the response stays, the row stays usable
+    rows += [{"prompt": "long " * 60 + str(i), "response": "cut", "kind": "long"} for i in range(2)]
     rows += [{**normal[i], "kind": "duplicate"} for i in (0, 1, 2)]
     rows += [{"prompt": f"tell me: {TEST_TEXT}", "response": "sure", "kind": "contaminated"},
              {"prompt": "story", "response": f"{TEST_TEXT.upper()} and then", "kind": "contaminated"}]
@@ -132,7 +133,7 @@ def hygiene_files(tmp_path):
 def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selected(tiny_model_dir, tmp_path, capsys):
     domain, pool, test, rows = hygiene_files(tmp_path)
     kinds = [r["kind"] for r in rows]
-    usable = {i for i, k in enumerate(kinds) if k == "normal"}
+    usable = {i for i, k in enumerate(kinds) if k in ("normal", "long")}
     dups = {i for i, k in enumerate(kinds) if k == "duplicate"}
     # which copy comes first decides which one is "the duplicate": count the later copy of each pair
     key = lambda r: (r["prompt"], r["response"])  # noqa: E731
@@ -150,8 +151,8 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
     run = json.loads((tmp_path / "a" / "run.json").read_text())
     picked = {json.loads(l)["pool_index"] for l in open(tmp_path / "a" / "selected.jsonl")}
     assert picked == usable_deduped
-    assert run["counts"]["pool_no_response_tokens"] == 4
-    assert sorted(run["pool_rows_without_response_tokens"]) == sorted(i for i, k in enumerate(kinds) if k in ("empty", "truncated"))
+    assert run["counts"]["pool_no_response_tokens"] == 2
+    assert sorted(run["pool_rows_without_response_tokens"]) == sorted(i for i, k in enumerate(kinds) if k == "empty")
     assert run["counts"]["pool_duplicates"] == 3 and run["pool_filter"]["duplicates"]["excluded"] is True
     assert {a for a, _ in run["pool_filter"]["duplicates"]["pairs"]} == later
     deco = run["pool_filter"]["decontamination"]

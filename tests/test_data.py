@@ -117,11 +117,16 @@ def test_no_chat_template_layout(tok):
     assert enc.response_start == len(p)
 
 
-def test_truncation_can_remove_the_response(tok):
+def test_truncation_keeps_the_response(tok):
+    """max_length cuts the prompt first (down to a quarter of it), then the response's end; never all of it."""
     cfg = DataConfig(max_length=5)
+    whole = encode([to_conversation(ROWS[0], cfg)], tok, DataConfig())[0]
     enc = encode([to_conversation(ROWS[0], cfg)], tok, cfg)[0]
-    assert enc.length == 5 and enc.n_response_tokens == 0
-    assert not collate([enc], tok.pad_token_id).target_mask.any()
+    response = whole.input_ids[whole.response_start :]
+    assert enc.length == 5 and enc.n_response_tokens == min(len(response), 5 - 1)
+    assert enc.input_ids[enc.response_start :].tolist() == response[: enc.n_response_tokens].tolist()
+    assert enc.prompt_cut == whole.response_start - enc.response_start
+    assert collate([enc], tok.pad_token_id).target_mask.sum() == enc.n_response_tokens
 
 
 def test_empty_response_has_no_response_tokens(tok):

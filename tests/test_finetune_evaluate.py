@@ -30,22 +30,6 @@ def labelled_rows(n: int, seed: int, labels=LABELS) -> list[dict]:
     return [{"prompt": r["prompt"], "response": rng.choice(labels)} for r in synthetic_rows(n, seed)]
 
 
-@pytest.fixture(scope="module")
-def confident_model_dir(tmp_path_factory):
-    """The tiny model with a 30x larger LM head: at the default init its logits stay within about +-1, too flat
-    to learn a fixed answer that greedy decoding reproduces; LoRA still trains only q/k/v/o."""
-    from conftest import make_model, make_tokenizer
-
-    path = tmp_path_factory.mktemp("confident-llama")
-    tok = make_tokenizer()
-    model = make_model(len(tok))
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def train(tiny_model_dir, out, *data, extra=()):
     args = ["train", "--out", str(out), "--model", str(tiny_model_dir), "--quiet", "--rank", "4", "--batch-size", "4"]
     for d in data:

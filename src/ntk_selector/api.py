@@ -66,7 +66,18 @@ class Selection:
     ``scores`` holds what the method ranks by (the last column of scores.csv, named by what it
     holds): the mean NTK inner product (or cosine) for ``ntk`` (``ntk_score``), reverse-kNN votes for
     ``embedding`` (``embedding_votes``), the maximum cosine for ``less`` (``less_max_cosine``), and
-    NaN for the random methods (``no_score``).
+    NaN for the random methods (``no_score``). ``len(sel)`` is N.
+
+    Attributes:
+        indices: int64 [N], the selected 0-based pool rows, best first.
+        scores: float64 [N], each selected row's score.
+        votes: int64 [N], each selected row's reverse-kNN votes.
+        records: The selected pool records as given (every field unchanged), best first.
+        summary: The run's ``run.json``: settings, versions, counts, seconds per stage.
+        out: The output folder; None when ``select`` ran in a temporary folder (since removed).
+        pool_scores: float64 [pool], every pool row's score (NaN: not scored).
+        pool_votes: int64 [pool], every pool row's reverse-kNN votes.
+        preselected: bool [pool], whether the reverse-kNN pre-selection kept the row.
     """
 
     indices: np.ndarray  # int64 [N]: 0-based pool rows, best first
@@ -83,14 +94,28 @@ class Selection:
         return len(self.indices)
 
     def to_jsonl(self, path: str | Path) -> Path:
-        """The selected records, as given, one JSON object a line (e.g. for ``train``); returns the path."""
+        """Write the selected records, as given, one JSON object a line (e.g. for ``train``).
+
+        Args:
+            path: The JSONL file to write; its folder is created if needed.
+
+        Returns:
+            The path written.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
         return path
 
     def to_dataset(self) -> Any:
-        """The selected records as a ``datasets.Dataset`` (needs the ``datasets`` package)."""
+        """The selected records as a ``datasets.Dataset``.
+
+        Returns:
+            A ``datasets.Dataset`` with one row per selected record, best first.
+
+        Raises:
+            UserError: The ``datasets`` package is not installed.
+        """
         try:
             import datasets
         except ImportError:
@@ -102,13 +127,29 @@ def select(domain: Any, pool: Any, n: int, *, method: str = "ntk", model: str | 
            out: str | Path | None = None, **settings: Any) -> Selection | None:
     """Pick ``n`` rows of ``pool`` for the domain; the same run as ``ntk-selector select``.
 
-    ``domain`` / ``pool``: a path, a list of dicts or a ``datasets.Dataset`` (``pool`` may be None
-    with ``index=``). ``method``: ntk, random, embedding, preselect-random or less. ``model``: an HF
-    folder or hub id (default: the packaged SmolLM2-135M-Instruct). ``out``: the output folder
-    (selected.jsonl, scores.csv, run.json, report, stages/); a rerun there resumes. With
-    ``out=None`` the run happens in a temporary folder that is removed before this returns: the
-    Selection copies what it holds out of it first, and its ``out`` is None (pass ``out`` to keep the
-    files, or to run under torchrun, where ranks other than 0 get None).
+    ``out`` receives selected.jsonl, scores.csv, run.json, the report and stages/; a rerun there
+    resumes. With ``out=None`` the run happens in a temporary folder that is removed before this
+    returns: the Selection copies what it holds out of it first, and its ``out`` is None (pass
+    ``out`` to keep the files, or to run under torchrun, where ranks other than 0 get None).
+
+    Args:
+        domain: The domain set D: a path (anything ``--domain`` takes), a list of dicts or a
+            ``datasets.Dataset``.
+        pool: The pool C, in the same forms; None with ``index=``, where the pool is the indexed file.
+        n: How many pool rows to select (N).
+        method: ``ntk`` (the paper's method), ``random``, ``embedding``, ``preselect-random`` or ``less``.
+        model: An HF model folder or hub id; None for the packaged SmolLM2-135M-Instruct.
+        out: The output folder; None for a temporary one.
+        **settings: Any setting by its flag's name (``proj_dim=4096``, ``max_length=1024``,
+            ``index="stores/pool-index"``, ``config="settings.yaml"``); see the configuration page.
+
+    Returns:
+        The Selection; None on ranks other than 0 of a torchrun job.
+
+    Raises:
+        UserError: A setting has an unknown name or a wrong value, an input cannot be read (a
+            ``DataError`` names the file, line and field), or ``out`` holds a run of another
+            configuration (``overwrite=True`` starts over).
     """
     settings = dict(settings, n=n)
     if model is not None:
@@ -262,8 +303,23 @@ def _with_model(settings: dict[str, Any], **given: Any) -> dict[str, Any]:
 
 def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
               **settings: Any) -> dict[str, Any]:
-    """Projected per-sample LoRA gradient features of every row into the store ``out`` (as
-    ``ntk-selector featurize``; resumes). Returns the store's dim, logits mode and rows computed now."""
+    """Projected per-sample LoRA gradient features of every row into the store ``out``.
+
+    The same as ``ntk-selector featurize``; a rerun on the same store computes only missing rows.
+
+    Args:
+        data: The records: a path, a list of dicts or a ``datasets.Dataset``.
+        out: The feature store folder (``features.npy``, ``status.npy``, ``checksums.npy``, ``meta.json``).
+        model: An HF model folder or hub id; None for the packaged default model.
+        adapter: A PEFT adapter folder (the warm-up's); None for a fresh seeded LoRA.
+        **settings: Settings by flag name (``proj_dim``, ``objective``, ``max_length``, ``seed``, ...).
+
+    Returns:
+        The store's feature dim, logits mode (shortcut or full) and the rows computed by this call.
+
+    Raises:
+        UserError: A bad setting or record, or ``out`` holds a store of another configuration.
+    """
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "featurize",
                               MODEL_SECTIONS + (FeatureConfig,))
     with _records_and_session(data, c) as (records, session):
@@ -272,9 +328,24 @@ def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, ad
 
 def embed(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
           **settings: Any) -> int:
-    """Pre-selection embeddings of every row into the store ``out`` (as ``ntk-selector embed``;
-    resumes): the model's mean-pooled final hidden states, or with ``embedder="minilm"`` the
-    packaged sentence encoder's. Read them with ``load_features(out)``. Returns the rows computed now."""
+    """Pre-selection embeddings of every row into the store ``out``.
+
+    The same as ``ntk-selector embed`` (resumes): the model's mean-pooled final hidden states, or with
+    ``embedder="minilm"`` the packaged sentence encoder's. Read them with ``load_features(out)``.
+
+    Args:
+        data: The records: a path, a list of dicts or a ``datasets.Dataset``.
+        out: The embedding store folder.
+        model: An HF model folder or hub id; None for the packaged default model.
+        adapter: A PEFT adapter folder (the warm-up's, for the paper's mode).
+        **settings: Settings by flag name (``embedder``, ``embed_max_length``, ``max_length``, ...).
+
+    Returns:
+        The number of rows computed by this call (0 when the store was complete).
+
+    Raises:
+        UserError: A bad setting or record, or ``out`` holds a store of another configuration.
+    """
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "embed",
                               MODEL_SECTIONS + (EmbedConfig,))
     with _records_and_session(data, c) as (records, session):
@@ -286,7 +357,20 @@ def index(pool: Any, out: str | Path, *, model: str | Path | None = None, **sett
     """Index the pool once (as ``ntk-selector index``; resumes): per row its pre-selection embedding
     and the NTK feature of the base model with a seeded LoRA, no domain involved. Then
     ``select(domain, None, n, index=out)`` serves any number of domains without running a pool row
-    through the model again. Returns what the index build reports (rows, rows computed now)."""
+    through the model again.
+
+    Args:
+        pool: The pool: a path, a list of dicts or a ``datasets.Dataset``.
+        out: The index folder (``embeddings/`` and ``features/`` stores and the index's settings).
+        model: An HF model folder or hub id; None for the packaged default model.
+        **settings: Settings by flag name (``proj_dim``, ``max_length``, ``embedder``, ``seed``, ...).
+
+    Returns:
+        What the index build reports: its rows and the rows computed by this call.
+
+    Raises:
+        UserError: A bad setting or record, or ``out`` holds an index built with other settings.
+    """
     c = configs_from_settings(_with_model(settings, model=model), "index", MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
     with _files(pool, "pool", single=True, split=c[DataConfig].split) as (path,):
         records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
@@ -298,14 +382,39 @@ def load_features(store: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """A finished feature store: (features as a read-only numpy memmap [rows, dim], meta.json).
 
     Row i is input row i; which rows had no response tokens is in ``store/status.npy``
-    (0 pending, 1 done, 2 no response tokens)."""
+    (0 pending, 1 done, 2 no response tokens).
+
+    Args:
+        store: A store folder written by ``featurize``, ``embed`` or ``index``.
+
+    Returns:
+        The features as a read-only numpy memmap of shape [rows, dim], and the store's meta.json.
+
+    Raises:
+        UserError: The folder is not a store, or its rows are not all written.
+    """
     features, _, meta = open_store(store)
     return features, meta
 
 
 def score(domain_features: str | Path, pool_features: str | Path, **settings: Any) -> np.ndarray:
-    """Each pool row's NTK score against the domain (mean inner product; ``cosine=True`` for the mean
-    cosine) from two feature stores, as ``ntk-selector score``; NaN for rows without response tokens."""
+    """Each pool row's NTK score against the domain, from two feature stores.
+
+    The mean inner product with the domain's features (``cosine=True`` for the mean cosine), as
+    ``ntk-selector score``.
+
+    Args:
+        domain_features: The domain's feature store.
+        pool_features: The pool's feature store.
+        **settings: ``cosine``, ``score_block_mb``.
+
+    Returns:
+        float64 [pool rows]: each pool row's score; NaN for rows without response tokens.
+
+    Raises:
+        UserError: A store is incomplete or fails its checksums, or the two stores were made with a
+            different model, adapter, LoRA, objective or projection (every differing field is named).
+    """
     c = configs_from_settings(settings, "score", (ScoreConfig,))
     return stages.ntk_scores(Path(domain_features), Path(pool_features), c[ScoreConfig])
 
@@ -313,7 +422,27 @@ def score(domain_features: str | Path, pool_features: str | Path, **settings: An
 def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
           group_by_length: bool = False, **settings: Any) -> dict[str, Any]:
     """LoRA fine-tune on the union of ``data`` (one input, or a list of them: paths, record lists,
-    Selections), as ``ntk-selector train`` (3 epochs unless ``epochs=``). Returns the training state."""
+    Selections), as ``ntk-selector train`` (3 epochs unless ``epochs=``). A rerun on the same ``out``
+    resumes from its last checkpoint to the same adapter.
+
+    Args:
+        data: One input or a list of them: paths, lists of dicts, ``datasets.Dataset`` objects or
+            Selections; training runs on their union.
+        out: The adapter folder to write (PEFT ``save_pretrained`` layout).
+        model: An HF model folder or hub id; None for the packaged default model.
+        adapter: A PEFT adapter to start from; None for a fresh LoRA.
+        group_by_length: Batch rows of similar length together (less padding).
+        **settings: Settings by flag name (``epochs``, ``lr``, ``batch_size``, ``rank``, ``loss_mean``,
+            ``seed``, ``checkpoint_every``, ...).
+
+    Returns:
+        The training state written to ``training_state.json``: the run's definition (data and
+        settings), the rows of each input and the training loop's statistics.
+
+    Raises:
+        UserError: A bad setting or record, or ``out`` holds files other than a training run's
+            (``overwrite=True`` writes beside them and never deletes them).
+    """
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "train",
                               (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
     with _files(data, "data", split=c[DataConfig].split) as paths:
@@ -322,11 +451,37 @@ def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapte
 
 
 def evaluate(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
-             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
-             calibrate: bool = False, **settings: Any) -> dict[str, Any]:
-    """Accuracy on a labelled test set, as ``ntk-selector evaluate``; returns eval.json's contents."""
+             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int | None = None,
+             calibrate: bool = False, task: str = "auto", **settings: Any) -> dict[str, Any]:
+    """Score a test set as ``ntk-selector evaluate`` does; writes ``eval.json`` and ``predictions.jsonl``.
+
+    Label answers are scored by each allowed label's log-likelihood after the prompt (accuracy);
+    free-text answers by the NLL per response token (and with ``generate`` ROUGE-L / chrF).
+
+    Args:
+        data: The test records: a path, a list of dicts or a ``datasets.Dataset``.
+        out: The folder for ``eval.json`` and ``predictions.jsonl``.
+        model: An HF model folder or hub id; None for the packaged default model.
+        adapter: A PEFT adapter folder (the fine-tune to evaluate); None for the base model.
+        labels: The allowed labels; None for the distinct responses of the test set.
+        generate: Also generate greedy answers (exact match for labels; ROUGE-L, chrF and exact match
+            for free text).
+        max_new_tokens: The generation length with ``generate=True``; None for the default of the task.
+        calibrate: Also report contextually calibrated label scores (content-free prompts' prior
+            subtracted).
+        task: ``classification``, ``generation`` or ``auto`` (labels when the test answers look like
+            labels); ``eval.json`` says which was used and why.
+        **settings: Settings by flag name (``max_length``, ``device``, ``dtype``, ...).
+
+    Returns:
+        ``eval.json``'s contents: for labels ``accuracy``, ``balanced_accuracy``, ``macro_f1``,
+        per-class counts, the confusion matrix and ``gold_nll``; the task used and why.
+
+    Raises:
+        UserError: A bad setting or record, or ``out`` holds the evaluation of other data.
+    """
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "evaluate",
                               (ModelConfig, DataConfig, RunConfig))
     with _files(data, "test", single=True, split=c[DataConfig].split) as (path,):
         return run_evaluate(path, out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=labels, generate=generate,
-                            max_new_tokens=max_new_tokens, calibrate=calibrate)
+                            max_new_tokens=max_new_tokens, calibrate=calibrate, task=task)

@@ -48,6 +48,19 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
+    """The model and where it runs (``--model``, ``--adapter``, ``--device``, ``--dtype``).
+
+    Args:
+        model: An HF model folder or hub id; None for the packaged SmolLM2-135M-Instruct.
+        adapter: A PEFT adapter folder, as ``save_pretrained`` writes it.
+        device: ``auto`` (a CUDA GPU when there is one, else the CPU), ``cpu``, ``mps``, ``cuda``, ``cuda:N``.
+        dtype: Compute dtype of the frozen base: ``auto`` (bf16 on a GPU, fp32 on a CPU), ``float32``,
+            ``bfloat16`` or ``float16``. LoRA weights, per-sample products and the projection stay fp32.
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     model: str | None = _f(None, "HF model folder or hub id (default: packaged SmolLM2-135M-Instruct)")
     adapter: str | None = _f(None, "PEFT adapter folder (as save_pretrained writes it)")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1 …", pattern=r"auto|cpu|mps|cuda(:\d+)?")
@@ -59,6 +72,25 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    """How records are read, tokenized and batched.
+
+    Args:
+        prompt_field: The record field holding the prompt (prompt-response format).
+        response_field: The record field holding the response.
+        messages_field: The record field holding a chat list (messages format).
+        format: ``auto`` (found per file from its fields), ``prompt-response``, ``prompt-completion``,
+            ``messages``, ``sharegpt`` or ``alpaca``.
+        split: The split of a hub dataset or saved DatasetDict (needed when it has several).
+        subset: The subset (configuration name) of a hub dataset.
+        max_length: Tokenized rows are truncated to this many tokens.
+        no_chat_template: Tokenize prompt + response + EOS instead of using the chat template.
+        token_budget: The most padded tokens in a batch (rows x longest row).
+        max_batch_size: The most rows in a batch.
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     prompt_field: str = _f("prompt", "record field holding the prompt")
     response_field: str = _f("response", "record field holding the response")
     messages_field: str = _f("messages", "record field holding a chat list (the messages format)")
@@ -77,6 +109,18 @@ class DataConfig:
 
 @dataclass
 class LoraSettings:
+    """The LoRA adapter of the warm-up, the features and the fine-tune.
+
+    Args:
+        rank: The LoRA rank r (``--lora-rank``; ``--rank`` also works).
+        lora_alpha: The LoRA alpha.
+        lora_dropout: The LoRA dropout, in [0, 1).
+        target_modules: The modules that get LoRA (default: q/k/v/o projections).
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     rank: int = _f(8, "LoRA rank r", min=1, flag="--lora-rank", aliases=("--rank",))
     lora_alpha: float = _f(16.0, "LoRA alpha", gt=0)
     lora_dropout: float = _f(0.0, "LoRA dropout", min=0, lt=1)
@@ -88,6 +132,22 @@ class LoraSettings:
 
 @dataclass
 class RunConfig:
+    """Seeds, logging, overwriting, checkpoints and distributed waiting, shared by every command.
+
+    Args:
+        seed: Seed for shuffling, projections and the random baselines.
+        quiet: No progress bars (ours, transformers', datasets') or summaries.
+        log_level: ``debug``, ``info``, ``warning`` or ``error``.
+        debug: Show tracebacks on errors.
+        overwrite: Discard an existing output of another configuration.
+        work_dir: Folder for intermediate stage outputs (default ``OUT/stages``).
+        checkpoint_every: Train and warm-up save a resumable state every this many steps (0: never).
+        dist_timeout: Minutes the ranks of a torchrun job wait for each other.
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     seed: int = _f(0, "seed for shuffling, projections and random baselines", min=0, max=2**32 - 1)
     quiet: bool = _f(False, "no progress bars (ours, transformers', datasets') or summaries")
     log_level: str = _f("warning", "log messages at and above this level", choices=("debug", "info", "warning", "error"))
@@ -103,6 +163,21 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
+    """The warm-up's and the fine-tune's optimisation.
+
+    Args:
+        epochs: Training epochs (full passes; fractions allowed).
+        lr: The AdamW learning rate; 0 leaves the LoRA at its start.
+        batch_size: Rows per training batch.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: Share of the steps with a linear learning-rate warm-up.
+        loss_mean: ``token`` (mean over all response tokens of a batch) or ``example`` (mean over rows
+            of each row's token mean).
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     epochs: float = _f(1.0, "training epochs (fractions allowed)", gt=0)
     lr: float = _f(1e-4, "learning rate (AdamW); 0 leaves the LoRA at its start (a warm-up that changes nothing)", min=0)
     batch_size: int = _f(8, "training batch size", min=1)
@@ -116,6 +191,23 @@ class TrainConfig:
 
 @dataclass
 class FeatureConfig:
+    """The NTK features: objective, projection and storage.
+
+    Args:
+        proj_dim: The projected feature dimension p; 0 stores the raw LoRA gradient.
+        objective: ``ntk`` (mean summed logits over the response positions), ``ntk-all`` (over every
+            position), ``ntk-content`` (the response positions but the end-of-turn one) or ``ce``
+            (the mean response cross-entropy, as LESS).
+        logits: ``auto`` (the summed-logit shortcut when the head is linear), ``full`` (real logits)
+            or ``shortcut``.
+        store_dtype: ``float32`` or ``float16`` for the stored features.
+        projection_cache_mb: Megabytes of ±1 projection signs kept on the device (0: a quarter of the
+            device's free memory, 1 GiB on a CPU); the rest are regenerated per batch.
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     proj_dim: int = _f(8192, "projected feature dimension p (0 stores the raw LoRA gradient)", min=0)
     objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ntk-content: over the response positions but the one predicting the end-of-turn token; ce: of the mean response cross-entropy (LESS)", choices=("ntk", "ntk-all", "ntk-content", "ce"))
     logits: str = _f("auto", "auto: summed-logit shortcut u.h when the head is linear; full: real logits", choices=("auto", "full", "shortcut"))
@@ -128,6 +220,19 @@ class FeatureConfig:
 
 @dataclass
 class PreselectConfig:
+    """How many rows to select, and the reverse-kNN pre-selection.
+
+    Args:
+        n: The number of pool rows to select, N (``--n`` or ``-n``).
+        m: The pre-selected candidates M (None: 4N, capped at the pool size); at least N.
+        k: The neighbours each domain row votes for (None: M/4).
+        knn_search: ``flat`` (exact, streamed), ``ivf`` or ``hnsw`` (FAISS, approximate), or ``auto``
+            (flat up to 2e9 domain x pool pairs, else ivf).
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     n: int = _f(0, "number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)", short="-n", min=0)
     m: int | None = _f(None, "pre-selected candidates M (default 4N, capped at the pool size)", min=1)
     k: int | None = _f(None, "neighbours each domain row votes for (default M/4)", min=1)
@@ -139,6 +244,17 @@ class PreselectConfig:
 
 @dataclass
 class IndexConfig:
+    """Selecting against a pool index built by ``index``.
+
+    Args:
+        index: An index folder; the pool is then scored from it and never run through the model again.
+        index_mode: ``features`` (the index pre-selects and scores; no warm-up) or ``preselect`` (the
+            index pre-selects; the warm model featurizes the M candidates).
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     index: str | None = _f(None, "select: an index folder from `ntk-selector index`; the pool is scored from it and never run through the model again")
     index_mode: str = _f("features", "select --index: features (index embeddings pre-select, index features score: no warm-up) or preselect (index pre-selects, warm model featurizes the M candidates)", choices=("features", "preselect"))
 
@@ -151,6 +267,17 @@ class IndexConfig:
 
 @dataclass
 class EmbedConfig:
+    """The pre-selection embeddings.
+
+    Args:
+        embedder: ``model`` (the mean-pooled final hidden state) or ``minilm`` (the packaged
+            all-MiniLM-L6-v2 sentence encoder).
+        embed_max_length: Embed only the first this many tokens of each row (0: the whole row).
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     embedder: str = _f("model", "pre-selection embeddings: model (mean-pooled final hidden state) or minilm (the packaged all-MiniLM-L6-v2 sentence encoder)", choices=("model", "minilm"))
     embed_max_length: int = _f(0, "embed only the first this many tokens of each row (0: the whole row as tokenized)", min=0)
 
@@ -160,6 +287,16 @@ class EmbedConfig:
 
 @dataclass
 class ScoreConfig:
+    """How pool rows are scored against the domain.
+
+    Args:
+        cosine: Score by the mean cosine instead of the mean inner product.
+        score_block_mb: Megabytes of features read per block (memory does not grow with the pool).
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     cosine: bool = _f(False, "score with mean cosine instead of the mean inner product")
     score_block_mb: int = _f(256, "megabytes of features read per block when scoring (memory does not grow with the pool)", min=1)
 
@@ -169,6 +306,21 @@ class ScoreConfig:
 
 @dataclass
 class PoolFilterConfig:
+    """Pool rows that are reported and never selected.
+
+    Args:
+        dedupe: Fold repeated pool rows (same prompt and response): only the first copy can be
+            selected (on by default; ``--keep-duplicates`` turns it off). Duplicates are counted in
+            the summary and run.json either way.
+        keep_domain_copies: Let pool rows that are exact copies of a domain row be selected (by
+            default they are left out and counted).
+        decontaminate: Test-set records; pool rows sharing an n-gram with any of them are excluded.
+        ngram: The n of the whitespace-token n-grams of ``decontaminate``.
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     dedupe: bool = _f(True, "fold identical pool rows (same prompt and response): only the first copy can be selected; the count is printed and in run.json (--keep-duplicates: any copy may be selected, the earlier behaviour)", off_flag="--keep-duplicates")
     keep_domain_copies: bool = _f(False, "let pool rows that are exact copies of a domain row (same prompt and response) be selected; by default they are left out, counted in the summary and run.json")
     decontaminate: str | None = _f(None, "test-set records: pool rows sharing an n-gram with any of them are reported and never selected")
@@ -180,12 +332,40 @@ class PoolFilterConfig:
 
 @dataclass
 class OutputConfig:
+    """Extra output files of ``select``.
+
+    Args:
+        output_format: ``records`` (selected.jsonl only), ``prompt-completion`` or ``messages`` (also
+            the selection as TRL rows).
+    """
+
     output_format: str = _f("records", "besides selected.jsonl, write the selection as TRL rows: prompt-completion (selected_prompt_completion.jsonl) or messages (selected_messages.jsonl); records: selected.jsonl only",
                             choices=("records", "prompt-completion", "messages"))
 
 
 @dataclass
 class DiagnoseConfig:
+    """The checks of ``diagnose``: NTK stability, approximation and projection.
+
+    Args:
+        probe_rows: Rows of the stability and projection probe (half domain, half pool, seeded).
+        stability_points: Warm-up steps at which the probe kernel is measured (plus step 0).
+        kernel_proj_dim: Features of the stability kernel: 0 for raw LoRA gradients (exact), p > 0
+            to project (for large models; skips the projection check).
+        approx_rows: Rows of the exact-eNTK probe (every sampled output costs a backward over them).
+        approx_outputs: Output logits in the exact eNTK: all V when V is at most this (or 0), else a
+            seeded sample of this many, scaled by V/sample.
+        projection_dims: The projection dims compared with the raw gradient.
+        projection_seeds: Projection seeds averaged per dim.
+        projection_top: The share of the probe's pool rows that counts as the top N in the overlap.
+        checks: Which of ``stability``, ``approximation``, ``projection`` to run.
+        warn_stability: Warn when the NTK stability falls below this.
+        warn_spearman: Warn when the exact vs Jacobian-free score rank correlation falls below this.
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     probe_rows: int = _f(64, "rows of the stability / projection probe (half domain, half pool, seeded)", min=2)
     stability_points: int = _f(8, "warm-up steps at which the probe kernel is measured (evenly spaced, plus step 0)", min=1)
     kernel_proj_dim: int = _f(0, "features of the stability kernel: 0 = raw LoRA gradients (exact); p > 0 projects (large models; skips the projection check)", min=0)
@@ -204,6 +384,16 @@ class DiagnoseConfig:
 
 @dataclass
 class PredictConfig:
+    """Kernel ridge regression of ``predict``.
+
+    Args:
+        ridge: The ridge regularisation, relative to the mean kernel diagonal.
+        predict_cosine: Use the cosine-normalized kernel.
+
+    Raises:
+        ConfigError: A field has a wrong type or is out of range (the message names its flag).
+    """
+
     ridge: float = _f(1e-3, "kernel ridge regularisation, relative to the mean kernel diagonal", min=0)
     predict_cosine: bool = _f(False, "use the cosine-normalized kernel")
 

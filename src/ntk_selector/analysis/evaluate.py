@@ -1,6 +1,11 @@
-"""``evaluate``: accuracy of a model (+ adapter) on a labelled test set, written to ``DIR/eval.json``.
+"""``evaluate``: how well a model (+ adapter) answers a test set, written to ``DIR/eval.json``.
 
-Classification (default): every allowed label (the distinct responses of the test file, or
+The task is chosen from the gold answers (``choose_task``; ``--task`` overrides): label scoring when
+they look like labels, free-text metrics otherwise (``analysis.text_metrics``: per-token NLL of the
+gold response, perplexity, and with ``--generate`` ROUGE-L, chrF and exact match). ``eval.json``
+says which was used and why (``task``, ``task_reason``).
+
+Classification: every allowed label (the distinct responses of the test file, or
 ``--labels``) is scored by the model's summed log-likelihood of the label's response tokens after
 the prompt, tokenized exactly as in training (chat template, response masks), and the best label
 wins (ties: the first label). The response tokens include the template's end-of-turn tokens, which
@@ -274,12 +279,87 @@ def content_free_prior(session: Session, conversations: Sequence[Conversation], 
     return probs.mean(0), [c.prompt_messages[-1]["content"] for c in free]
 
 
+TASKS = ("auto", "classification", "generation")
+DEFAULT_MAX_NEW_TOKENS = 32  # classification with --generate: a label is a few tokens
+MAX_GENERATION_TOKENS = 512  # generation: the longest gold response's tokens, at most this many
+
+
+def choose_task(truth: Sequence[str], task: str = "auto", labels: Sequence[str] | None = None) -> tuple[str, str]:
+    """``classification`` or ``generation`` for these gold answers, and why.
+
+    Label scoring when the answers look like labels (the select summary's answer-mix rule: at most
+    20 distinct answers, each about twice or more), free text otherwise; ``task`` overrides."""
+    from ntk_selector.selection.answer_mix import MAX_LABELS, answer_mix
+
+    if task not in TASKS:
+        raise UserError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
+    if task != "auto":
+        return task, f"--task {task}"
+    if labels:
+        return "classification", "--labels given"
+    distinct = len(set(truth))
+    if answer_mix(truth, []) is not None:
+        return "classification", (f"{distinct} distinct answers over {len(truth)} rows look like labels (at most "
+                                  f"{MAX_LABELS}, each about twice or more)")
+    return "generation", (f"{distinct} distinct answers over {len(truth)} rows are free text (labels: at most "
+                          f"{MAX_LABELS} distinct answers, each about twice or more)")
+
+
 def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: Sequence[str] | None = None,
-             generate: bool = False, max_new_tokens: int = 32,
-             calibrate: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Accuracy summary and per-row predictions of the session's model on the test records."""
+             generate: bool = False, max_new_tokens: int | None = None, calibrate: bool = False,
+             task: str = "auto") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Summary and per-row predictions of the session's model on the test records: label scores
+    (accuracy, ...) for a classification test set, response NLL (and with ``generate`` ROUGE-L, chrF,
+    exact match) for free-text answers. ``max_new_tokens`` None: 32 for labels, the longest gold
+    response for free text."""
     start = time.perf_counter()
     truth = [c.response.strip() for c in test.conversations]
+    chosen, reason = choose_task(truth, task, labels)
+    if chosen == "generation":
+        if labels:
+            raise UserError("--labels is for classification; drop it or use --task classification")
+        if calibrate:
+            raise UserError("--calibrate is for classification (label scores); drop it for free-text answers")
+        summary, rows = evaluate_text(session, test, data_cfg, generate=generate, max_new_tokens=max_new_tokens)
+    else:
+        summary, rows = evaluate_labels(session, test, data_cfg, truth, labels=labels, generate=generate,
+                                        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS, calibrate=calibrate)
+    summary.update({"task": chosen, "task_reason": reason, "seconds": round(time.perf_counter() - start, 3)})
+    return summary, rows
+
+
+def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, generate: bool,
+                  max_new_tokens: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Free-text answers: the gold response's NLL per token; with ``generate``, greedy answers and their metrics."""
+    from ntk_selector.analysis.text_metrics import generation_summary, nll_summary, response_nll
+
+    tok, model, quiet = session.tokenizer, session.model, session.run.quiet
+    encoded = encode(test.conversations, tok, data_cfg)
+    empty = [i for i, e in enumerate(encoded) if e.n_response_tokens == 0]
+    if empty:
+        raise UserError(f"{test.path}: line {test.line(empty[0])} has an empty response: a free-text test set needs a "
+                        f"gold answer on every row ({len(empty)} rows without)")
+    nll = response_nll(model, encoded, tok.pad_token_id, data_cfg, quiet=quiet)
+    summary, rows = nll_summary(nll, encoded)
+    truth = [c.response.strip() for c in test.conversations]
+    rows = [{"row": i, "response": t, **r} for i, (t, r) in enumerate(zip(truth, rows))]
+    summary.update({"n": len(rows), "mode": "nll", "accuracy": None})
+    if generate:
+        longest = max(e.n_response_tokens for e in encoded)
+        limit = max_new_tokens or min(MAX_GENERATION_TOKENS, longest)
+        prompts = [e.input_ids[: e.response_start] for e in encoded]
+        texts = greedy_generate(model, tok, prompts, limit, stop_token_ids(tok, data_cfg), data_cfg, quiet=quiet)
+        gen_summary, gen_rows = generation_summary(texts, truth)
+        summary.update({**gen_summary, "accuracy": gen_summary["exact_match"], "mode": "nll+generate",
+                        "max_new_tokens": limit})
+        rows = [{**r, **g} for r, g in zip(rows, gen_rows)]
+    return summary, rows
+
+
+def evaluate_labels(session: Session, test: Records, data_cfg: DataConfig, truth: list[str], *,
+                    labels: Sequence[str] | None, generate: bool, max_new_tokens: int,
+                    calibrate: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Label answers: accuracy, balanced accuracy, macro-F1 and gold NLL by label scores (or --generate)."""
     label_set = [s.strip() for s in labels] if labels else sorted(set(truth))
     if any(not s for s in label_set):
         raise UserError("labels must be non-empty strings")
@@ -314,16 +394,15 @@ def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: S
         summary["calibrated"] = {**confusion(truth, cal_pred, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS),
                                  "label_prior": dict(zip(label_set, map(float, prior))),
                                  "content_free_prompts": free_prompts}
-    summary.update({"mode": "generate" if generate else "log-likelihood", "truncated_prompts": truncated,
-                    "seconds": round(time.perf_counter() - start, 3)})
+    summary.update({"mode": "generate" if generate else "log-likelihood", "truncated_prompts": truncated})
     if generate:
         summary["max_new_tokens"] = max_new_tokens
     return summary, rows
 
 
 def run_evaluate(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig, run: RunConfig, *,
-                 labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int = 32,
-                 calibrate: bool = False, session: Session | None = None) -> dict[str, Any]:
+                 labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int | None = None,
+                 calibrate: bool = False, task: str = "auto", session: Session | None = None) -> dict[str, Any]:
     """Evaluate and write ``eval.json`` and ``predictions.jsonl`` atomically into ``out``."""
     refuse_replacing(out, ("eval.json", "predictions.jsonl"), (("eval.json", "data_fingerprint"),), run.overwrite)
     test = Records.load(data_path, data_cfg)
@@ -331,7 +410,7 @@ def run_evaluate(data_path: str | Path, out: str | Path, model_cfg: ModelConfig,
         session = Session(model_cfg, LoraSettings(), run)
     session.load(model_cfg.adapter)  # no adapter: a fresh LoRA with B = 0, i.e. the base model
     summary, rows = evaluate(session, test, data_cfg, labels=labels, generate=generate, max_new_tokens=max_new_tokens,
-                             calibrate=calibrate)
+                             calibrate=calibrate, task=task)
     summary.update({"data": str(data_path), "data_fingerprint": test.fingerprint, **session.describe(),
                     "adapter": model_cfg.adapter, "data_config": to_dict(data_cfg)})
     out = Path(out)

@@ -26,6 +26,8 @@ IGNORE_INDEX = -100
 # Which tokens carry the objectives and the loss; stored in every definition, so a store or adapter
 # made under an earlier rule (everything after the prompt's rendering) is never reused.
 RESPONSE_TOKENS = "content+end-of-turn"
+# How a row longer than max_length is cut (see fit_to_length); stored in every definition for the same reason.
+TRUNCATION = "prompt-middle, response kept"
 
 
 # ----------------------------------------------------------------------------- reading records
@@ -63,6 +65,8 @@ class Encoded:
 
     input_ids: np.ndarray  # int64 [length]
     response_start: int
+    prompt_cut: int = 0  # prompt tokens dropped (from its middle) to fit max_length
+    response_cut: int = 0  # response tokens dropped (from its end): only when the response alone nearly fills max_length
 
     @property
     def length(self) -> int:
@@ -164,11 +168,29 @@ def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfi
         response_ids = [ids + [eos] for ids in tokenizer([c.response for c in conversations], add_special_tokens=False)["input_ids"]]
     out = []
     for conv, p, r in zip(conversations, prompt_ids, response_ids):
-        ids = np.asarray((list(p) + list(r))[: cfg.max_length], dtype=np.int64)
+        fp, fr = fit_to_length(list(p), list(r), cfg.max_length)
+        ids = np.asarray(fp + fr, dtype=np.int64)
         # An empty response text carries no information: no response tokens, never selected.
-        start = len(ids) if not conv.response.strip() else min(len(p), len(ids))
-        out.append(Encoded(ids, start))
+        start = len(ids) if not conv.response.strip() else len(fp)
+        out.append(Encoded(ids, start, prompt_cut=len(p) - len(fp), response_cut=len(r) - len(fr)))
     return out
+
+
+def fit_to_length(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Prompt and response ids cut to ``max_length`` tokens together, the response kept whole.
+
+    Why: a long answer (a summary, a conclusion) is what a generative fine-tune learns from; cutting
+    its end would train and score a different answer. The prompt loses tokens from its middle (its
+    start, the instructions and the template's header, and its end, the question and the assistant
+    header, stay), down to a floor of ``max_length // 4`` tokens; only a response longer than the rest
+    loses tokens from its end. The NTK features, the training loss and ``evaluate`` all use this rule.
+    """
+    if len(prompt) + len(response) <= max_length:
+        return prompt, response
+    keep = max(max_length - len(response), min(len(prompt), max_length // 4))
+    tail = keep // 2
+    prompt = prompt[: keep - tail] + (prompt[len(prompt) - tail :] if tail else [])
+    return prompt, response[: max_length - keep]
 
 
 # ----------------------------------------------------------------------------- batching
@@ -250,25 +272,31 @@ def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
     definition = {"data_fingerprint": records.fingerprint, "data_rows": len(records), "max_length": data_cfg.max_length,
                   "chat_template": not data_cfg.no_chat_template, "prompt_field": data_cfg.prompt_field,
                   "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field,
-                  "response_tokens": RESPONSE_TOKENS}
+                  "response_tokens": RESPONSE_TOKENS, "truncation": TRUNCATION}
     if records.format != "prompt-response":
         definition["format"] = records.format
     return definition
 
 
 def check_response_tokens(data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool = True) -> int:
-    """Before any model work: warn (on stderr) about rows whose whole response is truncated away by
-    --max-length, and refuse when no row has a response token left. Returns the usable rows."""
+    """Before any model work: warn (on stderr) about rows whose response is cut by --max-length (only a
+    response longer than about 3/4 of it is: prompts are shortened first), and refuse when no row has a
+    response token left. Returns the usable rows."""
     usable = 0
     for records in data:
         encoded = encode(records.conversations, tokenizer, data_cfg)
         lost = [i for i, (e, c) in enumerate(zip(encoded, records.conversations))
                 if e.n_response_tokens == 0 and c.response.strip()]
+        cut = [i for i, e in enumerate(encoded) if e.response_cut and e.n_response_tokens]
         usable += sum(e.n_response_tokens > 0 for e in encoded)
         if lost and warn:
             print(f"WARNING: {len(lost)} of {len(records)} rows of {records.path} lose their whole response to "
                   f"--max-length {data_cfg.max_length} (first at line {records.line(lost[0])}) and are skipped; "
                   f"raise --max-length to keep them", file=sys.stderr, flush=True)
+        if cut and warn:
+            print(f"WARNING: {len(cut)} of {len(records)} rows of {records.path} have responses longer than "
+                  f"--max-length {data_cfg.max_length} leaves them (first at line {records.line(cut[0])}): their "
+                  f"ends are cut; raise --max-length to keep them whole", file=sys.stderr, flush=True)
     if usable == 0:
         names = ", ".join(str(r.path) for r in data)
         raise UserError(f"{names}: no example has response tokens left (empty responses, or all truncated away at "

@@ -1,7 +1,7 @@
 """How often the selected rows give each of the domain's answers, when the domain is a classification task.
 
 Why: fine-tuning on D ∪ S moves the model's prior over D's labels toward the answers S gives. In the
-downstream benchmark (BENCHMARKS.md) the similarity-based selections took only binary movie
+downstream benchmark (docs/benchmarks/downstream.md) the similarity-based selections took only binary movie
 sentiment rows ("positive"/"negative", never D's "neutral"), and how often the fine-tuned model
 answered "neutral" decided its accuracy. This count makes such a mismatch visible at selection time.
 """

@@ -7,7 +7,7 @@ Neighbour search:
   domain x pool rows (cheap for the usual ~1K-row domain).
 - ``ivf`` / ``hnsw``: approximate FAISS indexes for large domain x pool products. They hold the
   whole normalized pool in memory (4 x dim bytes per row) but search in far fewer operations.
-  IVF builds much faster than HNSW on CPUs (see BENCHMARKS.md), and probes enough lists to hold
+  IVF builds much faster than HNSW on CPUs (see docs/benchmarks/scale.md), and probes enough lists to hold
   several times K candidates; HNSW searches with ef = 2K.
 - ``auto``: flat up to ``EXACT_MAX_PAIRS`` domain x pool pairs, else ivf.
 Votes are counted per block of domain rows.
