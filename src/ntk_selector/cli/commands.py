@@ -283,8 +283,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     scores = ntk_scores(domain, pool, c[ScoreConfig])
     with folder_lock(out):
         refuse_others()  # again, now that we hold the lock
-        _write_score_files(out, scores, c)
+        # the record first: a crash between the files leaves a folder a rerun of these settings may finish
         write_json_atomic(out / SCORE_STATE, {"definition": definition})
+        _write_score_files(out, scores, c)
     return 0
 
 
