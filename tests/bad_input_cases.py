@@ -66,6 +66,7 @@ class Case:
     fragment: str
     check: Callable[[Ctx], tuple[str, str] | None] | None = None  # ("lost" | "wrong", why) when the outputs are bad
     fault: Callable[[Ctx], Any] | None = None  # a context manager active while the command runs
+    call: Callable[[Ctx], tuple[int, str]] | None = None  # (exit code, stderr) of a library call, instead of the CLI
 
 
 TINY = ["--proj-dim", "16", "--rank", "4", "--quiet"]
@@ -86,11 +87,13 @@ def run_case(case: Case, root: Path, model: Path) -> tuple[str, str]:
     ctx = Ctx(root, model)
     argv = case.argv(ctx)
     try:
+        run: Callable[[], tuple[int, str]] = ((lambda: case.call(ctx)) if case.call is not None  # type: ignore[misc]
+                                              else (lambda: _main(argv)[::2]))
         if case.fault is not None:
             with case.fault(ctx):
-                rc, _, err = _main(argv)
+                rc, err = run()
         else:
-            rc, _, err = _main(argv)
+            rc, err = run()
     except BaseException as e:  # noqa: BLE001 - an escaped exception is itself the finding
         return "unclear", f"raised {type(e).__name__}: {e}"
     try:
@@ -583,4 +586,560 @@ CASES: list[Case] = [
     Case("every domain row has an empty response", "message",
          _domain_empty_responses, 2, "no example has response tokens left"),
     Case("pool task named '50% off $$'", "message", _odd_task_names, 0, "", check=_report_written),
+]
+
+
+# ----------------------------------------------------------------------------- second round: helpers
+# Every stage's outputs, settings given twice or in the wrong shape, folders of mixed files, records
+# laid out as one JSON document, pool rows that repeat each other or the domain, file permissions,
+# read-only outputs, and records handed to the library rather than the command line.
+
+
+def _embed_stores(ctx: Ctx) -> tuple[Path, Path]:
+    for name, data in (("ed", ctx.domain()), ("ep", ctx.pool())):
+        ensure(["embed", "--data", data, "--out", ctx.root / name, "--model", ctx.model, "--quiet"])
+    return ctx.root / "ed", ctx.root / "ep"
+
+
+def _preselect(ctx: Ctx, out: Path, *extra: Any) -> list[Any]:
+    ed, ep = ctx.root / "ed", ctx.root / "ep"
+    return ["preselect", "--domain-store", ed, "--pool-store", ep, "--out", out, "--n", "4", "--quiet", *extra]
+
+
+def _preselect_over_user_file(ctx: Ctx) -> list[Any]:
+    _embed_stores(ctx)
+    ctx.raw("victim.jsonl", '{"prompt": "mine", "response": "keep"}\n')
+    with_check(ctx, unchanged(ctx, "victim.jsonl"))
+    return _preselect(ctx, ctx.root / "victim.jsonl")
+
+
+def _preselect_rerun_other_settings(ctx: Ctx) -> list[Any]:
+    _embed_stores(ctx)
+    ensure(_preselect(ctx, ctx.root / "pre.npz"))
+    with_check(ctx, unchanged(ctx, "pre.npz"))
+    return _preselect(ctx, ctx.root / "pre.npz", "--m", "6")
+
+
+def _preselect_same_rerun(ctx: Ctx) -> list[Any]:
+    _embed_stores(ctx)
+    ensure(_preselect(ctx, ctx.root / "pre.npz"))
+    ctx.notes["first"] = (ctx.root / "pre.npz").read_bytes()
+    return _preselect(ctx, ctx.root / "pre.npz")
+
+
+def _same_preselection(ctx: Ctx) -> tuple[str, str] | None:
+    with np.load(io.BytesIO(ctx.notes["first"])) as a, np.load(ctx.root / "pre.npz") as b:
+        same = all(np.array_equal(a[k], b[k]) for k in ("votes", "order"))
+    return None if same else ("wrong", "a rerun of the same settings gave another pre-selection")
+
+
+def _score_into_folder_with(ctx: Ctx, files: dict[str, str]) -> list[Any]:
+    args = _two_stores(ctx)
+    out = ctx.root / "s"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with_check(ctx, unchanged(ctx, *(f"s/{n}" for n in files)))
+    return args
+
+
+def _score_rerun_other_settings(ctx: Ctx) -> list[Any]:
+    args = _two_stores(ctx)
+    ensure(args)
+    with_check(ctx, unchanged(ctx, "s/scores.csv", "s/top.txt"))
+    return args + ["--cosine"]
+
+
+def _store_folder_with(ctx: Ctx, files: dict[str, str], command: str = "featurize") -> list[Any]:
+    out = ctx.root / "o"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with_check(ctx, unchanged(ctx, *(f"o/{n}" for n in files)))
+    if command == "index":
+        return ["index", "--pool", ctx.pool(), "--out", out, "--model", ctx.model, *TINY]
+    return featurize(ctx, ctx.domain(), out)
+
+
+def _out_is(kind: str, command: str) -> Callable[[Ctx], list[Any]]:
+    """--out that is an existing file or a symlink to nothing, for one command."""
+
+    def argv(ctx: Ctx) -> list[Any]:
+        out = ctx.root / "out"
+        if kind == "file":
+            out.write_text("mine")
+        else:
+            os.symlink(ctx.root / "gone", out)
+        with_check(ctx, lambda c: None if (out.is_symlink() or out.read_text() == "mine") else ("lost", "--out changed"))
+        if command == "select":
+            return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", out, "--n", "4", "--model", ctx.model,
+                    *TINY]
+        if command == "score":
+            return _two_stores(ctx)[:-1] + [out]
+        if command == "index":
+            return ["index", "--pool", ctx.pool(), "--out", out, "--model", ctx.model, *TINY]
+        return featurize(ctx, ctx.domain(), out)
+
+    return argv
+
+
+def _preselect_into_folder(ctx: Ctx) -> list[Any]:
+    _embed_stores(ctx)
+    (ctx.root / "pre_dir").mkdir()
+    (ctx.root / "pre_dir" / "mine.txt").write_text("keep")
+    with_check(ctx, unchanged(ctx, "pre_dir/mine.txt"))
+    return _preselect(ctx, ctx.root / "pre_dir")
+
+
+@contextmanager
+def _read_only(folder: Path) -> Iterator[None]:
+    """The filesystem under ``folder`` refuses new files and folders (EROFS), as a read-only mount
+    does; the tests run as any user, so permissions alone cannot stand for it."""
+    real_open, real_mkdir = os.open, os.mkdir
+    root = str(folder.resolve())
+
+    def inside(path: Any) -> bool:
+        return str(Path(os.fspath(path)).resolve()).startswith(root)
+
+    def ro_open(path: Any, flags: int, *a: Any, **k: Any) -> int:
+        if flags & os.O_CREAT and inside(path):
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+        return real_open(path, flags, *a, **k)
+
+    def ro_mkdir(path: Any, *a: Any, **k: Any) -> None:
+        if inside(path):
+            if os.path.isdir(path):
+                raise FileExistsError(errno.EEXIST, "File exists", os.fspath(path))
+            raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+        real_mkdir(path, *a, **k)
+
+    os.open, os.mkdir = ro_open, ro_mkdir  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        os.open, os.mkdir = real_open, real_mkdir  # type: ignore[assignment]
+
+
+def _read_only_out(command: str) -> Callable[[Ctx], list[Any]]:
+    def argv(ctx: Ctx) -> list[Any]:
+        out = ctx.root / "ro"
+        out.mkdir()
+        if command == "select":
+            return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", out, "--n", "4", "--model", ctx.model,
+                    *TINY]
+        if command == "train":
+            return ["train", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--rank", "4", "--epochs", "1",
+                    "--quiet"]
+        return featurize(ctx, ctx.domain(), out)
+
+    return argv
+
+
+@contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _modes_follow_umask(ctx: Ctx) -> tuple[str, str] | None:
+    """Under umask 027 every file we leave is 0640 and every folder 0750 (what open() and mkdir give)."""
+    out = ctx.root / "o"
+    if not (out / "run.json").exists():
+        return "wrong", "no run.json"
+    for path in [out, *out.rglob("*")]:
+        want = 0o750 if path.is_dir() else 0o640
+        got = path.stat().st_mode & 0o777
+        if got != want:
+            return "wrong", f"{path.relative_to(ctx.root)} has mode {got:o}, expected {want:o}"
+    return None
+
+
+def _yaml_text_case(id: str, text: str, fragment: str, name: str = "c.yaml") -> Case:
+    case = settings_case(id, [], fragment)
+    inner = case.argv
+    case.argv = lambda ctx: inner(ctx) + ["--config", ctx.raw(name, text)]
+    return case
+
+
+def _n_above_rows_with_responses(ctx: Ctx) -> list[Any]:
+    rows = [{"prompt": f"q{i}", "response": "fine" if i < 3 else " "} for i in range(12)]
+    return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(rows), "--out", ctx.root / "o", "--n", "5",
+            "--model", ctx.model, *TINY]
+
+
+def _no_model_work(ctx: Ctx) -> tuple[str, str] | None:
+    return ("wrong", "the warm-up ran before --n was checked") if (ctx.root / "o" / "stages" / "warmup").exists() else None
+
+
+def _large_m(ctx: Ctx) -> list[Any]:
+    return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", ctx.root / "o", "--n", "4", "--m", "100",
+            "--model", ctx.model, *TINY]
+
+
+def _replay_other_release(ctx: Ctx) -> list[Any]:
+    first = ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", ctx.root / "first", "--n", "4",
+             "--model", ctx.model, "--method", "random", "--quiet"]
+    ensure(first)
+    run = json.loads((ctx.root / "first" / "run.json").read_text())
+    run["versions"]["ntk_selector"] = "0.0.1"
+    replay = ctx.raw("old_run.json", json.dumps(run))
+    return ["select", "--config", replay, "--out", ctx.root / "o", "--quiet"]
+
+
+def _same_selection_as_first(ctx: Ctx) -> tuple[str, str] | None:
+    a, b = ((ctx.root / n / "selected.jsonl").read_text() for n in ("first", "o"))
+    return None if a == b else ("wrong", "the replay selected other rows")
+
+
+def _mixed_folder(files: dict[str, str]) -> Callable[[Ctx], Path]:
+    def make(ctx: Ctx) -> Path:
+        for name, text in files.items():
+            ctx.raw(f"pool_dir/{name}", text)
+        return ctx.root / "pool_dir"
+
+    return make
+
+
+ROWS_A = "".join(json.dumps(r) + "\n" for r in synthetic_rows(15, 2))
+ROWS_B = "prompt,response\n" + "".join(f"b{i},r{i}\n" for i in range(15))
+PRETTY_ARRAY = json.dumps(synthetic_rows(3, 2), indent=2) + "\n"
+PRETTY_OBJECTS = "".join(json.dumps(r, indent=2) + "\n" for r in synthetic_rows(3, 2))
+
+
+def _selected(ctx: Ctx) -> list[dict]:
+    from ntk_selector.io.outputs import user_record
+
+    path = ctx.root / "o" / "selected.jsonl"
+    return [user_record(json.loads(l)) for l in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _content(r: dict) -> tuple[str, str]:
+    return r["prompt"], r["response"]
+
+
+def _pool_with_domain(ctx: Ctx, *extra: Any, method: str = "ntk", n: int = 8) -> list[Any]:
+    domain_rows = synthetic_rows(8, 1, ("dom",))
+    pool = ctx.pool(synthetic_rows(24, 2) + [{**r, "task": "copied"} for r in domain_rows])
+    return ["select", "--domain", ctx.domain(), "--pool", pool, "--out", ctx.root / "o", "--n", n, "--model", ctx.model,
+            "--method", method, *TINY, *extra]
+
+
+def _no_domain_rows_selected(ctx: Ctx) -> tuple[str, str] | None:
+    domain = {_content(r) for r in synthetic_rows(8, 1, ("dom",))}
+    back = [r for r in _selected(ctx) if _content(r) in domain]
+    if back:
+        return "wrong", f"{len(back)} domain rows selected back"
+    run = json.loads((ctx.root / "o" / "run.json").read_text())
+    return None if run["counts"].get("pool_domain_copies") == 8 else ("wrong", "run.json does not count the 8 copies")
+
+
+def _domain_rows_kept(ctx: Ctx) -> tuple[str, str] | None:
+    domain = {_content(r) for r in synthetic_rows(8, 1, ("dom",))}
+    back = [r for r in _selected(ctx) if _content(r) in domain]
+    return None if len(back) == 8 else ("wrong", f"--keep-domain-copies: {len(back)} of the 8 copies selectable")
+
+
+def _pool_with_duplicates(ctx: Ctx, *extra: Any, n: int = 24) -> list[Any]:
+    rows = synthetic_rows(24, 2)
+    pool = ctx.pool(rows + [dict(r) for r in rows[:6]])
+    return ["select", "--domain", ctx.domain(), "--pool", pool, "--out", ctx.root / "o", "--n", n, "--model", ctx.model,
+            "--method", "random", "--quiet", *extra]
+
+
+def _no_identical_rows(ctx: Ctx) -> tuple[str, str] | None:
+    picked = [_content(r) for r in _selected(ctx)]
+    if len(set(picked)) != len(picked):
+        return "wrong", f"{len(picked) - len(set(picked))} identical rows selected twice"
+    run = json.loads((ctx.root / "o" / "run.json").read_text())
+    dup = run["pool_filter"]["duplicates"]
+    return None if dup["rows"] == 6 and dup["excluded"] else ("wrong", f"run.json duplicates: {dup}")
+
+
+def _duplicates_kept(ctx: Ctx) -> tuple[str, str] | None:
+    picked = [_content(r) for r in _selected(ctx)]
+    return None if len(picked) == 30 and len(set(picked)) == 24 else ("wrong", "--keep-duplicates did not keep them")
+
+
+def _api(run: Callable[[Ctx], Any], check: Callable[[Ctx, Any], tuple[str, str] | None] | None = None
+         ) -> Callable[[Ctx], tuple[int, str]]:
+    """A library call as a case: a UserError is what a user reads (exit 2 with its message)."""
+
+    def call(ctx: Ctx) -> tuple[int, str]:
+        from ntk_selector import UserError
+
+        try:
+            result = run(ctx)
+        except UserError as e:
+            return 2, f"ntk-selector: error: {e}"
+        if check is not None:
+            ctx.notes["api_problem"] = check(ctx, result)
+        return 0, ""
+
+    return call
+
+
+def _api_problem(ctx: Ctx) -> tuple[str, str] | None:
+    return ctx.notes.get("api_problem")
+
+
+def _api_missing_field(ctx: Ctx) -> Any:
+    import ntk_selector
+
+    pool = synthetic_rows(24, 2)
+    del pool[10]["response"]
+    return ntk_selector.select(synthetic_rows(8, 1), pool, n=4, method="random", model=str(ctx.model), quiet=True)
+
+
+def _dataset_dict(ctx: Ctx, split: str | None) -> Any:
+    import datasets
+
+    import ntk_selector
+
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(synthetic_rows(24, 2)),
+                               "test": datasets.Dataset.from_list(synthetic_rows(6, 3))})
+    kw = {} if split is None else {"split": split}
+    return ntk_selector.select(synthetic_rows(8, 1), dd, n=5, method="random", model=str(ctx.model), quiet=True, **kw)
+
+
+def _from_train_split(ctx: Ctx, sel: Any) -> tuple[str, str] | None:
+    train = synthetic_rows(24, 2)
+    if len(sel) != 5 or any(r != train[int(i)] for r, i in zip(sel.records, sel.indices)):
+        return "wrong", "the selection is not rows of the train split"
+    return None
+
+
+CASES += [
+    # --- data loss: every stage refuses an output it did not write, or a run of other settings
+    Case("preselect --out a user's file", "loss", _preselect_over_user_file, 2,
+         "already exists and was not written by preselect", check=run_checks),
+    Case("preselect rerun with other settings on one --out", "loss", _preselect_rerun_other_settings, 2,
+         "holds a pre-selection of other settings (preselect.m: None -> 6)", check=run_checks),
+    Case("preselect rerun with the same settings", "loss", _preselect_same_rerun, 0, "", check=_same_preselection),
+    Case("score --out folder holding the user's scores.csv", "loss",
+         lambda c: _score_into_folder_with(c, {"scores.csv": "mine\n"}), 2, "already holds scores.csv", check=run_checks),
+    Case("score rerun with other settings on one --out", "loss", _score_rerun_other_settings, 2,
+         "holds scores of other stores or settings (cosine: False -> True)", check=run_checks),
+    Case("featurize --out folder holding the user's features.npy", "loss",
+         lambda c: _store_folder_with(c, {"features.npy": "mine", "notes.txt": "x"}), 2,
+         "holds features.npy, not written by ntk-selector as a store", check=run_checks),
+    Case("featurize --out folder holding the user's meta.json", "loss",
+         lambda c: _store_folder_with(c, {"meta.json": '{"mine": true}'}), 2,
+         "holds meta.json, not written by ntk-selector as a store", check=run_checks),
+    Case("index --out folder holding the user's index.json", "loss",
+         lambda c: _store_folder_with(c, {"index.json": '{"mine": true}'}, "index"), 2,
+         "already holds index.json, not written by an earlier run", check=run_checks),
+    # --- settings given twice, in the wrong shape, or to no effect
+    _yaml_text_case("YAML the same key twice", "proj_dim: 64\nproj_dim: 32\n", "setting 'proj_dim' is given twice (lines 1 and 2)"),
+    _yaml_text_case("YAML a key twice inside a section", "feature:\n  proj_dim: 64\n  proj_dim: 32\n",
+                    "setting 'proj_dim' is given twice (lines 2 and 3)"),
+    _yaml_text_case("YAML a key flat and under its section", "proj_dim: 64\nfeature:\n  proj_dim: 32\n",
+                    "setting 'proj_dim' is given twice"),
+    _yaml_text_case("JSON config with a key twice", '{"proj_dim": 64, "proj_dim": 32}', "setting 'proj_dim' is given twice",
+                    name="c.json"),
+    _yaml_text_case("YAML rank and lora_rank", "rank: 4\nlora_rank: 2\n", "setting 'rank' is given twice"),
+    _yaml_text_case("YAML section given as a list", "feature:\n  - proj_dim: 64\n",
+                    "section 'feature' must be a mapping of settings"),
+    settings_case("--rank 4 --lora-rank 2", ["--rank", "4", "--lora-rank", "2"], "--rank 4 and --lora-rank 2 set the same setting"),
+    settings_case("-n 4 --n 5", ["-n", "5"], "--n 4 and -n 5 set the same setting", "select"),
+    settings_case("--index-mode preselect without --index", ["--index-mode", "preselect"],
+                  "--index-mode preselect needs --index", "select"),
+    Case("--n above the pool rows that keep a response", "setting", _n_above_rows_with_responses, 2,
+         "--n 5 is larger than the pool (3 usable rows", check=_no_model_work),
+    # --- data: folders of mixed files, a JSON document in a .jsonl, pool rows repeating rows
+    data_case("pool folder of a.jsonl, b.csv, notes.txt, README.md", "",
+              _mixed_folder({"a.jsonl": ROWS_A, "b.csv": ROWS_B, "notes.txt": "notes", "README.md": "# card"}),
+              "holds record files of several formats (csv: b.csv; json: a.jsonl)"),
+    data_case("pool folder of a.jsonl and notes.txt", "",
+              _mixed_folder({"a.jsonl": ROWS_A, "notes.txt": "notes", "README.md": "# card"}),
+              "holds files that are not record files and would be skipped (notes.txt)"),
+    data_case("pretty-printed JSON array saved as .jsonl", "x.jsonl", PRETTY_ARRAY,
+              "x.jsonl:1: malformed JSON (Expecting value at column 1); the file looks like one JSON array"),
+    data_case("one-line JSON array of records saved as .jsonl", "x.jsonl", json.dumps(synthetic_rows(3, 2)) + "\n",
+              "the file holds one JSON array of records: name it x.json"),
+    data_case("pretty-printed records in a .jsonl", "x.jsonl", PRETTY_OBJECTS, "a record spread over several lines"),
+    Case("pretty-printed JSON array saved as .json is read", "data",
+         lambda c: featurize(c, c.raw("x.json", PRETTY_ARRAY), c.root / "o"), 0, "",
+         check=lambda c: None if json.loads((c.root / "o" / "meta.json").read_text())["counts"]["rows"] == 3
+         else ("wrong", "not 3 rows")),
+    Case("domain rows copied into the pool are not selected back", "data", _pool_with_domain, 0, "",
+         check=_no_domain_rows_selected),
+    Case("--keep-domain-copies lets them be selected", "data",
+         lambda c: _pool_with_domain(c, "--keep-domain-copies", method="random", n=32), 0, "", check=_domain_rows_kept),
+    Case("identical pool rows are never selected twice", "data", _pool_with_duplicates, 0, "", check=_no_identical_rows),
+    Case("--keep-duplicates lets every copy be selected", "data",
+         lambda c: _pool_with_duplicates(c, "--keep-duplicates", n=30), 0, "", check=_duplicates_kept),
+    Case("API records missing a field", "data", lambda c: [], 2, "pool[10]: missing field 'response'",
+         call=_api(_api_missing_field)),
+    Case("API DatasetDict of two splits without split=", "data", lambda c: [], 2,
+         "pool has splits train, test: choose one with split=", call=_api(lambda c: _dataset_dict(c, None))),
+    Case("API DatasetDict with split='train'", "data", lambda c: [], 0, "",
+         call=_api(lambda c: _dataset_dict(c, "train"), _from_train_split), check=_api_problem),
+    # --- outputs: a file or a dangling link as --out, a folder for a file, read-only, permissions
+    *[Case(f"{command} --out is an existing file", "store", _out_is("file", command), 2, "is a file, not a folder",
+           check=run_checks) for command in ("select", "featurize", "score", "index")],
+    *[Case(f"{command} --out is a dangling symlink", "store", _out_is("link", command), 2,
+           "is a symbolic link to a missing target", check=run_checks) for command in ("select", "featurize", "score")],
+    Case("preselect --out is an existing folder", "store", _preselect_into_folder, 2,
+         "is a folder; preselect writes one .npz file", check=run_checks),
+    *[Case(f"{command} --out on a read-only filesystem", "store", _read_only_out(command), 2,
+           "the filesystem is read-only", fault=lambda c: _read_only(c.root / "ro")) for command in ("select", "featurize", "train")],
+    Case("outputs follow the umask (027)", "store",
+         lambda c: ["select", "--domain", c.domain(), "--pool", c.pool(), "--out", c.root / "o", "--n", "4",
+                    "--model", c.model, *TINY], 0, "", check=_modes_follow_umask, fault=lambda c: _umask(0o027)),
+    # --- messages
+    Case("--m 100 on a 24-row pool", "message", _large_m, 0, "--m 100 is more than the 24 pool rows"),
+    Case("a replayed run.json of another release", "message", _replay_other_release, 0,
+         "was written by ntk-selector 0.0.1; this is", check=_same_selection_as_first),
+]
+
+
+# ----------------------------------------------------------------------------- second round: siblings of the cases above
+
+
+def _out_is_for(kind: str, command: str) -> Callable[[Ctx], list[Any]]:
+    """--out that is a file or a dangling link, for the commands _out_is does not build."""
+
+    def argv(ctx: Ctx) -> list[Any]:
+        out = ctx.root / "out"
+        if kind == "file":
+            out.write_text("mine")
+        else:
+            os.symlink(ctx.root / "gone", out)
+        with_check(ctx, lambda c: None if (out.is_symlink() or out.read_text() == "mine") else ("lost", "--out changed"))
+        if command == "preselect":
+            _embed_stores(ctx)
+            return _preselect(ctx, out)
+        if command in ("warmup", "train"):
+            flag = "--domain" if command == "warmup" else "--data"
+            return [command, flag, ctx.domain(), "--out", out, "--model", ctx.model, "--rank", "4", "--epochs", "1", "--quiet"]
+        if command == "evaluate":
+            return ["evaluate", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet"]
+        return ["embed", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet"]
+
+    return argv
+
+
+def _embed_folder_with(ctx: Ctx, files: dict[str, str]) -> list[Any]:
+    out = ctx.root / "o"
+    out.mkdir()
+    for name, text in files.items():
+        (out / name).write_text(text)
+    with_check(ctx, unchanged(ctx, *(f"o/{n}" for n in files)))
+    return ["embed", "--data", ctx.domain(), "--out", out, "--model", ctx.model, "--quiet"]
+
+
+def _rows_read(n: int, store: str = "o") -> Callable[[Ctx], tuple[str, str] | None]:
+    def check(ctx: Ctx) -> tuple[str, str] | None:
+        meta = ctx.root / store / "meta.json"
+        if not meta.exists():
+            return "wrong", "no store written"
+        rows = json.loads(meta.read_text())["counts"]["rows"]
+        return None if rows == n else ("wrong", f"{rows} rows read, expected {n}")
+
+    return check
+
+
+def _api_dataset_missing_field(ctx: Ctx) -> Any:
+    import datasets
+
+    import ntk_selector
+
+    rows = synthetic_rows(24, 2)
+    rows[3]["response"] = None
+    return ntk_selector.select(synthetic_rows(8, 1), datasets.Dataset.from_list(rows), n=4, method="random",
+                               model=str(ctx.model), quiet=True)
+
+
+def _api_train_lists(ctx: Ctx) -> Any:
+    import ntk_selector
+
+    second = synthetic_rows(6, 3)
+    del second[2]["response"]
+    return ntk_selector.train([synthetic_rows(6, 1), second], ctx.root / "adapter", model=str(ctx.model), rank=4,
+                              epochs=1, quiet=True)
+
+
+def _api_featurize_dataset_dict(ctx: Ctx) -> Any:
+    import datasets
+
+    import ntk_selector
+
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(synthetic_rows(5, 2)),
+                               "test": datasets.Dataset.from_list(synthetic_rows(3, 3))})
+    return ntk_selector.featurize(dd, ctx.root / "o", model=str(ctx.model), split="test", proj_dim=16, rank=4, quiet=True)
+
+
+def _duplicates_ntk(ctx: Ctx) -> list[Any]:
+    rows = synthetic_rows(24, 2)
+    pool = ctx.pool(rows + [dict(r) for r in rows] + [dict(r) for r in rows[:4]])
+    return ["select", "--domain", ctx.domain(), "--pool", pool, "--out", ctx.root / "o", "--n", "12", "--model", ctx.model,
+            *TINY]
+
+
+def _no_identical_rows_ntk(ctx: Ctx) -> tuple[str, str] | None:
+    picked = [_content(r) for r in _selected(ctx)]
+    if len(picked) != 12 or len(set(picked)) != 12:
+        return "wrong", f"{len(picked) - len(set(picked))} identical rows among {len(picked)} selected"
+    return None
+
+
+def _large_k(ctx: Ctx) -> list[Any]:
+    return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(), "--out", ctx.root / "o", "--n", "4", "--k", "50",
+            "--model", ctx.model, *TINY]
+
+
+def _featurize_umask(ctx: Ctx) -> list[Any]:
+    return featurize(ctx, ctx.domain(), ctx.root / "o")
+
+
+def _store_modes(ctx: Ctx) -> tuple[str, str] | None:
+    out = ctx.root / "o"
+    for path in [out, *out.rglob("*")]:
+        want = 0o775 if path.is_dir() else 0o664
+        got = path.stat().st_mode & 0o777
+        if got != want:
+            return "wrong", f"{path.relative_to(ctx.root)} has mode {got:o}, expected {want:o}"
+    return None
+
+
+CASES += [
+    # --- data loss
+    Case("score --out folder holding the user's top.txt", "loss",
+         lambda c: _score_into_folder_with(c, {"top.txt": "1\n2\n"}), 2, "already holds top.txt", check=run_checks),
+    Case("embed --out folder holding the user's status.npy", "loss",
+         lambda c: _embed_folder_with(c, {"status.npy": "mine"}), 2, "holds status.npy, not written by ntk-selector as a store",
+         check=run_checks),
+    # --- settings
+    Case("--rank 4 --lora-rank 4 (same value) runs", "setting",
+         lambda c: featurize(c, c.domain(), c.root / "o", "--lora-rank", "4"), 0, "", check=_state_is("lora.rank", 4)),
+    _yaml_text_case("YAML section given as a number", "feature: 64\n", "section 'feature' must be a mapping of settings"),
+    _yaml_text_case("YAML filters section given as a list", "filters:\n  - dedupe\n",
+                    "section 'filters' must be a mapping of settings"),
+    # --- data
+    data_case("pool folder of notes.txt only", "", _mixed_folder({"notes.txt": "notes"}),
+              "holds files that are not record files and would be skipped (notes.txt)"),
+    data_case("empty pool folder", "", lambda c: (c.root / "empty_dir").mkdir() or c.root / "empty_dir",
+              "no record files in the folder"),
+    Case("pool folder of a.jsonl and c.json reads both", "data",
+         lambda c: featurize(c, _mixed_folder({"a.jsonl": ROWS_A, "c.json": ROWS_A, "README.md": "# card"})(c), c.root / "o"),
+         0, "", check=_rows_read(30)),
+    Case("identical pool rows are never selected twice (ntk)", "data", _duplicates_ntk, 0, "", check=_no_identical_rows_ntk),
+    Case("API Dataset record with a null response", "data", lambda c: [], 2, "pool[3]: missing field 'response'",
+         call=_api(_api_dataset_missing_field)),
+    Case("API train on two record lists, one missing a field", "data", lambda c: [], 2,
+         "data[1][2]: missing field 'response'", call=_api(_api_train_lists)),
+    Case("API featurize a DatasetDict with split='test'", "data", lambda c: [], 0, "",
+         call=_api(_api_featurize_dataset_dict), check=_rows_read(3)),
+    # --- outputs
+    *[Case(f"{command} --out is an existing file", "store", _out_is_for("file", command), 2, "is a file, not a folder",
+           check=run_checks) for command in ("embed", "warmup", "evaluate")],
+    *[Case(f"{command} --out is a dangling symlink", "store", _out_is_for("link", command), 2,
+           "is a symbolic link to a missing target", check=run_checks) for command in ("preselect", "train")],
+    Case("a feature store follows the umask (002)", "store", _featurize_umask, 0, "", check=_store_modes,
+         fault=lambda c: _umask(0o002)),
+    # --- messages
+    Case("--k 50 on a 24-row pool", "message", _large_k, 0, "--k 50 is more than the 24 pool rows"),
 ]

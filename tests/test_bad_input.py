@@ -158,14 +158,15 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
     deco = run["pool_filter"]["decontamination"]
     assert deco["rows"] == 2 and set(deco["pool_indices"]) == {i for i, k in enumerate(kinds) if k == "contaminated"}
     assert deco["ngram"] == 13
-    # without --dedupe duplicates are reported but may be selected; the rest stays out
+    # with --keep-duplicates (the behaviour before dedupe became the default) duplicates are reported
+    # but may be selected; the rest stays out
     n2 = len(usable | dups)
-    assert main([str(a) for a in common + ["--out", tmp_path / "b", "--n", n2]]) == 0
+    assert main([str(a) for a in common + ["--out", tmp_path / "b", "--n", n2, "--keep-duplicates"]]) == 0
     picked = {json.loads(l)["pool_index"] for l in open(tmp_path / "b" / "selected.jsonl")}
     assert picked == usable | dups
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["counts"]["pool_duplicates"] == 3 and run["pool_filter"]["duplicates"]["excluded"] is False
-    err = error_line(capsys, common + ["--out", tmp_path / "c", "--n", n2 + 1])
+    err = error_line(capsys, common + ["--out", tmp_path / "c", "--n", n2 + 1, "--keep-duplicates"])
     assert f"--n {n2 + 1} is larger than the pool ({n2} usable rows" in err
 
 
@@ -191,3 +192,35 @@ def test_no_traceback_in_a_real_process_and_debug_shows_it(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"ntk-selector: error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)"]
     proc = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr and "DataError" in proc.stderr
+
+
+def test_filtered_pool_rows_are_printed_and_counted(tiny_model_dir, tmp_path, capsys):
+    """Folded duplicates and left-out copies of domain rows are said in the summary, not only in run.json."""
+    from conftest import synthetic_rows
+
+    domain_rows = synthetic_rows(6, 1, ("dom",))
+    rows = synthetic_rows(20, 2)
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows + rows[:3] + domain_rows[:2])
+    domain = write_jsonl(tmp_path / "dom.jsonl", domain_rows)
+    common = ["select", "--domain", domain, "--pool", pool, "--model", tiny_model_dir, "--method", "random"]
+    capsys.readouterr()
+    assert main([str(a) for a in common + ["--out", tmp_path / "a", "--n", 20]]) == 0
+    out = capsys.readouterr().out
+    assert "3 duplicate pool rows folded" in out and "2 pool rows are exact copies of domain rows: left out" in out
+    counts = json.loads((tmp_path / "a" / "run.json").read_text())["counts"]
+    assert counts["pool_duplicates"] == 3 and counts["pool_domain_copies"] == 2 and counts["pool_excluded"] == 5
+    # 20 usable rows: one more is refused, naming what was left out
+    err = error_line(capsys, common + ["--out", tmp_path / "b", "--n", 21])
+    assert "--n 21 is larger than the pool (20 usable rows" in err and "copies of domain rows" in err
+    # both flags restore the earlier behaviour: all 25 rows may be selected
+    assert main([str(a) for a in common + ["--out", tmp_path / "c", "--n", 25, "--keep-duplicates",
+                                           "--keep-domain-copies", "--quiet"]]) == 0
+    run = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert run["counts"]["pool_excluded"] == 0 and run["counts"]["selected"] == 25
+    assert run["config"]["filters"] == {**run["config"]["filters"], "dedupe": False, "keep_domain_copies": True}
+
+
+def test_select_help_names_the_switches_that_restore_old_behaviour(capsys):
+    assert main(["select", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "--keep-duplicates" in text and "--keep-domain-copies" in text

@@ -8,15 +8,18 @@ the same code as the flags (settings.py), and checked before any work: a wrong n
 UserError that names the setting. Each function is a thin layer over the stage functions the
 command line calls, so both give the same files for the same settings.
 
-Records may be given as a path (anything ``--domain`` / ``--data`` takes), a list of dicts or a
-``datasets.Dataset``. In-memory records are saved to a temporary folder first (a Dataset as Arrow,
-a list of dicts as JSONL); the same records give the same files and so the same fingerprint, so
-resuming and the output files work exactly as for files.
+Records may be given as a path (anything ``--domain`` / ``--data`` takes), a list of dicts, a
+``datasets.Dataset`` or a ``datasets.DatasetDict`` (its split chosen by ``split=``, as ``--split``).
+In-memory records are saved to a temporary folder first (a Dataset as Arrow, a list of dicts as
+JSONL); the same records give the same files and so the same fingerprint, so resuming and the output
+files work exactly as for files. An error in such records names the argument and the record's
+0-based index (``pool[10]: missing field 'response'``), never the temporary file.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -169,9 +172,11 @@ def select_files(domain_path: str | Path, pool_path: str | Path | None, out_dir:
 
 def _select_into(domain: Any, pool: Any, out: Path, cfg: SelectConfigs, keep: bool) -> Selection | None:
     inputs = out / "inputs"
+    domain, pool = _one_split(domain, cfg.data.split, "domain"), _one_split(pool, cfg.data.split, "pool")
     domain_path = _as_file(domain, inputs, "domain")
     pool_path = None if pool is None else _as_file(pool, inputs, "pool")
-    summary = select_files(domain_path, pool_path, out, cfg)
+    with _named_inputs({domain_path: (domain, "domain"), pool_path: (pool, "pool")}):
+        summary = select_files(domain_path, pool_path, out, cfg)
     if summary is None:
         return None
     pool_votes, preselected, pool_scores = _read_scores(out / "scores.csv")
@@ -205,6 +210,35 @@ def _in_memory(data: Any) -> bool:
     return _is_dataset(data) or isinstance(data, (list, tuple))
 
 
+def _one_split(data: Any, split: str | None, name: str) -> Any:
+    """A ``datasets.DatasetDict`` as its one split (``split=``, or its only split); anything else as is."""
+    datasets = sys.modules.get("datasets")
+    if datasets is None or not isinstance(data, datasets.DatasetDict):
+        return data
+    from ntk_selector.io.records import pick_split
+
+    return pick_split(data, split, name, flag="split=")
+
+
+@contextmanager
+def _named_inputs(named: Mapping[Path | None, tuple[Any, str]]) -> Iterator[None]:
+    """Errors that name the temporary file of in-memory records name the argument and the record's
+    0-based index instead (``pool[10]: ...``): the temporary is gone when the caller reads the message."""
+    try:
+        yield
+    except UserError as e:
+        text = str(e)
+        for path, (data, name) in named.items():
+            if path is None or not _in_memory(data):
+                continue
+            # a list is written one record a line (line = index + 1); a Dataset is named by 1-based row
+            text = re.sub(re.escape(str(path)) + r":(\d+)", lambda m, n=name: f"{n}[{int(m.group(1)) - 1}]", text)
+            text = text.replace(str(path), name)
+        if text == str(e):
+            raise
+        raise type(e)(text) from None
+
+
 def _as_file(data: Any, folder: Path, name: str) -> Path:
     """A path as is; a ``datasets.Dataset`` saved as Arrow to ``folder/name`` (written by Arrow in
     batches, never as Python dicts, and memory-mapped again by every process that reads it); a list
@@ -213,7 +247,8 @@ def _as_file(data: Any, folder: Path, name: str) -> Path:
     if isinstance(data, (str, Path)) or hasattr(data, "__fspath__"):
         return Path(data)
     if not _in_memory(data):
-        raise UserError(f"{name}: expected a path, a list of dicts or a datasets.Dataset, got {type(data).__name__}")
+        raise UserError(f"{name}: expected a path, a list of dicts, a datasets.Dataset or DatasetDict, got "
+                        f"{type(data).__name__}")
     if len(data) == 0:
         raise UserError(f"{name}: no records (empty list)")
     if _is_dataset(data):
@@ -236,21 +271,24 @@ def _as_file(data: Any, folder: Path, name: str) -> Path:
 
 
 @contextmanager
-def _files(data: Any, name: str, single: bool = False) -> Iterator[list[Path]]:
+def _files(data: Any, name: str, single: bool = False, split: str | None = None) -> Iterator[list[Path]]:
     """Paths for one input or several (a list of paths / record lists / Selections); in-memory
-    records live in a temporary folder for the duration."""
+    records live in a temporary folder for the duration (errors name them as ``name[index]``)."""
     items = [data] if not isinstance(data, (list, tuple)) or (data and isinstance(data[0], Mapping)) else list(data)
     if single and len(items) != 1:
         raise UserError(f"{name}: expected one path, list of dicts or datasets.Dataset, got {len(items)} inputs")
+    items = [_one_split(item.records if isinstance(item, Selection) else item, split, name) for item in items]
+    labels = [name if len(items) == 1 else f"{name}[{i}]" for i in range(len(items))]
     with tempfile.TemporaryDirectory(prefix="ntk-selector-inputs-") as tmp:
-        yield [_as_file(item.records if isinstance(item, Selection) else item, Path(tmp), f"{name}{i}")
-               for i, item in enumerate(items)]
+        paths = [_as_file(item, Path(tmp), f"{name}{i}") for i, item in enumerate(items)]
+        with _named_inputs({p: (item, label) for p, item, label in zip(paths, items, labels)}):
+            yield paths
 
 
 @contextmanager
 def _records_and_session(data: Any, c: dict[type, Any]) -> Iterator[tuple[Records, Session]]:
     """One input's records and a session with the configured model (and adapter), on every rank."""
-    with _files(data, "data", single=True) as (path,):
+    with _files(data, "data", single=True, split=c[DataConfig].split) as (path,):
         records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
         yield records, distributed.all_ranks(
             lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
@@ -334,7 +372,7 @@ def index(pool: Any, out: str | Path, *, model: str | Path | None = None, **sett
         UserError: A bad setting or record, or ``out`` holds an index built with other settings.
     """
     c = configs_from_settings(_with_model(settings, model=model), "index", MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
-    with _files(pool, "pool", single=True) as (path,):
+    with _files(pool, "pool", single=True, split=c[DataConfig].split) as (path,):
         records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
         session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
         return build_index(session, records, Path(out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
@@ -407,7 +445,7 @@ def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapte
     """
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "train",
                               (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
-    with _files(data, "data") as paths:
+    with _files(data, "data", split=c[DataConfig].split) as paths:
         return finetune(paths, out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig],
                         group_by_length=group_by_length)
 
@@ -444,6 +482,6 @@ def evaluate(data: Any, out: str | Path, *, model: str | Path | None = None, ada
     """
     c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "evaluate",
                               (ModelConfig, DataConfig, RunConfig))
-    with _files(data, "test", single=True) as (path,):
+    with _files(data, "test", single=True, split=c[DataConfig].split) as (path,):
         return run_evaluate(path, out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=labels, generate=generate,
                             max_new_tokens=max_new_tokens, calibrate=calibrate, task=task)

@@ -260,6 +260,9 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         check_section(self)
+        if self.index_mode != "features" and not self.index:
+            raise ConfigError(f"--index-mode {self.index_mode} needs --index (an index folder from `ntk-selector index`); "
+                              f"without it select runs the whole pipeline")
 
 
 @dataclass
@@ -311,7 +314,11 @@ class PoolFilterConfig:
     """Pool rows that are reported and never selected.
 
     Args:
-        dedupe: Drop repeated pool rows (same prompt and response); duplicates are always reported.
+        dedupe: Fold repeated pool rows (same prompt and response): only the first copy can be
+            selected (on by default; ``--keep-duplicates`` turns it off). Duplicates are counted in
+            the summary and run.json either way.
+        keep_domain_copies: Let pool rows that are exact copies of a domain row be selected (by
+            default they are left out and counted).
         decontaminate: Test-set records; pool rows sharing an n-gram with any of them are excluded.
         ngram: The n of the whitespace-token n-grams of ``decontaminate``.
 
@@ -319,7 +326,8 @@ class PoolFilterConfig:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
     """
 
-    dedupe: bool = _f(False, "drop repeated pool rows (same prompt and response) from selection; duplicates are always reported")
+    dedupe: bool = _f(True, "fold identical pool rows (same prompt and response): only the first copy can be selected; the count is printed and in run.json (--keep-duplicates: any copy may be selected, the earlier behaviour)", off_flag="--keep-duplicates")
+    keep_domain_copies: bool = _f(False, "let pool rows that are exact copies of a domain row (same prompt and response) be selected; by default they are left out, counted in the summary and run.json")
     decontaminate: str | None = _f(None, "test-set records: pool rows sharing an n-gram with any of them are reported and never selected")
     ngram: int = _f(13, "n of the whitespace-token n-grams of --decontaminate (texts shorter than n match as a whole)", min=1)
 
@@ -584,7 +592,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = json.load(fh) if str(path).endswith(".json") else yaml.safe_load(fh)
+            if str(path).endswith(".json"):
+                raw = json.load(fh, object_pairs_hook=_json_object_once(path))
+            else:
+                raw = yaml.load(fh, Loader=_KeysOnceLoader)  # noqa: S506 - a SafeLoader that refuses repeated keys
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
     except (OSError, UnicodeDecodeError) as e:
@@ -598,6 +609,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings (key: value lines)")
     if isinstance(raw.get("config"), dict) and "versions" in raw:  # a select run.json
+        _note_other_release(path, raw.get("versions"))
         raw = raw["config"]
     names = known_names()
     flat: dict[str, Any] = {}
@@ -617,6 +629,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         flat[name] = check_setting(name, value, f"{path}: {prefix}{key}")
 
     for key, value in raw.items():
+        section = str(key).replace("-", "_")
+        if section in SECTION_NAMES and section not in names and not isinstance(value, dict):
+            raise ConfigError(f"{path}: section '{key}' must be a mapping of settings (indented key: value lines), "
+                              f"got {'a list' if isinstance(value, list) else _describe(value)}")
         if isinstance(value, dict):
             if str(key).replace("-", "_") not in SECTION_NAMES and key != "select":
                 unknown.append(f"section '{key}'{did_you_mean(str(key), SECTION_NAMES)}")
@@ -628,6 +644,52 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
     return flat
+
+
+class _KeysOnceLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is refused (PyYAML keeps the last)."""
+
+
+def _mapping_once(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            raise ConfigError(f"{loader.name}: setting '{key}' is given twice (lines {seen[key]} and {line}); keep one")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_KeysOnceLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
+def _json_object_once(path: str | Path) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ConfigError(f"{path}: setting '{key}' is given twice; keep one")
+            out[key] = value
+        return out
+
+    return hook
+
+
+_NOTED_RELEASES: set[str] = set()
+
+
+def _note_other_release(path: str | Path, versions: Any) -> None:
+    """One line when a replayed run.json was written by another release (once per file and process)."""
+    import sys
+
+    from ntk_selector.version import __version__
+
+    theirs = versions.get("ntk_selector") if isinstance(versions, dict) else None
+    if theirs and theirs != __version__ and str(path) not in _NOTED_RELEASES:
+        _NOTED_RELEASES.add(str(path))
+        print(f"WARNING: {path} was written by ntk-selector {theirs}; this is {__version__}: its settings are replayed, "
+              f"but defaults and results may differ", file=sys.stderr, flush=True)
 
 
 def build(section: type, values: Mapping[str, Any]) -> Any:

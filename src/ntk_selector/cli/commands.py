@@ -60,8 +60,8 @@ UNUSED: dict[str, set[str]] = {
     "warmup": {"work_dir", "dist_timeout"},
     "embed": {"work_dir", "checkpoint_every"},
     "featurize": {"work_dir", "checkpoint_every"},
-    "preselect": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout"},
-    "score": {"work_dir", "checkpoint_every", "overwrite", "dist_timeout", "seed", "m", "k", "knn_search", "answer_mix"},
+    "preselect": {"work_dir", "checkpoint_every", "dist_timeout"},
+    "score": {"work_dir", "checkpoint_every", "dist_timeout", "seed", "m", "k", "knn_search", "answer_mix"},
     "index": {"work_dir", "checkpoint_every"},
     # one process each: no torchrun timeout; train batches by --batch-size, not a token budget
     "train": {"work_dir", "dist_timeout", "token_budget", "max_batch_size"},
@@ -70,6 +70,22 @@ UNUSED: dict[str, set[str]] = {
     "diagnose": {"work_dir", "dist_timeout", "checkpoint_every"},
 }
 UNUSED_ELSEWHERE = {"work_dir"}  # subcommands registered by other modules
+
+
+class OneSpelling(argparse.Action):
+    """Store the value, refusing one setting given under two of its spellings with different values
+    (``--rank 4 --lora-rank 2``); one flag given twice keeps its last value, as argparse does."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        seen = namespace.__dict__.setdefault("_spellings", {})
+        earlier = seen.get(self.dest)
+        if earlier is not None and earlier[0] != option_string and earlier[1] != values:
+            shown = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+            parser.error(f"{earlier[0]} {shown(earlier[1])} and {option_string} {shown(values)} set the same setting; "
+                         f"give one of them")
+        seen[self.dest] = (option_string, values)
+        setattr(namespace, self.dest, values)
 
 
 def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict[str, Any], command: str = "",
@@ -90,14 +106,19 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
         t = str(f.type)
         if t == "bool":
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            if "off_flag" in f.metadata:  # a switch that is on by default: its flag turns it off
+                group.add_argument(f.metadata["off_flag"], dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                                   help=f"turn {flag} off")
         elif t.startswith("list["):
-            group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text,
+                               action=OneSpelling)
         else:
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
             if f.metadata.get("words"):  # a number or a word (--token-budget auto): check_setting reads it
                 conv = str
             metavar = f.metadata.get("metavar", flag.lstrip("-").replace("-", "_").upper())
-            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar)
+            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar,
+                               action=OneSpelling)
 
 
 def _inputs(args: argparse.Namespace, needs_pool: bool = True) -> dict[str, Any]:
@@ -138,6 +159,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 def print_summary(summary: dict[str, Any], out: str | Path, compare: dict[str, int] | None = None) -> None:
     print(f"\nselected {summary['counts']['selected']} of {summary['counts']['pool']} pool rows "
           f"({summary['method']}); outputs in {out}/")
+    for line in filter_lines(summary):
+        print("  " + line)
     pool_tasks = summary["pool_per_task"]
     if len(pool_tasks) > 1 or "(none)" not in pool_tasks:
         head = f"  {'pool task':<24}{'pool':>7}{'selected':>10}" + (f"{'random':>8}" if compare is not None else "")
@@ -152,6 +175,20 @@ def print_summary(summary: dict[str, Any], out: str | Path, compare: dict[str, i
 
         print("\n".join(format_answer_mix(summary["answer_mix"])))
     print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["seconds"].items()))
+
+
+def filter_lines(summary: dict[str, Any]) -> list[str]:
+    """What the pool filters left out, in words (the counts are in run.json too)."""
+    report = summary.get("pool_filter") or {}
+    dup, copies = report.get("duplicates") or {}, report.get("domain_copies") or {}
+    lines = []
+    if dup.get("rows"):
+        lines.append(f"{dup['rows']} duplicate pool rows " + ("folded: only the first copy of each can be selected "
+                     "(--keep-duplicates lets any copy be)" if dup.get("excluded") else "kept (--keep-duplicates)"))
+    if copies.get("rows"):
+        lines.append(f"{copies['rows']} pool rows are exact copies of domain rows: " + (
+            "left out (--keep-domain-copies keeps them)" if copies.get("excluded") else "kept (--keep-domain-copies)"))
+    return lines
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:
@@ -213,27 +250,49 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_preselect(args: argparse.Namespace) -> int:
-    from ntk_selector.selection.stages import preselect, save_preselect
+    from ntk_selector.selection.stages import check_preselect_out, preselect, preselect_definition, save_preselect
 
     c = _configs(args, (PreselectConfig, RunConfig))
     if c[PreselectConfig].n <= 0:
         raise UserError("--n must be a positive number of examples to select")
-    result = preselect(Path(args.domain_store), Path(args.pool_store), c[PreselectConfig], c[RunConfig].seed)
-    save_preselect(result, Path(args.out))
+    out, domain_store, pool_store = Path(args.out), Path(args.domain_store), Path(args.pool_store)
+    definition = preselect_definition(domain_store, pool_store, c[PreselectConfig], c[RunConfig].seed)
+    check_preselect_out(out, definition, c[RunConfig].overwrite)
+    result = preselect(domain_store, pool_store, c[PreselectConfig], c[RunConfig].seed)
+    save_preselect(result, out, definition)
     _say(c[RunConfig], f"pre-selected {len(result.order)} pool rows into {args.out}")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ntk_selector.io.files import folder_lock
-    from ntk_selector.selection.stages import ntk_scores
+    from ntk_selector.io.definitions import canonical, read_state, reuse_or_refuse
+    from ntk_selector.io.files import check_out_folder, folder_lock, refuse_replacing, write_json_atomic
+    from ntk_selector.selection.stages import ntk_scores, store_definition
 
     c = _configs(args, (ScoreConfig, RunConfig, PreselectConfig))
-    scores = ntk_scores(Path(args.domain_features), Path(args.pool_features), c[ScoreConfig])
-    out = Path(args.out)
+    out, domain, pool = Path(args.out), Path(args.domain_features), Path(args.pool_features)
+    check_out_folder(out)
+    overwrite = c[RunConfig].overwrite
+    definition = canonical({"stage": "score", "domain": store_definition(domain),
+                            "pool": store_definition(pool), "cosine": c[ScoreConfig].cosine, "n": c[PreselectConfig].n})
+
+    def refuse_others() -> None:  # the user's files of our names, or scores of other stores or settings
+        refuse_replacing(out, SCORE_OUTPUTS, ((SCORE_STATE, "definition"),), overwrite)
+        reuse_or_refuse((read_state(out / SCORE_STATE) or {}).get("definition"), definition,
+                        f"{out} holds scores of other stores or settings", ready=False, overwrite=overwrite)
+
+    refuse_others()
+    scores = ntk_scores(domain, pool, c[ScoreConfig])
     with folder_lock(out):
+        refuse_others()  # again, now that we hold the lock
+        # the record first: a crash between the files leaves a folder a rerun of these settings may finish
+        write_json_atomic(out / SCORE_STATE, {"definition": definition})
         _write_score_files(out, scores, c)
     return 0
+
+
+SCORE_STATE = "score.json"
+SCORE_OUTPUTS = ("scores.csv", "top.txt", SCORE_STATE)
 
 
 def _write_score_files(out: Path, scores: Any, c: dict[type, Any]) -> None:
@@ -353,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--domain", help="domain (target) records: a file, a dataset folder or a hub id")
         g.add_argument("--pool", help="candidate pool records: a file, a dataset folder or a hub id "
                                       "(with --index: the indexed pool, read from its recorded path by default)")
-        g.add_argument("--n", "-n", dest="n", type=int, default=argparse.SUPPRESS, metavar="N",
+        g.add_argument("--n", "-n", dest="n", type=int, default=argparse.SUPPRESS, metavar="N", action=OneSpelling,
                        help="number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)")
         g.add_argument("--out", required=True, help="output folder")
 
@@ -470,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         if debug:
             traceback.print_exc()
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            why = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
+            _report(e, f"ntk-selector: error: {e.filename or 'a file'}: {why}; choose files and an --out folder "
+                       f"you can read and write")
+            return 2
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             _report(e, f"ntk-selector: error: {e} (rerun with --debug for the traceback)")
             return 1

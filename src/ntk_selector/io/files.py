@@ -6,6 +6,8 @@ symlink at a guessable name is never opened, so a link planted in the output fol
 us write elsewhere. ``folder_lock`` is the one lock every stage takes on its output folder, so two
 runs on one folder give a clear error instead of two writers. ``disk_full`` turns ENOSPC, which
 Python reports without a path, into a message that names the file and says what to do.
+Temporaries get the permissions ``open()`` would give (0666 / 0777 less the umask), not
+``mkstemp``'s private 0600 / 0700, so outputs on a shared filesystem stay readable by others.
 """
 
 from __future__ import annotations
@@ -28,25 +30,81 @@ class DiskFullError(UserError):
     """No space left while writing a named file."""
 
 
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def disk_full(path: str | Path, error: OSError) -> UserError:
-    """The error to raise for a failed write: disk full names the path; anything else is re-raised as is."""
+    """The error to raise for a failed write: disk full and a folder that cannot be written name the
+    path (never our temporary's name); anything else is re-raised as is."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFullError(f"{path}: no space left on the device while writing; free some space and rerun "
                              f"the same command (finished work is kept)")
+    if error.errno in NOT_WRITABLE:
+        return not_writable(Path(path).parent, error)
     raise error
+
+
+def not_writable(folder: str | Path, error: OSError) -> UserError:
+    """A write refused by the filesystem (read-only, no permission): a user error naming the folder."""
+    why = "the filesystem is read-only" if error.errno == errno.EROFS else "permission denied"
+    return UserError(f"cannot write into {folder}: {why}; choose an --out folder you can write to")
+
+
+def umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux: /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_out_folder(path: str | Path, flag: str = "--out") -> None:
+    """Refuse an output folder path that is a file or a symlink to nothing, saying what to give instead."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise UserError(f"{flag} {path} is a symbolic link to a missing target ({os.readlink(path)}); remove the link "
+                        f"or give a new folder path")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; give a new folder path (or an earlier run's folder)")
+
+
+def ensure_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as an existing folder (created with its parents), or a one-line error saying why not."""
+    path = Path(path)
+    check_out_folder(path, flag)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        if e.errno in NOT_WRITABLE:
+            raise not_writable(path.parent if not path.exists() else path, e) from None
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise UserError(f"{flag} {path}: a part of the path is a file, not a folder; give another folder path") from None
+        raise disk_full(path / "x", e) from None
+    return path
 
 
 def temporary_beside(path: Path, suffix: str = ".tmp") -> Path:
     """Create (exclusively) an empty temporary file in ``path``'s folder and return its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())  # what open() gives, not mkstemp's private 0600
+    finally:
+        os.close(fd)
     return Path(name)
 
 
 def temporary_folder_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    folder.chmod(0o777 & ~umask())
+    return folder
 
 
 @contextmanager
@@ -96,13 +154,15 @@ def folder_lock(folder: str | Path, enabled: bool = True) -> Iterator[None]:
 
 
 def take_lock(folder: Path) -> IO[Any]:
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_folder(folder)
     path = folder / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UserError(f"{path} is a symlink; remove it") from None
+        if e.errno in NOT_WRITABLE:
+            raise not_writable(folder, e) from None
         raise
     fh = os.fdopen(fd, "r+")
     try:
@@ -128,6 +188,7 @@ def refuse_replacing(out: str | Path, names: tuple[str, ...], records: tuple[tup
     ``overwrite``; other files in the folder are never touched at all.
     """
     out = Path(out)
+    check_out_folder(out, flag)
     present = [n for n in names if (out / n).exists()]
     if not present or overwrite:
         return

@@ -98,7 +98,7 @@ def open_source(source: Any, cfg: DataConfig, name: str | None = None) -> Source
     import datasets
 
     if isinstance(source, datasets.DatasetDict):
-        source = _pick_split(source, cfg.split, name or "<DatasetDict>")
+        source = pick_split(source, cfg.split, name or "<DatasetDict>")
     if isinstance(source, datasets.Dataset):
         return Source(name or "<datasets.Dataset>", source, source._fingerprint)
     text = str(source)
@@ -112,12 +112,13 @@ def open_source(source: Any, cfg: DataConfig, name: str | None = None) -> Source
     return _open_hub(text, cfg)
 
 
-def _pick_split(dd: Any, split: str | None, name: str) -> Any:
+def pick_split(dd: Any, split: str | None, name: str, flag: str = "--split") -> Any:
+    """One split of a ``DatasetDict``: the one named, or its only one."""
     names = list(dd.keys())
     if split is None:
         if len(names) == 1:
             return dd[names[0]]
-        raise DataError(f"{name} has splits {', '.join(names)}: choose one with --split")
+        raise DataError(f"{name} has splits {', '.join(names)}: choose one with {flag}")
     if split not in dd:
         raise DataError(f"{name} has no split '{split}' (it has {', '.join(names)})")
     return dd[split]
@@ -166,13 +167,44 @@ def _open_folder(path: Path, cfg: DataConfig) -> Source:
             loaded = _read_arrow_streams(path)
         if isinstance(loaded, datasets.DatasetDict):
             split = cfg.split if cfg.split is not None else (list(loaded)[0] if len(loaded) == 1 else None)
-            ds = _pick_split(loaded, split, str(path))
+            ds = pick_split(loaded, split, str(path))
             return Source(str(path), ds, file_fingerprint(path / split), "rows", path)
         return Source(str(path), loaded, file_fingerprint(path), "rows", path)
     # a folder of data files, read like a hub dataset (the same load_dataset code path)
+    check_data_folder(path)
     ds = _load_hub_like(str(path), cfg)
     extra = f"{cfg.subset}/{cfg.split}".encode()
     return Source(str(path), ds, hashlib.sha256(file_fingerprint(path).encode() + extra).hexdigest()[:16], "rows", path)
+
+
+# files a dataset folder may hold beside its records (the dataset card, licence), never read as records
+FOLDER_EXTRAS = {"readme.md", "license", "license.md", "license.txt", "dataset_infos.json"}
+
+
+def check_data_folder(path: Path) -> None:
+    """A folder of data files is read like a hub dataset, which takes one format and skips the rest
+    without a word: refuse a folder where files would be skipped, naming them and why."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    kinds: dict[str, list[str]] = {}
+    other: list[str] = []
+    for p in files:
+        rel = str(p.relative_to(path))
+        builder = LOCAL_BUILDERS.get(p.suffix.lower())
+        if builder is not None and p.name.lower() not in FOLDER_EXTRAS:
+            kinds.setdefault(builder, []).append(rel)
+        elif p.name.lower() not in FOLDER_EXTRAS:
+            other.append(rel)
+    shown = lambda names: ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")  # noqa: E731
+    if len(kinds) > 1:
+        groups = "; ".join(f"{b}: {shown(n)}" for b, n in sorted(kinds.items()))
+        raise DataError(f"{path}: holds record files of several formats ({groups}); a folder is read as one format, so "
+                        f"the others would be skipped: convert them to one format, or pass the files one at a time")
+    if other:
+        raise DataError(f"{path}: holds files that are not record files and would be skipped ({shown(other)}); move them "
+                        f"out of the folder (record files: .jsonl, .json, .csv, .parquet, .arrow; a README.md may stay)")
+    if not kinds:
+        raise DataError(f"{path}: no record files in the folder (.jsonl, .json, .csv, .parquet, .arrow)")
 
 
 def _read_arrow_streams(path: Path) -> Any:
@@ -217,7 +249,7 @@ def _load_hub_like(source: str, cfg: DataConfig) -> Any:
         if Path(source).exists():
             raise DataError(f"{source}: cannot load this folder as a dataset ({_first_line(e)})") from None
         raise DataError(f"{source}: not a local file, and the hub dataset cannot be loaded ({_first_line(e)})") from None
-    return _pick_split(loaded, cfg.split, source) if isinstance(loaded, datasets.DatasetDict) else loaded
+    return pick_split(loaded, cfg.split, source) if isinstance(loaded, datasets.DatasetDict) else loaded
 
 
 def _first_line(e: BaseException) -> str:
@@ -360,6 +392,19 @@ def _scan_csv(path: Path) -> None:
         raise DataError(f"{path}: no records (empty file)")
 
 
+def _layout_hint(path: Path, records_before: int) -> str:
+    """Why a JSONL file's first record is malformed, when the file is laid out as one JSON document."""
+    if records_before or path.suffix.lower() == ".json":
+        return ""
+    first = _first_char(path)
+    if first == "[":
+        return (f"; the file looks like one JSON array (it starts with '['), not one object a line: "
+                f"name it {path.with_suffix('.json').name}")
+    if first == "{":
+        return "; a record spread over several lines (pretty-printed)? JSONL needs one whole JSON object a line"
+    return ""
+
+
 def _scan_jsonl(path: Path, cfg: DataConfig) -> None:
     """Raise the first problem of a JSONL file the reader rejected (or 'no records')."""
     count = 0
@@ -374,9 +419,12 @@ def _scan_jsonl(path: Path, cfg: DataConfig) -> None:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){_layout_hint(path, count)}") from None
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                hint = ""
+                if count == 0 and isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
+                    hint = f"; the file holds one JSON array of records: name it {path.with_suffix('.json').name}"
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}{hint}")
             to_conversation(obj, cfg, path, line=lineno)
             count += 1
     if count == 0:

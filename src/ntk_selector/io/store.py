@@ -160,8 +160,7 @@ class RowStore:
         self._fds: dict[str, int] = {}
         self.repaired = 0  # rows found damaged when opening (their checksum failed) and queued again
         if writer:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock_fh = take_lock(self.path)
+            self._lock_fh = take_lock(self.path)  # creates the folder, or says why it cannot
         try:
             self._open_or_create(overwrite)
             for name in (FEATURES, STATUS, CHECKSUMS):
@@ -220,7 +219,25 @@ class RowStore:
             self.repaired = int(len(bad))
         return bool(len(bad)) or bool((status == PENDING).any())
 
+    def _refuse_foreign(self, overwrite: bool) -> None:
+        """Files of a store's names that no store of ours wrote (no meta.json of ours beside them) are
+        the user's: refused unless ``overwrite``, never replaced silently."""
+        if overwrite or not self.writer:
+            return
+        present = [n for n in (META, FEATURES, STATUS, CHECKSUMS) if (self.path / n).exists()]
+        if not present:
+            return
+        if (self.path / META).exists():
+            try:
+                if isinstance(read_meta(self.path).get("definition"), dict):
+                    return
+            except UserError:
+                return  # a damaged meta.json of ours: _open_or_create says so
+        raise UserError(f"{self.path} holds {', '.join(present)}, not written by ntk-selector as a store; choose another "
+                        f"folder, or --overwrite to replace them")
+
     def _open_or_create(self, overwrite: bool) -> None:
+        self._refuse_foreign(overwrite)
         meta_path = self.path / META
         whole = meta_path.exists() and (self.path / FEATURES).exists() and (self.path / STATUS).exists()
         if whole:
@@ -250,8 +267,10 @@ class RowStore:
 
     def _create(self) -> None:
         self._work_before = 0.0
-        for name in (META, FEATURES, STATUS, CHECKSUMS):
+        for name in (FEATURES, STATUS, CHECKSUMS):
             (self.path / name).unlink(missing_ok=True)
+        # meta.json first (replaced atomically): a crash below leaves a store of ours to rebuild, never bare arrays
+        self._write_meta(complete=False, status=np.zeros(self.rows, np.uint8))
         for name, shape, dt in ((FEATURES, (self.rows, self.dim), self.dtype), (STATUS, (self.rows,), np.dtype(np.uint8)),
                                 (CHECKSUMS, (self.rows,), np.dtype(np.uint32))):
             self._create_array(name, shape, dt)

@@ -1,5 +1,7 @@
-"""Pool hygiene before selection: rows that repeat an earlier row, and rows that overlap the
-domain's test set (n-gram overlap), so a selection never trains on the test answers."""
+"""Pool hygiene before selection: rows that repeat an earlier row (folded: only the first copy can
+be selected), rows that are exact copies of a domain row (left out: the domain is trained on
+anyway), and rows that overlap the domain's test set (n-gram overlap), so a selection never trains
+on the test answers."""
 
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ def conversation_keys(conversations: Sequence[Conversation]) -> np.ndarray:
     return keys
 
 
-def duplicate_of(conversations: Sequence[Conversation]) -> np.ndarray:
+def duplicate_of(conversations: Sequence[Conversation], keys: np.ndarray | None = None) -> np.ndarray:
     """[rows] int64: the first earlier row with the same prompt and response, or -1.
 
     Arrays only (about 50 bytes a row): the 16-byte keys are sorted (stably, so each group of equal
@@ -46,7 +48,7 @@ def duplicate_of(conversations: Sequence[Conversation]) -> np.ndarray:
     out = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return out
-    halves = conversation_keys(conversations).view(np.uint64)  # [rows, 2]
+    halves = (conversation_keys(conversations) if keys is None else keys).view(np.uint64)  # [rows, 2]
     order = np.lexsort((halves[:, 1], halves[:, 0]))  # stable: equal keys keep row order
     sorted_keys = halves[order]
     new_group = np.ones(n, dtype=bool)
@@ -107,15 +109,30 @@ class PoolFilter:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def pool_filter(conversations: Sequence[Conversation], cfg: PoolFilterConfig) -> PoolFilter:
-    """Find duplicates (excluded with ``dedupe``) and test-set overlaps (always excluded)."""
-    dup = duplicate_of(conversations)
+def copies_of(keys: np.ndarray, other: Sequence[Conversation]) -> np.ndarray:
+    """[rows] bool: the row (by its conversation key) is exactly one of the ``other`` conversations."""
+    theirs = {bytes(k) for k in conversation_keys(other)}
+    return np.fromiter((bytes(k) in theirs for k in keys), dtype=bool, count=len(keys))
+
+
+def pool_filter(conversations: Sequence[Conversation], cfg: PoolFilterConfig,
+                domain: Sequence[Conversation] | None = None) -> PoolFilter:
+    """Find duplicates (later copies excluded with ``dedupe``, the default), exact copies of a domain
+    row (excluded unless ``keep_domain_copies``) and test-set overlaps (always excluded)."""
+    keys = conversation_keys(conversations)
+    dup = duplicate_of(conversations, keys)
     dup_rows = np.flatnonzero(dup >= 0)
     excluded = (dup >= 0) if cfg.dedupe else np.zeros(len(conversations), dtype=bool)
     report: dict[str, Any] = {"duplicates": {
         "rows": int(len(dup_rows)), "excluded": bool(cfg.dedupe),
         "pairs": [[int(i), int(dup[i])] for i in dup_rows[:REPORT_ROWS]],
     }}
+    if domain is not None:
+        copies = copies_of(keys, domain)
+        if not cfg.keep_domain_copies:
+            excluded |= copies
+        report["domain_copies"] = {"rows": int(copies.sum()), "excluded": not cfg.keep_domain_copies,
+                                   "pool_indices": np.flatnonzero(copies)[:REPORT_ROWS].tolist()}
     if cfg.decontaminate:
         grams = read_test_ngrams(cfg.decontaminate, cfg.ngram)
         hit = overlapping_rows(conversations, grams, cfg.ngram)

@@ -30,6 +30,7 @@ from ntk_selector.config import DataConfig, EmbedConfig, FeatureConfig
 from ntk_selector.errors import UserError
 from ntk_selector.features.embed import pool_hidden
 from ntk_selector.features.runner import fill_with, run_rows
+from ntk_selector.io.files import ensure_folder, refuse_replacing
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import DONE, EMPTY, PENDING, RowStore, open_store, read_meta, write_json_atomic
 from ntk_selector.io.tokens import Batch
@@ -106,7 +107,8 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
     """Embeddings and base-model NTK features of every pool row into the index at ``out``."""
     if session.model_cfg.adapter:
         raise UserError("index maps the pool with the base model and a seeded LoRA initialisation; --adapter is not used")
-    out.mkdir(parents=True, exist_ok=True)
+    refuse_replacing(out, (INDEX_META,), ((INDEX_META, "definitions"),), session.run.overwrite)  # the user's index.json
+    ensure_folder(out)
     if session.run.overwrite and distributed.current().is_main:
         (out / INDEX_META).unlink(missing_ok=True)  # a rebuilt index is advertised again only once complete
     session.load(None)

@@ -29,7 +29,7 @@ from ntk_selector.selection.answer_mix import mix_target, pick_top_n, with_const
 from ntk_selector.selection.filters import pool_filter
 from ntk_selector.selection.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
 from ntk_selector.selection.methods import METHODS
-from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
+from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn, warn_clamped
 from ntk_selector.selection.run_record import (
     StageClock,
     check_n,
@@ -92,18 +92,18 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         check_n(n, len(pool), pool_path)
         check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
-            filt = pool_filter(pool.conversations, cfg.filters)
+            filt = pool_filter(pool.conversations, cfg.filters, domain.conversations)
         return domain, pool, filt, mix
 
     domain, pool, filt, mix = distributed.all_ranks(load)
+    empty = index.status == EMPTY
+    pool_valid = (index.status == DONE) & ~filt.excluded
+    check_n(n, int(pool_valid.sum()), pool_path, "with response tokens, not excluded")  # before any model work
     out.mkdir(parents=True, exist_ok=True)
     session = Session(cfg.model, cfg.lora, cfg.run)
     with clock("load model"):
         distributed.all_ranks(lambda: session.load(None))
     _check_same_space(session, domain, index, cfg)
-    empty = index.status == EMPTY
-    pool_valid = (index.status == DONE) & ~filt.excluded
-    check_n(n, int(pool_valid.sum()), pool_path, "with response tokens, not excluded")
     with clock("embed"):
         embed(session, domain, stages / "index_embed_domain", cfg.data, desc="embed domain",
               embedder=cfg.embed.embedder, embed_max_length=cfg.embed.embed_max_length)
@@ -177,6 +177,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
 def preselect_in_index(index: Index, domain_emb: np.ndarray, domain_status: np.ndarray, n: int, pre_cfg: Any,
                        pool_valid: np.ndarray, seed: int = 0) -> PreselectResult:
     """Reverse-kNN votes of the domain embeddings over the index's (M = 4N, K = M/4 by default)."""
+    warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(domain_emb, index.embeddings, m, k, pool_valid=pool_valid, domain_valid=domain_status == DONE,
                        index_kind=pre_cfg.knn_search, seed=seed)

@@ -71,6 +71,22 @@ def empty_rows_by_tokenizing(records: Records, tokenizer: Any, data_cfg: DataCon
     return empty
 
 
+def check_n_with_responses(n: int, pool: Records, excluded: np.ndarray, cfg: SelectConfigs) -> None:
+    """Refuse --n above the pool rows that keep response tokens, by tokenizing (no model); stops as
+    soon as n such rows are found, so a usual N far below the pool size costs a few chunks."""
+    tokenizer = load_tokenizer(model_path(cfg.model, cfg.run.quiet))
+    usable = 0
+    for start in range(0, len(pool), 4096):
+        keep = ~excluded[start : start + 4096]
+        if not keep.any():
+            continue
+        enc = encode(pool.conversations[start : start + 4096], tokenizer, cfg.data)
+        usable += sum(1 for e, k in zip(enc, keep) if k and e.n_response_tokens > 0)
+        if usable >= n:
+            return
+    check_n(n, usable, pool.path, "with response tokens")
+
+
 def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: SelectConfigs) -> dict[str, Any] | None:
     """Run the whole selection; return the run summary (also written to run.json).
 
@@ -106,8 +122,11 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         check_n(n, len(pool), pool.path)
         check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
-            filt = pool_filter(pool.conversations, cfg.filters)
-        check_n(n, int((~filt.excluded).sum()), pool.path, "after excluding duplicates / test-set overlaps")
+            filt = pool_filter(pool.conversations, cfg.filters, domain.conversations)
+        check_n(n, int((~filt.excluded).sum()), pool.path, "after leaving out duplicates, copies of domain rows and test-set overlaps")
+        if METHODS[cfg.method].uses_model:  # before any model work (the random methods check as they draw)
+            with clock("tokenize"):
+                check_n_with_responses(n, pool, filt.excluded, cfg)
         return domain, pool, filt, mix
 
     domain, pool, filt, mix = distributed.all_ranks(load)

@@ -43,6 +43,16 @@ def default_m_k(n: int, pool_rows: int, m: int | None = None, k: int | None = No
     return max(1, m), max(1, k)
 
 
+def warn_clamped(pool_rows: int, m: int | None, k: int | None) -> None:
+    """One line when an explicit --m or --k is above the pool rows that can be pre-selected (they are capped)."""
+    import sys
+
+    for flag, value in (("--m", m), ("--k", k)):
+        if value and value > pool_rows:
+            print(f"WARNING: {flag} {value} is more than the {pool_rows} pool rows that can be pre-selected; "
+                  f"using {pool_rows}", file=sys.stderr, flush=True)
+
+
 def choose_kind(kind: str, domain_rows: int, pool_rows: int) -> str:
     if kind not in KINDS:
         raise ValueError(f"unknown index '{kind}' ({', '.join(KINDS)})")

@@ -211,6 +211,7 @@ def run_summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.n
         "counts": {"domain": len(domain), "pool": len(pool), "selected": int(len(chosen)),
                    "pool_no_response_tokens": int(len(empty_rows)), "pool_duplicates": filt.report["duplicates"]["rows"],
                    "pool_test_overlap": filt.report.get("decontamination", {}).get("rows", 0),
+                   "pool_domain_copies": filt.report.get("domain_copies", {}).get("rows", 0),
                    "pool_excluded": filt.report["excluded_rows"], "preselected": n_pre},
         "pool_filter": filt.report,
         "pool_rows_without_response_tokens": empty_rows[:1000].tolist(),

@@ -3,6 +3,7 @@ and each usable alone from the CLI; ``pipeline.select`` chains them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.gradients import NTK_OBJECTIVES, GradientFeaturizer
 from ntk_selector.features.projection import PROJECTION_KIND
 from ntk_selector.features.runner import fill_store, run_rows, run_texts
-from ntk_selector.io.definitions import read_state, reuse_or_refuse
+from ntk_selector.io.definitions import canonical, describe_differences, read_state, reuse_or_refuse
 from ntk_selector.io.files import atomic_open, folder_lock
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import (
@@ -23,12 +24,13 @@ from ntk_selector.io.store import (
     RowStore,
     check_same_features,
     open_store,
+    read_meta,
     write_json_atomic,
 )
 from ntk_selector.io.tokens import Encoded, collate, data_definition, encode, encode_checked
 from ntk_selector.model.loading import resolve_device
 from ntk_selector.model.session import Session
-from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn
+from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn, warn_clamped
 from ntk_selector.selection.score import block_rows_for, domain_direction, max_cosine_rows, score_rows
 from ntk_selector.training.checkpoint import TrainCheckpoint
 from ntk_selector.training.loop import check_adapter_folder, save_adapter_atomic, train_lora
@@ -182,14 +184,61 @@ def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, se
         pool_valid &= ~exclude
     if not (d_status == DONE).any():
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to vote with")
+    warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
                        index_kind=pre_cfg.knn_search, seed=seed)
 
 
-def save_preselect(result: PreselectResult, out: Path) -> None:
+def preselect_definition(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int) -> dict[str, Any]:
+    """What a pre-selection was made from: both embedding stores' definitions, the settings and the seed."""
+    return canonical({"stage": "preselect", "domain": store_definition(domain_store),
+                      "pool": store_definition(pool_store), "preselect": to_dict(pre_cfg), "seed": seed})
+
+
+def store_definition(store: Path) -> Any:
+    """A store's recorded definition, or a one-line error when ``store`` is not a store."""
+    if not (Path(store) / "meta.json").is_file():
+        raise UserError(f"{store}: not a store (no meta.json); make it with the stage that writes it")
+    return read_meta(store).get("definition")
+
+
+def _saved_definition(path: Path) -> dict[str, Any] | None:
+    """The definition a pre-selection file of ours holds ({} for one written before definitions were
+    saved); None when the file is not one of ours."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not {"votes", "best_sim", "order"} <= set(z.files):
+                return None
+            return json.loads(str(z["definition"])) if "definition" in z.files else {}
+    except Exception:  # noqa: BLE001 - whatever else the file is, it is not ours
+        return None
+
+
+def check_preselect_out(out: Path, definition: dict[str, Any], overwrite: bool) -> None:
+    """preselect writes one file: refuse a folder, a dangling link, a file we did not write, or a
+    pre-selection of other settings (unless ``overwrite``), before any work."""
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out} is a symbolic link to a missing target; remove the link or give a new file path")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; preselect writes one .npz file: give a file path such as "
+                        f"{out / 'preselect.npz'}")
+    if not out.exists() or overwrite:
+        return
+    saved = _saved_definition(out)
+    if saved is None:
+        raise UserError(f"--out {out} already exists and was not written by preselect; choose another file name, "
+                        f"or --overwrite to replace it")
+    if saved != definition:
+        what = describe_differences(saved, definition) if saved else "its settings were not recorded"
+        raise UserError(f"--out {out} holds a pre-selection of other settings ({what}); choose another file name, "
+                        f"or --overwrite to replace it")
+
+
+def save_preselect(result: PreselectResult, out: Path, definition: dict[str, Any] | None = None) -> None:
+    extra = {} if definition is None else {"definition": np.array(json.dumps(definition, sort_keys=True))}
     with atomic_open(out, "wb") as fh:
-        np.savez(fh, votes=result.votes, best_sim=result.best_sim, order=result.order)
+        np.savez(fh, votes=result.votes, best_sim=result.best_sim, order=result.order, **extra)
 
 
 def load_preselect(path: Path) -> PreselectResult:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ntk_selector.config import DataConfig, TrainConfig
 from ntk_selector.errors import UserError
-from ntk_selector.io.files import LOCK, disk_full, temporary_folder_beside
+from ntk_selector.io.files import LOCK, disk_full, temporary_folder_beside, umask
 from ntk_selector.io.tokens import Conversation, Encoded, collate, encode
 from ntk_selector.model.heads import response_logits
 from ntk_selector.model.loading import lora_parameters
@@ -190,6 +190,7 @@ def save_adapter_atomic(model: torch.nn.Module, out: str | Path) -> None:
         model.save_pretrained(str(tmp))
         for name in ADAPTER_FILES:
             if (tmp / name).exists():
+                (tmp / name).chmod(0o666 & ~umask())  # safetensors writes 0600; give what open() gives
                 os.replace(tmp / name, out / name)
     except OSError as e:
         raise disk_full(out, e) from None
