@@ -21,11 +21,10 @@ from ntk_selector import distributed
 from ntk_selector.features import budget
 from ntk_selector.errors import UserError
 from ntk_selector.io.definitions import canonical
-from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import DONE, EMPTY, open_store
 from ntk_selector.model.session import Session
-from ntk_selector.selection.answer_mix import mix_target, pick_top_n, with_constraint
+from ntk_selector.selection.answer_mix import mix_target, pick_top_n
 from ntk_selector.selection.filters import pool_filter
 from ntk_selector.selection.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
 from ntk_selector.selection.methods import METHODS
@@ -34,10 +33,8 @@ from ntk_selector.selection.run_record import (
     StageClock,
     check_n,
     check_output_folder,
-    finish_run,
-    run_summary,
-    store_seconds,
     subset_fingerprint,
+    write_outputs,
 )
 from ntk_selector.selection.score import block_rows_for, domain_direction, score_rows_at, top_n
 from ntk_selector.selection.stages import embed, embedding_definition, feature_definition, featurize, ntk_scores, warmup
@@ -153,23 +150,15 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         chosen, mix_record = pick_top_n(ranking, n, pool, mix)
         preselected = np.zeros(len(pool), dtype=bool)
         preselected[pre.order] = True
-        with clock("write outputs"):
-            score_name = METHODS[cfg.method].score_name
-            write_selected(out / "selected.jsonl", pool, chosen, scores, score_name)
-            write_trl_rows(out, pool, chosen, cfg.output.output_format)
-            write_scores(out / "scores.csv", pre.votes, preselected, scores, score_name)
-        summary = run_summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
         _, d_status, _ = open_store(stages / "index_embed_domain")
-        summary["counts"]["domain_no_response_tokens"] = int((d_status == EMPTY).sum())
-        summary["answer_mix"] = with_constraint(summary["answer_mix"], cfg.score.answer_mix, mix_record)
-        summary["index"] = {"path": str(index.path), "mode": mode, "embedder": index.meta["embedder"],
-                            "embed_max_length": index.meta["embed_max_length"], "pool_rows_through_model":
-                                0 if mode == "features" else int(len(pre.order)),
-                            "build_work_seconds": index.meta.get("work_seconds")}
-        summary["store_seconds"] = store_seconds(stages, stores)
-        if warm_stats is not None:
-            summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
-        return finish_run(out, summary, clock)
+        about_index = {"path": str(index.path), "mode": mode, "embedder": index.meta["embedder"],
+                       "embed_max_length": index.meta["embed_max_length"],
+                       "pool_rows_through_model": 0 if mode == "features" else int(len(pre.order)),
+                       "build_work_seconds": index.meta.get("work_seconds")}
+        return write_outputs(out, cfg, domain, pool, filt, clock, score_name=METHODS[cfg.method].score_name,
+                             chosen=chosen, votes=pre.votes, preselected=preselected, scores=scores, empty=empty,
+                             domain_status=d_status, mix_record=mix_record, stages=stages, stores=stores,
+                             warm_stats=warm_stats, extra={"index": about_index})
 
     return distributed.on_main(finish)
 

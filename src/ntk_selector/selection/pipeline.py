@@ -29,13 +29,12 @@ from ntk_selector.io.files import (
     write_json_atomic,
 )
 from ntk_selector.io.formats import OUTPUT_FORMATS
-from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import EMPTY, open_store, read_meta
 from ntk_selector.io.tokens import encode, encode_checked
 from ntk_selector.model.loading import load_tokenizer, model_path
 from ntk_selector.model.session import Session
-from ntk_selector.selection.answer_mix import mix_target, pick_top_n, with_constraint
+from ntk_selector.selection.answer_mix import mix_target, pick_top_n
 from ntk_selector.selection.filters import PoolFilter, pool_filter
 from ntk_selector.selection.methods import METHODS
 from ntk_selector.selection.preselect import PreselectResult
@@ -44,10 +43,8 @@ from ntk_selector.selection.run_record import (
     StageClock,
     check_n,
     check_output_folder,
-    finish_run,
-    run_summary,
-    store_seconds,
     subset_fingerprint,
+    write_outputs,
 )
 from ntk_selector.selection.score import top_n
 from ntk_selector.selection.stages import (
@@ -205,17 +202,10 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
             chosen, mix_record = pick_top_n(ranking, n, pool, mix)
 
     def finish() -> dict[str, Any]:
-        with clock("write outputs"):
-            write_selected(out / "selected.jsonl", pool, chosen, scores, method.score_name)
-            write_trl_rows(out, pool, chosen, cfg.output.output_format)
-            write_scores(out / "scores.csv", votes, preselected, scores, method.score_name)
-        summary = run_summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
-        summary["counts"]["domain_no_response_tokens"] = int((domain_status == EMPTY).sum())
-        summary["answer_mix"] = with_constraint(summary["answer_mix"], cfg.score.answer_mix, mix_record)
-        summary["store_seconds"] = store_seconds(stages, stores)
-        if warm_stats is not None:
-            summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
-        return finish_run(out, summary, clock)
+        return write_outputs(out, cfg, domain, pool, filt, clock, score_name=method.score_name, chosen=chosen,
+                             votes=votes, preselected=preselected, scores=scores, empty=empty,
+                             domain_status=domain_status, mix_record=mix_record, stages=stages, stores=stores,
+                             warm_stats=warm_stats)
 
     return distributed.on_main(finish)
 
@@ -230,13 +220,9 @@ def _select_random(domain: Records, pool: Records, out: Path, cfg: SelectConfigs
     check_n(n, len(valid), pool.path, "with response tokens")
     rng = np.random.default_rng(cfg.run.seed)
     chosen = rng.permutation(np.sort(rng.choice(valid, size=n, replace=False)))
-    with clock("write outputs"):
-        score_name = METHODS[cfg.method].score_name
-        write_selected(out / "selected.jsonl", pool, chosen, np.full(len(pool), np.nan), score_name)
-        write_trl_rows(out, pool, chosen, cfg.output.output_format)
-        write_scores(out / "scores.csv", np.zeros(len(pool), np.int64), np.zeros(len(pool), bool), np.full(len(pool), np.nan),
-                     score_name)
-    return finish_run(out, run_summary(cfg, domain, pool, chosen, empty, 0, clock.seconds, out, filt), clock)
+    no_votes, none_preselected, no_scores = np.zeros(len(pool), np.int64), np.zeros(len(pool), bool), np.full(len(pool), np.nan)
+    return write_outputs(out, cfg, domain, pool, filt, clock, score_name=METHODS[cfg.method].score_name, chosen=chosen,
+                         votes=no_votes, preselected=none_preselected, scores=no_scores, empty=empty)
 
 
 def _cached_preselect(stages: Path, cfg: SelectConfigs, excluded: np.ndarray) -> PreselectResult:

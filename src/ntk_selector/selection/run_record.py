@@ -39,9 +39,10 @@ from ntk_selector.errors import UserError
 from ntk_selector.io.definitions import describe_differences
 from ntk_selector.io.files import refuse_replacing, write_json_atomic
 from ntk_selector.io.formats import OUTPUT_FILES
+from ntk_selector.io.outputs import write_scores, write_selected, write_trl_rows
 from ntk_selector.io.records import Records
-from ntk_selector.io.store import META, read_meta
-from ntk_selector.selection.answer_mix import answer_mix
+from ntk_selector.io.store import EMPTY, META, read_meta
+from ntk_selector.selection.answer_mix import answer_mix, with_constraint
 from ntk_selector.selection.filters import PoolFilter
 from ntk_selector.version import __version__
 
@@ -113,6 +114,35 @@ def finish_run(out: Path, summary: dict[str, Any], clock: StageClock) -> dict[st
         print(f"WARNING: the report could not be written ({type(e).__name__}: {first}); the selection in {out} is "
               f"complete", file=sys.stderr, flush=True)
     return summary
+
+
+def write_outputs(out: Path, cfg: SelectConfigs, domain: Records, pool: Records, filt: PoolFilter, clock: StageClock, *,
+                  score_name: str, chosen: np.ndarray, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray,
+                  empty: np.ndarray, domain_status: np.ndarray | None = None, mix_record: dict[str, Any] | None = None,
+                  stages: Path | None = None, stores: list[str] | None = None, warm_stats: dict[str, Any] | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every output of a select run, whichever way it chose (pipeline.py, index_select.py): ``selected.jsonl``,
+    the rows in ``--output-format``, ``scores.csv``, then run.json and the report (finish_run).
+
+    ``votes``, ``preselected`` and ``scores`` cover every pool row; ``empty``: pool rows without response
+    tokens. The optional parts of run.json: ``domain_status`` (the domain store's row status) gives
+    ``counts.domain_no_response_tokens``, ``mix_record`` the ``--answer-mix`` constraint, ``stages`` with
+    ``stores`` the ``store_seconds``, ``warm_stats`` the ``warmup`` record (its losses left out), and ``extra``
+    more top-level entries (``index`` for a run against an index). Returns the run summary."""
+    with clock("write outputs"):
+        write_selected(out / "selected.jsonl", pool, chosen, scores, score_name)
+        write_trl_rows(out, pool, chosen, cfg.output.output_format)
+        write_scores(out / "scores.csv", votes, preselected, scores, score_name)
+    summary = run_summary(cfg, domain, pool, chosen, empty, int(preselected.sum()), clock.seconds, out, filt)
+    if domain_status is not None:
+        summary["counts"]["domain_no_response_tokens"] = int((domain_status == EMPTY).sum())
+    summary["answer_mix"] = with_constraint(summary["answer_mix"], cfg.score.answer_mix, mix_record)
+    summary.update(extra or {})
+    if stages is not None:
+        summary["store_seconds"] = store_seconds(stages, stores or [])
+    if warm_stats is not None:
+        summary["warmup"] = {k: v for k, v in warm_stats.items() if k != "losses"}
+    return finish_run(out, summary, clock)
 
 
 def store_seconds(stages: Path, names: list[str]) -> dict[str, float]:
