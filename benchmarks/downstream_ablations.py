@@ -96,7 +96,7 @@ def _main_scores(folder: Path) -> np.ndarray:
 
 def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     """The main run's ranking, skipping rows of a task that already has N/2."""
-    from ntk_selector.io.tokens import read_records
+    from ntk_selector.io.records import read_records
     from ntk_selector.selection.score import top_n
 
     score = _main_scores(folder)
@@ -116,7 +116,9 @@ def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     """Rescore the main run's stored features with every row scaled by its number of response positions."""
     from ntk_selector.config import DataConfig, ModelConfig
     from ntk_selector.io.store import DONE, open_store
-    from ntk_selector.io.tokens import encode, read_records, to_conversation
+    from ntk_selector.io.formats import to_conversation
+    from ntk_selector.io.records import read_records
+    from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer, model_path
     from ntk_selector.selection.score import domain_direction, score_rows, top_n
     from ntk_selector.selection.stages import load_preselect

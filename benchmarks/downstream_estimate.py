@@ -15,7 +15,8 @@ from downstream_settings import Settings
 def estimate(s: Settings, cache: Path, rate_train: float, rate_fwd: float) -> dict[str, float]:
     """Hours per phase from token counts and throughputs (padding: length-sorted ~1.05, shuffled ~1.9)."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.io.tokens import encode, to_conversation
+    from ntk_selector.io.formats import to_conversation
+    from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer, model_path
 
     tok = load_tokenizer(model_path(ModelConfig(model=s.model), quiet=True))

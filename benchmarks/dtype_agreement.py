@@ -34,7 +34,9 @@ from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.gradients import GradientFeaturizer
 from ntk_selector.features.kernels import relative_error, rows_features, spearman, top_overlap
 from ntk_selector.io.demo_data import build_demo
-from ntk_selector.io.tokens import Encoded, collate, encode, read_records, to_conversation
+from ntk_selector.io.formats import to_conversation
+from ntk_selector.io.records import read_records
+from ntk_selector.io.tokens import Encoded, collate, encode
 from ntk_selector.model.loading import load_base_model, with_lora
 from ntk_selector.training.loop import save_adapter_atomic, train_lora
 

@@ -40,7 +40,9 @@ import torch.nn.functional as F
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig
 from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.gradients import GradientFeaturizer
-from ntk_selector.io.tokens import IGNORE_INDEX, Encoded, collate, encode, plan_batches, read_records, to_conversation
+from ntk_selector.io.formats import to_conversation
+from ntk_selector.io.records import read_records
+from ntk_selector.io.tokens import IGNORE_INDEX, Encoded, collate, encode, plan_batches
 from ntk_selector.model.loading import load_base_model, lora_config, lora_parameters
 
 # Llama-architecture shapes by name, for random-weight runs on machines without the weights.

@@ -264,7 +264,8 @@ def estimate_hours(bench: GenBench, rate_train: float, rate_fwd: float, gen_rate
     """Predicted hours per phase from token counts, tokens/s of training and forward passes, and
     generated tokens/s (greedy, batched)."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.io.tokens import encode, to_conversation
+    from ntk_selector.io.formats import to_conversation
+    from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer, model_path
 
     tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))

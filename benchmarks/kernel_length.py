@@ -60,7 +60,8 @@ def runs(data: Path, work: Path) -> dict[str, Path]:
 def probe_response_tokens(domain: Path, out: Path) -> float:
     """Mean response tokens of the probe's domain rows (the rows diagnostics.json names)."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.io.tokens import encode, to_conversation
+    from ntk_selector.io.formats import to_conversation
+    from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer, model_path
 
     diag = json.loads((out / "diagnostics.json").read_text())

@@ -118,7 +118,8 @@ class Fitter:
         self.max_length = max_length
 
     def lengths(self, rows: list[Row]) -> list[int]:
-        from ntk_selector.io.tokens import encode, to_conversation
+        from ntk_selector.io.formats import to_conversation
+        from ntk_selector.io.tokens import encode
 
         return [e.length for e in encode([to_conversation(r, self.cfg) for r in rows], self.tok, self.cfg)]
 

@@ -754,7 +754,8 @@ def plot(results: Path, s: Settings) -> None:
 def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]) -> dict[str, float]:
     """Predicted hours per phase from token counts and measured tokens/s (forward+backward, forward)."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.io.tokens import encode, to_conversation
+    from ntk_selector.io.formats import to_conversation
+    from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer, model_path
 
     tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))

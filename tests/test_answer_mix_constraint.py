@@ -257,7 +257,7 @@ def check_constrained_pick(selected, ranking, run, pool_rows, n=10):
 @pytest.mark.parametrize("method,score_name", [("ntk", "ntk_score"), ("less", "less_max_cosine"),
                                                ("embedding", "embedding_votes")])
 def test_select_keep_end_to_end(tiny_model_dir, labelled_files, method, score_name):
-    from ntk_selector.io.tokens import read_records
+    from ntk_selector.io.records import read_records
 
     domain, pool, tmp = labelled_files
     work = tmp / f"work_{method}"  # the plain and the constrained run share their stages
@@ -304,7 +304,7 @@ def test_select_default_output_is_unchanged_and_off_is_the_default(tiny_model_di
 
 
 def test_select_with_a_target_file_and_refusals(tiny_model_dir, labelled_files, capsys):
-    from ntk_selector.io.tokens import read_records
+    from ntk_selector.io.records import read_records
 
     domain, pool, tmp = labelled_files
     target = tmp / "target.json"
@@ -336,7 +336,7 @@ def test_select_with_a_target_file_and_refusals(tiny_model_dir, labelled_files, 
 
 
 def test_select_index_keep(tiny_model_dir, labelled_files):
-    from ntk_selector.io.tokens import read_records
+    from ntk_selector.io.records import read_records
 
     domain, pool, tmp = labelled_files
     index = tmp / "idx"

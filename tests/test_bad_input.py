@@ -171,7 +171,7 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
 
 
 def test_ngram_filter_against_a_direct_check():
-    from ntk_selector.io.tokens import Conversation
+    from ntk_selector.io.formats import Conversation
     from ntk_selector.selection.filters import ngrams, overlapping_rows
 
     grams = ngrams("a b c d e f", 3)

@@ -298,7 +298,7 @@ def test_evaluate_backs_off_on_out_of_memory_with_the_same_scores(lora_model, to
     import random
 
     from ntk_selector.analysis.evaluate import label_log_likelihoods, prompt_and_label_ids
-    from ntk_selector.io.tokens import Conversation
+    from ntk_selector.io.formats import Conversation
 
     rng = random.Random(0)
     convs = [Conversation([{"role": "user", "content": " ".join(rng.choice("abc def ghij k".split()) for _ in range(n))}], "x")

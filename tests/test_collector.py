@@ -7,7 +7,8 @@ import torch
 
 from ntk_selector.config import DataConfig
 from ntk_selector.features.collector import LoraGradientCollector
-from ntk_selector.io.tokens import collate, encode, to_conversation
+from ntk_selector.io.formats import to_conversation
+from ntk_selector.io.tokens import collate, encode
 
 
 def test_collector_matches_batch_of_one_autograd(lora_model, tok):

@@ -8,7 +8,9 @@ from conftest import write_jsonl
 from ntk_selector.config import DataConfig
 from ntk_selector.errors import DataError
 from ntk_selector.io.records import Records
-from ntk_selector.io.tokens import BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches, read_records, to_conversation
+from ntk_selector.io.formats import to_conversation
+from ntk_selector.io.records import read_records
+from ntk_selector.io.tokens import BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches
 
 ROWS = [{"prompt": "What is 2+2?", "response": "4"}, {"prompt": "Say hi", "response": "hi there"}]
 

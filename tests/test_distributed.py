@@ -39,7 +39,7 @@ def test_env_and_shard():
 
 def test_ranks_write_disjoint_rows_that_equal_one_process(tmp_path, tok):
     """run_rows as rank 0 and 1 of 2 (in turn) fills the store exactly like one process."""
-    from ntk_selector.io.tokens import to_conversation
+    from ntk_selector.io.formats import to_conversation
 
     cfg = DataConfig(max_batch_size=3, token_budget=10_000)
     convs = [to_conversation(r, cfg) for r in synthetic_rows(23, 3)]

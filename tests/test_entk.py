@@ -8,7 +8,8 @@ import torch
 from ntk_selector.analysis.entk import choose_outputs, exact_entk
 from ntk_selector.config import DataConfig
 from ntk_selector.features.gradients import GradientFeaturizer
-from ntk_selector.io.tokens import Conversation, collate, encode
+from ntk_selector.io.formats import Conversation
+from ntk_selector.io.tokens import collate, encode
 from ntk_selector.model.loading import lora_parameters
 
 CONVS = [

@@ -20,7 +20,7 @@ from ntk_selector.analysis.evaluate import (
 )
 from ntk_selector.cli.commands import main
 from ntk_selector.config import DataConfig
-from ntk_selector.io.tokens import Conversation
+from ntk_selector.io.formats import Conversation
 
 LABELS = ("positive", "negative", "neutral")
 
@@ -277,7 +277,8 @@ def test_example_mean_loss_weighs_rows_equally(lora_model, tok):
     import torch.nn.functional as F
 
     from ntk_selector.config import DataConfig
-    from ntk_selector.io.tokens import collate, encode, to_conversation
+    from ntk_selector.io.formats import to_conversation
+    from ntk_selector.io.tokens import collate, encode
     from ntk_selector.training.loop import response_loss
 
     rows = [{"prompt": "q one", "response": "a"}, {"prompt": "q two", "response": "a much longer answer here"}]

@@ -10,7 +10,8 @@ from conftest import make_model, synthetic_rows
 
 from ntk_selector.config import DataConfig
 from ntk_selector.features.gradients import GradientFeaturizer
-from ntk_selector.io.tokens import collate, encode, to_conversation
+from ntk_selector.io.formats import to_conversation
+from ntk_selector.io.tokens import collate, encode
 from ntk_selector.model.loading import lora_parameters
 
 

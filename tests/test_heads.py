@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from conftest import make_model
 
 from ntk_selector.config import DataConfig
-from ntk_selector.io.tokens import collate, encode, to_conversation
+from ntk_selector.io.formats import to_conversation
+from ntk_selector.io.tokens import collate, encode
 from ntk_selector.model.heads import head_is_plain, shortcut_applies
 from ntk_selector.training.loop import response_loss
 

@@ -12,7 +12,8 @@ from ntk_selector.analysis.predict import kernel_ridge, predict_labels, prompt_o
 from ntk_selector.cli.commands import main
 from ntk_selector.config import DataConfig
 from ntk_selector.features.gradients import GradientFeaturizer
-from ntk_selector.io.tokens import Conversation, collate, encode
+from ntk_selector.io.formats import Conversation
+from ntk_selector.io.tokens import collate, encode
 
 
 def test_kernel_ridge_equals_primal_ridge():

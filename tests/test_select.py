@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ntk_selector.cli.commands import main
-from ntk_selector.io.tokens import read_records
+from ntk_selector.io.records import read_records
 
 
 def run_select(tiny_model_dir, domain, pool, out, *extra):

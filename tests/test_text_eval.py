@@ -15,7 +15,8 @@ from ntk_selector.analysis.evaluate import choose_task
 from ntk_selector.analysis.text_metrics import chrf, generation_summary, rouge_l
 from ntk_selector.cli.commands import main
 from ntk_selector.config import DataConfig
-from ntk_selector.io.tokens import encode, fit_to_length, to_conversation
+from ntk_selector.io.formats import to_conversation
+from ntk_selector.io.tokens import encode, fit_to_length
 
 SENTENCES = ("the cat sat on the mat", "a dog ran home fast", "rain fell over the quiet town",
              "she read two long books", "birds sing at dawn", "the river is cold today")

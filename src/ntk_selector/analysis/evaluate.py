@@ -44,7 +44,8 @@ from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.files import refuse_replacing, write_text_atomic
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
-from ntk_selector.io.tokens import Conversation, Encoded, encode, plan_batches
+from ntk_selector.io.formats import Conversation
+from ntk_selector.io.tokens import Encoded, encode, plan_batches
 from ntk_selector.model.session import Session
 
 OTHER = "(other)"  # generated answers outside the label set

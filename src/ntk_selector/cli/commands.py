@@ -323,7 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = SelectConfigs.from_sections(c, method="ntk")
     print(f"demo data in {out / 'data'}: domain {paths.domain.name} (drug-review sentiment), pool {paths.pool.name}")
     summary = select_files(paths.domain, paths.pool, out / "select", cfg)
-    from ntk_selector.io.tokens import read_records
+    from ntk_selector.io.records import read_records
 
     pool = read_records(paths.pool)
     rng = np.random.default_rng(cfg.run.seed)

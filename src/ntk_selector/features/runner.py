@@ -24,7 +24,8 @@ from ntk_selector import distributed
 from ntk_selector.config import DataConfig
 from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.store import PENDING, RowStore
-from ntk_selector.io.tokens import Batch, Conversation, Encoded, collate, encode, encode_rows, plan_batches
+from ntk_selector.io.formats import Conversation
+from ntk_selector.io.tokens import Batch, Encoded, collate, encode, encode_rows, plan_batches
 
 CHUNK_ROWS = 4096
 # Seconds to sleep after each written batch: lets the crash-safety tests kill a run mid-way.

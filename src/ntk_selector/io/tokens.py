@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,8 +17,7 @@ import torch
 
 from ntk_selector.config import DataConfig
 from ntk_selector.errors import DataError, UserError
-from ntk_selector.io import formats
-from ntk_selector.io.formats import Conversation  # noqa: F401  (defined with the record formats; importable here as before)
+from ntk_selector.io.formats import Conversation
 from ntk_selector.io.records import Records
 
 IGNORE_INDEX = -100
@@ -28,32 +26,6 @@ IGNORE_INDEX = -100
 RESPONSE_TOKENS = "content+end-of-turn"
 # How a row longer than max_length is cut (see fit_to_length); stored in every definition for the same reason.
 TRUNCATION = "prompt-middle, response kept"
-
-
-# ----------------------------------------------------------------------------- reading records
-# Readers and record formats live in records.py and formats.py; these names stay importable here.
-
-
-def read_records(path: str | Path, cfg: DataConfig | None = None) -> list[dict[str, Any]]:
-    """All records of a (small) data source as plain dicts, in order (see records.read_records)."""
-    from ntk_selector.io.records import read_records as read
-
-    return read(path, cfg)
-
-
-def clean_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as the user wrote it (records carry no bookkeeping keys; line numbers are kept beside them)."""
-    return dict(record)
-
-
-# ----------------------------------------------------------------------------- prompt / response
-
-
-def to_conversation(record: dict[str, Any], cfg: DataConfig, path: str | Path = "<records>",
-                    line: int | None = None) -> Conversation:
-    """One record as a conversation, its format found from its fields (see formats.to_conversation).
-    ``line``: the record's line in ``path``, for messages."""
-    return formats.to_conversation(record, cfg, path, line=line)
 
 
 # ----------------------------------------------------------------------------- tokenizing

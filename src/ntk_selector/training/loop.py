@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from ntk_selector.config import DataConfig, TrainConfig
 from ntk_selector.errors import UserError
 from ntk_selector.io.files import LOCK, disk_full, temporary_folder_beside, umask
-from ntk_selector.io.tokens import Conversation, Encoded, collate, encode
+from ntk_selector.io.formats import Conversation
+from ntk_selector.io.tokens import Encoded, collate, encode
 from ntk_selector.model.heads import response_logits
 from ntk_selector.model.loading import lora_parameters
 from ntk_selector.training.checkpoint import CHECKPOINT_DIR, TrainCheckpoint
