@@ -224,3 +224,15 @@ def test_select_help_names_the_switches_that_restore_old_behaviour(capsys):
     assert main(["select", "--help"]) == 0
     text = capsys.readouterr().out
     assert "--keep-duplicates" in text and "--keep-domain-copies" in text
+
+
+def test_one_conversation_text_for_the_embedder_and_the_overlap_filter():
+    """The MiniLM embedder reads conversation_text (one turn a line; stored embeddings depend on it) and
+    the overlap filter takes its n-grams, which do not depend on the separator, so a gram still spans turns."""
+    from ntk_selector.io.formats import Conversation, conversation_text
+    from ntk_selector.selection.filters import ngrams, overlapping_rows
+
+    conv = Conversation([{"role": "system", "content": "be brief"}, {"role": "user", "content": "add 2 and 3"}], "5")
+    assert conversation_text(conv) == "be brief\nadd 2 and 3\n5"
+    assert ngrams(conversation_text(conv), 3) == ngrams("be brief add 2 and 3 5", 3)
+    assert overlapping_rows([conv], ngrams("and 3 5", 3), 3).tolist() == [True]

@@ -33,6 +33,13 @@ class Conversation:
     response: str
 
 
+def conversation_text(conv: Conversation) -> str:
+    """The conversation as plain text: the prompt turns' contents, then the response, one per line.
+    The MiniLM embedder reads it (so its embeddings, stored per row, depend on it: keep it byte for byte)
+    and the test-set overlap filter takes its whitespace-separated n-grams."""
+    return "\n".join([m["content"] for m in conv.prompt_messages] + [conv.response])
+
+
 class RecordError(ValueError):
     """What is wrong with one record (without the file and line, which the reader knows)."""
 

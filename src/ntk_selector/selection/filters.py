@@ -16,7 +16,7 @@ import numpy as np
 from ntk_selector.config import PoolFilterConfig
 from ntk_selector.io import records
 from ntk_selector.io.records import iter_record_chunks
-from ntk_selector.io.formats import Conversation
+from ntk_selector.io.formats import Conversation, conversation_text
 
 REPORT_ROWS = 1000  # row lists in run.json are cut to this many
 
@@ -77,10 +77,6 @@ def ngrams(text: str, n: int) -> set[str]:
     if len(tokens) < n:
         return {" ".join(tokens)} if tokens else set()
     return {" ".join(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
-
-
-def conversation_text(conv: Conversation) -> str:
-    return " ".join([m["content"] for m in conv.prompt_messages] + [conv.response])
 
 
 def read_test_ngrams(path: str | Path, n: int) -> set[str]:

@@ -107,7 +107,8 @@ def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, d
     computed by this process."""
     definition = embedding_definition(session, records, data_cfg, embedder, embed_max_length)
     if embedder == "minilm":
-        from ntk_selector.model.sentence_encoder import BATCH_ROWS, SentenceEncoder, conversation_text
+        from ntk_selector.io.formats import conversation_text
+        from ntk_selector.model.sentence_encoder import BATCH_ROWS, SentenceEncoder
 
         encoder = SentenceEncoder(resolve_device(session.model_cfg.device), embed_max_length)
 
