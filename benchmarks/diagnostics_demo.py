@@ -18,7 +18,7 @@ import platform
 from pathlib import Path
 
 from ntk_selector.cli.commands import main as cli_main
-from ntk_selector.io.demo_data import build_demo
+from ntk_selector.demo.data import build_demo
 
 SIZES = ["--max-length", "256", "--token-budget", "2048", "--probe-rows", "24", "--stability-points", "4",
          "--approx-rows", "16", "--approx-outputs", "48"]

@@ -1,6 +1,6 @@
 """Downstream benchmark: does fine-tuning on D ∪ S, with S picked by NTK-Selector, beat the alternatives?
 
-Domain: drug-review sentiment from the packaged demo (``ntk_selector.io.demo_data.build_demo``): |D| = 100
+Domain: drug-review sentiment from the packaged demo (``ntk_selector.demo.data.build_demo``): |D| = 100
 balanced training reviews, the 379 test reviews as the test set, ``domain_valid`` (100 other
 training reviews) for choosing settings. Pool: 5,000 rows of seven other tasks (movie sentiment,
 plot-or-review, headline completion, debate party, dialogue, ShareGPT, code); nothing from drug

@@ -1,7 +1,7 @@
 """The downstream benchmark's input files: domain / domain_valid / test / pool for one |D| and label prior.
 
 Built once into the cache folder and reused, so every unit of a |D| reads the same rows: from the
-packaged demo (``ntk_selector.io.demo_data.build_demo``), or from ``--data-dir`` (the smoke test).
+packaged demo (``ntk_selector.demo.data.build_demo``), or from ``--data-dir`` (the smoke test).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def data_files(s: Settings, cache: Path, d: int, prior: str = "balanced") -> dic
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / f"{k}.jsonl", paths[k])
     else:
-        from ntk_selector.io.demo_data import build_demo
+        from ntk_selector.demo.data import build_demo
 
         built = build_demo(folder, n_domain=d, pool_size=s.pool_size, seed=0, balanced_domain=prior == "balanced")
         assert {k: getattr(built, k) for k in NAMES} == paths

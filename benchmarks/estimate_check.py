@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ntk_selector.cli.commands import SELECT_SECTIONS
 from ntk_selector.cli.commands import main as cli
-from ntk_selector.io.demo_data import build_demo
+from ntk_selector.demo.data import build_demo
 from ntk_selector.selection.estimate import estimate, format_estimate
 from ntk_selector.selection.run_record import SelectConfigs
 from ntk_selector.settings import build_configs

@@ -97,7 +97,7 @@ def fixed_rows(n: int, length: int, vocab: int, seed: int) -> list[Encoded]:
 
 
 def demo_rows(n: int, tok: Any, max_length: int) -> list[Encoded]:
-    from ntk_selector.io.demo_data import build_demo
+    from ntk_selector.demo.data import build_demo
 
     paths = build_demo(Path("benchmarks/cache/demo_speed"), n_domain=100, pool_size=max(n, 500), seed=0)
     cfg = DataConfig(max_length=max_length)
@@ -192,7 +192,7 @@ def featurize_peak_rss(row_counts: list[int], model: str | None, proj_dim: int, 
     import subprocess
     import tempfile
 
-    from ntk_selector.io.demo_data import build_demo
+    from ntk_selector.demo.data import build_demo
 
     paths = build_demo(Path("benchmarks/cache/demo_speed"), n_domain=100, pool_size=max(max(row_counts), 500), seed=0)
     rows = paths.pool.read_text().splitlines()

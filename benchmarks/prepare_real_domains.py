@@ -299,7 +299,7 @@ def natural_instruction_rows(fit: Fitter, downloads: Path, per_task: int, seed: 
 
 
 def demo_rows(pool_size: int, seed: int, fit: Fitter) -> list[Row]:
-    from ntk_selector.io.demo_data import _pool_candidates, _quotas
+    from ntk_selector.demo.data import _pool_candidates, _quotas
 
     rng = random.Random(seed)
     candidates = _pool_candidates(rng)

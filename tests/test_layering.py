@@ -12,9 +12,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ntk_selector"
 
 # a subpackage may import only from its own layer or the layers below it; top-level modules
 # (config, errors, distributed, version) form the ground floor that every layer may use, and
-# settings (flags, YAML and keywords -> configs) belongs with the API, above the library
+# settings (flags, YAML and keywords -> configs) and demo (its data, built from third-party packages)
+# belong with the API, above the library
 LAYERS = {"": 0, "io": 1, "model": 2, "features": 3, "training": 4, "selection": 5, "analysis": 6, "api": 7,
-          "settings": 7, "cli": 8, "__main__": 8, "__init__": 8}
+          "settings": 7, "demo": 7, "cli": 8, "__main__": 8, "__init__": 8}
 
 
 def module_names(package_dir: Path) -> dict[str, Path]:
@@ -141,6 +142,15 @@ def test_subpackages_import_only_their_own_layer_or_below():
 def test_every_module_lives_in_a_subpackage_but_the_ground_floor():
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
     assert top == ["__init__", "__main__", "api", "config", "distributed", "errors", "settings", "version"]
+    subpackages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert set(subpackages) <= set(LAYERS), f"a subpackage with no layer: {set(subpackages) - set(LAYERS)}"
+
+
+def test_the_library_does_not_import_the_demo():
+    graph = import_graph(PACKAGE)
+    assert "demo.data" in graph and graph["demo.data"] <= {"io.files"}
+    users = sorted(m for m, deps in graph.items() if any(d.split(".")[0] == "demo" for d in deps) and layer_of(m) != "demo")
+    assert users == ["cli.commands"], users
 
 
 def test_the_command_line_loads_its_subcommands_with_plain_imports():

@@ -312,7 +312,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ntk_selector.api import select_files
-    from ntk_selector.io.demo_data import build_demo
+    from ntk_selector.demo.data import build_demo
     from ntk_selector.selection.run_record import SelectConfigs, task_counts
 
     out = Path(args.out)

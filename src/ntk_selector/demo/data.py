@@ -17,7 +17,7 @@ ones, so a selector that works should prefer the related rows. The packages are 
 with :func:`importlib.util.find_spec` and never imported: importing them pulls in heavy or
 missing dependencies (onnxruntime, spaCy, ...), while their data files are all we need.
 
-``python -m ntk_selector.io.demo_data OUT_DIR`` builds the four JSONL files and prints task counts.
+``python -m ntk_selector.demo.data OUT_DIR`` builds the four JSONL files and prints task counts.
 """
 
 from __future__ import annotations
@@ -528,8 +528,8 @@ def _counts(path: Path, field: str) -> Counter[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ntk_selector.io.demo_data OUT_DIR``: build the demo and print what is in it."""
-    ap = argparse.ArgumentParser(prog="python -m ntk_selector.io.demo_data", description=__doc__.splitlines()[0])
+    """``python -m ntk_selector.demo.data OUT_DIR``: build the demo and print what is in it."""
+    ap = argparse.ArgumentParser(prog="python -m ntk_selector.demo.data", description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", type=Path, help="folder for domain/domain_valid/test/pool .jsonl")
     ap.add_argument("--n-domain", type=int, default=100, help="domain train rows (default 100)")
     ap.add_argument("--pool-size", type=int, default=5000, help="pool rows (default 5000)")
