@@ -6,7 +6,7 @@
   (see entk.py): size of the cross terms, mean cosine between output gradients, Spearman of scores.
 - Projection: how far projected Gram matrices and top-N picks are from the raw gradients'.
 
-Writes ``OUT/diagnostics.json`` and a report page with plots (report.py). Warns, with what to try,
+Writes ``OUT/diagnostics.json`` and a report page with plots (selection/report.py). Warns, with what to try,
 when stability or the rank correlation is low.
 """
 
@@ -50,7 +50,7 @@ from ntk_selector.version import __version__
 
 CHECKS = ("stability", "approximation", "projection")
 
-# the plots diagnose writes beside diagnostics.json (report.py draws them)
+# the plots diagnose writes beside diagnostics.json (selection/report.py draws them)
 DIAG_PLOTS = ("diag_stability.png", "diag_projection.png", "diag_approximation.png", "diag_seconds.png")
 
 

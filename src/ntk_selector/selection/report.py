@@ -1,6 +1,8 @@
-"""A self-contained run report: ``report.html`` with PNG plots beside it (relative links, inline CSS,
-nothing fetched from the network), from whatever a folder holds: a ``select`` output (run.json,
-scores.csv, selected.jsonl) and/or ``diagnose`` output (diagnostics.json)."""
+"""The run report, written by ``select`` (run_record.finish_run) and by ``diagnose``
+(analysis/diagnostics.py), so it lives in the lower of their two layers: a self-contained
+``report.html`` with PNG plots beside it (relative links, inline CSS, nothing fetched from the
+network), from whatever a folder holds: a ``select`` output (run.json, scores.csv, selected.jsonl)
+and/or ``diagnose`` output (diagnostics.json)."""
 
 from __future__ import annotations
 
