@@ -32,7 +32,7 @@ from ntk_selector.cli.commands import main as cli
 from ntk_selector.config import PreselectConfig, ScoreConfig
 from ntk_selector.features.kernels import spearman
 from ntk_selector.io.store import DONE, open_store
-from ntk_selector.selection.index import open_index
+from ntk_selector.selection.index import open_pool_index
 from ntk_selector.selection.index_select import preselect_in_index, score_in_index
 from ntk_selector.selection.report import read_scores as read_scores_csv
 
@@ -81,7 +81,7 @@ def coarse_recall(index_dir: Path, pool: Path, domain: Path, option: str, n: int
         cli(["embed", "--data", str(data), "--out", str(stores[name]), *model_args, *flags, "--quiet", *flags_for_embed(extra)])
     d_emb, d_status, _ = open_store(stores["domain"])
     p_emb, p_status, _ = open_store(stores["pool"])
-    index = open_index(index_dir)
+    index = open_pool_index(index_dir)
     index.embeddings = p_emb  # the same rows, embedded the coarse way
     pre = preselect_in_index(index, d_emb, d_status, n, PreselectConfig(n=n), p_status == DONE)
     return len(paper_top & set(pre.order.tolist())) / max(1, len(paper_top))
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
         result["index_seconds"] = timed(["index", "--pool", str(args.pool), "--out", str(index_dir), *model_args, "--quiet",
                                          *extra])
         result_file.write_text(json.dumps(result, indent=2))
-    index = open_index(index_dir)
+    index = open_pool_index(index_dir)
     for domain in args.domain:
         name = domain.stem
         if name in result["domains"]:

@@ -68,11 +68,11 @@ def query(path: Path, domain: int, n: int, knn_search: str = "auto", block_mb: i
     """One new domain against the index: (pre-selection, scores of the candidates, top N)."""
     from ntk_selector.config import PreselectConfig, ScoreConfig
     from ntk_selector.io.store import DONE
-    from ntk_selector.selection.index import open_index
+    from ntk_selector.selection.index import open_pool_index
     from ntk_selector.selection.index_select import preselect_in_index, score_in_index
     from ntk_selector.selection.score import top_n
 
-    index = open_index(path)
+    index = open_pool_index(path)
     emb, feat = domain_arrays(domain, index.features.shape[1], index.embeddings.shape[1])
     ok = np.ones(domain, dtype=np.uint8) * DONE
     t0 = time.perf_counter()

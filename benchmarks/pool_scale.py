@@ -104,13 +104,13 @@ def measure(task: str, work: Path, args: argparse.Namespace) -> dict:
         if kind == "hnsw":
             valid &= np.arange(len(valid)) < args.hnsw_rows
         m, k = default_m_k(args.n, int(valid.sum()))
-        res = reverse_knn(d_emb, p_emb, m, k, pool_valid=valid, domain_valid=d_status == DONE, index_kind=kind)
+        res = reverse_knn(d_emb, p_emb, m, k, pool_valid=valid, domain_valid=d_status == DONE, knn_search=kind)
         info = {"rows": int(valid.sum()), "m": m, "k": k, "votes": int(res.votes.sum())}
         seconds = time.perf_counter() - start
         peak = rss_mb()
         np.save(work / f"order_{kind}.npy", res.order)
         if kind == "hnsw":  # its own exact reference over the same rows (not timed)
-            exact = reverse_knn(d_emb, p_emb, m, k, pool_valid=valid, domain_valid=d_status == DONE, index_kind="flat")
+            exact = reverse_knn(d_emb, p_emb, m, k, pool_valid=valid, domain_valid=d_status == DONE, knn_search="flat")
             info["overlap_with_exact"] = round(len(np.intersect1d(exact.order, res.order)) / len(exact.order), 3)
         return {"task": task, "seconds": round(seconds, 1), "peak_rss_mb": round(peak, 0),
                 "rss_after_imports_mb": round(base, 0), **info}

@@ -166,7 +166,7 @@ def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], pape
     from ntk_selector.config import ScoreConfig
     from ntk_selector.features.kernels import spearman
     from ntk_selector.io.store import open_store
-    from ntk_selector.selection.index import open_index
+    from ntk_selector.selection.index import open_pool_index
     from ntk_selector.selection.index_select import score_in_index
     from ntk_selector.selection.report import read_scores
 
@@ -181,7 +181,7 @@ def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], pape
     if paper.get("preselected_scores") is not None:
         paper_scores = np.array([np.nan if x is None else x for x in paper["preselected_scores"]], dtype=np.float64)
         d_feat, d_status, _ = open_store(index_run / "stages" / "index_features_domain")
-        index_scores = score_in_index(open_index(index_dir), d_feat, d_status, cand, ScoreConfig())
+        index_scores = score_in_index(open_pool_index(index_dir), d_feat, d_status, cand, ScoreConfig())
         ok = np.isfinite(index_scores) & np.isfinite(paper_scores)
         agree["spearman_on_paper_candidates"] = float(spearman(paper_scores[ok], index_scores[ok]))
     return agree

@@ -11,7 +11,7 @@ from conftest import load_benchmark, make_model, make_tokenizer, synthetic_rows,
 
 from ntk_selector.cli.commands import main
 from ntk_selector.io.store import DONE, open_store
-from ntk_selector.selection.index import PairStore, open_index
+from ntk_selector.selection.index import PairStore, open_pool_index
 from ntk_selector.selection.preselect import default_m_k, reverse_knn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +38,7 @@ def test_index_equals_featurize_and_embed_of_the_base_model(tiny_model_dir, pool
     common = ["--data", str(pool), "--model", str(tiny_model_dir), *SPACE]
     assert main(["featurize", *common, "--out", str(tmp / "feat")]) == 0
     assert main(["embed", "--data", str(pool), "--model", str(tiny_model_dir), *EMB, "--out", str(tmp / "emb")]) == 0
-    index = open_index(tmp / "idx")
+    index = open_pool_index(tmp / "idx")
     feat, f_status, f_meta = open_store(tmp / "feat")
     emb, e_status, _ = open_store(tmp / "emb")
     assert np.array_equal(index.status, f_status) and np.array_equal(index.status, e_status)
@@ -60,7 +60,7 @@ def test_select_index_equals_scoring_the_index_by_hand(tiny_model_dir, pool_and_
     common = ["--data", str(domain), "--model", str(tiny_model_dir), *SPACE]
     assert main(["featurize", *common, "--out", str(tmp / "dfeat")]) == 0
     assert main(["embed", "--data", str(domain), "--model", str(tiny_model_dir), *EMB, "--out", str(tmp / "demb")]) == 0
-    index = open_index(tmp / "idx")
+    index = open_pool_index(tmp / "idx")
     d_feat, d_status, _ = open_store(tmp / "dfeat")
     d_emb, _, _ = open_store(tmp / "demb")
     valid = index.status == DONE
@@ -124,7 +124,7 @@ def test_crashed_index_resumes_to_the_uninterrupted_one(tiny_model_dir, pool_and
     assert 0 < (status == DONE).sum() < len(status)
     monkeypatch.setattr(PairStore, "write", real_write)
     assert main(args) == 0
-    ref, got = open_index(pool_and_index[0] / "idx"), open_index(tmp_path / "idx")
+    ref, got = open_pool_index(pool_and_index[0] / "idx"), open_pool_index(tmp_path / "idx")
     assert np.array_equal(ref.features, got.features) and np.array_equal(ref.embeddings, got.embeddings)
     assert np.array_equal(ref.status, got.status)
 
@@ -166,8 +166,8 @@ def test_embed_prefix_from_the_full_forward_equals_embedding_the_prefix(tiny_mod
                  "--embed-max-length", "9"]) == 0
     assert main(["embed", "--data", str(pool), "--model", str(tiny_model_dir), *EMB, "--embed-max-length", "9",
                  "--out", str(tmp_path / "emb")]) == 0
-    full = open_index(pool_and_index[0] / "idx").embeddings
-    got, emb = open_index(tmp_path / "idx").embeddings, open_store(tmp_path / "emb")[0]
+    full = open_pool_index(pool_and_index[0] / "idx").embeddings
+    got, emb = open_pool_index(tmp_path / "idx").embeddings, open_store(tmp_path / "emb")[0]
     np.testing.assert_allclose(got, emb, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, full, atol=1e-3)  # rows are longer than 9 tokens: the prefix matters
 
@@ -182,9 +182,9 @@ def test_minilm_embedder(tiny_model_dir, pool_and_index, tmp_path):
     tmp, pool, domain = pool_and_index
     assert main(["index", "--pool", str(pool), "--out", str(tmp_path / "idx"), "--model", str(tiny_model_dir), *SPACE,
                  "--embedder", "minilm"]) == 0
-    index = open_index(tmp_path / "idx")
+    index = open_pool_index(tmp_path / "idx")
     assert index.embeddings.shape == (40, 384)
-    np.testing.assert_array_equal(index.features, open_index(tmp / "idx").features)  # the features do not change
+    np.testing.assert_array_equal(index.features, open_pool_index(tmp / "idx").features)  # the features do not change
     # reference: the encoder on each row alone (no batch padding), unit rows, zeros where no response
     enc = SentenceEncoder()
     convs = [to_conversation(r, DataConfig()) for r in read_records(pool)]
@@ -225,7 +225,7 @@ def test_two_nodes_index_and_select_equal_one_process(tiny_model_dir, pool_and_i
     tmp, pool, domain = pool_and_index
     for rc, err in two_node_run("index", "--pool", pool, "--out", tmp_path / "idx", "--model", tiny_model_dir, *SPACE):
         assert rc == 0, err[-3000:]
-    one, two = open_index(tmp / "idx"), open_index(tmp_path / "idx")
+    one, two = open_pool_index(tmp / "idx"), open_pool_index(tmp_path / "idx")
     assert np.array_equal(one.features, two.features) and np.array_equal(one.embeddings, two.embeddings)
     assert np.array_equal(one.status, two.status)
     common = ["--domain", domain, "-n", "5", "--quiet"]
@@ -259,7 +259,7 @@ def test_the_api_index_equals_the_command_line_index(tiny_model_dir, pool_and_in
     tmp, pool, domain = pool_and_index
     info = ntk_selector.index(pool, tmp_path / "idx", model=tiny_model_dir, proj_dim=32, **API_EMB, quiet=True)
     assert info["computed"] == 40
-    mine, theirs = open_index(tmp_path / "idx"), open_index(tmp / "idx")
+    mine, theirs = open_pool_index(tmp_path / "idx"), open_pool_index(tmp / "idx")
     assert mine.meta["definitions"] == theirs.meta["definitions"]
     assert np.array_equal(np.asarray(mine.features), np.asarray(theirs.features))
     sel = ntk_selector.select(domain, None, 5, index=str(tmp_path / "idx"), quiet=True)

@@ -50,10 +50,10 @@ def test_index_scale_benchmark_at_ci_size(tmp_path):
     assert not (tmp_path / "w").exists()
     # the query's top rows equal a dense computation over the same synthetic index
     bench.build_index(tmp_path / "again", 20000, 64, 16, "float16")
-    from ntk_selector.selection.index import open_index
+    from ntk_selector.selection.index import open_pool_index
     from ntk_selector.selection.preselect import default_m_k, reverse_knn
 
-    index = open_index(tmp_path / "again")
+    index = open_pool_index(tmp_path / "again")
     emb, feat = bench.domain_arrays(50, 64, 16)
     m, k = default_m_k(100, 20000)
     pre = reverse_knn(emb, np.asarray(index.embeddings), m, k)

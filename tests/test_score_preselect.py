@@ -38,7 +38,7 @@ def test_reverse_knn_votes_hand_made():
     ang = np.deg2rad([0, 10, 20, 90, 180])
     pool = np.stack([np.cos(ang), np.sin(ang)], 1) * np.array([[1], [2], [3], [1], [5]])  # norms must not matter
     dom = np.stack([np.cos(np.deg2rad([4, 95])), np.sin(np.deg2rad([4, 95]))], 1)
-    res = reverse_knn(dom, pool, m=3, k=2, index_kind="flat")
+    res = reverse_knn(dom, pool, m=3, k=2, knn_search="flat")
     # domain 4deg votes for 0 and 10; domain 95deg votes for 90 (5 deg away) and 20 (75 deg; 10 and 180 are 85)
     assert res.votes.tolist() == [1, 1, 1, 1, 0]
     # equal votes: best similarity decides: 0 (cos 4) > 90 (cos 5) > 10 (cos 6) > 20 (cos 75)
@@ -49,7 +49,7 @@ def test_reverse_knn_votes_hand_made():
 def test_reverse_knn_exact_ties_go_to_lower_index():
     pool = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     dom = np.array([[1.0, 0.0], [0.0, 1.0]])
-    res = reverse_knn(dom, pool, m=4, k=2, index_kind="flat")
+    res = reverse_knn(dom, pool, m=4, k=2, knn_search="flat")
     assert res.votes.tolist() == [1, 1, 1, 1]
     assert res.order.tolist() == [0, 1, 2, 3]
 
@@ -68,8 +68,8 @@ def test_approximate_indexes_agree_on_easy_case(kind):
     centers = rng.normal(size=(4, 32))
     pool = np.concatenate([c + 0.05 * rng.normal(size=(200, 32)) for c in centers]).astype(np.float32)
     dom = (centers[1] + 0.05 * rng.normal(size=(10, 32))).astype(np.float32)
-    exact = reverse_knn(dom, pool, m=50, k=20, index_kind="flat")
-    approx = reverse_knn(dom, pool, m=50, k=20, index_kind=kind)
+    exact = reverse_knn(dom, pool, m=50, k=20, knn_search="flat")
+    approx = reverse_knn(dom, pool, m=50, k=20, knn_search=kind)
     # every vote lands in the domain's cluster, and each domain row casts K votes
     assert set(approx.order) <= set(range(200, 400))
     assert approx.votes.sum() == exact.votes.sum() == 10 * 20

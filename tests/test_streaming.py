@@ -82,7 +82,7 @@ def test_reverse_knn_votes_equal_a_faiss_brute_force_reference(kind):
     rng = np.random.default_rng(3)
     pool = rng.normal(size=(3000, 16)).astype(np.float32)
     dom = rng.normal(size=(2100, 16)).astype(np.float32)  # more than one block of queries
-    res = reverse_knn(dom, pool, m=200, k=30, index_kind=kind)
+    res = reverse_knn(dom, pool, m=200, k=30, knn_search=kind)
     p, d = pool.copy(), dom.copy()
     faiss.normalize_L2(p)
     faiss.normalize_L2(d)
@@ -95,7 +95,7 @@ def test_reverse_knn_votes_equal_a_faiss_brute_force_reference(kind):
 
 
 def test_auto_picks_exact_for_small_and_ivf_for_large_products():
-    assert preselect.choose_kind("auto", 1000, 1_000_000) == "flat"
-    assert preselect.choose_kind("auto", 10_000, 1_000_000) == "ivf"
+    assert preselect.choose_knn_search("auto", 1000, 1_000_000) == "flat"
+    assert preselect.choose_knn_search("auto", 10_000, 1_000_000) == "ivf"
     with pytest.raises(ValueError):
-        preselect.choose_kind("annoy", 1, 1)
+        preselect.choose_knn_search("annoy", 1, 1)

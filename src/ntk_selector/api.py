@@ -49,7 +49,7 @@ from ntk_selector.io.records import Records, datasets_quiet
 from ntk_selector.io.store import open_store
 from ntk_selector.model.session import Session
 from ntk_selector.selection import stages
-from ntk_selector.selection.index import build_index
+from ntk_selector.selection.index import build_pool_index
 from ntk_selector.selection.index_select import select_with_index
 from ntk_selector.selection.pipeline import select as run_pipeline
 from ntk_selector.selection.run_record import SelectConfigs
@@ -375,7 +375,7 @@ def index(pool: Any, out: str | Path, *, model: str | Path | None = None, **sett
     with _files(pool, "pool", single=True, split=c[DataConfig].split) as (path,):
         records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
         session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
-        return build_index(session, records, Path(out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
+        return build_pool_index(session, records, Path(out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
 
 
 def load_features(store: str | Path) -> tuple[np.ndarray, dict[str, Any]]:

@@ -47,9 +47,9 @@ def settings_values(given: Mapping[str, Any], command: str, sections: tuple[type
     given = {**{k: v for k, v in from_yaml.items() if k in known_names(sections)},
              **{k: v for k, v in given.items() if k in known_names(sections)}}
     if command == "select" and given.get("index"):
-        from ntk_selector.selection.index import index_settings
+        from ntk_selector.selection.index import pool_index_settings
 
-        values.update(index_settings(given["index"]))  # the index's settings, below the file and flags
+        values.update(pool_index_settings(given["index"]))  # the index's settings, below the file and flags
     values.update(given)
     return values
 

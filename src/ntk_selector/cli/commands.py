@@ -239,12 +239,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ntk_selector import distributed
     from ntk_selector.io.records import Records
     from ntk_selector.model.session import Session
-    from ntk_selector.selection.index import build_index
+    from ntk_selector.selection.index import build_pool_index
 
     c = _configs(args, MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
     pool = distributed.all_ranks(lambda: Records.load(args.pool, c[DataConfig]))
     session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
-    info = build_index(session, pool, Path(args.out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
+    info = build_pool_index(session, pool, Path(args.out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
     _say(c[RunConfig], f"indexed {len(pool)} pool rows ({info['computed']} computed now{_by_this_rank()}) into {args.out}")
     return 0
 

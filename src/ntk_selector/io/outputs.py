@@ -21,16 +21,17 @@ from ntk_selector.io.records import Records
 NESTED_KEY = "ntk_selector"
 
 
-def with_our_fields(record: dict[str, Any], score: float | None, pool_index: int,
+def with_our_fields(record: dict[str, Any], score: float | None, pool_row: int,
                     score_name: str = "ntk_score") -> dict[str, Any]:
     """The user's record unchanged, followed by our fields as its last key(s).
 
-    Normally ``score_name`` and ``pool_index`` are added at the top level, in that order. When the
+    ``pool_row``: the record's 0-based row in the pool, written as the field ``pool_index`` (a file-format
+    contract). Normally ``score_name`` and ``pool_index`` are added at the top level, in that order. When the
     record already has a field of either name, both of ours go instead into one object
     ``{score_name: ..., "pool_index": ...}`` under the first of ``ntk_selector``, ``_ntk_selector``,
     ``__ntk_selector``, ... that the record does not have. Either way ours come last on the line.
     """
-    ours = {score_name: score, "pool_index": pool_index}
+    ours = {score_name: score, "pool_index": pool_row}
     if not any(k in record for k in ours):
         return {**record, **ours}
     key = NESTED_KEY

@@ -253,7 +253,7 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
     p_emb = rng.standard_normal((min(len(pool), 4096), embed_dim)).astype(np.float32)
     start = time.perf_counter()
     sm, sk = default_m_k(max(1, min(n, len(p_emb) // 4)), len(p_emb))
-    reverse_knn(d_emb, p_emb, sm, sk, index_kind="flat", seed=0)
+    reverse_knn(d_emb, p_emb, sm, sk, knn_search="flat", seed=0)
     pre_seconds = (time.perf_counter() - start) * (len(domain) * len(pool)) / (len(d_emb) * len(p_emb))
     # scoring: one streamed pass over the candidates' features (inner products with one direction)
     block = rng.standard_normal((min(m, 4096), feat_dim)).astype(np.float32)

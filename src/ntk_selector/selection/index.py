@@ -1,4 +1,4 @@
-"""``index``: the pool paid for once. One pass over the pool stores, per row, the pre-selection
+"""``index``: the pool paid for once, as a pool index (``PoolIndex``, a folder). One pass over the pool stores, per row, the pre-selection
 embedding and the NTK feature of the base model with a seeded LoRA initialisation (no domain
 involved), so that ``select --index`` can pick rows for any number of new domains without running
 a pool row through the model again.
@@ -14,6 +14,12 @@ Layout of an index folder:
 - ``index.json``  the pool, the definitions of both stores, and completion
 Both stores are resumable per row and sharded over ``torchrun`` ranks like every stage; reopening
 one with another model, seed, projection, LoRA or data setting is refused (``--overwrite`` starts over).
+
+Three other things are not this: the FAISS structures of the approximate neighbour search
+(preselect.build_ann_search, chosen with ``--knn-search``, built in memory per query), the
+``pool_index`` field of ``selected.jsonl`` and ``scores.csv`` (a record's 0-based row in the pool
+file), and the neighbour search's old flag name ``--index`` (now ``--knn-search``; ``--index flat``
+and the like are told so).
 """
 
 from __future__ import annotations
@@ -102,7 +108,7 @@ class HiddenCatcher:
         self._handle.remove()
 
 
-def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
+def build_pool_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
                 embed_cfg: EmbedConfig) -> dict[str, Any]:
     """Embeddings and base-model NTK features of every pool row into the index at ``out``."""
     if session.model_cfg.adapter:
@@ -176,8 +182,8 @@ def build_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig
 
 
 @dataclass
-class Index:
-    """A finished index, read-only: memmapped embeddings and features, row status, its record."""
+class PoolIndex:
+    """A finished pool index, read-only: memmapped embeddings and features, row status, its record."""
 
     path: Path
     meta: dict[str, Any]
@@ -190,7 +196,7 @@ class Index:
         return self.meta["definitions"][FEATURES]["model"]
 
 
-def open_index(path: str | Path) -> Index:
+def open_pool_index(path: str | Path) -> PoolIndex:
     import json
 
     path = Path(path)
@@ -205,10 +211,10 @@ def open_index(path: str | Path) -> Index:
     feat, status, _ = open_store(path / FEATURES)
     if len(emb) != len(feat) or not np.array_equal(emb_status, status):
         raise UserError(f"{path}: its embeddings and features do not cover the same rows; rerun `ntk-selector index`")
-    return Index(path, meta, emb, feat, status)
+    return PoolIndex(path, meta, emb, feat, status)
 
 
-def index_settings(path: str | Path) -> dict[str, Any]:
+def pool_index_settings(path: str | Path) -> dict[str, Any]:
     """The settings an index was built with, as config values (``select --index`` starts from them,
     below a config file and the command line). Empty when the folder holds no finished index."""
     import json

@@ -26,7 +26,7 @@ from ntk_selector.io.store import DONE, EMPTY, open_store
 from ntk_selector.model.session import Session
 from ntk_selector.selection.answer_mix import mix_target, pick_top_n
 from ntk_selector.selection.filters import pool_filter
-from ntk_selector.selection.index import EMBEDDINGS, FEATURES, Index, open_index, space_differences
+from ntk_selector.selection.index import EMBEDDINGS, FEATURES, PoolIndex, open_pool_index, space_differences
 from ntk_selector.selection.methods import METHODS
 from ntk_selector.selection.preselect import PreselectResult, default_m_k, reverse_knn, warn_clamped
 from ntk_selector.selection.run_record import (
@@ -73,7 +73,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
     stages = Path(cfg.run.work_dir) if cfg.run.work_dir else out / "stages"
     clock = StageClock()
     with clock("open index"):
-        index: Index = distributed.all_ranks(lambda: open_index(cfg.index.index))
+        index: PoolIndex = distributed.all_ranks(lambda: open_pool_index(cfg.index.index))
     if cfg.model.model is None:  # the index's model unless one is named (and then it must be the same)
         cfg = replace(cfg, model=replace(cfg.model, model=index.model))
     pool_path = Path(pool_path) if pool_path else Path(index.meta["pool"])
@@ -163,16 +163,16 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
     return distributed.on_main(finish)
 
 
-def preselect_in_index(index: Index, domain_emb: np.ndarray, domain_status: np.ndarray, n: int, pre_cfg: Any,
+def preselect_in_index(index: PoolIndex, domain_emb: np.ndarray, domain_status: np.ndarray, n: int, pre_cfg: Any,
                        pool_valid: np.ndarray, seed: int = 0) -> PreselectResult:
     """Reverse-kNN votes of the domain embeddings over the index's (M = 4N, K = M/4 by default)."""
     warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(domain_emb, index.embeddings, m, k, pool_valid=pool_valid, domain_valid=domain_status == DONE,
-                       index_kind=pre_cfg.knn_search, seed=seed)
+                       knn_search=pre_cfg.knn_search, seed=seed)
 
 
-def score_in_index(index: Index, domain_features: np.ndarray, domain_status: np.ndarray, rows: np.ndarray,
+def score_in_index(index: PoolIndex, domain_features: np.ndarray, domain_status: np.ndarray, rows: np.ndarray,
                    score_cfg: Any) -> np.ndarray:
     """NTK scores of the index's ``rows`` against the domain's features, read block by block."""
     if domain_features.shape[1] != index.features.shape[1]:
@@ -196,7 +196,7 @@ def _broadcast_order(pre: Any, stages: Path) -> np.ndarray:
     return distributed.all_ranks(lambda: np.load(path))
 
 
-def _check_same_space(session: Session, domain: Records, index: Index, cfg: Any) -> None:
+def _check_same_space(session: Session, domain: Records, index: PoolIndex, cfg: Any) -> None:
     """The domain must be mapped exactly as the index mapped the pool: same model, LoRA, seed,
     projection, objective, tokenization and embedder; anything else is refused, naming what differs."""
     defs = index.meta["definitions"]

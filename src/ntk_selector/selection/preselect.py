@@ -1,11 +1,11 @@
 """Coarse pre-selection by reverse kNN: each domain row votes for its K nearest pool rows (cosine);
-the M pool rows with the most votes go on to the NTK stage. Ties: best similarity, then index.
+the M pool rows with the most votes go on to the NTK stage. Ties: best similarity, then pool row.
 
 Neighbour search:
 - ``flat``: exact. The pool is streamed block by block past the domain rows, keeping a running
   top K per domain row, so memory is a few blocks whatever the pool size; time grows with
   domain x pool rows (cheap for the usual ~1K-row domain).
-- ``ivf`` / ``hnsw``: approximate FAISS indexes for large domain x pool products. They hold the
+- ``ivf`` / ``hnsw``: approximate FAISS searches (``build_ann_search``) for large domain x pool products. They hold the
   whole normalized pool in memory (4 x dim bytes per row) but search in far fewer operations.
   IVF builds much faster than HNSW on CPUs (see docs/benchmarks/scale.md), and probes enough lists to hold
   several times K candidates; HNSW searches with ef = 2K.
@@ -53,9 +53,10 @@ def warn_clamped(pool_rows: int, m: int | None, k: int | None) -> None:
                   f"using {pool_rows}", file=sys.stderr, flush=True)
 
 
-def choose_kind(kind: str, domain_rows: int, pool_rows: int) -> str:
+def choose_knn_search(kind: str, domain_rows: int, pool_rows: int) -> str:
+    """The neighbour search ``--knn-search`` names, with ``auto`` resolved for these row counts."""
     if kind not in KINDS:
-        raise ValueError(f"unknown index '{kind}' ({', '.join(KINDS)})")
+        raise ValueError(f"unknown neighbour search '{kind}' ({', '.join(KINDS)})")
     if kind == "auto":
         return "flat" if domain_rows * pool_rows <= EXACT_MAX_PAIRS else "ivf"
     return kind
@@ -109,8 +110,9 @@ def exact_search(queries: np.ndarray, pool_emb: np.ndarray, pool_valid: np.ndarr
     return best_s, best_i
 
 
-def build_index(pool_emb: np.ndarray, pool_valid: np.ndarray, kind: str, k: int, seed: int = 0) -> faiss.Index:
-    """Approximate inner-product index over the normalized valid pool rows (HNSW or IVF)."""
+def build_ann_search(pool_emb: np.ndarray, pool_valid: np.ndarray, kind: str, k: int, seed: int = 0) -> faiss.Index:
+    """Approximate inner-product neighbour search (a FAISS HNSW or IVF structure, ids = pool rows) over the
+    normalized valid pool rows."""
     d = pool_emb.shape[1]
     n = int(pool_valid.sum())
     if kind == "hnsw":
@@ -128,15 +130,15 @@ def build_index(pool_emb: np.ndarray, pool_valid: np.ndarray, kind: str, k: int,
         # probe enough lists to hold several times k candidates, and at least an eighth of them
         base.nprobe = min(nlist, max(1, nlist // 8, math.ceil(4 * k * nlist / max(n, 1))))
     else:
-        raise ValueError(f"not an approximate index: '{kind}'")
-    index = faiss.IndexIDMap2(base)
+        raise ValueError(f"not an approximate neighbour search: '{kind}'")
+    ann = faiss.IndexIDMap2(base)
     for ids, x in _valid_blocks(pool_emb, pool_valid):
-        index.add_with_ids(x, ids.astype(np.int64))
-    return index
+        ann.add_with_ids(x, ids.astype(np.int64))
+    return ann
 
 
 def reverse_knn(domain_emb: np.ndarray, pool_emb: np.ndarray, m: int, k: int, *, pool_valid: np.ndarray | None = None,
-                domain_valid: np.ndarray | None = None, index_kind: str = "auto", seed: int = 0) -> PreselectResult:
+                domain_valid: np.ndarray | None = None, knn_search: str = "auto", seed: int = 0) -> PreselectResult:
     """Votes of each (valid) domain row for its K nearest (valid) pool rows; the top M pool rows."""
     n_pool = pool_emb.shape[0]
     pool_valid = np.ones(n_pool, dtype=bool) if pool_valid is None else np.asarray(pool_valid, dtype=bool)
@@ -146,16 +148,16 @@ def reverse_knn(domain_emb: np.ndarray, pool_emb: np.ndarray, m: int, k: int, *,
     best = np.full(n_pool, -np.inf, dtype=np.float32)
     k = min(k, len(pool_ids))
     if k > 0 and len(dom_ids) > 0:
-        kind = choose_kind(index_kind, len(dom_ids), len(pool_ids))
-        index = build_index(pool_emb, pool_valid, kind, k, seed) if kind != "flat" else None
+        kind = choose_knn_search(knn_search, len(dom_ids), len(pool_ids))
+        ann = build_ann_search(pool_emb, pool_valid, kind, k, seed) if kind != "flat" else None
         for start in range(0, len(dom_ids), QUERY_ROWS):
             q = _normalized(np.asarray(domain_emb[dom_ids[start : start + QUERY_ROWS]]))
-            sims, nbrs = exact_search(q, pool_emb, pool_valid, k) if index is None else index.search(q, k)
+            sims, nbrs = exact_search(q, pool_emb, pool_valid, k) if ann is None else ann.search(q, k)
             ok = nbrs >= 0
             nb, sm = nbrs[ok], sims[ok]
             votes += np.bincount(nb, minlength=n_pool)
             np.maximum.at(best, nb, sm.astype(np.float32))
     m = min(m, len(pool_ids))
-    # rank valid rows by (-votes, -best similarity, index)
+    # rank valid rows by (-votes, -best similarity, pool row)
     order = np.lexsort((pool_ids, -best[pool_ids].astype(np.float64), -votes[pool_ids]))
     return PreselectResult(votes=votes, best_sim=best, order=pool_ids[order[:m]])

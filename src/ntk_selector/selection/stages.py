@@ -188,7 +188,7 @@ def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, se
     warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
-                       index_kind=pre_cfg.knn_search, seed=seed)
+                       knn_search=pre_cfg.knn_search, seed=seed)
 
 
 def preselect_definition(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int) -> dict[str, Any]:
