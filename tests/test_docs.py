@@ -112,3 +112,16 @@ def test_ci_builds_the_site_strictly():
     ci = (ROOT / ".ci" / "run").read_text()
     assert "mkdocs build --strict" in ci
     assert '".[test,docs]"' in (ROOT / "scripts" / "setup.sh").read_text()
+
+
+def test_ci_runs_ruff_lint_and_format_check_over_the_repository():
+    """ruff comes with the test extra (which scripts/setup.sh installs); .ci/run lints and checks the
+    format of the whole repository, and either failing fails CI."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ".venv/bin/ruff check .\nlint_rc=$?" in ci and ".venv/bin/ruff format --check .\nformat_rc=$?" in ci
+    assert 'for step_rc in "$rc" "$docs_rc" "$lint_rc" "$format_rc"' in ci
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert any(d.startswith("ruff") for d in project["project"]["optional-dependencies"]["test"])
+    ruff = project["tool"]["ruff"]
+    assert ruff["line-length"] == 120 and {"E", "F", "I", "B", "UP"} <= set(ruff["lint"]["select"])
