@@ -180,7 +180,7 @@ class PeakSampler:
             self.peak = max(self.peak, anon_rss_bytes())
             time.sleep(self.every)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.peak = anon_rss_bytes()
         self._thread.start()
         return self

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -115,9 +116,9 @@ def _task_cap(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
 def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
     """Rescore the main run's stored features with every row scaled by its number of response positions."""
     from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.io.store import DONE, open_store
     from ntk_selector.io.formats import to_conversation
     from ntk_selector.io.records import read_records
+    from ntk_selector.io.store import DONE, open_store
     from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer, model_path
     from ntk_selector.selection.score import domain_direction, score_rows, top_n

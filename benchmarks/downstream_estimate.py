@@ -45,7 +45,9 @@ def estimate(s: Settings, cache: Path, rate_train: float, rate_fwd: float) -> di
     def ft_cost(d: int, n: int) -> float:
         return epochs * pad_train * (d * dom_len + n * pool.mean()) / rate_train
 
-    ev = lambda split: (test_tokens if split == "test" else valid_tokens) / rate_fwd
+    def ev(split: str) -> float:
+        return (test_tokens if split == "test" else valid_tokens) / rate_fwd
+
     d, n = s.domain_size, s.n_factor * s.domain_size
     phases = {}
     phases["settings"] = len(s.lrs) * (ft_cost(d, 0) + ev("valid"))

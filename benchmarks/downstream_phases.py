@@ -3,7 +3,7 @@ uses its choice), then the phases named on the command line, most informative fi
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import downstream_ablations as ablations
 from bench_common import log

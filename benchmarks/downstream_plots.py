@@ -38,7 +38,7 @@ def write_plots(results: Path, rows: list[tuple[str, list[float]]], s: Settings,
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for m, vals in curve.items():
-            pts = [(x, 100 * np.mean(v), 100 * np.std(v, ddof=1) if len(v) > 1 else 0.0) for x, v in zip(xs, vals) if v]
+            pts = [(x, 100 * np.mean(v), 100 * np.std(v, ddof=1) if len(v) > 1 else 0.0) for x, v in zip(xs, vals, strict=True) if v]
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                             label=m, linestyle="--" if m in natural else "-")

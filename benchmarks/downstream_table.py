@@ -191,9 +191,9 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
     d_points, d_methods = [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods
     curve_d = _curve(acc, d_points, d_methods, lr)
     if any(curve_n.values()):
-        lines += _curve_table("N (|D| = %d)" % d, [f * d for f in s.curve_n_factors], curve_n)
+        lines += _curve_table(f"N (|D| = {d})", [f * d for f in s.curve_n_factors], curve_n)
     if any(curve_d.values()):
-        lines += _curve_table("|D| (N = %d·|D|)" % s.n_factor, list(s.curve_domain_sizes), curve_d)
+        lines += _curve_table(f"|D| (N = {s.n_factor}·|D|)", list(s.curve_domain_sizes), curve_d)
         # D is drawn balanced only as far as the train split's rarest label allows: say what each size got
         d_mixes = {dd: label_mix_of_domain(dd, cache) for dd in s.curve_domain_sizes}
         short = [dd for dd, m in d_mixes.items() if m and min(m.values()) < dd // len(m)]
@@ -204,7 +204,7 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
     curve_d_natural = _curve(acc, d_points, d_methods, lr, "natural")
     new_sizes = [i for i, dd in enumerate(s.curve_domain_sizes) if dd != d]  # |D| = d is the natural-prior ablation
     if any(vals[i] for vals in curve_d_natural.values() for i in new_sizes):
-        lines += _curve_table("|D| with D in the train split's label mix (N = %d·|D|)" % s.n_factor,
+        lines += _curve_table(f"|D| with D in the train split's label mix (N = {s.n_factor}·|D|)",
                               list(s.curve_domain_sizes), curve_d_natural)
         d_mixes = {dd: label_mix_of_domain(dd, cache, "natural") for dd in s.curve_domain_sizes}
         lines += ["D's labels at each |D| (a uniform draw from the train split, which every |D| can have): "

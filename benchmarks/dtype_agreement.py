@@ -30,10 +30,10 @@ from typing import Any
 import torch
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, TrainConfig
+from ntk_selector.demo.data import build_demo
 from ntk_selector.features.embed import mean_pooled
 from ntk_selector.features.gradients import GradientFeaturizer
 from ntk_selector.features.kernels import relative_error, rows_features, spearman, top_overlap
-from ntk_selector.demo.data import build_demo
 from ntk_selector.io.formats import to_conversation
 from ntk_selector.io.records import read_records
 from ntk_selector.io.tokens import Encoded, collate, encode

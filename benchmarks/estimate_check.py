@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             "score": run["seconds"].get("score")}
     pred = {s["stage"]: s["seconds"] for s in predicted["stages"]}
     rows = []
-    print(f"\n| stage | predicted s | real s | predicted / real |\n|---|---:|---:|---:|")
+    print("\n| stage | predicted s | real s | predicted / real |\n|---|---:|---:|---:|")
     for stage in STAGES:
         if stage in pred and real.get(stage):
             ratio = pred[stage] / real[stage]

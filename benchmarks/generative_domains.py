@@ -27,12 +27,12 @@ under ``--results`` (committed) and ``--cache`` (ignored), as in ``real_domains.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -58,8 +58,9 @@ import sys
 import tarfile
 import zipfile
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -271,7 +272,7 @@ def natural_instruction_rows(fit: Fitter, downloads: Path, per_task: int, seed: 
     members = package_file("bigbench==1.0.0", "*/natural_instructions/subtask*/task.json", downloads)
     rows: list[Row] = []
     available: dict[str, int] = {}
-    for member, raw in members:
+    for _member, raw in members:
         task = json.loads(raw)
         name = task["name"]
         definition = short_definition(task.get("description", ""))
@@ -290,7 +291,7 @@ def natural_instruction_rows(fit: Fitter, downloads: Path, per_task: int, seed: 
                 if row["response"] and (row["prompt"], row["response"]) not in seen:
                     seen.add((row["prompt"], row["response"]))
                     batch.append(row)
-            kept.extend(r for r, ok in zip(batch, fit.fits(batch)) if ok)
+            kept.extend(r for r, ok in zip(batch, fit.fits(batch), strict=True) if ok)
             if len(kept) >= per_task:
                 break
         available[name] = len(examples)
@@ -307,7 +308,7 @@ def demo_rows(pool_size: int, seed: int, fit: Fitter) -> list[Row]:
     rows: list[Row] = []
     for task in candidates:
         rows.extend(rng.sample(candidates[task], quotas[task]))
-    return [r for r, ok in zip(rows, fit.fits(rows)) if ok]
+    return [r for r, ok in zip(rows, fit.fits(rows), strict=True) if ok]
 
 
 def decontaminate(pool: list[Row], tests: Iterable[list[Row]], ngram: int) -> tuple[list[Row], int]:
@@ -371,7 +372,7 @@ def samsum_rows(fit: Fitter) -> tuple[list[Row], int]:
     rows = [{"prompt": r["prompt"], "response": r["response"].strip(), "task": r["task"]} for r in rows
             if fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) and r["task"] != SAMSUM_REVERSE]
     fits = fit.fits(rows)
-    return [r for r, ok in zip(rows, fits) if ok], sum(not ok for ok in fits)
+    return [r for r, ok in zip(rows, fits, strict=True) if ok], sum(not ok for ok in fits)
 
 
 def build_generative_domains(fit: Fitter, seed: int) -> tuple[dict[str, dict[str, list[Row]]], dict[str, Any]]:
@@ -416,7 +417,7 @@ def p3_pool_rows(fit: Fitter, size: int, seed: int) -> tuple[list[Row], dict[str
             st["next"] += len(chunk)
             ok = fit.fits(chunk)
             too_long += sum(not x for x in ok)
-            st["ready"].extend(r for r, keep in zip(chunk, ok) if keep and r["response"])
+            st["ready"].extend(r for r, keep in zip(chunk, ok, strict=True) if keep and r["response"])
         return st["ready"].pop(0) if st["ready"] else None
 
     picked: list[Row] = []

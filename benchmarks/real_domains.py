@@ -45,9 +45,10 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -669,13 +670,13 @@ def build_table(results: Path, s: Settings) -> str:
             if rs and rs[0].get("confusion"):
                 cols = rs[0]["confusion"]["columns"]
                 shares = np.mean([np.asarray(r["confusion"]["matrix"]).sum(0) / r["n"] for r in rs], axis=0)
-                mixes.append(f"| {m} | " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cols, shares)) + " |")
+                mixes.append(f"| {m} | " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cols, shares, strict=True)) + " |")
         if mixes:
             truth = np.asarray(group(evals, name, "base", "test", lr=lr)[0]["confusion"]["matrix"]).sum(1) \
                 if group(evals, name, "base", "test", lr=lr) else None
             head = f"### {name}: share of test rows predicted as each label (mean over seeds)"
             if truth is not None:
-                head += " — test set: " + ", ".join(f"{c} {100 * v / truth.sum():.0f}%" for c, v in zip(cols, truth))
+                head += " — test set: " + ", ".join(f"{c} {100 * v / truth.sum():.0f}%" for c, v in zip(cols, truth, strict=True))
             lines += [head, "", "| method | predicted |", "|---|---|", *mixes, ""]
         lines += [f"### {name}: what each method picked (selection seed 0)", "",
                   "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | shared with ntk |",
@@ -734,7 +735,7 @@ def plot(results: Path, s: Settings) -> None:
     if not lrs:
         return
     fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 3.5), squeeze=False)
-    for ax, (name, (lr, _)) in zip(axes[0], lrs.items()):
+    for ax, (name, (lr, _)) in zip(axes[0], lrs.items(), strict=True):
         arms = [(m, [100 * r["balanced_accuracy"] for r in group(evals, name, m, "test", lr=lr)]) for m in TABLE_METHODS]
         arms = [(m, v) for m, v in arms if v]
         ax.bar(range(len(arms)), [np.mean(v) for _, v in arms],
@@ -768,7 +769,7 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         return cache[path]
 
     hours: dict[str, float] = {}
-    for name, dom in bench.domains.items():
+    for dom in bench.domains.values():
         pool = tokens(dom.pool)
         d = tokens(dom.domain)
         n = bench.s.n_factor * len(d)

@@ -21,10 +21,11 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from conftest import synthetic_rows, write_jsonl
@@ -106,7 +107,7 @@ def run_case(case: Case, root: Path, model: Path) -> tuple[str, str]:
         return "wrong", "exit 0 where an error was due"
     if problem is not None:
         return problem
-    errors = [l for l in err.splitlines() if l.startswith("ntk-selector: error:")]
+    errors = [line for line in err.splitlines() if line.startswith("ntk-selector: error:")]
     if "Traceback" in err:
         return "unclear", "traceback on stderr"
     if rc != case.rc:
@@ -253,7 +254,7 @@ def _sibling_kept(ctx: Ctx) -> list[Any]:
 
 COLLIDING_POOL = [{**r, **extra} for r, extra in zip(synthetic_rows(24, 2), [
     {"pool_index": "mine", "ntk_score": [1, 2]}, {"__line__": 7}, {"ntk_selector": {"x": 1}, "pool_index": 0},
-    {"ntk_score": None}] * 6)]
+    {"ntk_score": None}] * 6, strict=True)]
 
 
 def _select_keeps_user_fields(method: str) -> Callable[[Ctx], list[Any]]:
@@ -278,7 +279,7 @@ def _user_fields_intact(ctx: Ctx) -> tuple[str, str] | None:
     path = ctx.root / "o" / "selected.jsonl"
     if not path.exists():
         return "wrong", "no selected.jsonl"
-    lines = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines()]
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     if len(lines) != 8:
         return "wrong", f"{len(lines)} selected rows, expected 8"
     for obj in lines:
@@ -416,7 +417,7 @@ def _domain_empty_responses(ctx: Ctx) -> list[Any]:
 
 
 def _odd_task_names(ctx: Ctx) -> list[Any]:
-    rows = [{**r, "task": t} for r, t in zip(synthetic_rows(24, 2), ["50% off $$", "$x^2$ \\frac{", "_under_", "a"] * 6)]
+    rows = [{**r, "task": t} for r, t in zip(synthetic_rows(24, 2), ["50% off $$", "$x^2$ \\frac{", "_under_", "a"] * 6, strict=True)]
     return ["select", "--domain", ctx.domain(), "--pool", ctx.pool(rows), "--out", ctx.root / "o", "--n", "4",
             "--model", ctx.model, *TINY]
 
@@ -813,7 +814,7 @@ def _selected(ctx: Ctx) -> list[dict]:
     from ntk_selector.io.outputs import user_record
 
     path = ctx.root / "o" / "selected.jsonl"
-    return [user_record(json.loads(l)) for l in path.read_text(encoding="utf-8").splitlines()]
+    return [user_record(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def _content(r: dict) -> tuple[str, str]:
@@ -906,7 +907,7 @@ def _dataset_dict(ctx: Ctx, split: str | None) -> Any:
 
 def _from_train_split(ctx: Ctx, sel: Any) -> tuple[str, str] | None:
     train = synthetic_rows(24, 2)
-    if len(sel) != 5 or any(r != train[int(i)] for r, i in zip(sel.records, sel.indices)):
+    if len(sel) != 5 or any(r != train[int(i)] for r, i in zip(sel.records, sel.indices, strict=True)):
         return "wrong", "the selection is not rows of the train split"
     return None
 

@@ -149,7 +149,7 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
     n = len(usable_deduped)
     assert main([str(a) for a in common + ["--out", tmp_path / "a", "--n", n, "--dedupe"]]) == 0
     run = json.loads((tmp_path / "a" / "run.json").read_text())
-    picked = {json.loads(l)["pool_index"] for l in open(tmp_path / "a" / "selected.jsonl")}
+    picked = {json.loads(line)["pool_index"] for line in open(tmp_path / "a" / "selected.jsonl")}
     assert picked == usable_deduped
     assert run["counts"]["pool_no_response_tokens"] == 2
     assert sorted(run["pool_rows_without_response_tokens"]) == sorted(i for i, k in enumerate(kinds) if k == "empty")
@@ -162,7 +162,7 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
     # but may be selected; the rest stays out
     n2 = len(usable | dups)
     assert main([str(a) for a in common + ["--out", tmp_path / "b", "--n", n2, "--keep-duplicates"]]) == 0
-    picked = {json.loads(l)["pool_index"] for l in open(tmp_path / "b" / "selected.jsonl")}
+    picked = {json.loads(line)["pool_index"] for line in open(tmp_path / "b" / "selected.jsonl")}
     assert picked == usable | dups
     run = json.loads((tmp_path / "b" / "run.json").read_text())
     assert run["counts"]["pool_duplicates"] == 3 and run["pool_filter"]["duplicates"]["excluded"] is False

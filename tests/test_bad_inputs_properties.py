@@ -39,9 +39,9 @@ def assert_clean_failure(rc: int, err: str) -> None:
     """Exit 2 and exactly one error line, no traceback (warnings may come before it)."""
     assert rc == 2, (rc, err)
     assert "Traceback" not in err
-    errors = [l for l in err.splitlines() if l.startswith("ntk-selector: error:")]
+    errors = [line for line in err.splitlines() if line.startswith("ntk-selector: error:")]
     assert len(errors) == 1, err
-    assert all(l.startswith(("ntk-selector: error:", "WARNING:")) for l in err.splitlines() if l.strip()), err
+    assert all(line.startswith(("ntk-selector: error:", "WARNING:")) for line in err.splitlines() if line.strip()), err
 
 
 # ----------------------------------------------------------------------------- records
@@ -67,11 +67,11 @@ def test_any_records_come_out_as_they_went_in(pool, n, tiny_model_dir, tmp_path_
     if rc != 0:
         assert_clean_failure(rc, err)
         return
-    lines = [json.loads(l) for l in (tmp / "o" / "selected.jsonl").read_text(encoding="utf-8").split("\n") if l]
+    lines = [json.loads(line) for line in (tmp / "o" / "selected.jsonl").read_text(encoding="utf-8").split("\n") if line]
     assert len(lines) == n
     indices = [our_fields(obj)["pool_index"] for obj in lines]
     assert len(set(indices)) == n
-    for obj, i in zip(lines, indices):
+    for obj, i in zip(lines, indices, strict=True):
         assert user_record(obj) == pool[i]  # every user field unchanged, including ones named like ours
 
 

@@ -132,10 +132,10 @@ def test_output_formats_and_replay_from_run_json(tiny_model_dir, tmp_path):
                                                "id": i} for i in range(20)])
     a = tmp_path / "a"
     assert main(select_args(tiny_model_dir, domain, pool, a, "--output-format", "prompt-completion", "--seed", "3")) == 0
-    selected = [json.loads(l) for l in open(a / "selected.jsonl")]
-    trl = [json.loads(l) for l in open(a / "selected_prompt_completion.jsonl")]
+    selected = [json.loads(line) for line in open(a / "selected.jsonl")]
+    trl = [json.loads(line) for line in open(a / "selected_prompt_completion.jsonl")]
     assert len(selected) == len(trl) == 4
-    for s, t in zip(selected, trl):
+    for s, t in zip(selected, trl, strict=True):
         i = s["pool_index"]
         assert s["id"] == i and s["conversations"][1]["value"] == f"pool question {i}"
         assert t == {"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": f"pool question {i}"}],
@@ -148,7 +148,7 @@ def test_output_formats_and_replay_from_run_json(tiny_model_dir, tmp_path):
     assert (b / "selected.jsonl").read_text() == (a / "selected.jsonl").read_text()
     replay = json.loads((b / "run.json").read_text())
     assert replay["inputs"]["settings"] == run["inputs"]["settings"]
-    msgs = [json.loads(l) for l in open(b / "selected_messages.jsonl")]
+    msgs = [json.loads(line) for line in open(b / "selected_messages.jsonl")]
     assert [m["messages"][-1] for m in msgs] == [t["completion"][0] for t in trl]
     # a different seed on top of the replayed config changes what is selected (the replay is not a no-op)
     c = tmp_path / "c"
@@ -236,8 +236,8 @@ def test_select_from_dataset_objects_matches_files(tiny_model_dir, small_files, 
     cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),
                         TrainConfig(batch_size=4, lr=1e-3), FeatureConfig(proj_dim=32), PreselectConfig(n=4), ScoreConfig())
     from_files = select(domain, pool, tmp_path / "files", cfg)
-    d_ds = datasets.Dataset.from_list([json.loads(l) for l in open(domain)])
-    p_ds = datasets.Dataset.from_list([json.loads(l) for l in open(pool)])
+    d_ds = datasets.Dataset.from_list([json.loads(line) for line in open(domain)])
+    p_ds = datasets.Dataset.from_list([json.loads(line) for line in open(pool)])
     from_objects = select(d_ds, p_ds, tmp_path / "objects", cfg)
     assert (tmp_path / "objects" / "selected.jsonl").read_text() == (tmp_path / "files" / "selected.jsonl").read_text()
     assert from_objects["inputs"]["pool_fingerprint"] == p_ds._fingerprint != from_files["inputs"]["pool_fingerprint"]

@@ -36,7 +36,7 @@ def test_collector_matches_batch_of_one_autograd(lora_model, tok):
             one = collate([e], tok.pad_token_id)
             params = dict(col.params)
             ref = torch.autograd.grad(per_row(lora_model, one).sum(), list(params.values()), allow_unused=True)
-            for (name, _), r in zip(col.params, ref):
+            for (name, _), r in zip(col.params, ref, strict=True):
                 r = torch.zeros_like(params[name]) if r is None else r
                 torch.testing.assert_close(got[name][i], r.float(), rtol=1e-4, atol=1e-4 * float(r.abs().max()) + 1e-7)
     n_hooks = sum(len(m._forward_hooks) for m in lora_model.modules())

@@ -65,7 +65,7 @@ def test_shared_flags_have_one_name_everywhere():
 def readme_commands():
     text = (ROOT / "README.md").read_text()
     block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
-    return [l for l in block.splitlines() if l.strip() and not l.startswith("#")]
+    return [line for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
 def test_ci_runs_the_readme_test_command():

@@ -73,7 +73,7 @@ def test_gpu_sign_cache_budget_changes_memory_not_numbers():
     for device, budget in (("cpu", 1 << 20), ("cuda", 0), ("cuda", 24 * 4), ("cuda", 1 << 20)):
         proj = FactoredRademacher(shapes, 16, seed=2, device=device, cache_bytes=budget)
         out = torch.zeros(3, 16, device=device)
-        for (name, _), g in zip(shapes, grads):
+        for (name, _), g in zip(shapes, grads, strict=True):
             proj.accumulate(name, g.to(device), out)
         assert all(t.device.type == device for t in proj._cache.values())
         outs.append(out.cpu())

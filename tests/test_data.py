@@ -7,9 +7,8 @@ from conftest import write_jsonl
 
 from ntk_selector.config import DataConfig
 from ntk_selector.errors import DataError
-from ntk_selector.io.records import Records
 from ntk_selector.io.formats import to_conversation
-from ntk_selector.io.records import read_records
+from ntk_selector.io.records import Records, read_records
 from ntk_selector.io.tokens import BATCH_OVERHEAD_TOKENS, collate, encode, plan_batches
 
 ROWS = [{"prompt": "What is 2+2?", "response": "4"}, {"prompt": "Say hi", "response": "hi there"}]
@@ -170,7 +169,7 @@ def test_plan_batches_is_the_cheapest_contiguous_cut(seed):
     best = None
     for mask in itertools.product([0, 1], repeat=8):
         groups, cur = [], [order[0]]
-        for bit, i in zip(mask, order[1:]):
+        for bit, i in zip(mask, order[1:], strict=True):
             if bit:
                 groups.append(cur)
                 cur = []
@@ -212,5 +211,5 @@ def test_template_parts_found_once_give_the_same_rows_as_one_at_a_time(tok):
     convs = [to_conversation(r, cfg) for r in rows]
     together = encode(convs, tok, cfg)
     alone = [encode([c], tok, cfg)[0] for c in convs]
-    for a, b in zip(together, alone):
+    for a, b in zip(together, alone, strict=True):
         assert a.input_ids.tolist() == b.input_ids.tolist() and a.response_start == b.response_start

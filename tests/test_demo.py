@@ -96,7 +96,7 @@ def test_pool_mix(built: DemoPaths) -> None:
 def test_deterministic(built: DemoPaths, tmp_path: Path) -> None:
     again = build_demo(tmp_path / "a", n_domain=30, pool_size=350, seed=3)
     for a, b in zip((built.domain, built.domain_valid, built.test, built.pool),
-                    (again.domain, again.domain_valid, again.test, again.pool)):
+                    (again.domain, again.domain_valid, again.test, again.pool), strict=True):
         assert a.read_bytes() == b.read_bytes()
     other = build_demo(tmp_path / "b", n_domain=30, pool_size=350, seed=4)
     assert other.pool.read_bytes() != built.pool.read_bytes()

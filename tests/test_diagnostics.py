@@ -1,6 +1,7 @@
 """diagnose on the tiny model: stability against the real warm-up stage, its dependence on the
 learning rate, the projection ladder, and the command end to end."""
 
+import itertools
 import json
 
 import numpy as np
@@ -81,7 +82,7 @@ def test_projection_error_shrinks_with_p(lora_model):
     probe = Probe([None] * 12, np.array([True] * 4 + [False] * 8), np.arange(12))
     res = projection_ladder(raw, shapes, probe, [64, 256, 1024, 4096], seeds=3, top_share=0.25, seed=0)
     errs = [e["relative_gram_error"] for e in res["ladder"][:-1]]
-    assert all(a > b for a, b in zip(errs, errs[1:])), errs
+    assert all(a > b for a, b in itertools.pairwise(errs)), errs
     assert errs[-1] < 0.5 * errs[0]
     assert res["ladder"][-1] == {"proj_dim": "raw", "relative_gram_error": 0.0, "relative_gram_error_std": 0.0,
                                  "top_overlap": 1.0, "spearman": 1.0}

@@ -92,7 +92,7 @@ def test_torchrun_error_stops_every_rank_with_one_line(tiny_model_dir, small_fil
     assert main(["featurize", *map(str, common), "--quiet"]) == 0
     bad = torchrun("featurize", *common, "--max-length", "64", timeout=120)
     assert bad.returncode != 0
-    ours = [l for l in bad.stderr.splitlines() if l.startswith("ntk-selector")]
+    ours = [line for line in bad.stderr.splitlines() if line.startswith("ntk-selector")]
     assert len(ours) == 1, bad.stderr
     assert "holds another run" in ours[0] and "max_length: 512 -> 64" in ours[0]
     # torchrun's launcher reports the failed job in its own words; no traceback comes from our ranks

@@ -91,7 +91,7 @@ def test_train_writes_loadable_adapter_and_lowers_loss(tiny_model_dir, tmp_path)
     state = json.loads((out / "training_state.json").read_text())
     assert state["examples"] == 24 and state["steps"] == 3 * 6  # 3 epochs (train's default) of 24 rows / 4
     assert len(state["losses"]) == state["steps"] and state["seconds"] > 0
-    rows = [json.loads(l) for f in (a, b) for l in open(f)]
+    rows = [json.loads(line) for f in (a, b) for line in open(f)]
     base, tok = load(tiny_model_dir)
     before = mean_response_loss(base, tok, rows)
     tuned, _ = load(tiny_model_dir, out)
@@ -183,8 +183,8 @@ def test_evaluate_bookkeeping_is_consistent(tiny_model_dir, tmp_path):
     out = tmp_path / "eval"
     assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir), "--quiet"]) == 0
     s = json.loads((out / "eval.json").read_text())
-    preds = [json.loads(l) for l in open(out / "predictions.jsonl")]
-    rows = [json.loads(l) for l in open(test)]
+    preds = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    rows = [json.loads(line) for line in open(test)]
     assert s["n"] == len(rows) == len(preds) and s["labels"] == sorted(LABELS)
     m = np.array(s["confusion"]["matrix"])
     assert m.sum() == s["n"] and np.trace(m) == s["correct"]
@@ -192,7 +192,7 @@ def test_evaluate_bookkeeping_is_consistent(tiny_model_dir, tmp_path):
     for k, lab in enumerate(s["labels"]):
         assert s["per_class"][lab]["n"] == sum(r["response"] == lab for r in rows) == m[k].sum()
         assert s["per_class"][lab]["predicted"] == sum(p["prediction"] == lab for p in preds) == m[:, k].sum()
-    for p, r in zip(preds, rows):
+    for p, r in zip(preds, rows, strict=True):
         ll = p["log_likelihood"]
         assert p["prediction"] == max(s["labels"], key=lambda lab: ll[lab]) and p["response"] == r["response"]
     # unknown labels are refused, restricting the set works
@@ -215,7 +215,7 @@ def test_a_model_trained_on_one_label_predicts_it(confident_model_dir, tmp_path)
         assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir),
                      "--adapter", str(adapter), "--quiet", *mode]) == 0
         s = json.loads((out / "eval.json").read_text())
-        preds = [json.loads(l)["prediction"] for l in open(out / "predictions.jsonl")]
+        preds = [json.loads(line)["prediction"] for line in open(out / "predictions.jsonl")]
         assert set(preds) == {"dog"}, (mode, preds)
         assert s["accuracy"] == pytest.approx(share)
         assert s["mode"] == ("generate" if mode else "log-likelihood")
@@ -228,7 +228,7 @@ def test_greedy_generation_matches_a_token_by_token_loop(lora_model, tok):
     stops = stop_token_ids(tok, cfg)
     assert stops == [tok.convert_tokens_to_ids("<|im_end|>"), tok.eos_token_id]
     got = greedy_generate(lora_model, tok, prompts, 6, stops, cfg)
-    for p, text in zip(prompts, got):
+    for p, text in zip(prompts, got, strict=True):
         ids = p.tolist()
         new = []
         with torch.no_grad():
@@ -250,9 +250,11 @@ def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
     assert len(grouped) == len(plain) == 250
     for epoch in (grouped[:125], grouped[125:]):
         assert sorted(np.concatenate(epoch).tolist()) == list(range(1000))
-    padded = lambda steps: sum(len(b) * lengths[b].max() for b in steps)
+    def padded(steps):
+        return sum(len(b) * lengths[b].max() for b in steps)
+
     assert padded(grouped) < 0.7 * padded(plain)
-    assert all(np.array_equal(a, b) for a, b in zip(grouped, epoch_batches(1000, 8, 2.0, seed=3, lengths=lengths)))
+    assert all(np.array_equal(a, b) for a, b in zip(grouped, epoch_batches(1000, 8, 2.0, seed=3, lengths=lengths), strict=True))
     # without lengths the plan is the plain seeded shuffle
     assert np.array_equal(plain[0], np.random.default_rng([3, 0]).permutation(1000)[:8])
 
@@ -295,7 +297,7 @@ def test_example_mean_loss_weighs_rows_equally(lora_model, tok):
         token = response_loss(lora_model, batch, "token").item()
     assert example == pytest.approx(sum(per_row) / 2, rel=1e-5)
     counts = [e.n_response_tokens for e in enc]
-    assert token == pytest.approx(sum(l * c for l, c in zip(per_row, counts)) / sum(counts), rel=1e-5)
+    assert token == pytest.approx(sum(loss * c for loss, c in zip(per_row, counts, strict=True)) / sum(counts), rel=1e-5)
     assert abs(example - token) > 1e-3
 
 
@@ -330,7 +332,7 @@ def test_gold_nll_and_calibration_against_a_per_prompt_reference(tiny_model_dir,
     assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
                  "--calibrate"]) == 0
     s = json.loads((out / "eval.json").read_text())
-    preds = [json.loads(l) for l in open(out / "predictions.jsonl")]
+    preds = [json.loads(line) for line in open(out / "predictions.jsonl")]
     model, tok = load(tiny_model_dir)
     labels = s["labels"]
     gold = [reference_log_likelihood(model, *chat_ids(tok, r["prompt"], r["response"])) for r in rows]

@@ -174,9 +174,8 @@ def test_embed_prefix_from_the_full_forward_equals_embedding_the_prefix(tiny_mod
 
 def test_minilm_embedder(tiny_model_dir, pool_and_index, tmp_path):
     from ntk_selector.config import DataConfig
-    from ntk_selector.io.formats import to_conversation
+    from ntk_selector.io.formats import conversation_text, to_conversation
     from ntk_selector.io.records import read_records
-    from ntk_selector.io.formats import conversation_text
     from ntk_selector.model.sentence_encoder import SentenceEncoder
 
     tmp, pool, domain = pool_and_index

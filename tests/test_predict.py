@@ -29,9 +29,9 @@ def test_predict_labels_on_separable_features():
     rng = np.random.default_rng(1)
     centers = {"left": np.array([3.0, 0, 0]), "right": np.array([0, 3.0, 0])}
     labels = ["left", "right"] * 10
-    train = np.stack([centers[l] + rng.normal(scale=0.3, size=3) for l in labels])
+    train = np.stack([centers[label] + rng.normal(scale=0.3, size=3) for label in labels])
     test_labels = ["right", "left", "left", "right"]
-    test = np.stack([centers[l] + rng.normal(scale=0.3, size=3) for l in test_labels])
+    test = np.stack([centers[label] + rng.normal(scale=0.3, size=3) for label in test_labels])
     classes, pred = predict_labels(train, labels, test, ridge=1e-3)
     assert classes == ["left", "right"] and pred == test_labels
 

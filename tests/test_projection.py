@@ -10,7 +10,7 @@ SHAPES = [("l0.q.lora_A.weight", (4, 24)), ("l0.q.lora_B.weight", (24, 4)), ("l0
 def project(shapes, grads, dim, seed):
     proj = make_projector(shapes, dim, seed)
     out = torch.zeros(grads[0].shape[0], proj.out_dim)
-    for (name, _), g in zip(shapes, grads):
+    for (name, _), g in zip(shapes, grads, strict=True):
         proj.accumulate(name, g, out)
     return out
 
@@ -83,7 +83,7 @@ def test_sign_cache_budget_changes_memory_not_numbers():
     for budget in (0, 24 * 4, 1 << 20):  # nothing, one module's signs (24 x 4 at p = 16, k = 4), all
         proj = FactoredRademacher(SHAPES, 16, seed=2, cache_bytes=budget)
         out = torch.zeros(3, 16)
-        for (name, _), x in zip(SHAPES, g):
+        for (name, _), x in zip(SHAPES, g, strict=True):
             proj.accumulate(name, x, out)
         outs.append(out)
         cached.append(proj.cached_modules)

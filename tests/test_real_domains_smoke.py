@@ -190,7 +190,7 @@ def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
     (tmp_path / "eval").mkdir()
 
     def record(predicted: str) -> dict:
-        acc = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+        acc = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
         return {"n": len(truth), "truth": truth, "predicted": predicted, "accuracy": acc, "balanced_accuracy": acc,
                 "macro_f1": acc, "gold_nll": 1 - acc, "calibrated": {"accuracy": acc, "balanced_accuracy": acc}}
 

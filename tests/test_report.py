@@ -36,7 +36,7 @@ def test_select_writes_report_with_plots(run_dir):
                 "diag_projection.png", "diag_approximation.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         assert f"src='{png}'" in page
-    selected = [json.loads(l) for l in open(run_dir / "selected.jsonl")]
+    selected = [json.loads(line) for line in open(run_dir / "selected.jsonl")]
     assert f">{selected[0]['pool_index']}<" in page  # the top example is listed
     assert "Seconds per stage" in page and "NTK stability" in page
     # self-contained: every image is a relative file beside the page, nothing from the network

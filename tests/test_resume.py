@@ -32,7 +32,7 @@ def test_kill_9_at_random_points_then_resume_equals_uninterrupted(tiny_model_dir
     env = {**os.environ, DELAY_ENV: "0.05", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "ntk_selector", *featurize_args(tiny_model_dir, data, out)]
     kills = 0
-    for attempt in range(3):
+    for _attempt in range(3):
         before = (read_status(out) != PENDING).sum() if (out / "status.npy").exists() else 0
         target = before + int(rng.integers(1, 25))
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -125,7 +125,7 @@ def test_select_rerun_skips_finished_stages(tiny_model_dir, small_files, tmp_pat
     first = (tmp_path / "o" / "selected.jsonl").read_text()
     calls = []
     for name in ("train_lora",):
-        monkeypatch.setattr("ntk_selector.selection.stages." + name, lambda *a, **k: calls.append(name))
+        monkeypatch.setattr("ntk_selector.selection.stages." + name, lambda *a, _name=name, **k: calls.append(_name))
     monkeypatch.setattr("ntk_selector.selection.stages.reverse_knn", lambda *a, **k: calls.append("reverse_knn"))
     from ntk_selector.selection import stages
 

@@ -20,7 +20,7 @@ def test_select_end_to_end(tiny_model_dir, small_files, tmp_path):
     domain, pool = small_files
     out = tmp_path / "out"
     assert run_select(tiny_model_dir, domain, pool, out) == 0
-    selected = [json.loads(l) for l in open(out / "selected.jsonl")]
+    selected = [json.loads(line) for line in open(out / "selected.jsonl")]
     pool_rows = read_records(pool)
     assert len(selected) == 5
     with open(out / "scores.csv") as fh:
@@ -69,7 +69,7 @@ def test_baseline_methods(tiny_model_dir, small_files, tmp_path, method):
     domain, pool = small_files
     out = tmp_path / method
     assert run_select(tiny_model_dir, domain, pool, out, "--method", method) == 0
-    selected = [json.loads(l) for l in open(out / "selected.jsonl")]
+    selected = [json.loads(line) for line in open(out / "selected.jsonl")]
     idx = [s["pool_index"] for s in selected]
     assert len(idx) == 5 and len(set(idx)) == 5
     with open(out / "scores.csv") as fh:

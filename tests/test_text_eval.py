@@ -134,7 +134,7 @@ def test_free_text_evaluate_matches_a_loop_and_the_api(tiny_model_dir, tmp_path)
     assert s["task"] == "generation" and "free text" in s["task_reason"] and s["mode"] == "nll"
     assert s["truncated_prompts"] == 1 and s["cut_responses"] == 0 and preds[3]["prompt_cut"] > 0
     ref = loop_nll(tiny_model_dir, rows, DataConfig(max_length=200))
-    for p, (nll, n) in zip(preds, ref):
+    for p, (nll, n) in zip(preds, ref, strict=True):
         assert p["nll"] == pytest.approx(nll, rel=1e-4) and p["response_tokens"] == n
         assert p["nll_per_token"] == pytest.approx(nll / n, rel=1e-4)
     total = sum(n for _, n in ref)

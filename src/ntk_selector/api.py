@@ -22,10 +22,11 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -281,7 +282,7 @@ def _files(data: Any, name: str, single: bool = False, split: str | None = None)
     labels = [name if len(items) == 1 else f"{name}[{i}]" for i in range(len(items))]
     with tempfile.TemporaryDirectory(prefix="ntk-selector-inputs-") as tmp:
         paths = [_as_file(item, Path(tmp), f"{name}{i}") for i, item in enumerate(items)]
-        with _named_inputs({p: (item, label) for p, item, label in zip(paths, items, labels)}):
+        with _named_inputs({p: (item, label) for p, item, label in zip(paths, items, labels, strict=True)}):
             yield paths
 
 

@@ -11,7 +11,8 @@ import argparse
 import dataclasses
 import difflib
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ntk_selector.config import (
     SECTIONS,

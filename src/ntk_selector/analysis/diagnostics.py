@@ -12,11 +12,13 @@ when stability or the rank correlation is low.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,10 +72,10 @@ class Probe:
     def pool(self) -> np.ndarray:
         return np.flatnonzero(~self.is_domain)
 
-    def take(self, keep: np.ndarray) -> "Probe":
+    def take(self, keep: np.ndarray) -> Probe:
         return Probe([self.encoded[i] for i in keep], self.is_domain[keep], self.rows[keep])
 
-    def head(self, n_domain: int, n_pool: int) -> "Probe":
+    def head(self, n_domain: int, n_pool: int) -> Probe:
         """The first rows of each part (a smaller probe drawn from the same seeded order)."""
         return self.take(np.concatenate([self.domain[:n_domain], self.pool[:n_pool]]))
 
@@ -91,7 +93,7 @@ def _pick(records: Records, want: int, seed: int, salt: int, tokenizer: Any, dat
         if len(picked) >= want:
             break
         chunk = order[start : start + step]
-        for i, e in zip(chunk, encode([records.conversations[j] for j in chunk], tokenizer, data_cfg)):
+        for i, e in zip(chunk, encode([records.conversations[j] for j in chunk], tokenizer, data_cfg), strict=True):
             if e.n_response_tokens > 0 and len(picked) < want:
                 picked.append((int(i), e))
     return picked
@@ -175,7 +177,7 @@ def approximation(model: torch.nn.Module, probe: Probe, pad_id: int, diag: Diagn
         groups = plan_batches([e.length for e in probe.encoded], resolve_setting(token_budget), 4)
         probe = probe.take(np.concatenate(groups))  # rows in batch order
         bounds = np.cumsum([0] + [len(g) for g in groups])
-        batches = [collate(probe.encoded[a:b], pad_id) for a, b in zip(bounds[:-1], bounds[1:])]
+        batches = [collate(probe.encoded[a:b], pad_id) for a, b in itertools.pairwise(bounds)]
         res = exact_entk(model, batches, diag.approx_outputs, seed, progress=progress)
     pool, dom = probe.pool, probe.domain
     s_exact = mean_kernel_scores(res.k_exact, pool, dom)

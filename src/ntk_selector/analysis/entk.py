@@ -16,8 +16,9 @@ no gradient), so the V x d head product is never formed; other heads use the rea
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ def exact_entk(model: torch.nn.Module, batches: Batch | Sequence[Batch], max_out
         unit_sum = torch.zeros(n, collector.dim, dtype=torch.float64, device=device)
         nonzero = torch.zeros(n, dtype=torch.float64, device=device)
         for j, k in enumerate(outputs):
-            g = grads(lambda o: o[0](int(k)))
+            g = grads(lambda o, k=k: o[0](int(k)))
             kk = (g @ g.T).cpu().numpy()
             k_exact += kk
             halves[j % 2][...] += kk

@@ -31,8 +31,9 @@ import dataclasses
 import inspect
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +43,9 @@ from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
 from ntk_selector.errors import UserError
 from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.files import refuse_replacing, write_text_atomic
+from ntk_selector.io.formats import Conversation
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import write_json_atomic
-from ntk_selector.io.formats import Conversation
 from ntk_selector.io.tokens import Encoded, encode, plan_batches
 from ntk_selector.model.session import Session
 
@@ -100,14 +101,14 @@ def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
 def _packed_batch(prompts: Sequence[np.ndarray], labels: Sequence[Sequence[np.ndarray]], pad_id: int,
                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded rows [pad, prompt, label_1, …, label_K] with a block mask: each label sees the prompt and itself."""
-    lengths = [len(p) + sum(len(r) for r in labs) for p, labs in zip(prompts, labels)]
+    lengths = [len(p) + sum(len(r) for r in labs) for p, labs in zip(prompts, labels, strict=True)]
     B, T = len(prompts), max(lengths)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     pos = torch.zeros((B, T), dtype=torch.long)
     allowed = torch.zeros((B, T, T), dtype=torch.bool)
     idx = torch.arange(T)
     allowed[:, idx, idx] = True  # padding rows attend to themselves only (no all-masked rows)
-    for b, (p, labs) in enumerate(zip(prompts, labels)):
+    for b, (p, labs) in enumerate(zip(prompts, labels, strict=True)):
         s = T - lengths[b]
         n = len(p)
         ids[b, s : s + n] = torch.from_numpy(p)
@@ -134,7 +135,7 @@ def label_log_likelihoods(model: torch.nn.Module, prompts: Sequence[np.ndarray],
     param = next(model.parameters())
     device, dtype = param.device, param.dtype if param.dtype.is_floating_point else torch.float32
     keep_arg = _supports_logits_to_keep(model)
-    lengths = [len(p) + sum(len(r) for r in labs) for p, labs in zip(prompts, labels)]
+    lengths = [len(p) + sum(len(r) for r in labs) for p, labs in zip(prompts, labels, strict=True)]
     budget = TokenBudget(data_cfg.token_budget, device, "evaluate", quiet=quiet)
 
     def run(members: list[int]) -> np.ndarray:
@@ -219,7 +220,7 @@ def greedy_generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[np
     batches = plan_batches(lengths, budget.resolve(lengths, run), data_cfg.max_batch_size) if prompts else []
     for members in tqdm(batches, desc="generate", unit="batch", disable=quiet, dynamic_ncols=True):
         for piece, got in budget.run(members, lengths, run):
-            for i, text in zip(piece, got):
+            for i, text in zip(piece, got, strict=True):
                 texts[i] = text
     return texts
 
@@ -233,9 +234,9 @@ def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[s
     col = {c: j for j, c in enumerate(cols)}
     row = {c: j for j, c in enumerate(labels)}
     counts = np.zeros((len(labels), len(cols)), dtype=np.int64)
-    for t, p in zip(truth, predicted):
+    for t, p in zip(truth, predicted, strict=True):
         counts[row[t], col.get(p, col.get(OTHER, 0))] += 1
-    correct = int(sum(t == p for t, p in zip(truth, predicted)))
+    correct = int(sum(t == p for t, p in zip(truth, predicted, strict=True)))
     per_class = {}
     for c in labels:
         n_c = int(counts[row[c]].sum())
@@ -362,7 +363,7 @@ def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, gene
     nll = response_nll(model, encoded, tok.pad_token_id, data_cfg, quiet=quiet)
     summary, rows = nll_summary(nll, encoded)
     truth = [c.response.strip() for c in test.conversations]
-    rows = [{"row": i, "response": t, **r} for i, (t, r) in enumerate(zip(truth, rows))]
+    rows = [{"row": i, "response": t, **r} for i, (t, r) in enumerate(zip(truth, rows, strict=True))]
     summary.update({"n": len(rows), "mode": "nll", "accuracy": None})
     if generate:
         longest = max(e.n_response_tokens for e in encoded)
@@ -372,7 +373,7 @@ def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, gene
         gen_summary, gen_rows = generation_summary(texts, truth)
         summary.update({**gen_summary, "accuracy": gen_summary["exact_match"], "mode": "nll+generate",
                         "max_new_tokens": limit})
-        rows = [{**r, **g} for r, g in zip(rows, gen_rows)]
+        rows = [{**r, **g} for r, g in zip(rows, gen_rows, strict=True)]
     return summary, rows
 
 
@@ -402,13 +403,13 @@ def evaluate_labels(session: Session, test: Records, data_cfg: DataConfig, truth
     if generate:
         texts = greedy_generate(model, tok, prompts, max_new_tokens, stop_token_ids(tok, data_cfg), data_cfg, quiet=quiet)
         predicted = [t.strip() for t in texts]
-        rows = [{"row": i, "response": t, "prediction": p, "correct": t == p} for i, (t, p) in enumerate(zip(truth, predicted))]
+        rows = [{"row": i, "response": t, "prediction": p, "correct": t == p} for i, (t, p) in enumerate(zip(truth, predicted, strict=True))]
     else:
         scores = label_log_likelihoods(model, prompts, label_ids, tok.pad_token_id, data_cfg, quiet=quiet)
         predicted = [label_set[int(j)] for j in scores.argmax(1)]
         rows = [{"row": i, "response": t, "prediction": p, "correct": t == p,
-                 "log_likelihood": dict(zip(label_set, map(float, scores[i])))}
-                for i, (t, p) in enumerate(zip(truth, predicted))]
+                 "log_likelihood": dict(zip(label_set, map(float, scores[i]), strict=True))}
+                for i, (t, p) in enumerate(zip(truth, predicted, strict=True))]
     summary = confusion(truth, predicted, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS)
     if not generate:
         gold = np.array([label_set.index(t) for t in truth])
@@ -417,10 +418,10 @@ def evaluate_labels(session: Session, test: Records, data_cfg: DataConfig, truth
         prior, free_prompts = content_free_prior(session, test.conversations, label_set, data_cfg)
         calibrated = scores - np.log(prior)[None, :]
         cal_pred = [label_set[int(j)] for j in calibrated.argmax(1)]
-        for row, p in zip(rows, cal_pred):
+        for row, p in zip(rows, cal_pred, strict=True):
             row["calibrated_prediction"] = p
         summary["calibrated"] = {**confusion(truth, cal_pred, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS),
-                                 "label_prior": dict(zip(label_set, map(float, prior))),
+                                 "label_prior": dict(zip(label_set, map(float, prior), strict=True)),
                                  "content_free_prompts": free_prompts}
     summary.update({"mode": "generate" if generate else "log-likelihood", "truncated_prompts": truncated})
     if generate:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,10 +90,10 @@ def predict(domain_path: str | Path, test_path: str | Path, out_dir: str | Path,
     train_labels = [label_of(c.response) for c in domain.conversations]
     test_labels = [label_of(c.response) for c in test.conversations]
     classes, predicted = predict_labels(f_train, train_labels, f_test, pred_cfg.ridge, pred_cfg.predict_cosine)
-    correct = [p == t for p, t in zip(predicted, test_labels)]
+    correct = [p == t for p, t in zip(predicted, test_labels, strict=True)]
     majority = Counter(train_labels).most_common(1)[0][0]
     confusion: dict[str, dict[str, int]] = {}
-    for p, t in zip(predicted, test_labels):
+    for p, t in zip(predicted, test_labels, strict=True):
         confusion.setdefault(t, {}).setdefault(p, 0)
         confusion[t][p] += 1
     result = {

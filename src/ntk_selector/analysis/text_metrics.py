@@ -18,7 +18,8 @@ Rows longer than ``max_length`` keep their response: the prompt loses tokens fro
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer([ROUGE_TYPE], use_stemmer=True)
-    return [float(scorer.score(ref, pred)[ROUGE_TYPE].fmeasure) for pred, ref in zip(predictions, references)]
+    return [float(scorer.score(ref, pred)[ROUGE_TYPE].fmeasure) for pred, ref in zip(predictions, references, strict=True)]
 
 
 def chrf(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, list[float]]:
@@ -41,7 +42,7 @@ def chrf(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, 
     import sacrebleu
 
     corpus = float(sacrebleu.corpus_chrf(list(predictions), [list(references)]).score)
-    return corpus, [float(sacrebleu.sentence_chrf(p, [r]).score) for p, r in zip(predictions, references)]
+    return corpus, [float(sacrebleu.sentence_chrf(p, [r]).score) for p, r in zip(predictions, references, strict=True)]
 
 
 def nll_summary(nll: np.ndarray, encoded: Sequence[Encoded]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -52,7 +53,7 @@ def nll_summary(nll: np.ndarray, encoded: Sequence[Encoded]) -> tuple[dict[str, 
     per_row = np.divide(nll, tokens, out=np.full(len(tokens), np.nan), where=tokens > 0)
     rows = [{"nll": float(v), "response_tokens": int(t), "nll_per_token": float(r) if t else None,
              "prompt_cut": e.prompt_cut, "response_cut": e.response_cut}
-            for v, t, r, e in zip(nll, tokens, per_row, encoded)]
+            for v, t, r, e in zip(nll, tokens, per_row, encoded, strict=True)]
     summary = {"nll_per_token": pooled, "perplexity": math.exp(pooled) if math.isfinite(pooled) else None,
                "mean_row_nll_per_token": float(np.nanmean(per_row)) if (tokens > 0).any() else None,
                "response_tokens": total,
@@ -68,11 +69,11 @@ def generation_summary(predictions: Sequence[str], references: Sequence[str]) ->
     refs = [r.strip() for r in references]
     rouge = rouge_l(preds, refs)
     corpus_chrf, sentence_chrf = chrf(preds, refs)
-    exact = [p == r for p, r in zip(preds, refs)]
+    exact = [p == r for p, r in zip(preds, refs, strict=True)]
     n = len(refs)
     summary = {"rouge_l": float(np.mean(rouge)) if n else None, "chrf": corpus_chrf,
                "chrf_sentence_mean": float(np.mean(sentence_chrf)) if n else None,
                "exact_match": float(np.mean(exact)) if n else None}
     rows = [{"prediction": p, "rouge_l": r, "chrf": c, "exact_match": e}
-            for p, r, c, e in zip(preds, rouge, sentence_chrf, exact)]
+            for p, r, c, e in zip(preds, rouge, sentence_chrf, exact, strict=True)]
     return summary, rows

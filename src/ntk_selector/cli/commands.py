@@ -13,9 +13,10 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ntk_selector.cli.diagnose import register_cli as register_diagnose
 from ntk_selector.cli.evaluate import register_cli as register_evaluate

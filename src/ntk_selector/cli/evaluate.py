@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ntk_selector.analysis.evaluate import DEFAULT_MAX_NEW_TOKENS, MAX_GENERATION_TOKENS, TASKS, run_evaluate
 from ntk_selector.config import DataConfig, ModelConfig, RunConfig

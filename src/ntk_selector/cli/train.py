@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
 from ntk_selector.settings import configs_from_args

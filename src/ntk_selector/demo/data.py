@@ -29,6 +29,7 @@ import gzip
 import html
 import importlib.util
 import io
+import itertools
 import json
 import random
 import sys
@@ -370,7 +371,7 @@ def _dialogue_task() -> list[Record]:
         for conv in doc.get("conversations") or []:
             if not isinstance(conv, list):
                 continue
-            for a, b in zip(conv, conv[1:]):
+            for a, b in itertools.pairwise(conv):
                 if isinstance(a, str) and isinstance(b, str):
                     out.append(
                         _record(_truncate(_clean(a)), _truncate(_clean(b)), "dialogue", src, category=category)
@@ -416,7 +417,7 @@ def _sharegpt_task() -> list[Record]:
         turns = obj.get("conversations") if isinstance(obj, dict) else None
         if not isinstance(turns, list):
             continue
-        for a, b in zip(turns, turns[1:]):
+        for a, b in itertools.pairwise(turns):
             if not (isinstance(a, dict) and isinstance(b, dict)):
                 continue
             if a.get("from") == "human" and b.get("from") == "gpt":

@@ -11,8 +11,9 @@ what it receives, the exact-eNTK probe stores it raw: one collector, two consume
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -70,7 +71,7 @@ class LoraGradientCollector:
             h.remove()
         self._handles = []
 
-    def __enter__(self) -> "LoraGradientCollector":
+    def __enter__(self) -> LoraGradientCollector:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -131,7 +131,7 @@ class GradientFeaturizer:
     def close(self) -> None:
         self.collector.close()
 
-    def __enter__(self) -> "GradientFeaturizer":
+    def __enter__(self) -> GradientFeaturizer:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -4,7 +4,8 @@ features of a handful of encoded rows (in their order, not a store)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

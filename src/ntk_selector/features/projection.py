@@ -21,7 +21,8 @@ others are regenerated per batch. The numbers are the same either way.
 from __future__ import annotations
 
 import hashlib
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,8 +24,8 @@ from tqdm.auto import tqdm
 from ntk_selector import distributed
 from ntk_selector.config import DataConfig
 from ntk_selector.features.budget import TokenBudget
-from ntk_selector.io.store import PENDING, RowStore
 from ntk_selector.io.formats import Conversation
+from ntk_selector.io.store import PENDING, RowStore
 from ntk_selector.io.tokens import Batch, Encoded, collate, encode, encode_rows, plan_batches
 
 CHUNK_ROWS = 4096

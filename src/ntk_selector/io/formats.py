@@ -13,8 +13,9 @@ with what is wrong; the caller adds the file and line.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ntk_selector.config import DataConfig
 from ntk_selector.errors import DataError

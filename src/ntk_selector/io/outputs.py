@@ -58,7 +58,7 @@ def user_record(line_obj: dict[str, Any]) -> dict[str, Any]:
 def write_selected(path: Path, pool: Records, chosen: np.ndarray, scores: np.ndarray, score_name: str) -> None:
     """selected.jsonl: the chosen pool records in rank order, each with its score and pool row."""
     buf = io.StringIO()
-    for i, record in zip(chosen, pool.rows_at(chosen)):
+    for i, record in zip(chosen, pool.rows_at(chosen), strict=True):
         score = None if not np.isfinite(scores[i]) else float(scores[i])
         buf.write(json_line(with_our_fields(record, score, int(i), score_name)))
     write_text_atomic(path, buf.getvalue())

@@ -15,10 +15,10 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -361,7 +361,7 @@ def _refuse_lone_surrogate(path: Path, cfg: DataConfig) -> None:
                                 f"not valid Unicode text; fix or drop the record")
 
 
-def _block_bad(block: bytes, not_object: "re.Pattern[bytes]") -> bool:
+def _block_bad(block: bytes, not_object: re.Pattern[bytes]) -> bool:
     try:
         block.decode("utf-8")
     except UnicodeDecodeError:
@@ -496,7 +496,7 @@ class Records:
     format: str
 
     @classmethod
-    def load(cls, source: Any, data_cfg: DataConfig, name: str | None = None) -> "Records":
+    def load(cls, source: Any, data_cfg: DataConfig, name: str | None = None) -> Records:
         src = open_source(source, data_cfg, name)
         if len(src.dataset) == 0:
             raise DataError(f"{src.name}: no records (empty file)")
@@ -510,7 +510,7 @@ class Records:
     def __len__(self) -> int:
         return len(self.conversations)
 
-    def subset(self, rows: np.ndarray, fingerprint: str) -> "Records":
+    def subset(self, rows: np.ndarray, fingerprint: str) -> Records:
         rows = np.asarray(rows, dtype=np.int64)
         base = self.conversations.rows
         absolute = rows if base is None else base[rows]

@@ -26,8 +26,9 @@ import json
 import os
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -135,7 +136,7 @@ def _runs(sorted_rows: np.ndarray) -> Iterator[tuple[int, int]]:
     breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(sorted_rows)]])
-    yield from zip(starts.tolist(), (ends - starts).tolist())
+    yield from zip(starts.tolist(), (ends - starts).tolist(), strict=True)
 
 
 class RowStore:
@@ -304,7 +305,7 @@ class RowStore:
         release_lock(self._lock_fh)
         self._lock_fh = None
 
-    def __enter__(self) -> "RowStore":
+    def __enter__(self) -> RowStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

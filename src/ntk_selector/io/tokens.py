@@ -9,8 +9,9 @@ length-sorted, token-budget batches so no work is spent on padding.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfi
         prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
         content_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
         after_ids = tokenizer(after_texts, add_special_tokens=False)["input_ids"]
-        response_ids = [list(c) + _end_of_turn(tokenizer, a) for c, a in zip(content_ids, after_ids)]
+        response_ids = [list(c) + _end_of_turn(tokenizer, a) for c, a in zip(content_ids, after_ids, strict=True)]
     else:
         eos = tokenizer.eos_token_id
         if eos is None:
@@ -139,7 +140,7 @@ def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfi
                                add_special_tokens=True)["input_ids"]
         response_ids = [ids + [eos] for ids in tokenizer([c.response for c in conversations], add_special_tokens=False)["input_ids"]]
     out = []
-    for conv, p, r in zip(conversations, prompt_ids, response_ids):
+    for conv, p, r in zip(conversations, prompt_ids, response_ids, strict=True):
         fp, fr = fit_to_length(list(p), list(r), cfg.max_length)
         ids = np.asarray(fp + fr, dtype=np.int64)
         # An empty response text carries no information: no response tokens, never selected.
@@ -213,7 +214,7 @@ class Batch:
     target_mask: torch.Tensor  # [B, T] bool: logits at t predict a response token (t+1 in response)
     labels: torch.Tensor  # [B, T] next-token targets at t (IGNORE_INDEX off the response)
 
-    def to(self, device: torch.device) -> "Batch":
+    def to(self, device: torch.device) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.target_mask, self.labels)))
 
 
@@ -268,7 +269,7 @@ def _check(data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool
     kept: list[list[Encoded]] = []
     for records in data:
         encoded = encode(records.conversations, tokenizer, data_cfg)
-        lost = [i for i, (e, c) in enumerate(zip(encoded, records.conversations))
+        lost = [i for i, (e, c) in enumerate(zip(encoded, records.conversations, strict=True))
                 if e.n_response_tokens == 0 and c.response.strip()]
         cut = [i for i, e in enumerate(encoded) if e.response_cut and e.n_response_tokens]
         usable += sum(e.n_response_tokens > 0 for e in encoded)

@@ -36,7 +36,7 @@ class Session:
     timings: dict[str, float] = field(default_factory=dict)
     _described: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def load(self, adapter: str | None) -> "Session":
+    def load(self, adapter: str | None) -> Session:
         """(Re)attach LoRA: the given adapter, or a fresh seeded one."""
         if self.model is None:
             base, self.tokenizer = load_base_model(self.model_cfg, quiet=self.run.quiet)

@@ -199,7 +199,7 @@ def constrained_top_n(answers: Sequence[str], n: int, shares: Mapping[str, Fract
     labelled = [a in shares for a in answers]
     m = sum(labelled[:n])
     positions: dict[str, list[int]] = {label: [] for label in shares}
-    for pos, (answer, is_label) in enumerate(zip(answers, labelled)):
+    for pos, (answer, is_label) in enumerate(zip(answers, labelled, strict=True)):
         if is_label:
             positions[answer].append(pos)
     available = {label: len(p) for label, p in positions.items()}
@@ -207,7 +207,7 @@ def constrained_top_n(answers: Sequence[str], n: int, shares: Mapping[str, Fract
     taken: Counter = Counter()
     others = 0
     picked: list[int] = []
-    for pos, (answer, is_label) in enumerate(zip(answers, labelled)):
+    for pos, (answer, is_label) in enumerate(zip(answers, labelled, strict=True)):
         if is_label and taken[answer] < quota[answer]:
             taken[answer] += 1
             picked.append(pos)
@@ -221,7 +221,7 @@ def constrained_top_n(answers: Sequence[str], n: int, shares: Mapping[str, Fract
         rest.sort(key=lambda pos: (labelled[pos], pos))
         picked += rest[:missing]
     picked.sort()
-    before = Counter(a for a, is_label in zip(answers[:n], labelled[:n]) if is_label)
+    before = Counter(a for a, is_label in zip(answers[:n], labelled[:n], strict=True) if is_label)
     after = Counter(answers[pos] for pos in picked if labelled[pos])
     warnings = []
     if m == 0:

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ntk_selector.config import PoolFilterConfig
 from ntk_selector.io import records
-from ntk_selector.io.records import iter_record_chunks
 from ntk_selector.io.formats import Conversation, conversation_text
+from ntk_selector.io.records import iter_record_chunks
 
 REPORT_ROWS = 1000  # row lists in run.json are cut to this many
 

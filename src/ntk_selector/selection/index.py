@@ -86,7 +86,7 @@ class PairStore:
         self.embeddings.close()
         self.features.close()
 
-    def __enter__(self) -> "PairStore":
+    def __enter__(self) -> PairStore:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ntk_selector import distributed
-from ntk_selector.features import budget
 from ntk_selector.errors import UserError
+from ntk_selector.features import budget
 from ntk_selector.io.definitions import canonical
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import DONE, EMPTY, open_store

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 
 from ntk_selector import distributed
-from ntk_selector.features import budget
 from ntk_selector.config import (
     DataConfig,
     check_together,
     to_dict,
 )
 from ntk_selector.errors import UserError
+from ntk_selector.features import budget
 from ntk_selector.io.definitions import canonical, read_state
 from ntk_selector.io.files import (
     release_lock,
@@ -78,7 +78,7 @@ def check_n_with_responses(n: int, pool: Records, excluded: np.ndarray, cfg: Sel
         if not keep.any():
             continue
         enc = encode(pool.conversations[start : start + 4096], tokenizer, cfg.data)
-        usable += sum(1 for e, k in zip(enc, keep) if k and e.n_response_tokens > 0)
+        usable += sum(1 for e, k in zip(enc, keep, strict=True) if k and e.n_response_tokens > 0)
         if usable >= n:
             return
     check_n(n, usable, pool.path, "with response tokens")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -185,7 +186,7 @@ def _plot_stability(out: Path, curve: list[dict[str, Any]], warn: float) -> str:
         losses = [(p["step"], p["loss"]) for p in curve if p.get("loss") is not None]
         if losses:
             ax2 = ax.twinx()
-            ax2.plot(*zip(*losses), "s:", color="#ff7f0e", label="training loss")
+            ax2.plot(*zip(*losses, strict=True), "s:", color="#ff7f0e", label="training loss")
             ax2.set_ylabel("training loss")
             ax2.legend(loc="lower right")
         ax.legend(loc="lower left")

@@ -11,10 +11,11 @@ import logging
 import platform
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,8 @@ from ntk_selector.config import (
     TrainConfig,
     to_dict,
 )
-from ntk_selector.features import budget
 from ntk_selector.errors import UserError
+from ntk_selector.features import budget
 from ntk_selector.io.definitions import describe_differences
 from ntk_selector.io.files import refuse_replacing, write_json_atomic
 from ntk_selector.io.formats import OUTPUT_FILES
@@ -73,7 +74,7 @@ class SelectConfigs:
     output: OutputConfig = field(default_factory=OutputConfig)
 
     @classmethod
-    def from_sections(cls, configs: Mapping[type, Any], method: str = "ntk") -> "SelectConfigs":
+    def from_sections(cls, configs: Mapping[type, Any], method: str = "ntk") -> SelectConfigs:
         """From settings.build_configs' sections: each field takes the section of its type."""
         by_name = {section.__name__: config for section, config in configs.items()}
         return cls(method=method, **{f.name: by_name[str(f.type)] for f in fields(cls) if str(f.type) in by_name})

@@ -83,7 +83,7 @@ def read_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     ends = np.concatenate([breaks, [len(rows)]]).astype(np.int64)
     flat = out.reshape(len(rows), -1).view(np.uint8)
     with open(path, "rb", buffering=0) as fh:
-        for a, b in zip(starts.tolist(), ends.tolist()):
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
             read_exactly_at(fh, offset + int(rows[a]) * row_bytes, memoryview(flat[a:b].reshape(-1)), path)
     return out
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -91,7 +92,7 @@ class TrainCheckpoint:
         if len(state["params"]) != len(params):
             raise UserError(f"{self.path}: holds {len(state['params'])} LoRA tensors, the model has {len(params)}")
         with torch.no_grad():
-            for p, saved in zip(params, state["params"]):
+            for p, saved in zip(params, state["params"], strict=True):
                 p.copy_(saved.to(p.device))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -9,8 +9,9 @@ the same definition skips the work, or resumes it from ``OUT/resume/`` after a c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig, to_dict
 from ntk_selector.errors import UserError
