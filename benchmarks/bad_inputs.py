@@ -54,9 +54,19 @@ def main() -> int:
     for group, counts in list(by_group.items()) + [("all", total)]:
         print(f"| {group} | {sum(counts.values())} | " + " | ".join(str(counts[o]) for o in OUTCOMES) + " |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-                                               "totals": {o: total[o] for o in OUTCOMES}, "tried": len(results),
-                                               "cases": results}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "date": datetime.date.today().isoformat(),
+                    "command": " ".join(sys.argv),
+                    "totals": {o: total[o] for o in OUTCOMES},
+                    "tried": len(results),
+                    "cases": results,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0 if total["wrong"] == total["lost"] == 0 else 1
 
 

@@ -126,8 +126,9 @@ def _take_unit_lock(lock: Path, what: str) -> bool:
     return True
 
 
-def cached_unit(path: Path, definition: dict[str, Any], compute: Callable[[], dict[str, Any]],
-                what: str, wait: bool = True) -> tuple[dict[str, Any], bool]:
+def cached_unit(
+    path: Path, definition: dict[str, Any], compute: Callable[[], dict[str, Any]], what: str, wait: bool = True
+) -> tuple[dict[str, Any], bool]:
     """(the unit's result, whether it was computed now): the JSON at ``path`` when its definition
     matches, else ``compute()`` stored there with its definition and timing. A lock file beside the
     JSON (``<name>.lock``, ignored by git) lets several workers share one results folder: a unit
@@ -158,12 +159,19 @@ def cached_unit(path: Path, definition: dict[str, Any], compute: Callable[[], di
         log(f"{what} ...")
         start = time.perf_counter()
         result = compute()
-        result.update({"definition": definition, "unit_seconds": round(time.perf_counter() - start, 1),
-                       "finished": dt.datetime.now().isoformat(timespec="seconds")})
+        result.update(
+            {
+                "definition": definition,
+                "unit_seconds": round(time.perf_counter() - start, 1),
+                "finished": dt.datetime.now().isoformat(timespec="seconds"),
+            }
+        )
         write_json(path, result)
     finally:
         lock.unlink(missing_ok=True)
-    extra = "".join(f", {k} {result[k]:.4f}" for k in ("accuracy", "balanced_accuracy") if isinstance(result.get(k), float))
+    extra = "".join(
+        f", {k} {result[k]:.4f}" for k in ("accuracy", "balanced_accuracy") if isinstance(result.get(k), float)
+    )
     log(f"{what}: done in {result['unit_seconds']:.0f} s{extra}")
     return result, True
 
@@ -174,7 +182,9 @@ def count_units(folder: Path) -> int:
 
 def git_commit(paths: list[Path], message: str) -> None:
     """Commit only these paths of the repository that holds them (retrying while the index is locked)."""
-    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=paths[0], capture_output=True, text=True).stdout.strip()
+    top = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=paths[0], capture_output=True, text=True
+    ).stdout.strip()
     if not top:
         return
     rel = [str(p.resolve().relative_to(top)) for p in paths if p.exists()]
@@ -184,7 +194,9 @@ def git_commit(paths: list[Path], message: str) -> None:
         if add.returncode == 0:
             if subprocess.run(["git", "diff", "--cached", "--quiet", "--", *rel], cwd=top).returncode == 0:
                 return  # nothing new since the last commit
-            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", *rel], cwd=top, capture_output=True, text=True)
+            done = subprocess.run(
+                ["git", "commit", "-q", "-m", message, "--", *rel], cwd=top, capture_output=True, text=True
+            )
             if done.returncode == 0:
                 log(f"committed: {message}")
                 return
@@ -217,42 +229,95 @@ def run_ranks(command: str, ranks: int, *args: str, **settings: Any) -> None:
     ranks embed and featurize faster than one 2-thread process (BENCHMARKS.md, "Real domains"); the
     stores they fill are what one process would write, so the caller's in-process run that follows
     finds them done and only scores and writes the outputs."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", "-m", "ntk_selector",
-           command, *args, *cli_flags(**settings)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={ranks}",
+        "-m",
+        "ntk_selector",
+        command,
+        *args,
+        *cli_flags(**settings),
+    ]
     log(f"{command} under torchrun, {ranks} ranks of one thread")
     proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
 
 
-def run_select(domain: Path, pool: Path | None, out: Path, n: int, method: str, ranks: int = 1,
-               **settings: Any) -> tuple[list[int], dict[str, Any]]:
+def run_select(
+    domain: Path, pool: Path | None, out: Path, n: int, method: str, ranks: int = 1, **settings: Any
+) -> tuple[list[int], dict[str, Any]]:
     """``ntk_selector.select`` into ``out`` with the benchmarks' logging settings: (the selected pool
     rows, best first; run.json as written). With ``ranks`` > 1 the model work runs first under
     torchrun (``run_ranks``); run.json's ``store_seconds`` then hold its cost."""
     import ntk_selector
 
     if ranks > 1 and method != "random":
-        run_ranks("select", ranks, "--domain", str(domain), *(["--pool", str(pool)] if pool is not None else []),
-                  "-n", str(n), "--out", str(out), "--method", method, quiet=True, debug=True, **settings)
+        run_ranks(
+            "select",
+            ranks,
+            "--domain",
+            str(domain),
+            *(["--pool", str(pool)] if pool is not None else []),
+            "-n",
+            str(n),
+            "--out",
+            str(out),
+            "--method",
+            method,
+            quiet=True,
+            debug=True,
+            **settings,
+        )
     selection = ntk_selector.select(domain, pool, n, method=method, out=out, quiet=True, debug=True, **settings)
     return selection.indices.tolist(), json.loads((out / "run.json").read_text())
 
 
-def finetune_summary(files: list[Path], adapter: Path, *, model: str | None, max_length: int, token_budget: int,
-                     rank: int, seed: int, epochs: float, lr: float, batch_size: int, group_by_length: bool,
-                     loss_mean: str = "token") -> dict[str, Any]:
+def finetune_summary(
+    files: list[Path],
+    adapter: Path,
+    *,
+    model: str | None,
+    max_length: int,
+    token_budget: int,
+    rank: int,
+    seed: int,
+    epochs: float,
+    lr: float,
+    batch_size: int,
+    group_by_length: bool,
+    loss_mean: str = "token",
+) -> dict[str, Any]:
     """LoRA fine-tune (alpha = 2·rank) on the union of ``files`` into ``adapter``; the unit's result."""
     from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig, TrainConfig
     from ntk_selector.training.finetune import finetune
 
-    state = finetune(files, adapter, ModelConfig(model=model), DataConfig(max_length=max_length, token_budget=token_budget),
-                     LoraSettings(rank=rank, lora_alpha=2.0 * rank), RunConfig(seed=seed, quiet=True, overwrite=True),
-                     TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, loss_mean=loss_mean),
-                     group_by_length=group_by_length)
+    state = finetune(
+        files,
+        adapter,
+        ModelConfig(model=model),
+        DataConfig(max_length=max_length, token_budget=token_budget),
+        LoraSettings(rank=rank, lora_alpha=2.0 * rank),
+        RunConfig(seed=seed, quiet=True, overwrite=True),
+        TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, loss_mean=loss_mean),
+        group_by_length=group_by_length,
+    )
     losses = state["losses"]
-    return {"adapter": str(adapter), "examples": state["examples"], "steps": state["steps"],
-            "seconds": state["seconds"], "loss_first": state["loss_first"], "loss_last": state["loss_last"],
-            "loss_curve": [round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, len(losses), 10)]}
+    return {
+        "adapter": str(adapter),
+        "examples": state["examples"],
+        "steps": state["steps"],
+        "seconds": state["seconds"],
+        "loss_first": state["loss_first"],
+        "loss_last": state["loss_last"],
+        "loss_curve": [round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, len(losses), 10)],
+    }

@@ -35,12 +35,16 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("the a of to and in is it you that he was for on are with as his they be at one have this from or had by "
-         "word but what some we can out other were all there when up use your how said an each she which do their "
-         "time if will way about many then them write would like so these her long make thing see him two has look "
-         "more day could go come did number sound no most people my over know water than call first who may down").split()
-CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+WORDS = (
+    "the a of to and in is it you that he was for on are with as his they be at one have this from or had by "
+    "word but what some we can out other were all there when up use your how said an each she which do their "
+    "time if will way about many then them write would like so these her long make thing see him two has look "
+    "more day could go come did number sound no most people my over know water than call first who may down"
+).split()
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 # ----------------------------------------------------------------------------- data
@@ -59,7 +63,13 @@ def group_texts(group: int) -> list[tuple[str, str, str]]:
     for j in range(GROUP):
         i = group * GROUP + j
         w = ids[j]
-        rows.append((" ".join(WORDS[x] for x in w[: p_len[j]]), " ".join(WORDS[x] for x in w[35 : 35 + r_len[j]]), f"task{i % 8}"))
+        rows.append(
+            (
+                " ".join(WORDS[x] for x in w[: p_len[j]]),
+                " ".join(WORDS[x] for x in w[35 : 35 + r_len[j]]),
+                f"task{i % 8}",
+            )
+        )
     rows[GROUP - 1] = rows[GROUP - 51][:2] + (rows[GROUP - 1][2],)
     return rows
 
@@ -84,7 +94,7 @@ def write_test_set(path: Path, rows: int = 100) -> None:
     """Test records: every other one copies a pool row's prompt (a contamination to find)."""
     with open(path, "w", encoding="utf-8") as fh:
         for j in range(rows):
-            p, r, _ = row_text(j * 7 + 3) if j % 2 == 0 else ("held out " + " ".join(WORDS[j % 50:]), "x", "")
+            p, r, _ = row_text(j * 7 + 3) if j % 2 == 0 else ("held out " + " ".join(WORDS[j % 50 :]), "x", "")
             fh.write(json.dumps({"prompt": p, "response": r}) + "\n")
 
 
@@ -97,8 +107,13 @@ def make_tokenizer():
     tk = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + alphabet)}, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
     tok.chat_template = CHATML
     return tok
 
@@ -132,8 +147,9 @@ def stage_tokenize(pool: Path, store: Path, tokenizer, chat_template: bool = Tru
     records = stage_load(pool)
     cfg = DataConfig(max_length=256, token_budget=8192, max_batch_size=256, no_chat_template=not chat_template)
     with RowStore(store, len(records), 1, "float32", {"benchmark": "tokenize"}, overwrite=True) as rs:
-        n = run_rows(records.conversations, tokenizer, cfg, rs, lambda b: torch.zeros(b.input_ids.shape[0], 1),
-                     quiet=True)
+        n = run_rows(
+            records.conversations, tokenizer, cfg, rs, lambda b: torch.zeros(b.input_ids.shape[0], 1), quiet=True
+        )
         rs.finish()
     return n
 
@@ -212,8 +228,16 @@ def child(args: argparse.Namespace) -> None:
             stage_tokenize(work / "pool.jsonl", work / "tokens_store", tokenizer)
         elif args.child == "preselect":
             stage_preselect(work / "emb_domain", work / "emb_pool", args.n)
-    print(json.dumps({"stage": args.child, "baseline_bytes": base, "peak_bytes": sampler.peak,
-                      "above_baseline_bytes": sampler.peak - base}))
+    print(
+        json.dumps(
+            {
+                "stage": args.child,
+                "baseline_bytes": base,
+                "peak_bytes": sampler.peak,
+                "above_baseline_bytes": sampler.peak - base,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -230,15 +254,26 @@ def main() -> None:
 
     work = Path(args.work or tempfile.mkdtemp(prefix="ntk-data-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_DATASETS_CACHE": str(work / "hf_cache"),
-           "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "src"),
+        "HF_DATASETS_CACHE": str(work / "hf_cache"),
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     if not (work / "pool.jsonl").exists():
         write_pool(work / "pool.jsonl", args.rows)
         write_test_set(work / "test.jsonl")
     print(f"pool written ({(work / 'pool.jsonl').stat().st_size / 1e6:.0f} MB)", flush=True)
     # the first load converts JSONL to the Arrow cache (once per file); the measured loads reuse it
-    subprocess.run([sys.executable, __file__, "--work", str(work), "--child", "load"], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, __file__, "--work", str(work), "--child", "load"],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     arrow_bytes = sum(p.stat().st_size for p in (work / "hf_cache").rglob("*.arrow"))
     print(f"Arrow cache (written by the first load) {arrow_bytes / 1e6:.0f} MB", flush=True)
     if "preselect" in args.stages and not (work / "emb_pool").exists():
@@ -246,24 +281,40 @@ def main() -> None:
         write_embedding_store(work / "emb_pool", args.rows, args.emb_dim, 2)
     results = []
     for stage in args.stages:
-        out = subprocess.run([sys.executable, __file__, "--work", str(work), "--child", stage, "--n", str(args.n)],
-                             env=env, check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--work", str(work), "--child", stage, "--n", str(args.n)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         res = json.loads(out.stdout.strip().splitlines()[-1])
         res["bytes_per_row"] = res["above_baseline_bytes"] / args.rows
         results.append(res)
-        print(f"  {stage}: {res['above_baseline_bytes'] / 1e6:.0f} MB above baseline "
-              f"({res['bytes_per_row']:.1f} bytes a row)", flush=True)
+        print(
+            f"  {stage}: {res['above_baseline_bytes'] / 1e6:.0f} MB above baseline "
+            f"({res['bytes_per_row']:.1f} bytes a row)",
+            flush=True,
+        )
     command = f"python benchmarks/data_scale.py --rows {args.rows} --stages {' '.join(args.stages)}"
     for r in results:
         r.update(date=date.today().isoformat(), command=command)
-    summary = {"rows": args.rows, "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-               f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-               "jsonl_bytes": (work / "pool.jsonl").stat().st_size, "arrow_bytes": arrow_bytes,
-               "stages": results, "command": command}
+    summary = {
+        "rows": args.rows,
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "jsonl_bytes": (work / "pool.jsonl").stat().st_size,
+        "arrow_bytes": arrow_bytes,
+        "stages": results,
+        "command": command,
+    }
     out_path = ROOT / "benchmarks" / "results" / f"data_scale_{args.rows}.json"
     if out_path.exists():  # stages measured by earlier runs (and not again now) are kept, each with its command
         earlier = json.loads(out_path.read_text())
-        kept = [{"command": earlier.get("command"), **s} for s in earlier.get("stages", []) if s["stage"] not in args.stages]
+        kept = [
+            {"command": earlier.get("command"), **s} for s in earlier.get("stages", []) if s["stage"] not in args.stages
+        ]
         summary["stages"] = kept + results
         summary["command"] = "; ".join(dict.fromkeys(s.get("command", "") for s in summary["stages"]))
     out_path.write_text(json.dumps(summary, indent=2) + "\n")

@@ -20,8 +20,20 @@ from pathlib import Path
 from ntk_selector.cli.commands import main as cli_main
 from ntk_selector.demo.data import build_demo
 
-SIZES = ["--max-length", "256", "--token-budget", "2048", "--probe-rows", "24", "--stability-points", "4",
-         "--approx-rows", "16", "--approx-outputs", "48"]
+SIZES = [
+    "--max-length",
+    "256",
+    "--token-budget",
+    "2048",
+    "--probe-rows",
+    "24",
+    "--stability-points",
+    "4",
+    "--approx-rows",
+    "16",
+    "--approx-outputs",
+    "48",
+]
 
 
 def summarise(d: dict, command: str) -> dict:
@@ -65,8 +77,10 @@ def main() -> None:
     a = summary["approximation"]
     print(f"approximation: {a}")
     for e in summary["projection"].get("ladder", []):
-        print(f"p={e['proj_dim']}: relative Gram error {e['relative_gram_error']:.4f}, top-{summary['projection']['top_n']} "
-              f"overlap {e['top_overlap']:.2f}, Spearman {e['spearman']}")
+        print(
+            f"p={e['proj_dim']}: relative Gram error {e['relative_gram_error']:.4f}, top-{summary['projection']['top_n']} "
+            f"overlap {e['top_overlap']:.2f}, Spearman {e['spearman']}"
+        )
     print(f"written {args.results}")
 
 

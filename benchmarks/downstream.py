@@ -74,27 +74,55 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     ap.add_argument("--no-group-by-length", action="store_true", help="plain shuffled batches in the fine-tune")
     ap.add_argument("--curve-n-factors", type=int, nargs="*", default=list(d.curve_n_factors))
     ap.add_argument("--curve-domain-sizes", type=int, nargs="*", default=list(d.curve_domain_sizes))
-    ap.add_argument("--data-dir", default=None, help="use these domain/domain_valid/test/pool .jsonl instead of the demo")
-    ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results"), help="folder of result JSONs, table, plots")
-    ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache" / "downstream"), help="folder of big intermediates")
+    ap.add_argument(
+        "--data-dir", default=None, help="use these domain/domain_valid/test/pool .jsonl instead of the demo"
+    )
+    ap.add_argument(
+        "--results", default=str(ROOT / "benchmarks" / "results"), help="folder of result JSONs, table, plots"
+    )
+    ap.add_argument(
+        "--cache", default=str(ROOT / "benchmarks" / "cache" / "downstream"), help="folder of big intermediates"
+    )
     ap.add_argument("--only-table", action="store_true", help="rebuild the table and plots from cached results")
-    ap.add_argument("--update-benchmarks-md", default=None, metavar="FILE",
-                    help="also replace the downstream section of this BENCHMARKS.md")
-    ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K finished units (0: never)")
-    ap.add_argument("--phases", nargs="+",
-                    default=["settings", "seed0", "seeds", "ablations", "curves0", "curves-natural0", "curves",
-                             "curves-natural"],
-                    help="phases to run, in order")
+    ap.add_argument(
+        "--update-benchmarks-md",
+        default=None,
+        metavar="FILE",
+        help="also replace the downstream section of this BENCHMARKS.md",
+    )
+    ap.add_argument(
+        "--commit-every", type=int, default=0, help="git-commit the results every K finished units (0: never)"
+    )
+    ap.add_argument(
+        "--phases",
+        nargs="+",
+        default=["settings", "seed0", "seeds", "ablations", "curves0", "curves-natural0", "curves", "curves-natural"],
+        help="phases to run, in order",
+    )
     ap.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
-    ap.add_argument("--rate-train", type=float, default=180.0, help="tokens/s of LoRA forward+backward (for the estimate)")
+    ap.add_argument(
+        "--rate-train", type=float, default=180.0, help="tokens/s of LoRA forward+backward (for the estimate)"
+    )
     ap.add_argument("--rate-forward", type=float, default=575.0, help="tokens/s of a forward pass (for the estimate)")
     args = ap.parse_args(argv)
-    s = Settings(model=args.model, pool_size=args.pool_size, domain_size=args.domain_size, n_factor=args.n_factor,
-                 seeds=tuple(args.seeds), max_length=args.max_length, eval_max_length=args.eval_max_length,
-                 epochs=args.epochs, batch_size=args.batch_size, rank=args.rank, lrs=tuple(args.lrs),
-                 proj_dim=args.proj_dim, group_by_length=not args.no_group_by_length,
-                 curve_n_factors=tuple(args.curve_n_factors), curve_domain_sizes=tuple(args.curve_domain_sizes),
-                 data_dir=args.data_dir)
+    s = Settings(
+        model=args.model,
+        pool_size=args.pool_size,
+        domain_size=args.domain_size,
+        n_factor=args.n_factor,
+        seeds=tuple(args.seeds),
+        max_length=args.max_length,
+        eval_max_length=args.eval_max_length,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        rank=args.rank,
+        lrs=tuple(args.lrs),
+        proj_dim=args.proj_dim,
+        group_by_length=not args.no_group_by_length,
+        curve_n_factors=tuple(args.curve_n_factors),
+        curve_domain_sizes=tuple(args.curve_domain_sizes),
+        data_dir=args.data_dir,
+    )
     return s, args
 
 
@@ -120,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python benchmarks/downstream.py", *run_flags(argv or [])])
     if args.estimate or not args.only_table:
         hours = estimate(s, cache, args.rate_train, args.rate_forward)
-        log("estimated hours on an idle 2-core CPU: " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()) +
-            f"; total {sum(hours.values()):.1f}")
+        log(
+            "estimated hours on an idle 2-core CPU: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in hours.items())
+            + f"; total {sum(hours.values()):.1f}"
+        )
         if args.estimate:
             return 0
     if not args.only_table:

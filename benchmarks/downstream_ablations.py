@@ -52,11 +52,13 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("cosine", "mean cosine instead of mean inner product", settings={"cosine": True}),
     Variant("sum-tokens", "summed (not mean) logits over response positions", rescore="sum-tokens"),
     Variant("task-cap", "at most N/2 rows from one pool task", rescore="task-cap"),
-    Variant("all-positions", "summed logits over every position, prompt too (not only the response)",
-            settings={"objective": "ntk-all"}),
+    Variant(
+        "all-positions",
+        "summed logits over every position, prompt too (not only the response)",
+        settings={"objective": "ntk-all"},
+    ),
     Variant("m-2n", "M = 2N pre-selected", settings={"m": "{m2n}"}),
-    Variant("warmup-none", "no warm-up (lr 0: the untrained LoRA's kernel)", settings={"lr": 0.0},
-            own_work_dir=True),
+    Variant("warmup-none", "no warm-up (lr 0: the untrained LoRA's kernel)", settings={"lr": 0.0}, own_work_dir=True),
     Variant("warmup-3ep", "3 warm-up epochs instead of 1", settings={"epochs": 3.0}, own_work_dir=True),
     Variant("m-all", "M = the whole pool: no pre-selection", settings={"m": "{pool}"}),
 )
@@ -70,9 +72,9 @@ assert set(PLAN) == set(BY_NAME) | {NATURAL}
 
 
 def variant_of(method: str) -> Variant:
-    if not method.startswith(PREFIX) or method[len(PREFIX):] not in BY_NAME:
+    if not method.startswith(PREFIX) or method[len(PREFIX) :] not in BY_NAME:
         raise ValueError(f"not an ntk variant: {method}")
-    return BY_NAME[method[len(PREFIX):]]
+    return BY_NAME[method[len(PREFIX) :]]
 
 
 def select_variant(bench: Any, d: int, n: int, method: str, out: Path) -> dict[str, Any]:
@@ -80,7 +82,9 @@ def select_variant(bench: Any, d: int, n: int, method: str, out: Path) -> dict[s
     v = variant_of(method)
     if v.rescore:
         base = bench.selection(d, n, "ntk", 0)
-        chosen = {"sum-tokens": _sum_tokens, "task-cap": _task_cap}[v.rescore](bench, d, n, Path(base["selected_file"]).parent)
+        chosen = {"sum-tokens": _sum_tokens, "task-cap": _task_cap}[v.rescore](
+            bench, d, n, Path(base["selected_file"]).parent
+        )
         return {**bench.write_selection(d, chosen, out), "stage_seconds": {"rescore": 0.0}}
     work = bench.cache / "work" / (f"d{d}_{method}" if v.own_work_dir else f"d{d}")
     fill = {"{m2n}": 2 * n, "{pool}": bench.s.pool_size}
@@ -145,8 +149,10 @@ def _sum_tokens(bench: Any, d: int, n: int, folder: Path) -> np.ndarray:
         records = read_records(path)
         if rows is not None:
             records = [records[int(i)] for i in rows]
-        return np.array([e.n_response_tokens for e in encode([to_conversation(r, cfg) for r in records], tok, cfg)],
-                        dtype=np.float64)
+        return np.array(
+            [e.n_response_tokens for e in encode([to_conversation(r, cfg) for r in records], tok, cfg)],
+            dtype=np.float64,
+        )
 
     d_len = response_tokens(bench.data(d)["domain"])
     p_len = response_tokens(bench.data(d)["pool"], order)
@@ -159,8 +165,15 @@ def overlap(a: list[int], b: list[int]) -> int:
     return len(set(a) & set(b))
 
 
-def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], selection_of: Callable[..., str],
-                   metric_groups: dict[str, dict], mean_std: Callable[[list[float]], str]) -> list[str]:
+def ablation_table(
+    results: Path,
+    d: int,
+    n: int,
+    key_of: Callable[..., str],
+    selection_of: Callable[..., str],
+    metric_groups: dict[str, dict],
+    mean_std: Callable[[list[float]], str],
+) -> list[str]:
     """Markdown rows: each variant's picks, overlap with the main ntk selection, valid and test scores.
 
     ``key_of(method, prior="balanced")`` is the main table's run key of a method (seeds stripped),
@@ -181,15 +194,29 @@ def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], se
         return " | ".join(cell(group, g, split) for split in ("valid", "test") for g in (acc, bal))
 
     ntk_tests = sorted(a for key, a in acc.get((key_of("ntk"), "test"), []))
-    spread = (f" The main table's ntk gave {', '.join(f'{100 * a:.1f}' for a in ntk_tests)}% test accuracy over its "
-              "fine-tune seeds on the same rows: a one-seed difference smaller than that spread is noise."
-              if len(ntk_tests) > 1 else "")
-    lines = ["NTK-Selector variants (`benchmarks/downstream_ablations.py`; one change each against the main "
-             "table's ntk; fine-tune seed 0, ntk's row too; chosen on domain_valid, test shown but not used to "
-             f"choose).{spread}", "",
-             "| variant | change | top pool tasks picked | same rows as ntk | valid acc % | valid bal. acc % | "
-             "test acc % | test bal. acc % |", "|---|---|---|---|---|---|---|---|"]
-    rows = [("ntk", "the paper's method (main table's selection)", main_idx, json.loads(main.read_text())["selected_per_task"])]
+    spread = (
+        f" The main table's ntk gave {', '.join(f'{100 * a:.1f}' for a in ntk_tests)}% test accuracy over its "
+        "fine-tune seeds on the same rows: a one-seed difference smaller than that spread is noise."
+        if len(ntk_tests) > 1
+        else ""
+    )
+    lines = [
+        "NTK-Selector variants (`benchmarks/downstream_ablations.py`; one change each against the main "
+        "table's ntk; fine-tune seed 0, ntk's row too; chosen on domain_valid, test shown but not used to "
+        f"choose).{spread}",
+        "",
+        "| variant | change | top pool tasks picked | same rows as ntk | valid acc % | valid bal. acc % | "
+        "test acc % | test bal. acc % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = [
+        (
+            "ntk",
+            "the paper's method (main table's selection)",
+            main_idx,
+            json.loads(main.read_text())["selected_per_task"],
+        )
+    ]
     for v in VARIANTS:
         path = sel_dir / f"{selection_of(PREFIX + v.name)}.json"
         if path.exists():
@@ -203,19 +230,31 @@ def ablation_table(results: Path, d: int, n: int, key_of: Callable[..., str], se
         if method != "ntk" and idx is not None and set(idx) == set(main_idx):
             scores = " | ".join(["= ntk"] * 4)  # not fine-tuned again: the same rows
         lines.append(f"| {method} | {what} | {_top_tasks(per_task)} | {same} | {scores} |")
-    lines += ["", f"D drawn with the train split's label mix instead of balanced (`{NATURAL}`; its own domain_valid; "
-              "the main table's seeds: mean ± std over the fine-tune seeds, random drawn with each seed, ntk selecting "
-              "once):", "", "| method | top pool tasks picked | seeds | valid acc % | valid bal. acc % | test acc % | "
-              "test bal. acc % |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"D drawn with the train split's label mix instead of balanced (`{NATURAL}`; its own domain_valid; "
+        "the main table's seeds: mean ± std over the fine-tune seeds, random drawn with each seed, ntk selecting "
+        "once):",
+        "",
+        "| method | top pool tasks picked | seeds | valid acc % | valid bal. acc % | test acc % | test bal. acc % |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for m in NATURAL_METHODS:
         key = key_of(m, "natural")
         sel = sel_dir / f"{selection_of(m, 'natural')}.json"
-        picks = _top_tasks(json.loads(sel.read_text())["selected_per_task"]) if sel.exists() else \
-            ("–" if m in ("base", "domain") else "pending")
+        picks = (
+            _top_tasks(json.loads(sel.read_text())["selected_per_task"])
+            if sel.exists()
+            else ("–" if m in ("base", "domain") else "pending")
+        )
         seeds = len(acc.get((key, "test"), []))
-        lines.append(f"| {m} | {picks} | {seeds} | "
-                     + " | ".join(mean_std([a for _, a in g.get((key, split), [])]) for split in ("valid", "test")
-                                  for g in (acc, bal)) + " |")
+        lines.append(
+            f"| {m} | {picks} | {seeds} | "
+            + " | ".join(
+                mean_std([a for _, a in g.get((key, split), [])]) for split in ("valid", "test") for g in (acc, bal)
+            )
+            + " |"
+        )
     return lines + [""]
 
 

@@ -55,24 +55,35 @@ def estimate(s: Settings, cache: Path, rate_train: float, rate_fwd: float) -> di
     phases["seed0"] = sel_cost(d, n, ("ntk", "less"), True) + main_ft - ft_cost(d, 0) + 7 * (ev("test") + ev("valid"))
     phases["seeds"] = (len(s.seeds) - 1) * (main_ft + 6 * (ev("test") + ev("valid")))
     own_warmups = sum(v.own_work_dir for v in ablations.VARIANTS)
-    phases["ablations"] = (len(ablations.VARIANTS) * (ft_cost(d, n) + ev("test") + ev("valid"))
-                           + own_warmups * sel_cost(d, n, ("ntk",), True) + len(pool) * pool.mean() / rate_train
-                           + sel_cost(d, n, ("ntk",), False)  # all-positions featurizes the M rows again
-                           # the natural-mix D: its own selection, then base, domain, random and ntk
-                           + sel_cost(d, n, ("ntk",), True)
-                           + len(s.seeds) * (ft_cost(d, 0) + 2 * ft_cost(d, n) + 3 * (ev("test") + ev("valid")))
-                           + ev("test") + ev("valid"))
+    phases["ablations"] = (
+        len(ablations.VARIANTS) * (ft_cost(d, n) + ev("test") + ev("valid"))
+        + own_warmups * sel_cost(d, n, ("ntk",), True)
+        + len(pool) * pool.mean() / rate_train
+        + sel_cost(d, n, ("ntk",), False)  # all-positions featurizes the M rows again
+        # the natural-mix D: its own selection, then base, domain, random and ntk
+        + sel_cost(d, n, ("ntk",), True)
+        + len(s.seeds) * (ft_cost(d, 0) + 2 * ft_cost(d, n) + 3 * (ev("test") + ev("valid")))
+        + ev("test")
+        + ev("valid")
+    )
     c = 0.0
     for f in s.curve_n_factors:
         if f != s.n_factor:
             c += sel_cost(d, f * d, ("ntk",), False) + 2 * (ft_cost(d, f * d) + ev("test"))
     for dd in s.curve_domain_sizes:
         if dd != d:
-            c += sel_cost(dd, s.n_factor * dd, ("ntk",), True) + ft_cost(dd, 0) + 2 * ft_cost(dd, s.n_factor * dd) + 4 * ev("test")
+            c += (
+                sel_cost(dd, s.n_factor * dd, ("ntk",), True)
+                + ft_cost(dd, 0)
+                + 2 * ft_cost(dd, s.n_factor * dd)
+                + 4 * ev("test")
+            )
     phases["curves0"] = c
     natural_points = [dd for dd in s.curve_domain_sizes if dd != d]
     natural_seed = sum(ft_cost(dd, 0) + 2 * ft_cost(dd, s.n_factor * dd) + 3 * ev("test") for dd in natural_points)
-    phases["curves-natural0"] = sum(sel_cost(dd, s.n_factor * dd, ("ntk",), True) for dd in natural_points) + natural_seed
+    phases["curves-natural0"] = (
+        sum(sel_cost(dd, s.n_factor * dd, ("ntk",), True) for dd in natural_points) + natural_seed
+    )
     phases["curves"] = (len(s.seeds) - 1) * c
     phases["curves-natural"] = (len(s.seeds) - 1) * natural_seed
     return {k: v / 3600 for k, v in phases.items()}

@@ -66,8 +66,9 @@ def ablation_runs(s: Settings, lr: float) -> Iterator[Run]:
             for seed in s.seeds:
                 for m in ablations.NATURAL_METHODS:
                     if m != "base" or seed == s.seeds[0]:
-                        yield Run(d, n if m not in ("base", "domain") else 0, m, selection_seed(m, seed), seed, lr,
-                                  "natural")
+                        yield Run(
+                            d, n if m not in ("base", "domain") else 0, m, selection_seed(m, seed), seed, lr, "natural"
+                        )
         else:
             yield Run(d, n, ablations.PREFIX + item, 0, 0, lr)
 
@@ -78,14 +79,24 @@ def run_phases(bench: Bench, phases: list[str]) -> None:
     lr = chosen_lr(bench)  # phase "settings": always first, every later run uses its choice
     log(f"learning rate chosen on domain_valid: {lr:g}")
     seeds = s.seeds
-    plan = {"seed0": list(main_runs(s, seeds[:1], lr)), "seeds": list(main_runs(s, seeds[1:], lr)),
-            "ablations": list(ablation_runs(s, lr)),
-            "curves0": list(curve_runs(s, seeds[:1], lr)), "curves": list(curve_runs(s, seeds[1:], lr)),
-            "curves-natural0": list(natural_curve_runs(s, seeds[:1], lr)),
-            "curves-natural": list(natural_curve_runs(s, seeds[1:], lr))}
+    plan = {
+        "seed0": list(main_runs(s, seeds[:1], lr)),
+        "seeds": list(main_runs(s, seeds[1:], lr)),
+        "ablations": list(ablation_runs(s, lr)),
+        "curves0": list(curve_runs(s, seeds[:1], lr)),
+        "curves": list(curve_runs(s, seeds[1:], lr)),
+        "curves-natural0": list(natural_curve_runs(s, seeds[:1], lr)),
+        "curves-natural": list(natural_curve_runs(s, seeds[1:], lr)),
+    }
     for phase in phases:
         for run in plan.get(phase, []):
-            bench.cell(run, ("valid", "test") if phase == "ablations" else
-                       ("test", "valid") if run.d == s.domain_size else ("test",))
+            bench.cell(
+                run,
+                ("valid", "test")
+                if phase == "ablations"
+                else ("test", "valid")
+                if run.d == s.domain_size
+                else ("test",),
+            )
         publish(s, bench.results, bench.cache, commit=bool(bench.commit_every))
     log("all requested phases done")

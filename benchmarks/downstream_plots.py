@@ -8,8 +8,9 @@ import numpy as np
 from downstream_settings import Settings
 
 
-def write_plots(results: Path, rows: list[tuple[str, list[float]]], s: Settings, curve_n: dict, curve_d: dict,
-                curve_d_natural: dict) -> None:
+def write_plots(
+    results: Path, rows: list[tuple[str, list[float]]], s: Settings, curve_n: dict, curve_d: dict, curve_d_natural: dict
+) -> None:
     """downstream_accuracy.png (test accuracy per method over seeds) and downstream_curve_{n,d}.png."""
     import matplotlib
 
@@ -32,16 +33,29 @@ def write_plots(results: Path, rows: list[tuple[str, list[float]]], s: Settings,
         fig.savefig(results / "downstream_accuracy.png", dpi=110)
         plt.close(fig)
     natural = {f"{m} (natural D)": v for m, v in curve_d_natural.items()}
-    for name, curve, xs, xlabel in (("n", curve_n, [f * s.domain_size for f in s.curve_n_factors], "N (selected rows)"),
-                                    ("d", {**curve_d, **natural}, list(s.curve_domain_sizes), "|D| (N = 5·|D|)")):
+    for name, curve, xs, xlabel in (
+        ("n", curve_n, [f * s.domain_size for f in s.curve_n_factors], "N (selected rows)"),
+        ("d", {**curve_d, **natural}, list(s.curve_domain_sizes), "|D| (N = 5·|D|)"),
+    ):
         if not any(any(v) for v in curve.values()):
             continue
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for m, vals in curve.items():
-            pts = [(x, 100 * np.mean(v), 100 * np.std(v, ddof=1) if len(v) > 1 else 0.0) for x, v in zip(xs, vals, strict=True) if v]
+            pts = [
+                (x, 100 * np.mean(v), 100 * np.std(v, ddof=1) if len(v) > 1 else 0.0)
+                for x, v in zip(xs, vals, strict=True)
+                if v
+            ]
             if pts:
-                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                            label=m, linestyle="--" if m in natural else "-")
+                ax.errorbar(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    yerr=[p[2] for p in pts],
+                    marker="o",
+                    capsize=3,
+                    label=m,
+                    linestyle="--" if m in natural else "-",
+                )
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy %")

@@ -40,19 +40,23 @@ def publish(s: Settings, results: Path, cache: Path, commit: bool) -> None:
     write_text(results / "downstream.md", text)
     if commit:
         units = results / "downstream"
-        git_commit([units, results / "downstream.md", *sorted(results.glob("downstream_*.png"))],
-                   f"downstream benchmark: results so far ({count_units(units)} units)")
+        git_commit(
+            [units, results / "downstream.md", *sorted(results.glob("downstream_*.png"))],
+            f"downstream benchmark: results so far ({count_units(units)} units)",
+        )
 
 
 def update_benchmarks_md(path: Path, table: str, command: str, results: Path) -> None:
     """Replace the downstream section of BENCHMARKS.md (up to the next ## heading)."""
     text = path.read_text()
     n_eval = len(load_units(results, "eval"))
-    body = (f"{SECTION}\n\nCommand: `{command}` (resumable: a rerun skips finished units, and "
-            f"`benchmarks/run_downstream.sh` reruns it in the background after a crash; `--only-table --update-benchmarks-md BENCHMARKS.md` rebuilds this section from the cached results).\n"
-            f"Machine: 2-core CPU ({platform.machine()}), no GPU, at times shared with other jobs while it ran. "
-            f"Date: {dt.date.today():%Y-%m-%d}; {n_eval} evaluations finished so far.\n\n"
-            f"{DESIGN_NOTES}\n\n{table}\n")
+    body = (
+        f"{SECTION}\n\nCommand: `{command}` (resumable: a rerun skips finished units, and "
+        f"`benchmarks/run_downstream.sh` reruns it in the background after a crash; `--only-table --update-benchmarks-md BENCHMARKS.md` rebuilds this section from the cached results).\n"
+        f"Machine: 2-core CPU ({platform.machine()}), no GPU, at times shared with other jobs while it ran. "
+        f"Date: {dt.date.today():%Y-%m-%d}; {n_eval} evaluations finished so far.\n\n"
+        f"{DESIGN_NOTES}\n\n{table}\n"
+    )
     if SECTION in text:
         head, rest = text.split(SECTION, 1)
         nxt = rest.find("\n## ")

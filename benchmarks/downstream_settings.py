@@ -37,7 +37,6 @@ class Settings:
     token_budget: int = 2048  # padded tokens per batch in select and evaluate (the package default; ~1 MB of backward activations per token)
 
 
-
 def lr_tag(lr: float) -> str:
     return f"{lr:g}"
 
@@ -67,8 +66,11 @@ class Run:
     def key(self) -> str:
         if self.method == "base":
             return f"{self.dtag}_base"
-        return f"{self.dtag}_n0_domain_ft{self.ft}_lr{lr_tag(self.lr)}" if self.method == "domain" else \
-            f"{self.sel_key}_ft{self.ft}_lr{lr_tag(self.lr)}"
+        return (
+            f"{self.dtag}_n0_domain_ft{self.ft}_lr{lr_tag(self.lr)}"
+            if self.method == "domain"
+            else f"{self.sel_key}_ft{self.ft}_lr{lr_tag(self.lr)}"
+        )
 
 
 def d_tag(d: int, prior: str = "balanced") -> str:
@@ -85,7 +87,6 @@ def selection_seed(method: str, seed: int) -> int:
     return 0 if method in DETERMINISTIC else seed
 
 
-
 def group_key(d: int, n: int, method: str, lr: float, prior: str = "balanced") -> str:
     """The run key of a method's fine-tune seeds, seeds stripped: the rows of one table cell."""
     dtag = d_tag(d, prior)
@@ -98,5 +99,9 @@ def group_key(d: int, n: int, method: str, lr: float, prior: str = "balanced") -
 
 def strip_seeds(key: str) -> str:
     """A run key without its selection and fine-tune seeds (``group_key``'s form)."""
-    parts = [p for p in key.split("_") if not (p.startswith("sel") and p[3:].isdigit()) and not (p.startswith("ft") and p[2:].isdigit())]
+    parts = [
+        p
+        for p in key.split("_")
+        if not (p.startswith("sel") and p[3:].isdigit()) and not (p.startswith("ft") and p[2:].isdigit())
+    ]
     return "_".join(parts)

@@ -63,9 +63,15 @@ def label_mix(results: Path, split: str) -> dict[str, int]:
 
 def selection_seconds(results: Path, d: int, n: int) -> dict[str, float]:
     """Seconds each method's selection takes on its own: shared stages counted at the time they took."""
-    main = [u for u in load_units(results, "select") if u["definition"].get("prior", "balanced") == "balanced"
-            and not u["definition"]["method"].startswith(ablations.PREFIX)]
-    units = [u for u in main if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"]["sel_seed"] == 0]
+    main = [
+        u
+        for u in load_units(results, "select")
+        if u["definition"].get("prior", "balanced") == "balanced"
+        and not u["definition"]["method"].startswith(ablations.PREFIX)
+    ]
+    units = [
+        u for u in main if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"]["sel_seed"] == 0
+    ]
     shared: dict[str, float] = {}
     for u in main:
         if u["definition"]["d"] == d:
@@ -84,7 +90,11 @@ def picked_tasks(results: Path, d: int, n: int) -> dict[str, dict[str, float]]:
     """Mean number of selected rows per pool task, per method (over the selection seeds)."""
     per: dict[str, list[dict[str, int]]] = {}
     for u in load_units(results, "select"):
-        if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"].get("prior", "balanced") == "balanced":
+        if (
+            u["definition"]["d"] == d
+            and u["definition"]["n"] == n
+            and u["definition"].get("prior", "balanced") == "balanced"
+        ):
             per.setdefault(u["definition"]["method"], []).append(u["selected_per_task"])
     return {m: mean_counts(lst) for m, lst in per.items()}
 
@@ -100,7 +110,11 @@ def picked_answers(results: Path, cache: Path, d: int, n: int) -> dict[str, dict
     pool = [r["response"] for r in read_jsonl(data / "pool.jsonl")]
     per: dict[str, list[dict[str, int]]] = {}
     for u in load_units(results, "select"):
-        if u["definition"]["d"] == d and u["definition"]["n"] == n and u["definition"].get("prior", "balanced") == "balanced":
+        if (
+            u["definition"]["d"] == d
+            and u["definition"]["n"] == n
+            and u["definition"].get("prior", "balanced") == "balanced"
+        ):
             mix = answer_mix(domain, [pool[i] for i in u["pool_index"]])
             if mix is not None:
                 counts = {label: v["selected"] for label, v in mix["labels"].items()}
@@ -124,12 +138,18 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
     lr, valid_lrs = chosen_lr_from(results, s)
     acc = accuracies(results)
     d, n = s.domain_size, s.n_factor * s.domain_size
-    lines = [f"Model {s.model or 'SmolLM2-135M-Instruct (packaged)'}; |D| = {d}, N = {n}, pool {s.pool_size} rows; "
-             f"max length {s.max_length}, {s.epochs:g} epochs, LoRA r {s.rank}, batch {s.batch_size}"
-             f"{', length-grouped batches' if s.group_by_length else ''}.", ""]
-    lines += ["Learning rate picked on domain_valid (domain-only fine-tune, seed 0): " +
-              (", ".join(f"{k:g} → {100 * v:.1f}%" for k, v in sorted(valid_lrs.items())) or "pending") +
-              (f"; chosen **{lr:g}**." if lr is not None else "."), ""]
+    lines = [
+        f"Model {s.model or 'SmolLM2-135M-Instruct (packaged)'}; |D| = {d}, N = {n}, pool {s.pool_size} rows; "
+        f"max length {s.max_length}, {s.epochs:g} epochs, LoRA r {s.rank}, batch {s.batch_size}"
+        f"{', length-grouped batches' if s.group_by_length else ''}.",
+        "",
+    ]
+    lines += [
+        "Learning rate picked on domain_valid (domain-only fine-tune, seed 0): "
+        + (", ".join(f"{k:g} → {100 * v:.1f}%" for k, v in sorted(valid_lrs.items())) or "pending")
+        + (f"; chosen **{lr:g}**." if lr is not None else "."),
+        "",
+    ]
     if lr is None:
         return "\n".join(lines + ["(no results yet)", ""])
     secs = selection_seconds(results, d, n)
@@ -139,9 +159,11 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
         train_secs.setdefault(g, []).append(u["seconds"])
     bal, f1 = accuracies(results, "balanced_accuracy"), accuracies(results, "macro_f1")
     predicted = predicted_mix(results)
-    lines += ["| method | test accuracy % (mean ± std) | seeds | test balanced accuracy % | test macro-F1 % | "
-              "test answers per label (mean) | valid accuracy % | selection s | fine-tune s |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| method | test accuracy % (mean ± std) | seeds | test balanced accuracy % | test macro-F1 % | "
+        "test answers per label (mean) | valid accuracy % | selection s | fine-tune s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     plot_rows = []
     for m in METHODS:
         g = group_key(d, n, m, lr)
@@ -153,25 +175,43 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
         sel_s = f"{secs[m]:.0f}" if m in secs else "–"
         ft_s = f"{np.mean(ft):.0f}" if ft else "–"
         answers = "/".join(f"{v:.0f}" for v in predicted[(g, "test")].values()) if (g, "test") in predicted else "–"
-        lines.append(f"| {m} | {mean_std(test)} | {len(test)} | {mean_std(test_bal)} | {mean_std(test_f1)} | "
-                     f"{answers} | {mean_std(val)} | {sel_s} | {ft_s} |")
+        lines.append(
+            f"| {m} | {mean_std(test)} | {len(test)} | {mean_std(test_bal)} | {mean_std(test_f1)} | "
+            f"{answers} | {mean_std(val)} | {sel_s} | {ft_s} |"
+        )
         if test:
             plot_rows.append((m, test))
     mixes = {split: label_mix(results, split) for split in ("test", "valid")}
     if mixes["test"]:
         top = max(mixes["test"].values()) / sum(mixes["test"].values())
-        lines += ["", "Label mix (true rows per label): D " + _mix_text(label_mix_of_domain(s.domain_size, cache)) +
-                  "; domain_valid " + _mix_text(mixes["valid"]) + "; test " + _mix_text(mixes["test"]) +
-                  f". Always answering the test's majority label scores {100 * top:.1f}% accuracy, "
-                  f"{100 / len(mixes['test']):.1f}% balanced accuracy. Answers per label are in the order "
-                  + "/".join(mixes["test"]) + "."]
-    lines += ["", "Selection seconds: the method run alone (stages shared through --work-dir counted once, at the "
-              "time they took); ntk, embedding and less select once, random and preselect-random per seed.", ""]
+        lines += [
+            "",
+            "Label mix (true rows per label): D "
+            + _mix_text(label_mix_of_domain(s.domain_size, cache))
+            + "; domain_valid "
+            + _mix_text(mixes["valid"])
+            + "; test "
+            + _mix_text(mixes["test"])
+            + f". Always answering the test's majority label scores {100 * top:.1f}% accuracy, "
+            f"{100 / len(mixes['test']):.1f}% balanced accuracy. Answers per label are in the order "
+            + "/".join(mixes["test"])
+            + ".",
+        ]
+    lines += [
+        "",
+        "Selection seconds: the method run alone (stages shared through --work-dir counted once, at the "
+        "time they took); ntk, embedding and less select once, random and preselect-random per seed.",
+        "",
+    ]
     picks = picked_tasks(results, d, n)
     if picks:
         tasks = sorted({t for p in picks.values() for t in p})
-        lines += ["Pool tasks picked (rows of N, mean over selection seeds):", "",
-                  "| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        lines += [
+            "Pool tasks picked (rows of N, mean over selection seeds):",
+            "",
+            "| method | " + " | ".join(tasks) + " |",
+            "|---|" + "---|" * len(tasks),
+        ]
         for m in SELECTING:
             if m in picks:
                 lines.append(f"| {m} | " + " | ".join(f"{picks[m].get(t, 0):.0f}" for t in tasks) + " |")
@@ -179,14 +219,26 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
     answers = picked_answers(results, cache, d, n)
     if answers:
         cols = list(next(iter(answers.values())))
-        lines += ["Answers of the selected rows (rows of N giving each of D's labels, as `select` reports them in "
-                  "`answer_mix`; mean over selection seeds):", "",
-                  "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        lines += [f"| {m} | " + " | ".join(f"{answers[m][c]:.0f}" for c in cols) + " |" for m in SELECTING if m in answers]
+        lines += [
+            "Answers of the selected rows (rows of N giving each of D's labels, as `select` reports them in "
+            "`answer_mix`; mean over selection seeds):",
+            "",
+            "| method | " + " | ".join(cols) + " |",
+            "|---|" + "---|" * len(cols),
+        ]
+        lines += [
+            f"| {m} | " + " | ".join(f"{answers[m][c]:.0f}" for c in cols) + " |" for m in SELECTING if m in answers
+        ]
         lines.append("")
-    lines += ablations.ablation_table(results, d, n, lambda m, prior="balanced": group_key(d, n, m, lr, prior),
-                                       lambda m, prior="balanced": selection_key(d, n, m, 0, prior),
-                                       {"accuracy": acc, "balanced_accuracy": bal}, mean_std)
+    lines += ablations.ablation_table(
+        results,
+        d,
+        n,
+        lambda m, prior="balanced": group_key(d, n, m, lr, prior),
+        lambda m, prior="balanced": selection_key(d, n, m, 0, prior),
+        {"accuracy": acc, "balanced_accuracy": bal},
+        mean_std,
+    )
     curve_n = _curve(acc, [(d, f * d) for f in s.curve_n_factors], s.curve_methods, lr)
     d_points, d_methods = [(dd, s.n_factor * dd) for dd in s.curve_domain_sizes], ("domain",) + s.curve_methods
     curve_d = _curve(acc, d_points, d_methods, lr)
@@ -197,29 +249,51 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
         # D is drawn balanced only as far as the train split's rarest label allows: say what each size got
         d_mixes = {dd: label_mix_of_domain(dd, cache) for dd in s.curve_domain_sizes}
         short = [dd for dd, m in d_mixes.items() if m and min(m.values()) < dd // len(m)]
-        lines += ["D's labels at each |D|: " + _mixes_text(d_mixes) + "."
-                  + (f" At |D| = {', '.join(map(str, short))} the train split has too few rows of some label to balance D: "
-                     "D holds all of them, so the label mix changes with |D| along this curve, and that D's "
-                     "domain_valid has no row of those labels (the test set is the same at every |D|)." if short else ""), ""]
+        lines += [
+            "D's labels at each |D|: "
+            + _mixes_text(d_mixes)
+            + "."
+            + (
+                f" At |D| = {', '.join(map(str, short))} the train split has too few rows of some label to balance D: "
+                "D holds all of them, so the label mix changes with |D| along this curve, and that D's "
+                "domain_valid has no row of those labels (the test set is the same at every |D|)."
+                if short
+                else ""
+            ),
+            "",
+        ]
     curve_d_natural = _curve(acc, d_points, d_methods, lr, "natural")
     new_sizes = [i for i, dd in enumerate(s.curve_domain_sizes) if dd != d]  # |D| = d is the natural-prior ablation
     if any(vals[i] for vals in curve_d_natural.values() for i in new_sizes):
-        lines += _curve_table(f"|D| with D in the train split's label mix (N = {s.n_factor}·|D|)",
-                              list(s.curve_domain_sizes), curve_d_natural)
+        lines += _curve_table(
+            f"|D| with D in the train split's label mix (N = {s.n_factor}·|D|)",
+            list(s.curve_domain_sizes),
+            curve_d_natural,
+        )
         d_mixes = {dd: label_mix_of_domain(dd, cache, "natural") for dd in s.curve_domain_sizes}
-        lines += ["D's labels at each |D| (a uniform draw from the train split, which every |D| can have): "
-                  + _mixes_text(d_mixes)
-                  + "." + (f" |D| = {d} is the natural-prior ablation's runs." if d in s.curve_domain_sizes else ""), ""]
+        lines += [
+            "D's labels at each |D| (a uniform draw from the train split, which every |D| can have): "
+            + _mixes_text(d_mixes)
+            + "."
+            + (f" |D| = {d} is the natural-prior ablation's runs." if d in s.curve_domain_sizes else ""),
+            "",
+        ]
     write_plots(results, plot_rows, s, curve_n, curve_d, curve_d_natural)
-    lines += ["Plots: `benchmarks/results/downstream_accuracy.png`, `downstream_curve_n.png`, "
-              "`downstream_curve_d.png`.", ""]
+    lines += [
+        "Plots: `benchmarks/results/downstream_accuracy.png`, `downstream_curve_n.png`, `downstream_curve_d.png`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def label_mix_of_domain(d: int, cache: Path, prior: str = "balanced") -> dict[str, int]:
     """Rows per label of the domain file D of size d drawn with ``prior`` (from the benchmark's cache folder)."""
     path = cache / "data" / d_tag(d, prior) / "domain.jsonl"
-    return dict(sorted(counts([str(r.get("response", "(none)")) for r in read_jsonl(path)]).items())) if path.exists() else {}
+    return (
+        dict(sorted(counts([str(r.get("response", "(none)")) for r in read_jsonl(path)]).items()))
+        if path.exists()
+        else {}
+    )
 
 
 def _mix_text(mix: dict[str, int]) -> str:
@@ -231,15 +305,22 @@ def _mixes_text(mixes: dict[int, dict[str, int]]) -> str:
     return "; ".join(f"{dd}: {_mix_text(m)}" for dd, m in mixes.items() if m)
 
 
-def _curve(acc: dict, points: list[tuple[int, int]], methods: tuple[str, ...], lr: float,
-           prior: str = "balanced") -> dict[str, list[list[float]]]:
-    return {m: [[a for _, a in acc.get((group_key(dd, nn, m, lr, prior), "test"), [])] for dd, nn in points]
-            for m in methods}
+def _curve(
+    acc: dict, points: list[tuple[int, int]], methods: tuple[str, ...], lr: float, prior: str = "balanced"
+) -> dict[str, list[list[float]]]:
+    return {
+        m: [[a for _, a in acc.get((group_key(dd, nn, m, lr, prior), "test"), [])] for dd, nn in points]
+        for m in methods
+    }
 
 
 def _curve_table(label: str, xs: list[int], curve: dict[str, list[list[float]]]) -> list[str]:
-    lines = [f"Test accuracy % over {label}:", "", "| method | " + " | ".join(str(x) for x in xs) + " |",
-             "|---|" + "---|" * len(xs)]
+    lines = [
+        f"Test accuracy % over {label}:",
+        "",
+        "| method | " + " | ".join(str(x) for x in xs) + " |",
+        "|---|" + "---|" * len(xs),
+    ]
     for m, vals in curve.items():
         lines.append(f"| {m} | " + " | ".join(f"{mean_std(v)} ({len(v)})" for v in vals) + " |")
     return lines + [""]

@@ -33,7 +33,9 @@ class Bench:
 
     # -- units -----------------------------------------------------------------
 
-    def unit(self, path: Path, definition: dict[str, Any], compute: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
+    def unit(
+        self, path: Path, definition: dict[str, Any], compute: Callable[[], dict[str, Any]], what: str
+    ) -> dict[str, Any]:
         """The cached JSON at ``path`` when its definition matches; otherwise compute, store, count."""
         result, computed = cached_unit(path, definition, compute, what)
         if not computed:
@@ -51,13 +53,26 @@ class Bench:
 
     def selection(self, d: int, n: int, method: str, sel: int, prior: str = "balanced") -> dict[str, Any]:
         key = selection_key(d, n, method, sel, prior)
-        definition = {"kind": "select", "d": d, "n": n, "method": method, "sel_seed": sel, "model": self.s.model,
-                      "max_length": self.s.max_length, "proj_dim": self.s.proj_dim, "pool_size": self.s.pool_size,
-                      "data_dir": self.s.data_dir}
+        definition = {
+            "kind": "select",
+            "d": d,
+            "n": n,
+            "method": method,
+            "sel_seed": sel,
+            "model": self.s.model,
+            "max_length": self.s.max_length,
+            "proj_dim": self.s.proj_dim,
+            "pool_size": self.s.pool_size,
+            "data_dir": self.s.data_dir,
+        }
         if prior != "balanced":  # (the main table's definitions stay as they were cached)
             definition["prior"] = prior
-        return self.unit(self.out / "select" / f"{key}.json", definition,
-                         lambda: self._select(d, n, method, sel, prior), f"select {key}")
+        return self.unit(
+            self.out / "select" / f"{key}.json",
+            definition,
+            lambda: self._select(d, n, method, sel, prior),
+            f"select {key}",
+        )
 
     def _select(self, d: int, n: int, method: str, sel: int, prior: str = "balanced") -> dict[str, Any]:
         out = self.cache / "select" / selection_key(d, n, method, sel, prior)
@@ -71,16 +86,31 @@ class Bench:
         seed_settings = {"seed": sel} if method == "random" else {"seed": 0, "work_dir": str(work)}
         return self.run_select(d, n, method, out, seed_settings, prior)
 
-    def run_select(self, d: int, n: int, method: str, out: Path, settings: dict[str, Any],
-                   prior: str = "balanced") -> dict[str, Any]:
+    def run_select(
+        self, d: int, n: int, method: str, out: Path, settings: dict[str, Any], prior: str = "balanced"
+    ) -> dict[str, Any]:
         """``ntk_selector.select`` on the |D| = d files with these extra settings; the unit's summary."""
         data = self.data(d, prior)
-        chosen, run = run_select(data["domain"], data["pool"], out, n, method, model=self.s.model or None,
-                                 proj_dim=self.s.proj_dim, rank=self.s.rank, max_length=self.s.max_length,
-                                 token_budget=self.s.token_budget, **settings)
-        return {"selected_file": str(out / "selected.jsonl"), "pool_index": chosen,
-                "selected_per_task": run["selected_per_task"], "stage_seconds": run["seconds"],
-                "warmup": run.get("warmup")}
+        chosen, run = run_select(
+            data["domain"],
+            data["pool"],
+            out,
+            n,
+            method,
+            model=self.s.model or None,
+            proj_dim=self.s.proj_dim,
+            rank=self.s.rank,
+            max_length=self.s.max_length,
+            token_budget=self.s.token_budget,
+            **settings,
+        )
+        return {
+            "selected_file": str(out / "selected.jsonl"),
+            "pool_index": chosen,
+            "selected_per_task": run["selected_per_task"],
+            "stage_seconds": run["seconds"],
+            "warmup": run.get("warmup"),
+        }
 
     def _draw_from_preselection(self, d: int, n: int, sel: int, out: Path) -> dict[str, Any]:
         """preselect-random with another seed: N uniformly from the seed-0 pre-selected set (no model work)."""
@@ -90,7 +120,11 @@ class Bench:
         scores = read_scores(Path(base["selected_file"]).with_name("scores.csv"))
         pre = scores["pool_index"][scores["preselected"]]
         chosen = np.random.default_rng(sel).choice(pre, size=min(n, len(pre)), replace=False)
-        return {**self.write_selection(d, chosen, out), "stage_seconds": {"draw": 0.0}, "drawn_from": base["selected_file"]}
+        return {
+            **self.write_selection(d, chosen, out),
+            "stage_seconds": {"draw": 0.0},
+            "drawn_from": base["selected_file"],
+        }
 
     def write_selection(self, d: int, chosen: np.ndarray, out: Path) -> dict[str, Any]:
         """``out/selected.jsonl`` with these pool rows (of the balanced |D| = d pool), and the unit's summary of it."""
@@ -98,34 +132,69 @@ class Bench:
         rows = [{**pool[int(i)], "pool_index": int(i)} for i in chosen]
         out.mkdir(parents=True, exist_ok=True)
         write_jsonl(out / "selected.jsonl", rows)
-        return {"selected_file": str(out / "selected.jsonl"), "pool_index": [int(i) for i in chosen],
-                "selected_per_task": task_counts(rows)}
+        return {
+            "selected_file": str(out / "selected.jsonl"),
+            "pool_index": [int(i) for i in chosen],
+            "selected_per_task": task_counts(rows),
+        }
 
     def train(self, run: Run) -> dict[str, Any]:
         files = [self.data(run.d, run.prior)["domain"]]
         if run.method not in ("base", "domain"):
             files.append(Path(self.selection(run.d, run.n, run.method, run.sel, run.prior)["selected_file"]))
-        definition = {"kind": "train", "run": run.key, "files": [str(f) for f in files], "model": self.s.model,
-                      "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
-                      "rank": self.s.rank, "lr": run.lr, "seed": run.ft, "group_by_length": self.s.group_by_length}
-        return self.unit(self.out / "train" / f"{run.key}.json", definition, lambda: self._train(run, files),
-                         f"train {run.key}")
+        definition = {
+            "kind": "train",
+            "run": run.key,
+            "files": [str(f) for f in files],
+            "model": self.s.model,
+            "max_length": self.s.max_length,
+            "epochs": self.s.epochs,
+            "batch_size": self.s.batch_size,
+            "rank": self.s.rank,
+            "lr": run.lr,
+            "seed": run.ft,
+            "group_by_length": self.s.group_by_length,
+        }
+        return self.unit(
+            self.out / "train" / f"{run.key}.json", definition, lambda: self._train(run, files), f"train {run.key}"
+        )
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
-        return finetune_summary(files, self.cache / "adapters" / run.key, model=self.s.model,
-                                max_length=self.s.max_length, token_budget=self.s.token_budget, rank=self.s.rank,
-                                seed=run.ft, epochs=self.s.epochs, lr=run.lr, batch_size=self.s.batch_size,
-                                group_by_length=self.s.group_by_length)
+        return finetune_summary(
+            files,
+            self.cache / "adapters" / run.key,
+            model=self.s.model,
+            max_length=self.s.max_length,
+            token_budget=self.s.token_budget,
+            rank=self.s.rank,
+            seed=run.ft,
+            epochs=self.s.epochs,
+            lr=run.lr,
+            batch_size=self.s.batch_size,
+            group_by_length=self.s.group_by_length,
+        )
 
     def evaluate(self, run: Run, split: str) -> dict[str, Any]:
         adapter = None if run.method == "base" else self.train(run)["adapter"]
         path = self.data(run.d, run.prior)["test" if split == "test" else "domain_valid"]
-        definition = {"kind": "evaluate", "run": run.key, "split": split, "data": str(path), "model": self.s.model,
-                      "adapter": adapter, "max_length": self.s.eval_max_length,
-                      "train_finished": None if adapter is None else
-                      json.loads((self.out / "train" / f"{run.key}.json").read_text())["finished"]}
-        return self.unit(self.out / "eval" / f"{run.key}__{split}.json", definition,
-                         lambda: self._evaluate(run, adapter, path, split), f"evaluate {run.key} on {split}")
+        definition = {
+            "kind": "evaluate",
+            "run": run.key,
+            "split": split,
+            "data": str(path),
+            "model": self.s.model,
+            "adapter": adapter,
+            "max_length": self.s.eval_max_length,
+            "train_finished": None
+            if adapter is None
+            else json.loads((self.out / "train" / f"{run.key}.json").read_text())["finished"],
+        }
+        return self.unit(
+            self.out / "eval" / f"{run.key}__{split}.json",
+            definition,
+            lambda: self._evaluate(run, adapter, path, split),
+            f"evaluate {run.key} on {split}",
+        )
 
     def _evaluate(self, run: Run, adapter: str | None, path: Path, split: str) -> dict[str, Any]:
         from ntk_selector.analysis.evaluate import run_evaluate
@@ -135,9 +204,14 @@ class Bench:
         model_cfg = ModelConfig(model=self.s.model, adapter=adapter)
         if self._eval_session is None:
             self._eval_session = Session(model_cfg, LoraSettings(), RunConfig(quiet=True))
-        summary = run_evaluate(path, self.cache / "eval" / f"{run.key}__{split}", model_cfg,
-                               DataConfig(max_length=self.s.eval_max_length, token_budget=self.s.token_budget),
-                               RunConfig(quiet=True), session=self._eval_session)
+        summary = run_evaluate(
+            path,
+            self.cache / "eval" / f"{run.key}__{split}",
+            model_cfg,
+            DataConfig(max_length=self.s.eval_max_length, token_budget=self.s.token_budget),
+            RunConfig(quiet=True),
+            session=self._eval_session,
+        )
         keep = ("accuracy", "n", "correct", "labels", "per_class", "confusion", "truncated_prompts", "seconds", "mode")
         return {k: summary[k] for k in keep}
 

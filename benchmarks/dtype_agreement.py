@@ -43,7 +43,9 @@ from ntk_selector.training.loop import save_adapter_atomic, train_lora
 CACHE = Path("benchmarks/cache/dtype_agreement")
 
 
-def features(model: torch.nn.Module, rows: list[Encoded], pad_id: int, proj_dim: int, data_cfg: DataConfig) -> torch.Tensor:
+def features(
+    model: torch.nn.Module, rows: list[Encoded], pad_id: int, proj_dim: int, data_cfg: DataConfig
+) -> torch.Tensor:
     """[n, p] features in row order, with the library's batch plan."""
     with GradientFeaturizer(model, proj_dim, 0, "ntk", "auto", probe=collate([rows[0]], pad_id)) as feat:
         return rows_features(feat.features, rows, pad_id, data_cfg.token_budget, data_cfg.max_batch_size)
@@ -51,8 +53,11 @@ def features(model: torch.nn.Module, rows: list[Encoded], pad_id: int, proj_dim:
 
 def embed_rows_per_s(model: torch.nn.Module, rows: list[Encoded], pad_id: int, data_cfg: DataConfig) -> float:
     """Pre-selection embedding speed: mean-pooled forward passes over ``rows`` in the library's batches."""
+
     def embed(some: list[Encoded]) -> torch.Tensor:
-        return rows_features(lambda b: mean_pooled(model, b), some, pad_id, data_cfg.token_budget, data_cfg.max_batch_size)
+        return rows_features(
+            lambda b: mean_pooled(model, b), some, pad_id, data_cfg.token_budget, data_cfg.max_batch_size
+        )
 
     embed(rows[:8])  # warm caches
     start = time.perf_counter()
@@ -65,8 +70,16 @@ def train_speed(dtype: str, tok: Any, conversations: list[Any], data_cfg: DataCo
     base, _ = load_base_model(ModelConfig(dtype=dtype))
     model = with_lora(base, LoraSettings(), None, seed=0)
     start = time.perf_counter()
-    state = train_lora(model, tok, conversations, data_cfg, TrainConfig(epochs=1, lr=1e-3, batch_size=8), seed=0,
-                       quiet=True, group_by_length=True)
+    state = train_lora(
+        model,
+        tok,
+        conversations,
+        data_cfg,
+        TrainConfig(epochs=1, lr=1e-3, batch_size=8),
+        seed=0,
+        quiet=True,
+        group_by_length=True,
+    )
     seconds = time.perf_counter() - start
     return {"rows_per_s": len(conversations) / seconds, "loss_last": float(state["losses"][-1])}
 
@@ -128,13 +141,21 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
-        "command": " ".join(sys.argv), "pool_rows": len(score_a), "pool_rows_without_response": int((~nonempty).sum()), "domain_rows": len(domain_conv), "top": args.top,
-        "rows_per_s": speed, "bf16_speedup": speed["bfloat16"] / speed["float32"],
-        "embed_rows_per_s": embed_speed, "embed_bf16_speedup": embed_speed["bfloat16"] / embed_speed["float32"],
-        "train": training, "train_bf16_speedup": training["bfloat16"]["rows_per_s"] / training["float32"]["rows_per_s"],
+        "command": " ".join(sys.argv),
+        "pool_rows": len(score_a),
+        "pool_rows_without_response": int((~nonempty).sum()),
+        "domain_rows": len(domain_conv),
+        "top": args.top,
+        "rows_per_s": speed,
+        "bf16_speedup": speed["bfloat16"] / speed["float32"],
+        "embed_rows_per_s": embed_speed,
+        "embed_bf16_speedup": embed_speed["bfloat16"] / embed_speed["float32"],
+        "train": training,
+        "train_bf16_speedup": training["bfloat16"]["rows_per_s"] / training["float32"]["rows_per_s"],
         "cpu_flags": sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512_bf16"))),
         "pool_feature_rel_err": relative_error(b["pool"].numpy(), a["pool"].numpy()),
-        "row_cosine_min": float(row_cos.min()), "row_cosine_mean": float(row_cos.mean()),
+        "row_cosine_min": float(row_cos.min()),
+        "row_cosine_mean": float(row_cos.mean()),
         "score_spearman": spearman(score_a, score_b),
         "top_overlap": top_overlap(score_a, score_b, args.top),
     }

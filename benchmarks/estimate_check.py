@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedder", default="model", choices=("model", "minilm"))
     p.add_argument("--long", type=int, default=0, help="keep pool rows of at least this many characters")
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = p.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,11 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     predicted = estimate(domain, pool, cfg)
     print(format_estimate(predicted))
     run_dir = out / "select"
-    assert cli(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(run_dir), "--overwrite", *flags]) == 0
+    assert (
+        cli(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(run_dir), "--overwrite", *flags]) == 0
+    )
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    real = {"warm-up": run.get("warmup", {}).get("seconds"), "embed": run["seconds"].get("embed"),
-            "preselect": run["seconds"].get("preselect"), "featurize": run["seconds"].get("featurize"),
-            "score": run["seconds"].get("score")}
+    real = {
+        "warm-up": run.get("warmup", {}).get("seconds"),
+        "embed": run["seconds"].get("embed"),
+        "preselect": run["seconds"].get("preselect"),
+        "featurize": run["seconds"].get("featurize"),
+        "score": run["seconds"].get("score"),
+    }
     pred = {s["stage"]: s["seconds"] for s in predicted["stages"]}
     rows = []
     print("\n| stage | predicted s | real s | predicted / real |\n|---|---:|---:|---:|")
@@ -86,8 +92,16 @@ def main(argv: list[str] | None = None) -> int:
             ratio = pred[stage] / real[stage]
             rows.append({"stage": stage, "predicted": pred[stage], "real": real[stage], "ratio": ratio})
             print(f"| {stage} | {pred[stage]:.1f} | {real[stage]:.1f} | {ratio:.2f} |")
-    result = {"domain": str(domain), "pool": str(pool), "flags": flags, "estimate": predicted, "real_seconds": real,
-              "run_seconds": run["seconds"], "token_budget": run.get("token_budget"), "stages": rows}
+    result = {
+        "domain": str(domain),
+        "pool": str(pool),
+        "flags": flags,
+        "estimate": predicted,
+        "real_seconds": real,
+        "run_seconds": run["seconds"],
+        "token_budget": run.get("token_budget"),
+        "stages": rows,
+    }
     (out / "estimate_check.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     return 0
 

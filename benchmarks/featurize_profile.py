@@ -31,8 +31,12 @@ def main() -> None:
     model = get_peft_model(base, lcfg)
     model.eval()
     rows = fixed_rows(16, length, tok.vocab_size, length)
-    batches = [collate([rows[i] for i in idx], tok.pad_token_id)
-               for idx in plan_batches([r.length for r in rows], resolve_setting(data_cfg.token_budget), data_cfg.max_batch_size)]
+    batches = [
+        collate([rows[i] for i in idx], tok.pad_token_id)
+        for idx in plan_batches(
+            [r.length for r in rows], resolve_setting(data_cfg.token_budget), data_cfg.max_batch_size
+        )
+    ]
     with GradientFeaturizer(model, 8192, 0, "ntk", "auto", probe=batches[0]) as feat:
         for b in batches:  # warm-up pass
             feat.features(b)

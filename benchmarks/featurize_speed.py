@@ -48,12 +48,30 @@ from ntk_selector.model.loading import load_base_model, lora_config, lora_parame
 
 # Llama-architecture shapes by name, for random-weight runs on machines without the weights.
 SHAPES: dict[str, dict[str, Any]] = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, max_position_embeddings=8192, tie_word_embeddings=True,
-                         rope_theta=100000.0, rms_norm_eps=1e-5),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, tie_word_embeddings=False,
-                      rope_theta=500000.0, rms_norm_eps=1e-5),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+    ),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        max_position_embeddings=8192,
+        tie_word_embeddings=False,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+    ),
 }
 
 
@@ -113,14 +131,17 @@ def fixed_batches(rows: list[Encoded], size: int) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, len(rows), size)]
 
 
-def bench_rows(model: torch.nn.Module, pad: int, rows: list[Encoded], proj_dim: int, token_budget: int,
-               repeats: int) -> dict[str, Any]:
+def bench_rows(
+    model: torch.nn.Module, pad: int, rows: list[Encoded], proj_dim: int, token_budget: int, repeats: int
+) -> dict[str, Any]:
     device = next(model.parameters()).device
     n = len(rows)
     params = [p for _, p in lora_parameters(model)]
     b8 = [collate([rows[i] for i in idx], pad).to(device) for idx in fixed_batches(rows, 8)]
-    budget = [collate([rows[i] for i in idx], pad).to(device)
-              for idx in plan_batches([r.length for r in rows], token_budget, 64)]
+    budget = [
+        collate([rows[i] for i in idx], pad).to(device)
+        for idx in plan_batches([r.length for r in rows], token_budget, 64)
+    ]
     ones = [collate([r], pad).to(device) for r in rows]
 
     def forward() -> None:
@@ -165,15 +186,25 @@ def bench_rows(model: torch.nn.Module, pad: int, rows: list[Encoded], proj_dim: 
         for b in budget:
             feat.features(b)
 
-    results: dict[str, Any] = {"rows": n, "mean_tokens": float(np.mean([r.length for r in rows])),
-                               "logits_mode": feat.logits_mode}
-    for name, fn in (("forward", forward), ("ce_step", ce_step), ("less_loop", less_loop), ("embed", embed),
-                     ("featurize", featurize)):
+    results: dict[str, Any] = {
+        "rows": n,
+        "mean_tokens": float(np.mean([r.length for r in rows])),
+        "logits_mode": feat.logits_mode,
+    }
+    for name, fn in (
+        ("forward", forward),
+        ("ce_step", ce_step),
+        ("less_loop", less_loop),
+        ("embed", embed),
+        ("featurize", featurize),
+    ):
         fn()  # warm-up pass
         proj_time[0] = 0.0
         secs = timed(fn, repeats)
         if name == "featurize":
-            results["projection_share"] = proj_time[0] / repeats / secs if repeats == 1 else proj_time[0] / (secs * repeats)
+            results["projection_share"] = (
+                proj_time[0] / repeats / secs if repeats == 1 else proj_time[0] / (secs * repeats)
+            )
         results[f"{name}_rows_per_s"] = n / secs
         results["peak_rss_mb_after_" + name] = peak_rss_mb()
         if torch.cuda.is_available():
@@ -202,8 +233,23 @@ def featurize_peak_rss(row_counts: list[int], model: str | None, proj_dim: int, 
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "rows.jsonl"
             data.write_text("\n".join(rows[:n]) + "\n")
-            cmd = [sys.executable, "-m", "ntk_selector", "featurize", "--data", str(data), "--out", str(Path(tmp) / "store"),
-                   "--proj-dim", str(proj_dim), "--token-budget", str(token_budget), "--max-length", "256", "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "ntk_selector",
+                "featurize",
+                "--data",
+                str(data),
+                "--out",
+                str(Path(tmp) / "store"),
+                "--proj-dim",
+                str(proj_dim),
+                "--token-budget",
+                str(token_budget),
+                "--max-length",
+                "256",
+                "--quiet",
+            ]
             if model:
                 cmd += ["--model", model]
             proc = subprocess.Popen(cmd)
@@ -218,8 +264,11 @@ def featurize_peak_rss(row_counts: list[int], model: str | None, proj_dim: int, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="HF folder / id (default: packaged SmolLM2-135M-Instruct)")
-    ap.add_argument("--random-config", default=None,
-                    help=f"instead of --model: random weights of an HF config folder or a named shape ({', '.join(SHAPES)})")
+    ap.add_argument(
+        "--random-config",
+        default=None,
+        help=f"instead of --model: random weights of an HF config folder or a named shape ({', '.join(SHAPES)})",
+    )
     ap.add_argument("--layers", type=int, default=None, help="with --random-config: keep only this many layers")
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--proj-dim", type=int, default=8192)
@@ -227,8 +276,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--lengths", type=int, nargs="*", default=[64, 128, 256])
     ap.add_argument("--no-demo", action="store_true", help="skip the real demo-pool rows")
-    ap.add_argument("--rss-rows", type=int, nargs="*", default=[],
-                    help="also measure a fresh featurize process's peak RSS over these row counts")
+    ap.add_argument(
+        "--rss-rows",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also measure a fresh featurize process's peak RSS over these row counts",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -250,18 +304,28 @@ def main() -> None:
     model = get_peft_model(base, lcfg)
     model.eval()
     vocab = int(base.config.vocab_size)
-    sets: list[tuple[str, list[Encoded]]] = [(f"fixed {L} tokens", fixed_rows(args.rows, L, min(vocab, tok.vocab_size) if tok else vocab, L))
-                                             for L in args.lengths]
+    sets: list[tuple[str, list[Encoded]]] = [
+        (f"fixed {L} tokens", fixed_rows(args.rows, L, min(vocab, tok.vocab_size) if tok else vocab, L))
+        for L in args.lengths
+    ]
     if not args.no_demo:
         sets.append(("demo pool (variable)", demo_rows(args.rows, tok, 512)))
     device = next(model.parameters()).device
     report: dict[str, Any] = {
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
         + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
-        "model": (f"{args.random_config} (random weights{f', {args.layers} layers' if args.layers else ''})"
-                  if args.random_config else args.model or "SmolLM2-135M-Instruct (packaged)"),
-        "device": str(device), "dtype": str(next(base.parameters()).dtype).replace("torch.", ""),
-        "lora": "r=8 q/k/v/o", "proj_dim": args.proj_dim, "command": " ".join(sys.argv), "sets": {},
+        "model": (
+            f"{args.random_config} (random weights{f', {args.layers} layers' if args.layers else ''})"
+            if args.random_config
+            else args.model or "SmolLM2-135M-Instruct (packaged)"
+        ),
+        "device": str(device),
+        "dtype": str(next(base.parameters()).dtype).replace("torch.", ""),
+        "lora": "r=8 q/k/v/o",
+        "proj_dim": args.proj_dim,
+        "command": " ".join(sys.argv),
+        "sets": {},
     }
     for name, rows in sets:
         print(f"== {name}: {len(rows)} rows", flush=True)
@@ -269,8 +333,9 @@ def main() -> None:
         report["sets"][name] = r
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}), flush=True)
     if args.rss_rows:
-        report["featurize_peak_rss_mb_by_rows"] = featurize_peak_rss(args.rss_rows, args.model, args.proj_dim,
-                                                                     args.token_budget)
+        report["featurize_peak_rss_mb_by_rows"] = featurize_peak_rss(
+            args.rss_rows, args.model, args.proj_dim, args.token_budget
+        )
     print()
     print(markdown_table(report))
     if args.json:
@@ -279,15 +344,18 @@ def main() -> None:
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    head = ("| rows | mean tokens | forward r/s | CE step r/s | LESS loop r/s | embed r/s | featurize r/s | "
-            "featurize / CE step | featurize / LESS | embed / forward | projection share | peak RSS MB |")
+    head = (
+        "| rows | mean tokens | forward r/s | CE step r/s | LESS loop r/s | embed r/s | featurize r/s | "
+        "featurize / CE step | featurize / LESS | embed / forward | projection share | peak RSS MB |"
+    )
     lines = [head, "|" + "---|" * 12]
     for name, r in report["sets"].items():
         lines.append(
             f"| {name} | {r['mean_tokens']:.0f} | {r['forward_rows_per_s']:.2f} | {r['ce_step_rows_per_s']:.2f} | "
             f"{r['less_loop_rows_per_s']:.2f} | {r['embed_rows_per_s']:.2f} | {r['featurize_rows_per_s']:.2f} | "
             f"**{r['featurize_vs_ce_step']:.2f}x** | **{r['featurize_vs_less_loop']:.2f}x** | **{r['embed_vs_forward']:.2f}x** | "
-            f"{100 * r['projection_share']:.1f}% | {r['peak_rss_mb_after_featurize']:.0f} |")
+            f"{100 * r['projection_share']:.1f}% | {r['peak_rss_mb_after_featurize']:.0f} |"
+        )
     return "\n".join(lines)
 
 

@@ -87,14 +87,25 @@ class GenBench(Bench):
         trained = self.train(run)
         path = dom.test if split == "test" else dom.valid
         generate = split == "test"
-        definition = {"kind": "evaluate", "task": "generation", "split": split, "data": str(path), "model": self.s.model,
-                      "adapter": trained["adapter"], "train_finished": trained["finished"],
-                      "max_length": self.s.eval_max_length, "generate": generate,
-                      "max_new_tokens": self.s.max_new_tokens if generate else None}
-        return self.unit("eval", f"{run.key}__{split}", definition,
-                         lambda: self._evaluate_text(trained, path, run, split, generate))
+        definition = {
+            "kind": "evaluate",
+            "task": "generation",
+            "split": split,
+            "data": str(path),
+            "model": self.s.model,
+            "adapter": trained["adapter"],
+            "train_finished": trained["finished"],
+            "max_length": self.s.eval_max_length,
+            "generate": generate,
+            "max_new_tokens": self.s.max_new_tokens if generate else None,
+        }
+        return self.unit(
+            "eval", f"{run.key}__{split}", definition, lambda: self._evaluate_text(trained, path, run, split, generate)
+        )
 
-    def _evaluate_text(self, trained: dict[str, Any], path: Path, run: Run, split: str, generate: bool) -> dict[str, Any]:
+    def _evaluate_text(
+        self, trained: dict[str, Any], path: Path, run: Run, split: str, generate: bool
+    ) -> dict[str, Any]:
         from ntk_selector.analysis.evaluate import run_evaluate
         from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
         from ntk_selector.model.session import Session
@@ -104,14 +115,34 @@ class GenBench(Bench):
         if self._session is None:
             self._session = Session(model_cfg, LoraSettings(), RunConfig(quiet=True))
         out = self.cache / "eval" / f"{run.key}__{split}"
-        summary = run_evaluate(path, out, model_cfg, DataConfig(max_length=self.s.eval_max_length,
-                                                                token_budget=self.s.token_budget),
-                               RunConfig(quiet=True, overwrite=True), task="generation", generate=generate,
-                               max_new_tokens=self.s.max_new_tokens if generate else None, session=self._session)
+        summary = run_evaluate(
+            path,
+            out,
+            model_cfg,
+            DataConfig(max_length=self.s.eval_max_length, token_budget=self.s.token_budget),
+            RunConfig(quiet=True, overwrite=True),
+            task="generation",
+            generate=generate,
+            max_new_tokens=self.s.max_new_tokens if generate else None,
+            session=self._session,
+        )
         preds = read_jsonl(out / "predictions.jsonl")
-        keep = ("task", "n", "nll_per_token", "perplexity", "mean_row_nll_per_token", "response_tokens",
-                "truncated_prompts", "cut_responses", "seconds", "rouge_l", "chrf", "chrf_sentence_mean", "exact_match",
-                "max_new_tokens")
+        keep = (
+            "task",
+            "n",
+            "nll_per_token",
+            "perplexity",
+            "mean_row_nll_per_token",
+            "response_tokens",
+            "truncated_prompts",
+            "cut_responses",
+            "seconds",
+            "rouge_l",
+            "chrf",
+            "chrf_sentence_mean",
+            "exact_match",
+            "max_new_tokens",
+        )
         result = {k: summary[k] for k in keep if k in summary}
         # per row, for paired bootstrap intervals over test rows
         result["row_nll"] = [round(p["nll"], 5) for p in preds]
@@ -124,11 +155,14 @@ class GenBench(Bench):
 
     def chosen_lr(self, name: str) -> float:
         """Lowest domain-only NLL per response token on valid (ties: the smaller rate)."""
-        scored = [(round(self.evaluate(Run(name, "domain", 0, 0, lr), "valid")["nll_per_token"], 6), lr)
-                  for lr in self.s.lrs]
+        scored = [
+            (round(self.evaluate(Run(name, "domain", 0, 0, lr), "valid")["nll_per_token"], 6), lr) for lr in self.s.lrs
+        ]
         return min(scored)[1]
 
-    def main_runs(self, name: str, seeds: tuple[int, ...], lr: float, methods: tuple[str, ...] = METHODS) -> Iterator[Run]:
+    def main_runs(
+        self, name: str, seeds: tuple[int, ...], lr: float, methods: tuple[str, ...] = METHODS
+    ) -> Iterator[Run]:
         for seed in seeds:
             for m in methods:
                 if seed != self.s.seeds[0] and m not in SEEDED_METHODS:
@@ -144,11 +178,15 @@ class GenBench(Bench):
             if phase == "seed0":
                 for methods in SEED0_ORDER:
                     for name in self.domains:
-                        yield from ((r, ("test", "valid")) for r in self.main_runs(name, self.s.seeds[:1], lrs[name], methods))
+                        yield from (
+                            (r, ("test", "valid")) for r in self.main_runs(name, self.s.seeds[:1], lrs[name], methods)
+                        )
             elif phase == "seeds":
                 for name in self.domains:
-                    yield from ((r, ("test", "valid")) for r in self.main_runs(name, self.s.seeds[1:], lrs[name],
-                                                                               SEEDED_METHODS))
+                    yield from (
+                        (r, ("test", "valid"))
+                        for r in self.main_runs(name, self.s.seeds[1:], lrs[name], SEEDED_METHODS)
+                    )
             elif phase == "ncurve":
                 for factor in NCURVE_FACTORS:
                     for m in NCURVE_METHODS:
@@ -163,7 +201,9 @@ class GenBench(Bench):
         except Exception as e:  # a table bug must never stop the runs
             log(f"table failed: {type(e).__name__}: {e}")
         if commit:
-            git_commit([self.results], f"generative-domain benchmark: results so far ({count_units(self.results)} units)")
+            git_commit(
+                [self.results], f"generative-domain benchmark: results so far ({count_units(self.results)} units)"
+            )
 
 
 # ----------------------------------------------------------------------------- table
@@ -173,8 +213,9 @@ def pooled_nll(nll: np.ndarray, tokens: np.ndarray) -> float:
     return float(nll.sum() / tokens.sum())
 
 
-def paired_bootstrap_nll(a: list[dict[str, Any]], b: list[dict[str, Any]], reps: int = 2000,
-                         seed: int = 0) -> tuple[float, float, float] | None:
+def paired_bootstrap_nll(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float] | None:
     """NLL per token of arm a − arm b (each row's NLL averaged over the arm's seeds), pooled over test
     rows, with a 95% interval from resampling the rows (the same rows for both arms)."""
     if not a or not b:
@@ -189,8 +230,9 @@ def paired_bootstrap_nll(a: list[dict[str, Any]], b: list[dict[str, Any]], reps:
     return diff, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def arm_evals(evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, lr: float,
-              n_factor: int = 0) -> list[dict[str, Any]]:
+def arm_evals(
+    evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, lr: float, n_factor: int = 0
+) -> list[dict[str, Any]]:
     """The evaluations of one arm (every seed) at the chosen learning rate."""
     tail = f"_n{n_factor}" if n_factor else ""
     out = []
@@ -200,7 +242,9 @@ def arm_evals(evals: dict[str, dict[str, Any]], domain: str, method: str, split:
             continue
         if method == "domain" and head.startswith(f"{domain}_natural_domain_ft"):
             out.append(r)
-        elif head.startswith(f"{domain}_natural_{method}_sel") and (f"{tail}_ft" in head if tail else "_n" not in head.split("_sel")[1].split("_ft")[0]):
+        elif head.startswith(f"{domain}_natural_{method}_sel") and (
+            f"{tail}_ft" in head if tail else "_n" not in head.split("_sel")[1].split("_ft")[0]
+        ):
             out.append(r)
     return out
 
@@ -215,10 +259,14 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 def build_table(results: Path, s: Settings) -> str:
     evals = load(results, "eval")
     domains = sorted({k.split("_natural_")[0] for k in evals if "_natural_" in k})
-    lines = ["# Generative domains: results so far", "",
-             "Test NLL per response token (primary, lower is better), ROUGE-L ×100, chrF, exact match %; "
-             "mean ± std over seeds (n = seeds). Δ: ntk − arm in NLL per token with a paired bootstrap 95% interval "
-             "over test rows (negative: ntk better).", ""]
+    lines = [
+        "# Generative domains: results so far",
+        "",
+        "Test NLL per response token (primary, lower is better), ROUGE-L ×100, chrF, exact match %; "
+        "mean ± std over seeds (n = seeds). Δ: ntk − arm in NLL per token with a paired bootstrap 95% interval "
+        "over test rows (negative: ntk better).",
+        "",
+    ]
     for name in domains:
         lr_scores = {lr: evals.get(f"{name}_natural_domain_ft0_lr{lr:g}_token__valid") for lr in s.lrs}
         done = {lr: r["nll_per_token"] for lr, r in lr_scores.items() if r}
@@ -226,8 +274,12 @@ def build_table(results: Path, s: Settings) -> str:
             lines += [f"## {name}", "", f"learning rate not chosen yet (valid NLL so far: {done})", ""]
             continue
         lr = min((round(v, 6), k) for k, v in done.items())[1]
-        lines += [f"## {name} (lr {lr:g}, chosen on valid: " + ", ".join(f"{k:g} → {v:.4f}" for k, v in done.items()) + ")",
-                  "", "| arm | n | NLL/token | ROUGE-L | chrF | exact | Δ NLL ntk − arm (95% CI) |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {name} (lr {lr:g}, chosen on valid: " + ", ".join(f"{k:g} → {v:.4f}" for k, v in done.items()) + ")",
+            "",
+            "| arm | n | NLL/token | ROUGE-L | chrF | exact | Δ NLL ntk − arm (95% CI) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         ntk = arm_evals(evals, name, "ntk", "test", lr)
         for method in METHODS:
             arm = arm_evals(evals, name, method, "test", lr)
@@ -236,16 +288,20 @@ def build_table(results: Path, s: Settings) -> str:
                 continue
             delta = "" if method == "ntk" else paired_bootstrap_nll(ntk, arm)
             dtext = "–" if not delta else f"{delta[0]:+.4f} ({delta[1]:+.4f} to {delta[2]:+.4f})"
-            lines.append(f"| {method} | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
-                         f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | {fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
-                         f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | {dtext} |")
+            lines.append(
+                f"| {method} | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
+                f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | {fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
+                f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | {dtext} |"
+            )
         for factor in NCURVE_FACTORS:
             for method in NCURVE_METHODS:
                 arm = arm_evals(evals, name, method, "test", lr, factor)
                 if arm:
-                    lines.append(f"| {method}, N = {factor}·|D| | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
-                                 f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | {fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
-                                 f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | |")
+                    lines.append(
+                        f"| {method}, N = {factor}·|D| | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
+                        f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | {fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
+                        f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | |"
+                    )
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -255,8 +311,11 @@ def build_table(results: Path, s: Settings) -> str:
 
 def domains_from_data(data: Path, names: list[str] | None) -> dict[str, Domain]:
     folder = data / "generative"
-    found = {p.name: Domain(p.name, p / "domain.jsonl", p / "valid.jsonl", p / "test.jsonl", data / "pool.jsonl")
-             for p in sorted(folder.iterdir()) if (p / "domain.jsonl").exists()}
+    found = {
+        p.name: Domain(p.name, p / "domain.jsonl", p / "valid.jsonl", p / "test.jsonl", data / "pool.jsonl")
+        for p in sorted(folder.iterdir())
+        if (p / "domain.jsonl").exists()
+    }
     return {n: found[n] for n in (names or sorted(found)) if n in found}
 
 
@@ -289,8 +348,11 @@ def estimate_hours(bench: GenBench, rate_train: float, rate_fwd: float, gen_rate
         add("seed0", sel + 5 * arm + ft(d.sum()) + evals)
         add("seeds", 2 * (3 * arm + ft(d.sum()) + evals))
         if name == next(iter(bench.domains)):
-            add("ncurve", sum(2 * (ft(d.sum() + f * len(d) * pool.mean()) + evals) for f in NCURVE_FACTORS)
-                + 20 * len(d) * 4 * pool.mean() / rate_train)
+            add(
+                "ncurve",
+                sum(2 * (ft(d.sum() + f * len(d) * pool.mean()) + evals) for f in NCURVE_FACTORS)
+                + 20 * len(d) * 4 * pool.mean() / rate_train,
+            )
         add("index", arm + (pool.sum() / rate_train if "index" not in hours else 0))
     hours["total"] = sum(hours.values())
     return hours
@@ -312,8 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "generative_domains"))
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache" / "generative_domains"))
-    ap.add_argument("--phases", nargs="+", default=["seed0", "seeds", "ncurve", "index"],
-                    choices=["seed0", "seeds", "ncurve", "index"])
+    ap.add_argument(
+        "--phases",
+        nargs="+",
+        default=["seed0", "seeds", "ncurve", "index"],
+        choices=["seed0", "seeds", "ncurve", "index"],
+    )
     ap.add_argument("--commit-every", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=[], choices=METHODS + (INDEX_METHOD,))
     ap.add_argument("--select-only", action="store_true")
@@ -324,17 +390,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-forward", type=float, default=575.0, help="tokens/s of a forward pass (estimate)")
     ap.add_argument("--rate-generate", type=float, default=60.0, help="generated tokens/s, batched greedy (estimate)")
     args = ap.parse_args(argv)
-    s = GenSettings(model=args.model, seeds=tuple(args.seeds), lrs=tuple(args.lrs), epochs=args.epochs,
-                    max_length=args.max_length, eval_max_length=args.max_length, proj_dim=args.proj_dim, rank=args.rank,
-                    n_factor=args.n_factor, max_new_tokens=args.max_new_tokens)
+    s = GenSettings(
+        model=args.model,
+        seeds=tuple(args.seeds),
+        lrs=tuple(args.lrs),
+        epochs=args.epochs,
+        max_length=args.max_length,
+        eval_max_length=args.max_length,
+        proj_dim=args.proj_dim,
+        rank=args.rank,
+        n_factor=args.n_factor,
+        max_new_tokens=args.max_new_tokens,
+    )
     results, cache = Path(args.results), Path(args.cache)
     if args.only_table:
         results.mkdir(parents=True, exist_ok=True)
         (results / "table.md").write_text(build_table(results, s))
         print((results / "table.md").read_text())
         return 0
-    bench = GenBench(s, domains_from_data(Path(args.data), args.domains), results, cache, args.commit_every,
-                     tuple(args.methods), select_only=args.select_only, ranks=args.ranks)
+    bench = GenBench(
+        s,
+        domains_from_data(Path(args.data), args.domains),
+        results,
+        cache,
+        args.commit_every,
+        tuple(args.methods),
+        select_only=args.select_only,
+        ranks=args.ranks,
+    )
     exit_cleanly_on_sigterm()
     hours = estimate_hours(bench, args.rate_train, args.rate_forward, args.rate_generate)
     log("estimate (hours at the given rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))

@@ -51,7 +51,9 @@ def read_scores(run: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def selected(run: Path) -> list[int]:
-    return [json.loads(line)["pool_index"] for line in (run / "selected.jsonl").read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)["pool_index"] for line in (run / "selected.jsonl").read_text().splitlines() if line.strip()
+    ]
 
 
 def flags_for_embed(extra: list[str]) -> list[str]:
@@ -68,8 +70,18 @@ def flags_for_embed(extra: list[str]) -> list[str]:
     return kept
 
 
-def coarse_recall(index_dir: Path, pool: Path, domain: Path, option: str, n: int, paper_top: set[int], work: Path,
-                  model_args: list[str], extra: list[str], pool_work: Path | None = None) -> float:
+def coarse_recall(
+    index_dir: Path,
+    pool: Path,
+    domain: Path,
+    option: str,
+    n: int,
+    paper_top: set[int],
+    work: Path,
+    model_args: list[str],
+    extra: list[str],
+    pool_work: Path | None = None,
+) -> float:
     """Recall of the paper's top N within the M rows one coarse option pre-selects. The embedding
     stores go under ``work`` (the pool's under ``pool_work`` when given, to share it between domains)."""
     embedder, _, length = option.partition(":")
@@ -78,7 +90,19 @@ def coarse_recall(index_dir: Path, pool: Path, domain: Path, option: str, n: int
     for name, data in (("pool", pool), ("domain", domain)):
         folder = pool_work if name == "pool" and pool_work else work
         stores[name] = folder / f"coarse_{option.replace(':', '_')}_{name}_{data.stem}"
-        cli(["embed", "--data", str(data), "--out", str(stores[name]), *model_args, *flags, "--quiet", *flags_for_embed(extra)])
+        cli(
+            [
+                "embed",
+                "--data",
+                str(data),
+                "--out",
+                str(stores[name]),
+                *model_args,
+                *flags,
+                "--quiet",
+                *flags_for_embed(extra),
+            ]
+        )
     d_emb, d_status, _ = open_store(stores["domain"])
     p_emb, p_status, _ = open_store(stores["pool"])
     index = open_pool_index(index_dir)
@@ -97,8 +121,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
     if result_file.exists():  # resume: finished parts are kept, with their seconds as measured then
         result = json.loads(result_file.read_text())
     if "index_seconds" not in result:
-        result["index_seconds"] = timed(["index", "--pool", str(args.pool), "--out", str(index_dir), *model_args, "--quiet",
-                                         *extra])
+        result["index_seconds"] = timed(
+            ["index", "--pool", str(args.pool), "--out", str(index_dir), *model_args, "--quiet", *extra]
+        )
         result_file.write_text(json.dumps(result, indent=2))
     index = open_pool_index(index_dir)
     for domain in args.domain:
@@ -115,9 +140,12 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
             run_dir = out / name / f"index_{mode}"
             seconds = timed(["select", "--index", str(index_dir), "--index-mode", mode, "--out", str(run_dir), *common])
             mode_pre, mode_scores = read_scores(run_dir)
-            res[mode] = {"seconds": seconds, "top_n_overlap": len(set(paper_top) & set(selected(run_dir))) / args.n,
-                         "recall_in_preselected": float(mode_pre[paper_top].mean()),
-                         "preselected_overlap": float((mode_pre & paper_pre).sum() / max(1, paper_pre.sum()))}
+            res[mode] = {
+                "seconds": seconds,
+                "top_n_overlap": len(set(paper_top) & set(selected(run_dir))) / args.n,
+                "recall_in_preselected": float(mode_pre[paper_top].mean()),
+                "preselected_overlap": float((mode_pre & paper_pre).sum() / max(1, paper_pre.sum())),
+            }
             if mode == "features":
                 d_feat, d_status, _ = open_store(run_dir / "stages" / "index_features_domain")
                 index_scores = score_in_index(index, d_feat, d_status, cand, ScoreConfig())
@@ -125,10 +153,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
                 res[mode]["spearman_on_paper_candidates"] = spearman(paper_scores[cand][ok], index_scores[ok])
             else:
                 both = np.isfinite(paper_scores) & np.isfinite(mode_scores)
-                res[mode]["spearman_on_common_candidates"] = spearman(paper_scores[both], mode_scores[both]) \
-                    if both.sum() > 2 else None
-        res["coarse_recall"] = {opt: coarse_recall(index_dir, args.pool, domain, opt, args.n, set(paper_top), out / name,
-                                                   model_args, extra) for opt in args.coarse}
+                res[mode]["spearman_on_common_candidates"] = (
+                    spearman(paper_scores[both], mode_scores[both]) if both.sum() > 2 else None
+                )
+        res["coarse_recall"] = {
+            opt: coarse_recall(index_dir, args.pool, domain, opt, args.n, set(paper_top), out / name, model_args, extra)
+            for opt in args.coarse
+        }
         result["domains"][name] = res
         result_file.write_text(json.dumps(result, indent=2))
     for mode in args.modes:
@@ -143,7 +174,9 @@ def print_tables(result: dict, modes: list[str]) -> None:
     print("| domain | paper s | " + " | ".join(f"{m} s | {m} top-N overlap | {m} recall in M" for m in modes) + " |")
     print("|---|---|" + "---|---|---|" * len(modes))
     for name, r in result["domains"].items():
-        cells = [f"{r[m]['seconds']:.1f} | {r[m]['top_n_overlap']:.3f} | {r[m]['recall_in_preselected']:.3f}" for m in modes]
+        cells = [
+            f"{r[m]['seconds']:.1f} | {r[m]['top_n_overlap']:.3f} | {r[m]['recall_in_preselected']:.3f}" for m in modes
+        ]
         print(f"| {name} | {r['paper_seconds']:.1f} | " + " | ".join(cells) + " |")
     for m in modes:
         print(f"break-even ({m}): {result[f'break_even_domains_{m}']} domains")

@@ -42,19 +42,35 @@ def build_index(path: Path, rows: int, dim: int, emb_dim: int, store_dtype: str,
 
     centers = np.random.default_rng(0).normal(size=(200, emb_dim)).astype(np.float32)
     definition = {"synthetic": True, "rows": rows}
-    with PairStore(RowStore(path / EMBEDDINGS, rows, emb_dim, "float32", definition, overwrite=True),
-                   RowStore(path / FEATURES, rows, dim, store_dtype, definition, overwrite=True)) as store:
+    with PairStore(
+        RowStore(path / EMBEDDINGS, rows, emb_dim, "float32", definition, overwrite=True),
+        RowStore(path / FEATURES, rows, dim, store_dtype, definition, overwrite=True),
+    ) as store:
         for start in range(0, rows, block):
             count = min(block, rows - start)
             rng = np.random.default_rng([1, start])
-            emb = centers[rng.integers(0, len(centers), count)] + 0.5 * rng.standard_normal((count, emb_dim), dtype=np.float32)
+            emb = centers[rng.integers(0, len(centers), count)] + 0.5 * rng.standard_normal(
+                (count, emb_dim), dtype=np.float32
+            )
             feat = rng.standard_normal((count, dim), dtype=np.float32)
             store.write(np.arange(start, start + count), np.concatenate([feat, emb], 1))
         assert store.finish()
-    write_json_atomic(path / INDEX_META, {"format": 1, "pool": "synthetic", "pool_fingerprint": "synthetic", "rows": rows,
-                                          "embedder": "model", "embed_max_length": 0, "complete": True,
-                                          "definitions": {EMBEDDINGS: {**definition, "model": "synthetic"},
-                                                          FEATURES: {**definition, "model": "synthetic"}}})
+    write_json_atomic(
+        path / INDEX_META,
+        {
+            "format": 1,
+            "pool": "synthetic",
+            "pool_fingerprint": "synthetic",
+            "rows": rows,
+            "embedder": "model",
+            "embed_max_length": 0,
+            "complete": True,
+            "definitions": {
+                EMBEDDINGS: {**definition, "model": "synthetic"},
+                FEATURES: {**definition, "model": "synthetic"},
+            },
+        },
+    )
 
 
 def domain_arrays(domain: int, dim: int, emb_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,16 +97,42 @@ def query(path: Path, domain: int, n: int, knn_search: str = "auto", block_mb: i
     scores = score_in_index(index, feat, ok, pre.order, ScoreConfig(score_block_mb=block_mb))
     chosen = pre.order[top_n(scores, n)]
     t2 = time.perf_counter()
-    return {"preselect_s": t1 - t0, "score_s": t2 - t1, "candidates": int(len(pre.order)), "selected": int(len(chosen)),
-            "top": chosen[:10].tolist()}
+    return {
+        "preselect_s": t1 - t0,
+        "score_s": t2 - t1,
+        "candidates": int(len(pre.order)),
+        "selected": int(len(chosen)),
+        "top": chosen[:10].tolist(),
+    }
 
 
 def run_step(step: str, args: argparse.Namespace) -> dict:
     """One step in a fresh interpreter (its own peak RSS)."""
-    cmd = [sys.executable, __file__, "--step", step, "--work", str(args.work), "--rows", str(args.rows), "--dim", str(args.dim),
-           "--emb-dim", str(args.emb_dim), "--domain", str(args.domain), "-n", str(args.n), "--store-dtype", args.store_dtype,
-           "--knn-search", args.knn_search]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    cmd = [
+        sys.executable,
+        __file__,
+        "--step",
+        step,
+        "--work",
+        str(args.work),
+        "--rows",
+        str(args.rows),
+        "--dim",
+        str(args.dim),
+        "--emb-dim",
+        str(args.emb_dim),
+        "--domain",
+        str(args.domain),
+        "-n",
+        str(args.n),
+        "--store-dtype",
+        args.store_dtype,
+        "--knn-search",
+        args.knn_search,
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}
+    )
     if out.returncode != 0:
         raise SystemExit(f"step {step} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -126,15 +168,26 @@ def main(argv: list[str] | None = None) -> dict | None:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
     bytes_per_row = args.dim * np.dtype(args.store_dtype).itemsize + 4 * args.emb_dim
-    result = {"rows": args.rows, "dim": args.dim, "emb_dim": args.emb_dim, "domain": args.domain, "n": args.n,
-              "store_dtype": args.store_dtype, "index_gb": args.rows * bytes_per_row / 1e9, "build": build, "query": q,
-              "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()}}
+    result = {
+        "rows": args.rows,
+        "dim": args.dim,
+        "emb_dim": args.emb_dim,
+        "domain": args.domain,
+        "n": args.n,
+        "store_dtype": args.store_dtype,
+        "index_gb": args.rows * bytes_per_row / 1e9,
+        "build": build,
+        "query": q,
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"| step | rows | seconds | peak RSS (MB) |\n|---|---|---|---|\n"
-          f"| build index ({result['index_gb']:.1f} GB) | {args.rows:,} | {build['seconds']:.1f} | {build['peak_rss_mb']:.0f} |\n"
-          f"| query: pre-select {q['candidates']:,} + score + top {args.n:,} | {args.rows:,} | "
-          f"{q['preselect_s']:.1f} + {q['score_s']:.1f} | {q['peak_rss_mb']:.0f} |")
+    print(
+        f"| step | rows | seconds | peak RSS (MB) |\n|---|---|---|---|\n"
+        f"| build index ({result['index_gb']:.1f} GB) | {args.rows:,} | {build['seconds']:.1f} | {build['peak_rss_mb']:.0f} |\n"
+        f"| query: pre-select {q['candidates']:,} + score + top {args.n:,} | {args.rows:,} | "
+        f"{q['preselect_s']:.1f} + {q['score_s']:.1f} | {q['peak_rss_mb']:.0f} |"
+    )
     return result
 
 

@@ -34,8 +34,22 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = ["--max-length", "384", "--approx-rows", "16", "--approx-outputs", "32", "--probe-rows", "16",
-            "--stability-points", "1", "--checks", "stability", "approximation", "--quiet"]
+SETTINGS = [
+    "--max-length",
+    "384",
+    "--approx-rows",
+    "16",
+    "--approx-outputs",
+    "32",
+    "--probe-rows",
+    "16",
+    "--stability-points",
+    "1",
+    "--checks",
+    "stability",
+    "approximation",
+    "--quiet",
+]
 
 
 def cut_answers(src: Path, dst: Path, words: int) -> Path:
@@ -50,11 +64,13 @@ def cut_answers(src: Path, dst: Path, words: int) -> Path:
 
 def runs(data: Path, work: Path) -> dict[str, Path]:
     long = data / "generative" / "pubmedqa_long" / "domain.jsonl"
-    return {"fpb": data / "fpb" / "domain.jsonl",
-            "pubmedqa_long_1word": cut_answers(long, work / "pubmedqa_long_1word.jsonl", 1),
-            "pubmedqa_long_15words": cut_answers(long, work / "pubmedqa_long_15words.jsonl", 15),
-            "samsum": data / "generative" / "samsum" / "domain.jsonl",
-            "pubmedqa_long": long}
+    return {
+        "fpb": data / "fpb" / "domain.jsonl",
+        "pubmedqa_long_1word": cut_answers(long, work / "pubmedqa_long_1word.jsonl", 1),
+        "pubmedqa_long_15words": cut_answers(long, work / "pubmedqa_long_15words.jsonl", 15),
+        "samsum": data / "generative" / "samsum" / "domain.jsonl",
+        "pubmedqa_long": long,
+    }
 
 
 def probe_response_tokens(domain: Path, out: Path) -> float:
@@ -88,27 +104,59 @@ def main(argv: list[str] | None = None) -> int:
         if result.exists():
             continue
         out = args.work / name
-        cmd = [*exe, "--domain", str(domain), "--pool", str(args.data / "pool.jsonl"), "--out", str(out), *SETTINGS,
-               "--overwrite"]
+        cmd = [
+            *exe,
+            "--domain",
+            str(domain),
+            "--pool",
+            str(args.data / "pool.jsonl"),
+            "--out",
+            str(out),
+            *SETTINGS,
+            "--overwrite",
+        ]
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         diag = json.loads((out / "diagnostics.json").read_text())
         a = diag["approximation"]
-        record = {"run": name, "command": " ".join(["ntk-selector", *cmd[3:]]), "seconds": round(time.perf_counter() - start),
-                  "date": time.strftime("%Y-%m-%d"), "domain_response_tokens": probe_response_tokens(domain, out),
-                  **{k: a[k] for k in ("rows", "domain_rows", "pool_rows", "outputs", "vocab", "cross_term_share",
-                                       "mean_output_cosine", "kernel_cosine", "spearman", "spearman_cosine",
-                                       "sampling_spearman")},
-                  "stability_final": diag.get("stability_final")}
+        record = {
+            "run": name,
+            "command": " ".join(["ntk-selector", *cmd[3:]]),
+            "seconds": round(time.perf_counter() - start),
+            "date": time.strftime("%Y-%m-%d"),
+            "domain_response_tokens": probe_response_tokens(domain, out),
+            **{
+                k: a[k]
+                for k in (
+                    "rows",
+                    "domain_rows",
+                    "pool_rows",
+                    "outputs",
+                    "vocab",
+                    "cross_term_share",
+                    "mean_output_cosine",
+                    "kernel_cosine",
+                    "spearman",
+                    "spearman_cosine",
+                    "sampling_spearman",
+                )
+            },
+            "stability_final": diag.get("stability_final"),
+        }
         result.write_text(json.dumps(record, indent=1) + "\n")
         print(f"{name}: {record}", flush=True)
-    lines = ["| run | response tokens (probe's D rows) | cross-term share | kernel cosine | Spearman (mean IP) | "
-             "Spearman (cosine) | sampling Spearman |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | response tokens (probe's D rows) | cross-term share | kernel cosine | Spearman (mean IP) | "
+        "Spearman (cosine) | sampling Spearman |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in sorted(args.results.glob("*.json"), key=lambda p: json.loads(p.read_text())["domain_response_tokens"]):
         r = json.loads(p.read_text())
         f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
-        lines.append(f"| {r['run']} | {r['domain_response_tokens']:.1f} | {f(r['cross_term_share'])} | "
-                     f"{f(r['kernel_cosine'])} | {f(r['spearman'])} | {f(r['spearman_cosine'])} | {f(r['sampling_spearman'])} |")
+        lines.append(
+            f"| {r['run']} | {r['domain_response_tokens']:.1f} | {f(r['cross_term_share'])} | "
+            f"{f(r['kernel_cosine'])} | {f(r['spearman'])} | {f(r['spearman_cosine'])} | {f(r['sampling_spearman'])} |"
+        )
     (args.results / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

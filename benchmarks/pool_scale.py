@@ -56,7 +56,12 @@ def build_data(work: Path, args: argparse.Namespace) -> None:
 
     def features(seed: int):
         def make(start: int, count: int) -> np.ndarray:
-            return np.random.default_rng([seed, start]).standard_normal((count, args.dim), dtype=np.float32).astype(np.float16)
+            return (
+                np.random.default_rng([seed, start])
+                .standard_normal((count, args.dim), dtype=np.float32)
+                .astype(np.float16)
+            )
+
         return make
 
     def embeddings(seed: int, centre_ids: np.ndarray):
@@ -64,6 +69,7 @@ def build_data(work: Path, args: argparse.Namespace) -> None:
             r = np.random.default_rng([seed, start])
             labels = r.choice(centre_ids, size=count)
             return centers[labels] + 0.7 * r.standard_normal((count, args.emb_dim), dtype=np.float32)
+
         return make
 
     specs = [
@@ -112,11 +118,21 @@ def measure(task: str, work: Path, args: argparse.Namespace) -> dict:
         if kind == "hnsw":  # its own exact reference over the same rows (not timed)
             exact = reverse_knn(d_emb, p_emb, m, k, pool_valid=valid, domain_valid=d_status == DONE, knn_search="flat")
             info["overlap_with_exact"] = round(len(np.intersect1d(exact.order, res.order)) / len(exact.order), 3)
-        return {"task": task, "seconds": round(seconds, 1), "peak_rss_mb": round(peak, 0),
-                "rss_after_imports_mb": round(base, 0), **info}
+        return {
+            "task": task,
+            "seconds": round(seconds, 1),
+            "peak_rss_mb": round(peak, 0),
+            "rss_after_imports_mb": round(base, 0),
+            **info,
+        }
     seconds = time.perf_counter() - start
-    return {"task": task, "seconds": round(seconds, 1), "peak_rss_mb": round(rss_mb(), 0), "rss_after_imports_mb": round(base, 0),
-            **info}
+    return {
+        "task": task,
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": round(rss_mb(), 0),
+        "rss_after_imports_mb": round(base, 0),
+        **info,
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -145,8 +161,26 @@ def main() -> None:
     build_data(work, args)
     results = []
     for task in args.tasks:
-        cmd = [sys.executable, __file__, "--measure", task, "--work", str(work), "--rows", str(args.rows), "--dim", str(args.dim),
-               "--emb-dim", str(args.emb_dim), "--domain", str(args.domain), "--n", str(args.n), "--hnsw-rows", str(args.hnsw_rows)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--measure",
+            task,
+            "--work",
+            str(work),
+            "--rows",
+            str(args.rows),
+            "--dim",
+            str(args.dim),
+            "--emb-dim",
+            str(args.emb_dim),
+            "--domain",
+            str(args.domain),
+            "--n",
+            str(args.n),
+            "--hnsw-rows",
+            str(args.hnsw_rows),
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  {results[-1]}", flush=True)
@@ -156,17 +190,23 @@ def main() -> None:
         if r["task"] == "preselect-ivf" and exact.exists():
             a, b = np.load(exact), np.load(work / f"order_{kind}.npy")
             r["overlap_with_exact"] = round(len(np.intersect1d(a, b)) / len(a), 3)
-    report = {"date": str(date.today()), "machine": f"{os.cpu_count()}-core CPU, no GPU ({platform.machine()}, {platform.system()})",
-              "command": "python benchmarks/pool_scale.py " + " ".join(sys.argv[1:]),
-              "settings": {k: getattr(args, k) for k in ("rows", "dim", "emb_dim", "domain", "n", "hnsw_rows")}, "results": results}
+    report = {
+        "date": str(date.today()),
+        "machine": f"{os.cpu_count()}-core CPU, no GPU ({platform.machine()}, {platform.system()})",
+        "command": "python benchmarks/pool_scale.py " + " ".join(sys.argv[1:]),
+        "settings": {k: getattr(args, k) for k in ("rows", "dim", "emb_dim", "domain", "n", "hnsw_rows")},
+        "results": results,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print()
     print("| task | pool rows | seconds | peak RSS (MB) | RSS after imports (MB) | overlap with exact |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
-        print(f"| {r['task']} | {r['rows']:,} | {r['seconds']} | {r['peak_rss_mb']:.0f} | {r['rss_after_imports_mb']:.0f} | "
-              f"{r.get('overlap_with_exact', '')} |")
+        print(
+            f"| {r['task']} | {r['rows']:,} | {r['seconds']} | {r['peak_rss_mb']:.0f} | {r['rss_after_imports_mb']:.0f} | "
+            f"{r.get('overlap_with_exact', '')} |"
+        )
     if not args.keep:
         shutil.rmtree(work)
 

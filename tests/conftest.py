@@ -49,8 +49,13 @@ def make_tokenizer(chat_template: bool = True):
     tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
     if chat_template:
         tok.chat_template = CHATML
     return tok
@@ -60,9 +65,19 @@ def make_model(vocab_size: int, seed: int = 0, tie: bool = False, layers: int = 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      tie_word_embeddings=tie, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(cfg)
     model.eval()
     return model
@@ -116,14 +131,18 @@ def lora_model(tok):
 
     model = make_model(len(tok))
     torch.manual_seed(1)
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
     peft_model = get_peft_model(model, cfg)
     peft_model.eval()
     return peft_model
 
 
-WORDS = ("good bad great awful fine poor nice terrible okay superb dull bright code python movie drug pain sleep "
-         "headline market debate vote chat hello answer question").split()
+WORDS = (
+    "good bad great awful fine poor nice terrible okay superb dull bright code python movie drug pain sleep "
+    "headline market debate vote chat hello answer question"
+).split()
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

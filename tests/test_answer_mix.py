@@ -7,8 +7,11 @@ def test_counts_per_label_and_warns_about_a_missing_common_label():
     domain = ["negative"] * 3 + ["Neutral"] * 3 + ["positive."] * 4
     selected = ["Positive", "positive", "negative", "a long free answer", "NEGATIVE!"]
     mix = answer_mix(domain, selected)
-    assert mix["labels"] == {"negative": {"domain": 3, "selected": 2}, "neutral": {"domain": 3, "selected": 0},
-                             "positive": {"domain": 4, "selected": 2}}
+    assert mix["labels"] == {
+        "negative": {"domain": 3, "selected": 2},
+        "neutral": {"domain": 3, "selected": 0},
+        "positive": {"domain": 4, "selected": 2},
+    }
     assert mix["selected_other"] == 1
     assert len(mix["warnings"]) == 1 and "'neutral'" in mix["warnings"][0] and "30%" in mix["warnings"][0]
     lines = format_answer_mix(mix)

@@ -43,9 +43,20 @@ def keep(domain):
 def test_keep_moves_slots_between_labels_and_leaves_other_answers_alone():
     shares = keep(["positive"] * 4 + ["negative"] * 2 + ["neutral"] * 2)  # 1/2, 1/4, 1/4
     assert shares == {"negative": Fraction(1, 4), "neutral": Fraction(1, 4), "positive": Fraction(1, 2)}
-    rows = [(0.90, "positive"), (0.80, "Positive."), (0.85, "a free answer"), (0.70, "positive"), (0.65, "negative"),
-            (0.60, "positive"), (0.50, "neutral"), (0.40, "neutral"), (0.30, "another answer"), (0.20, "negative"),
-            (0.75, "positive"), (0.10, "neutral")]
+    rows = [
+        (0.90, "positive"),
+        (0.80, "Positive."),
+        (0.85, "a free answer"),
+        (0.70, "positive"),
+        (0.65, "negative"),
+        (0.60, "positive"),
+        (0.50, "neutral"),
+        (0.40, "neutral"),
+        (0.30, "another answer"),
+        (0.20, "negative"),
+        (0.75, "positive"),
+        (0.10, "neutral"),
+    ]
     scores, answers = [s for s, _ in rows], [a for _, a in rows]
     # by score: 0 pos, 2 other, 1 pos, 10 pos, 3 pos, 4 neg | 5 pos, 6 neu, 7 neu, 8 other, 9 neg, 11 neu
     # plain top 6: m = 5 labelled rows (pos 4, neg 1, neu 0) and row 2 with another answer.
@@ -85,7 +96,10 @@ def test_largest_remainder_is_exact_and_sums_to_the_slots():
     assert largest_remainder({"x": Fraction(1, 10), "y": Fraction(9, 10)}, 4) == {"x": 0, "y": 4}  # .4 vs 3.6
     assert largest_remainder({"x": Fraction(1, 2), "y": Fraction(1, 2)}, 0) == {"x": 0, "y": 0}
     for slots in range(12):
-        assert sum(largest_remainder({"x": Fraction(2, 7), "y": Fraction(3, 7), "z": Fraction(2, 7)}, slots).values()) == slots
+        assert (
+            sum(largest_remainder({"x": Fraction(2, 7), "y": Fraction(3, 7), "z": Fraction(2, 7)}, slots).values())
+            == slots
+        )
 
 
 def test_a_label_with_too_few_candidates_gives_all_it_has_and_the_others_fill_its_place():
@@ -142,17 +156,20 @@ def test_target_file_shares_and_a_label_targeted_at_zero(tmp_path):
     assert sum(mix_target(str(path), domain, "d.jsonl").values()) == 1
 
 
-@pytest.mark.parametrize("content,needle", [
-    ('{"pos": 0.5, "maybe": 0.5}', "'maybe' is not one of the domain's labels (neg, pos)"),
-    ('{"pos": -0.5, "neg": 1.5}', "the share of 'pos' must be a non-negative number, got -0.5"),
-    ('{"pos": "half", "neg": 0.5}', "the share of 'pos' must be a non-negative number, got \"half\""),
-    ('{"pos": true, "neg": 0}', "must be a non-negative number, got true"),
-    ('{"pos": 0.5, "neg": 0.4}', "the shares sum to 0.9, not 1 (within 0.001)"),
-    ('{"pos": 0.5, "Pos.": 0.5}', "'pos' and 'Pos.' are the same label"),
-    ('[0.5, 0.5]', "must hold a JSON object of target shares per label"),
-    ('{}', "must hold a JSON object of target shares per label"),
-    ('{"pos": 0.5,', "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ('{"pos": 0.5, "maybe": 0.5}', "'maybe' is not one of the domain's labels (neg, pos)"),
+        ('{"pos": -0.5, "neg": 1.5}', "the share of 'pos' must be a non-negative number, got -0.5"),
+        ('{"pos": "half", "neg": 0.5}', "the share of 'pos' must be a non-negative number, got \"half\""),
+        ('{"pos": true, "neg": 0}', "must be a non-negative number, got true"),
+        ('{"pos": 0.5, "neg": 0.4}', "the shares sum to 0.9, not 1 (within 0.001)"),
+        ('{"pos": 0.5, "Pos.": 0.5}', "'pos' and 'Pos.' are the same label"),
+        ("[0.5, 0.5]", "must hold a JSON object of target shares per label"),
+        ("{}", "must hold a JSON object of target shares per label"),
+        ('{"pos": 0.5,', "is not valid JSON"),
+    ],
+)
 def test_bad_target_files_are_refused_naming_the_file(tmp_path, content, needle):
     path = tmp_path / "mix.json"
     path.write_text(content)
@@ -165,8 +182,11 @@ def test_bad_target_files_are_refused_naming_the_file(tmp_path, content, needle)
 
 def test_keep_needs_a_classification_domain():
     assert mix_target("off", [f"free answer {i}" for i in range(10)], "d.jsonl") is None
-    with pytest.raises(UserError, match=r"--answer-mix keep needs a classification domain, and d.jsonl is not one: "
-                                        r"10 distinct answers in 10 rows"):
+    with pytest.raises(
+        UserError,
+        match=r"--answer-mix keep needs a classification domain, and d.jsonl is not one: "
+        r"10 distinct answers in 10 rows",
+    ):
         keep([f"free answer {i}" for i in range(10)])
     with pytest.raises(UserError, match="needs a classification domain"):
         mix_target("mix.json", [str(i % 25) for i in range(100)], "d.jsonl")  # more than 20 labels
@@ -207,8 +227,23 @@ COMMON = ["--proj-dim", "32", "--quiet", "--rank", "4", "--batch-size", "4", "--
 
 
 def run_select(model, domain, pool, out, *extra):
-    return main(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(model),
-                 "-n", "10", *COMMON, *map(str, extra)])
+    return main(
+        [
+            "select",
+            "--domain",
+            str(domain),
+            "--pool",
+            str(pool),
+            "--out",
+            str(out),
+            "--model",
+            str(model),
+            "-n",
+            "10",
+            *COMMON,
+            *map(str, extra),
+        ]
+    )
 
 
 def read_outputs(out):
@@ -254,8 +289,9 @@ def check_constrained_pick(selected, ranking, run, pool_rows, n=10):
     return plain, picked
 
 
-@pytest.mark.parametrize("method,score_name", [("ntk", "ntk_score"), ("less", "less_max_cosine"),
-                                               ("embedding", "embedding_votes")])
+@pytest.mark.parametrize(
+    "method,score_name", [("ntk", "ntk_score"), ("less", "less_max_cosine"), ("embedding", "embedding_votes")]
+)
 def test_select_keep_end_to_end(tiny_model_dir, labelled_files, method, score_name):
     from ntk_selector.io.records import read_records
 
@@ -263,8 +299,12 @@ def test_select_keep_end_to_end(tiny_model_dir, labelled_files, method, score_na
     work = tmp / f"work_{method}"  # the plain and the constrained run share their stages
     plain_out, keep_out = tmp / f"{method}_plain", tmp / f"{method}_keep"
     assert run_select(tiny_model_dir, domain, pool, plain_out, "--method", method, "--work-dir", work) == 0
-    assert run_select(tiny_model_dir, domain, pool, keep_out, "--method", method, "--work-dir", work,
-                      "--answer-mix", "keep") == 0
+    assert (
+        run_select(
+            tiny_model_dir, domain, pool, keep_out, "--method", method, "--work-dir", work, "--answer-mix", "keep"
+        )
+        == 0
+    )
     plain_sel, _, plain_run = read_outputs(plain_out)
     selected, table, run = read_outputs(keep_out)
     assert "constraint" not in plain_run["answer_mix"]  # off: today's run.json
@@ -283,10 +323,12 @@ def test_select_keep_end_to_end(tiny_model_dir, labelled_files, method, score_na
     assert "<th>plain top N</th>" in page and "<td>neutral</td><td class='num'>4</td><td>33.3%</td>" in page
     lines = format_answer_mix(run["answer_mix"])
     c = run["answer_mix"]["constraint"]
-    assert lines[1] == (f"  --answer-mix keep: selected rows per label negative {c['before']['labels']['negative']}, neutral "
-                        f"{c['before']['labels']['neutral']}, positive {c['before']['labels']['positive']} (plain top N) -> "
-                        f"negative {c['quota']['negative']}, neutral {c['quota']['neutral']}, positive "
-                        f"{c['quota']['positive']}; {c['rows_replaced']} rows replaced")
+    assert lines[1] == (
+        f"  --answer-mix keep: selected rows per label negative {c['before']['labels']['negative']}, neutral "
+        f"{c['before']['labels']['neutral']}, positive {c['before']['labels']['positive']} (plain top N) -> "
+        f"negative {c['quota']['negative']}, neutral {c['quota']['neutral']}, positive "
+        f"{c['quota']['positive']}; {c['rows_replaced']} rows replaced"
+    )
     assert run["config"]["score"]["answer_mix"] == "keep"
 
 
@@ -340,13 +382,51 @@ def test_select_index_keep(tiny_model_dir, labelled_files):
 
     domain, pool, tmp = labelled_files
     index = tmp / "idx"
-    assert main(["index", "--pool", str(pool), "--out", str(index), "--model", str(tiny_model_dir), "--proj-dim", "32",
-                 "--rank", "4", "--max-batch-size", "8", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--pool",
+                str(pool),
+                "--out",
+                str(index),
+                "--model",
+                str(tiny_model_dir),
+                "--proj-dim",
+                "32",
+                "--rank",
+                "4",
+                "--max-batch-size",
+                "8",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     plain_out, keep_out = tmp / "idx_plain", tmp / "idx_keep"
-    assert main(["select", "--index", str(index), "--domain", str(domain), "-n", "10", "--out", str(plain_out),
-                 "--quiet"]) == 0
-    assert main(["select", "--index", str(index), "--domain", str(domain), "-n", "10", "--out", str(keep_out),
-                 "--quiet", "--answer-mix", "keep"]) == 0
+    assert (
+        main(["select", "--index", str(index), "--domain", str(domain), "-n", "10", "--out", str(plain_out), "--quiet"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "select",
+                "--index",
+                str(index),
+                "--domain",
+                str(domain),
+                "-n",
+                "10",
+                "--out",
+                str(keep_out),
+                "--quiet",
+                "--answer-mix",
+                "keep",
+            ]
+        )
+        == 0
+    )
     plain_sel, _, _ = read_outputs(plain_out)
     selected, table, run = read_outputs(keep_out)
     plain, _ = check_constrained_pick(selected, score_ranking(table, "ntk_score"), run, read_records(pool))
@@ -357,8 +437,21 @@ def test_api_select_takes_answer_mix(tiny_model_dir, labelled_files):
     from ntk_selector import select
 
     domain, pool, tmp = labelled_files
-    sel = select(domain, pool, 10, model=tiny_model_dir, out=tmp / "api", work_dir=str(tmp / "work_off"),
-                 answer_mix="keep", proj_dim=32, quiet=True, rank=4, batch_size=4, lr=1e-3, max_batch_size=8)
+    sel = select(
+        domain,
+        pool,
+        10,
+        model=tiny_model_dir,
+        out=tmp / "api",
+        work_dir=str(tmp / "work_off"),
+        answer_mix="keep",
+        proj_dim=32,
+        quiet=True,
+        rank=4,
+        batch_size=4,
+        lr=1e-3,
+        max_batch_size=8,
+    )
     cli = tmp / "cli_keep"
     assert run_select(tiny_model_dir, domain, pool, cli, "--work-dir", tmp / "work_off", "--answer-mix", "keep") == 0
     assert sel.indices.tolist() == [s["pool_index"] for s in read_outputs(cli)[0]]

@@ -23,19 +23,30 @@ def error_line(capsys, argv, rc=2):
     return err
 
 
-@pytest.mark.parametrize("name,content,needle", [
-    ("x.jsonl", b'{"prompt": "a", "response": "b"}\n{"prompt": "a", \n', "x.jsonl:2: malformed JSON"),
-    ("x.jsonl", b'{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n', "x.jsonl:3: missing field 'response'"),
-    ("x.jsonl", b'{"prompt": "a", "response": ["b"]}\n', "x.jsonl:1: field 'response' must be a string, got list"),
-    ("x.jsonl", b"", "x.jsonl: no records (empty file)"),
-    ("x.jsonl", b"\n  \n", "x.jsonl: no records (empty file)"),
-    ("x.jsonl", b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff", "response": "b"}\n', "x.jsonl:2: bytes that are not UTF-8"),
-    ("x.jsonl", b'{"messages": [{"role": "user", "content": "a"}]}\n', "x.jsonl:1: field 'messages' has no assistant turn"),
-    ("x.csv", b"prompt,response\na,b\nc,\xe9t\xe9\n", "x.csv:3: bytes that are not UTF-8"),
-    ("x.csv", b"prompt,answer\na,b\n", "x.csv:2: missing field 'response'"),
-    ("x.csv", b"prompt,response\na,b,c\n", "x.csv:2: more values than header columns"),
-    ("x.txt", b"hello\n", "unknown format '.txt'"),
-])
+@pytest.mark.parametrize(
+    "name,content,needle",
+    [
+        ("x.jsonl", b'{"prompt": "a", "response": "b"}\n{"prompt": "a", \n', "x.jsonl:2: malformed JSON"),
+        ("x.jsonl", b'{"prompt": "a", "response": "b"}\n\n{"prompt": "a"}\n', "x.jsonl:3: missing field 'response'"),
+        ("x.jsonl", b'{"prompt": "a", "response": ["b"]}\n', "x.jsonl:1: field 'response' must be a string, got list"),
+        ("x.jsonl", b"", "x.jsonl: no records (empty file)"),
+        ("x.jsonl", b"\n  \n", "x.jsonl: no records (empty file)"),
+        (
+            "x.jsonl",
+            b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff", "response": "b"}\n',
+            "x.jsonl:2: bytes that are not UTF-8",
+        ),
+        (
+            "x.jsonl",
+            b'{"messages": [{"role": "user", "content": "a"}]}\n',
+            "x.jsonl:1: field 'messages' has no assistant turn",
+        ),
+        ("x.csv", b"prompt,response\na,b\nc,\xe9t\xe9\n", "x.csv:3: bytes that are not UTF-8"),
+        ("x.csv", b"prompt,answer\na,b\n", "x.csv:2: missing field 'response'"),
+        ("x.csv", b"prompt,response\na,b,c\n", "x.csv:2: more values than header columns"),
+        ("x.txt", b"hello\n", "unknown format '.txt'"),
+    ],
+)
 def test_bad_records_one_line_with_file_line_and_field(tmp_path, capsys, name, content, needle):
     path = tmp_path / name
     path.write_bytes(content)
@@ -47,7 +58,9 @@ def test_missing_file_and_unknown_model(tmp_path, small_files, capsys):
     domain, _ = small_files
     err = error_line(capsys, ["featurize", "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "o"])
     assert "nope.jsonl: file not found" in err
-    err = error_line(capsys, ["featurize", "--data", domain, "--out", tmp_path / "o", "--model", tmp_path / "no-such-model"])
+    err = error_line(
+        capsys, ["featurize", "--data", domain, "--out", tmp_path / "o", "--model", tmp_path / "no-such-model"]
+    )
     assert "model path not found" in err and "no-such-model" in err
 
 
@@ -56,11 +69,27 @@ def test_adapter_that_does_not_fit_the_model(tiny_model_dir, small_files, tmp_pa
     from transformers import LlamaConfig, LlamaForCausalLM
 
     domain, _ = small_files
-    wide = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2))
+    wide = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=48,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     get_peft_model(wide, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(tmp_path / "wide")
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
     other.model.layers[0].self_attn.add_module("w_extra", __import__("torch").nn.Linear(32, 32))
     get_peft_model(other, LoraConfig(r=4, target_modules=["w_extra"])).save_pretrained(tmp_path / "foreign")
     base = ["featurize", "--data", domain, "--model", tiny_model_dir, "--proj-dim", "16"]
@@ -73,15 +102,43 @@ def test_adapter_that_does_not_fit_the_model(tiny_model_dir, small_files, tmp_pa
 
 def test_n_larger_than_the_pool(small_files, tmp_path, capsys):
     domain, pool = small_files
-    err = error_line(capsys, ["select", "--domain", domain, "--pool", pool, "--out", tmp_path / "o", "--n", "41",
-                              "--model", tmp_path / "unused"])
+    err = error_line(
+        capsys,
+        [
+            "select",
+            "--domain",
+            domain,
+            "--pool",
+            pool,
+            "--out",
+            tmp_path / "o",
+            "--n",
+            "41",
+            "--model",
+            tmp_path / "unused",
+        ],
+    )
     assert "--n 41 is larger than the pool (40 usable rows" in err
 
 
 def test_output_folder_holding_another_run(tiny_model_dir, small_files, tmp_path, capsys):
     domain, pool = small_files
-    args = ["select", "--domain", domain, "--pool", pool, "--out", tmp_path / "o", "--model", tiny_model_dir,
-            "--proj-dim", "16", "--rank", "4", "--quiet"]
+    args = [
+        "select",
+        "--domain",
+        domain,
+        "--pool",
+        pool,
+        "--out",
+        tmp_path / "o",
+        "--model",
+        tiny_model_dir,
+        "--proj-dim",
+        "16",
+        "--rank",
+        "4",
+        "--quiet",
+    ]
     assert main([str(a) for a in args + ["--n", "4"]]) == 0
     before = (tmp_path / "o" / "selected.jsonl").read_text()
     err = error_line(capsys, args + ["--n", "5"])
@@ -100,8 +157,10 @@ def test_output_folder_holding_another_run(tiny_model_dir, small_files, tmp_path
 def test_domain_without_response_tokens(tiny_model_dir, tmp_path, capsys):
     domain = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a b", "response": " "}, {"prompt": "c", "response": ""}])
     pool = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}", "response": "r"} for i in range(5)])
-    err = error_line(capsys, ["select", "--domain", domain, "--pool", pool, "--out", tmp_path / "o", "--n", "2",
-                              "--model", tiny_model_dir])
+    err = error_line(
+        capsys,
+        ["select", "--domain", domain, "--pool", pool, "--out", tmp_path / "o", "--n", "2", "--model", tiny_model_dir],
+    )
     assert "d.jsonl: no example has response tokens left" in err
 
 
@@ -117,8 +176,10 @@ def hygiene_files(tmp_path):
     # longer than --max-length: the prompt loses its middle, the response stays, the row stays usable
     rows += [{"prompt": "long " * 60 + str(i), "response": "cut", "kind": "long"} for i in range(2)]
     rows += [{**normal[i], "kind": "duplicate"} for i in (0, 1, 2)]
-    rows += [{"prompt": f"tell me: {TEST_TEXT}", "response": "sure", "kind": "contaminated"},
-             {"prompt": "story", "response": f"{TEST_TEXT.upper()} and then", "kind": "contaminated"}]
+    rows += [
+        {"prompt": f"tell me: {TEST_TEXT}", "response": "sure", "kind": "contaminated"},
+        {"prompt": "story", "response": f"{TEST_TEXT.upper()} and then", "kind": "contaminated"},
+    ]
     near_miss = " ".join(TEST_TEXT.split()[:12])
     rows += [{"prompt": f"{near_miss}.", "response": "no", "kind": "normal"}]  # 12 tokens + a changed 13th: clean
     order = list(range(len(rows)))
@@ -126,7 +187,9 @@ def hygiene_files(tmp_path):
     rows = [rows[i] for i in order]
     pool = write_jsonl(tmp_path / "pool.jsonl", rows)
     domain = write_jsonl(tmp_path / "dom.jsonl", [{"prompt": f"d{i} good", "response": "fine"} for i in range(6)])
-    test = write_jsonl(tmp_path / "test.jsonl", [{"question": f"{TEST_TEXT} today", "label": "yes"}, {"question": "hm"}])
+    test = write_jsonl(
+        tmp_path / "test.jsonl", [{"question": f"{TEST_TEXT} today", "label": "yes"}, {"question": "hm"}]
+    )
     return domain, pool, test, rows
 
 
@@ -144,8 +207,24 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
             later.add(i)
         first.setdefault(key(r), i)
     usable_deduped = (usable | dups) - later
-    common = ["select", "--domain", domain, "--pool", pool, "--model", tiny_model_dir, "--max-length", "96",
-              "--proj-dim", "16", "--rank", "4", "--quiet", "--decontaminate", test]
+    common = [
+        "select",
+        "--domain",
+        domain,
+        "--pool",
+        pool,
+        "--model",
+        tiny_model_dir,
+        "--max-length",
+        "96",
+        "--proj-dim",
+        "16",
+        "--rank",
+        "4",
+        "--quiet",
+        "--decontaminate",
+        test,
+    ]
     n = len(usable_deduped)
     assert main([str(a) for a in common + ["--out", tmp_path / "a", "--n", n, "--dedupe"]]) == 0
     run = json.loads((tmp_path / "a" / "run.json").read_text())
@@ -176,10 +255,19 @@ def test_ngram_filter_against_a_direct_check():
 
     grams = ngrams("a b c d e f", 3)
     assert grams == {"a b c", "b c d", "c d e", "d e f"}
-    convs = [Conversation([{"role": "user", "content": "x B C D y"}], "z"), Conversation([{"role": "user", "content": "b c"}], "x"),
-             Conversation([{"role": "user", "content": "q"}], "e f"), Conversation([{"role": "user", "content": "hi"}], "")]
+    convs = [
+        Conversation([{"role": "user", "content": "x B C D y"}], "z"),
+        Conversation([{"role": "user", "content": "b c"}], "x"),
+        Conversation([{"role": "user", "content": "q"}], "e f"),
+        Conversation([{"role": "user", "content": "hi"}], ""),
+    ]
     assert overlapping_rows(convs, grams, 3).tolist() == [True, False, False, False]
-    assert overlapping_rows(convs, ngrams("hi", 3), 3).tolist() == [False, False, False, True]  # short texts match whole
+    assert overlapping_rows(convs, ngrams("hi", 3), 3).tolist() == [
+        False,
+        False,
+        False,
+        True,
+    ]  # short texts match whole
 
 
 def test_no_traceback_in_a_real_process_and_debug_shows_it(tmp_path):
@@ -189,7 +277,9 @@ def test_no_traceback_in_a_real_process_and_debug_shows_it(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"ntk-selector: error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"ntk-selector: error: {bad}:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)"
+    ]
     proc = subprocess.run(cmd + ["--debug"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr and "DataError" in proc.stderr
 
@@ -213,8 +303,16 @@ def test_filtered_pool_rows_are_printed_and_counted(tiny_model_dir, tmp_path, ca
     err = error_line(capsys, common + ["--out", tmp_path / "b", "--n", 21])
     assert "--n 21 is larger than the pool (20 usable rows" in err and "copies of domain rows" in err
     # both flags restore the earlier behaviour: all 25 rows may be selected
-    assert main([str(a) for a in common + ["--out", tmp_path / "c", "--n", 25, "--keep-duplicates",
-                                           "--keep-domain-copies", "--quiet"]]) == 0
+    assert (
+        main(
+            [
+                str(a)
+                for a in common
+                + ["--out", tmp_path / "c", "--n", 25, "--keep-duplicates", "--keep-domain-copies", "--quiet"]
+            ]
+        )
+        == 0
+    )
     run = json.loads((tmp_path / "c" / "run.json").read_text())
     assert run["counts"]["pool_excluded"] == 0 and run["counts"]["selected"] == 25
     assert run["config"]["filters"] == {**run["config"]["filters"], "dedupe": False, "keep_domain_copies": True}

@@ -24,8 +24,13 @@ from ntk_selector.io.outputs import our_fields, user_record
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # no shrinking phase: a failure is reported as generated, so a failing run stays as fast as a passing one
-FAST = settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
-                phases=[Phase.explicit, Phase.reuse, Phase.generate])
+FAST = settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 
 
 def run(argv) -> tuple[int, str]:
@@ -47,12 +52,20 @@ def assert_clean_failure(rc: int, err: str) -> None:
 # ----------------------------------------------------------------------------- records
 
 any_text = st.text(alphabet=st.characters(), max_size=12)  # every code point, lone surrogates included
-json_value = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | any_text,
-                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
-                          max_leaves=6)
-extra_key = st.sampled_from(["pool_index", "ntk_score", "__line__", "ntk_selector", "_ntk_selector", "task", "id"]) | any_text
-record = st.builds(lambda p, r, extra: {**extra, "prompt": p, "response": r},
-                   any_text, any_text, st.dictionaries(extra_key, json_value, max_size=4))
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | any_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(any_text, inner, max_size=3),
+    max_leaves=6,
+)
+extra_key = (
+    st.sampled_from(["pool_index", "ntk_score", "__line__", "ntk_selector", "_ntk_selector", "task", "id"]) | any_text
+)
+record = st.builds(
+    lambda p, r, extra: {**extra, "prompt": p, "response": r},
+    any_text,
+    any_text,
+    st.dictionaries(extra_key, json_value, max_size=4),
+)
 
 
 @FAST
@@ -62,12 +75,30 @@ def test_any_records_come_out_as_they_went_in(pool, n, tiny_model_dir, tmp_path_
     domain = write_jsonl(tmp / "domain.jsonl", synthetic_rows(4, 1))
     pool_path = tmp / "pool.jsonl"
     pool_path.write_text("".join(json.dumps(r) + "\n" for r in pool), encoding="utf-8")
-    rc, err = run(["select", "--domain", domain, "--pool", pool_path, "--out", tmp / "o", "--n", n,
-                   "--model", tiny_model_dir, "--method", "random", "--quiet"])
+    rc, err = run(
+        [
+            "select",
+            "--domain",
+            domain,
+            "--pool",
+            pool_path,
+            "--out",
+            tmp / "o",
+            "--n",
+            n,
+            "--model",
+            tiny_model_dir,
+            "--method",
+            "random",
+            "--quiet",
+        ]
+    )
     if rc != 0:
         assert_clean_failure(rc, err)
         return
-    lines = [json.loads(line) for line in (tmp / "o" / "selected.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    lines = [
+        json.loads(line) for line in (tmp / "o" / "selected.jsonl").read_text(encoding="utf-8").split("\n") if line
+    ]
     assert len(lines) == n
     indices = [our_fields(obj)["pool_index"] for obj in lines]
     assert len(set(indices)) == n
@@ -78,17 +109,33 @@ def test_any_records_come_out_as_they_went_in(pool, n, tiny_model_dir, tmp_path_
 # ----------------------------------------------------------------------------- settings
 
 SMALL_INT = st.integers(-3, 40)
-anything = (SMALL_INT | st.floats(-2, 50, allow_nan=False) | st.text(max_size=8) | st.booleans() | st.none()
-            | st.lists(SMALL_INT, max_size=2) | st.sampled_from(["1e-4", "4", "false", "true", "float16", "ce", "q_proj"]))
+anything = (
+    SMALL_INT
+    | st.floats(-2, 50, allow_nan=False)
+    | st.text(max_size=8)
+    | st.booleans()
+    | st.none()
+    | st.lists(SMALL_INT, max_size=2)
+    | st.sampled_from(["1e-4", "4", "false", "true", "float16", "ce", "q_proj"])
+)
 # values a user may mean (as YAML or flag text too); every combination of them must run
 VALID = {
-    "max_length": st.integers(8, 64) | st.just("32"), "token_budget": st.integers(64, 512), "max_batch_size": st.integers(1, 8),
-    "rank": st.integers(1, 8) | st.just("4"), "lora_alpha": st.floats(0.5, 32) | st.just("1e1"),
-    "lora_dropout": st.floats(0, 0.5), "target_modules": st.sampled_from(["q_proj", ["q_proj", "v_proj"], "o_proj"]),
-    "seed": st.integers(0, 100), "proj_dim": st.sampled_from([0, 8, 16, "24"]),
-    "objective": st.sampled_from(["ntk", "ntk-all", "ntk-content", "ce"]), "logits": st.sampled_from(["auto", "full"]),
-    "store_dtype": st.sampled_from(["float32", "float16"]), "prompt_field": st.just("prompt"),
-    "overwrite": st.booleans(), "checkpoint_every": st.integers(0, 10), "quiet": st.booleans(),
+    "max_length": st.integers(8, 64) | st.just("32"),
+    "token_budget": st.integers(64, 512),
+    "max_batch_size": st.integers(1, 8),
+    "rank": st.integers(1, 8) | st.just("4"),
+    "lora_alpha": st.floats(0.5, 32) | st.just("1e1"),
+    "lora_dropout": st.floats(0, 0.5),
+    "target_modules": st.sampled_from(["q_proj", ["q_proj", "v_proj"], "o_proj"]),
+    "seed": st.integers(0, 100),
+    "proj_dim": st.sampled_from([0, 8, 16, "24"]),
+    "objective": st.sampled_from(["ntk", "ntk-all", "ntk-content", "ce"]),
+    "logits": st.sampled_from(["auto", "full"]),
+    "store_dtype": st.sampled_from(["float32", "float16"]),
+    "prompt_field": st.just("prompt"),
+    "overwrite": st.booleans(),
+    "checkpoint_every": st.integers(0, 10),
+    "quiet": st.booleans(),
     "no_chat_template": st.booleans(),
 }
 SETTINGS = sorted(VALID)

@@ -158,8 +158,11 @@ def test_rewriting_a_selection_refuses_a_changed_pool(real_domains):
     pool = [{"prompt": f"q{i}", "response": "yes" if i % 2 else "no", "task": f"t{i % 3}"} for i in range(9)]
     chosen = [4, 0, 7]
     rows = [pool[i] for i in chosen]
-    sel = {"pool_index": chosen, "selected_sha256": mod.rows_fingerprint(rows),
-           "tasks": mod.counts([r["task"] for r in rows])}
+    sel = {
+        "pool_index": chosen,
+        "selected_sha256": mod.rows_fingerprint(rows),
+        "tasks": mod.counts([r["task"] for r in rows]),
+    }
     mod.check_same_rows(sel, rows, "same pool")  # passes
     edited = [dict(rows[0], response="maybe"), *rows[1:]]  # same tasks, another answer: only the fingerprint sees it
     with pytest.raises(RuntimeError, match="not the ones it selected"):
@@ -169,5 +172,7 @@ def test_rewriting_a_selection_refuses_a_changed_pool(real_domains):
     # a selection recorded before the fingerprint existed is checked by its task counts
     old = {k: v for k, v in sel.items() if k != "selected_sha256"}
     mod.check_same_rows(old, edited, "old selection, same tasks")
-    with pytest.raises(RuntimeError, match="old selection, other tasks: the pool rows at this selection.s indices are not"):
+    with pytest.raises(
+        RuntimeError, match="old selection, other tasks: the pool rows at this selection.s indices are not"
+    ):
         mod.check_same_rows(old, [pool[2], *rows[1:]], "old selection, other tasks")

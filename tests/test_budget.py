@@ -151,7 +151,10 @@ def test_out_of_memory_halves_the_budget_and_retries_the_batch(monkeypatch, caps
     assert b.value == 60 and b.planned == 240  # 240 -> 120 -> 60; the plan keeps the budget it started with
     assert chosen == {"featurize domain": 240, "featurize domain (after out-of-memory)": 60}
     err = capsys.readouterr().err
-    assert "token budget for featurize domain: 120 padded tokens a batch (halved after running out of device memory)" in err
+    assert (
+        "token budget for featurize domain: 120 padded tokens a batch (halved after running out of device memory)"
+        in err
+    )
     # later batches are cut to the lowered budget before they run (no second failure)
     seen.clear()
     b.run(members, lengths, fn)
@@ -169,12 +172,25 @@ def test_a_row_that_does_not_fit_alone_is_a_clear_error(monkeypatch):
 
 
 def featurize_args(model, data, out, *extra):
-    return ["featurize", "--data", str(data), "--out", str(out), "--model", str(model), "--proj-dim", "32",
-            "--max-batch-size", "64", *extra]
+    return [
+        "featurize",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--proj-dim",
+        "32",
+        "--max-batch-size",
+        "64",
+        *extra,
+    ]
 
 
 def test_store_features_do_not_depend_on_the_budget_its_back_off_or_a_resume_with_another(
-        tiny_model_dir, tmp_path, monkeypatch, capsys):
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+):
     """One store computed with a large budget, one with many small batches, one on a faked GPU whose
     batches over 300 padded tokens run out of memory, and one resumed with another budget: the
     same features, and no refusal (the budget is not part of a store's definition)."""
@@ -227,15 +243,69 @@ def test_store_features_do_not_depend_on_the_budget_its_back_off_or_a_resume_wit
 def test_run_json_keeps_each_stages_budget(tiny_model_dir, small_files, tmp_path):
     domain, pool = small_files
     out = tmp_path / "sel"
-    assert main(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(tiny_model_dir),
-                 "--n", "4", "--proj-dim", "32", "--quiet", "--lora-rank", "4", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--domain",
+                str(domain),
+                "--pool",
+                str(pool),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--n",
+                "4",
+                "--proj-dim",
+                "32",
+                "--quiet",
+                "--lora-rank",
+                "4",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out / "run.json").read_text())["token_budget"]
-    assert record == {"setting": "auto", "stages": {"embed domain": CPU_BUDGET, "embed pool": CPU_BUDGET,
-                                                    "featurize domain": CPU_BUDGET, "featurize pool": CPU_BUDGET}}
+    assert record == {
+        "setting": "auto",
+        "stages": {
+            "embed domain": CPU_BUDGET,
+            "embed pool": CPU_BUDGET,
+            "featurize domain": CPU_BUDGET,
+            "featurize pool": CPU_BUDGET,
+        },
+    }
     out2 = tmp_path / "sel2"
-    assert main(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out2), "--model", str(tiny_model_dir),
-                 "--n", "4", "--proj-dim", "32", "--quiet", "--lora-rank", "4", "--batch-size", "4",
-                 "--token-budget", "300"]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--domain",
+                str(domain),
+                "--pool",
+                str(pool),
+                "--out",
+                str(out2),
+                "--model",
+                str(tiny_model_dir),
+                "--n",
+                "4",
+                "--proj-dim",
+                "32",
+                "--quiet",
+                "--lora-rank",
+                "4",
+                "--batch-size",
+                "4",
+                "--token-budget",
+                "300",
+            ]
+        )
+        == 0
+    )
     record = json.loads((out2 / "run.json").read_text())["token_budget"]
     assert record["setting"] == 300 and set(record["stages"].values()) == {300}
 
@@ -271,8 +341,10 @@ def test_each_row_is_tokenized_once_a_stage(tiny_model_dir, tmp_path, monkeypatc
 
     runs = {
         "warmup": (["warmup", "--domain", str(domain), "--out", str(tmp_path / "w"), "--batch-size", "4"], d_rows),
-        "train": (["train", "--data", str(domain), "--data", str(pool), "--out", str(tmp_path / "t"), "--batch-size", "8"],
-                  d_rows + p_rows),
+        "train": (
+            ["train", "--data", str(domain), "--data", str(pool), "--out", str(tmp_path / "t"), "--batch-size", "8"],
+            d_rows + p_rows,
+        ),
         "embed": (["embed", "--data", str(pool), "--out", str(tmp_path / "e")], p_rows),
         "featurize": (["featurize", "--data", str(pool), "--out", str(tmp_path / "f"), "--proj-dim", "32"], p_rows),
     }
@@ -283,8 +355,27 @@ def test_each_row_is_tokenized_once_a_stage(tiny_model_dir, tmp_path, monkeypatc
 
     seen.clear()
     out = tmp_path / "sel"
-    assert main(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--n", "3",
-                 "--proj-dim", "32", "--batch-size", "4", *common]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--domain",
+                str(domain),
+                "--pool",
+                str(pool),
+                "--out",
+                str(out),
+                "--n",
+                "3",
+                "--proj-dim",
+                "32",
+                "--batch-size",
+                "4",
+                *common,
+            ]
+        )
+        == 0
+    )
     with open(out / "scores.csv") as fh:
         pre = [row["preselected"] in ("1", "True", "true") for row in csv.DictReader(fh)]
     assert sum(pre) == 12
@@ -301,8 +392,12 @@ def test_evaluate_backs_off_on_out_of_memory_with_the_same_scores(lora_model, to
     from ntk_selector.io.formats import Conversation
 
     rng = random.Random(0)
-    convs = [Conversation([{"role": "user", "content": " ".join(rng.choice("abc def ghij k".split()) for _ in range(n))}], "x")
-             for n in (1, 4, 9, 17, 2, 30, 6, 3)]
+    convs = [
+        Conversation(
+            [{"role": "user", "content": " ".join(rng.choice("abc def ghij k".split()) for _ in range(n))}], "x"
+        )
+        for n in (1, 4, 9, 17, 2, 30, 6, 3)
+    ]
     cfg = DataConfig(max_length=4096, token_budget=4096, max_batch_size=8)
     prompts, label_ids, _ = prompt_and_label_ids(convs, ["yes", "no"], tok, cfg)
     want = label_log_likelihoods(lora_model, prompts, label_ids, tok.pad_token_id, cfg)

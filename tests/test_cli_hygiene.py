@@ -25,13 +25,24 @@ def test_version(capsys):
     assert capsys.readouterr().out.strip() == f"ntk-selector {__version__}"
 
 
-@pytest.mark.parametrize("command, absent, present", [
-    ("train", ("--work-dir", "--dist-timeout", "--token-budget", "--max-batch-size"), ("--batch-size", "--checkpoint-every")),
-    ("evaluate", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--token-budget", "--seed", "--calibrate")),
-    ("predict", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--ridge", "--seed")),
-    ("diagnose", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--probe-rows", "--seed")),
-    ("index", ("--work-dir", "--checkpoint-every"), ("--dist-timeout", "--proj-dim")),
-])
+@pytest.mark.parametrize(
+    "command, absent, present",
+    [
+        (
+            "train",
+            ("--work-dir", "--dist-timeout", "--token-budget", "--max-batch-size"),
+            ("--batch-size", "--checkpoint-every"),
+        ),
+        (
+            "evaluate",
+            ("--work-dir", "--dist-timeout", "--checkpoint-every"),
+            ("--token-budget", "--seed", "--calibrate"),
+        ),
+        ("predict", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--ridge", "--seed")),
+        ("diagnose", ("--work-dir", "--dist-timeout", "--checkpoint-every"), ("--probe-rows", "--seed")),
+        ("index", ("--work-dir", "--checkpoint-every"), ("--dist-timeout", "--proj-dim")),
+    ],
+)
 def test_other_subcommands_list_only_the_flags_they_read(command, absent, present):
     text = help_of(command)
     assert not [f for f in absent if f + " " in text], command
@@ -41,8 +52,17 @@ def test_other_subcommands_list_only_the_flags_they_read(command, absent, presen
 def test_help_lists_only_used_flags_grouped_by_stage():
     select = help_of("select")
     assert select.startswith("usage: ntk-selector select --domain D --pool C --n N --out DIR")
-    for title in ("model:", "data (records, formats, tokens, batches):", "LoRA adapter:", "warm-up (LoRA training",
-                  "pre-selection (embedding reverse kNN):", "NTK features (featurize):", "scoring:", "pool filters:", "outputs:"):
+    for title in (
+        "model:",
+        "data (records, formats, tokens, batches):",
+        "LoRA adapter:",
+        "warm-up (LoRA training",
+        "pre-selection (embedding reverse kNN):",
+        "NTK features (featurize):",
+        "scoring:",
+        "pool filters:",
+        "outputs:",
+    ):
         assert title in select, title
     # diagnose / predict settings are not select's
     for flag in ("--probe-rows", "--ridge", "--stability-points"):
@@ -50,7 +70,7 @@ def test_help_lists_only_used_flags_grouped_by_stage():
     assert select.count("--n N, -n N") == 1  # once, among the required inputs
     # the warm-up's training flags say they are the warm-up's
     for flag in ("--lr", "--epochs", "--batch-size"):
-        assert "warm-up" in select[select.index(flag + " "): select.index(flag + " ") + 200], flag
+        assert "warm-up" in select[select.index(flag + " ") : select.index(flag + " ") + 200], flag
     score = help_of("score")
     for flag in ("--work-dir", "--checkpoint-every", "--m M", "--knn-search", "--lr"):
         assert flag not in score, flag
@@ -83,8 +103,19 @@ def test_lora_rank_key_in_config_file(tmp_path):
 
 def test_log_level_shows_our_info_messages(small_files, tmp_path, capsys):
     domain, _ = small_files
-    main(["embed", "--data", str(domain), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "missing"),
-          "--log-level", "info"])
+    main(
+        [
+            "embed",
+            "--data",
+            str(domain),
+            "--out",
+            str(tmp_path / "o"),
+            "--model",
+            str(tmp_path / "missing"),
+            "--log-level",
+            "info",
+        ]
+    )
     err = capsys.readouterr().err
     assert re.search(r"INFO ntk_selector.io.records: .*domain.jsonl: 8 records, format prompt-response", err), err
 
@@ -117,29 +148,66 @@ def test_quiet_silences_third_party_progress_bars(tiny_model_dir, tmp_path, capf
 
 
 def select_args(tiny_model_dir, domain, pool, out, *extra):
-    return ["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(tiny_model_dir),
-            "--n", "4", "--proj-dim", "32", "--quiet", "--lora-rank", "4", "--batch-size", "4", "--lr", "1e-3", *extra]
+    return [
+        "select",
+        "--domain",
+        str(domain),
+        "--pool",
+        str(pool),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--n",
+        "4",
+        "--proj-dim",
+        "32",
+        "--quiet",
+        "--lora-rank",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        *extra,
+    ]
 
 
 def test_output_formats_and_replay_from_run_json(tiny_model_dir, tmp_path):
     """--output-format writes TRL rows that match the selected records; select --config run.json
     replays the run (inputs and every setting) and selects the same rows."""
-    domain = write_jsonl(tmp_path / "d.jsonl", [{"instruction": f"Classify review {i}.", "input": f"text {i} good",
-                                                 "output": "positive"} for i in range(6)])
-    pool = write_jsonl(tmp_path / "c.jsonl", [{"conversations": [{"from": "system", "value": "sys"},
-                                                                 {"from": "human", "value": f"pool question {i}"},
-                                                                 {"from": "gpt", "value": f"pool answer {i % 3}"}],
-                                               "id": i} for i in range(20)])
+    domain = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"instruction": f"Classify review {i}.", "input": f"text {i} good", "output": "positive"} for i in range(6)],
+    )
+    pool = write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "sys"},
+                    {"from": "human", "value": f"pool question {i}"},
+                    {"from": "gpt", "value": f"pool answer {i % 3}"},
+                ],
+                "id": i,
+            }
+            for i in range(20)
+        ],
+    )
     a = tmp_path / "a"
-    assert main(select_args(tiny_model_dir, domain, pool, a, "--output-format", "prompt-completion", "--seed", "3")) == 0
+    assert (
+        main(select_args(tiny_model_dir, domain, pool, a, "--output-format", "prompt-completion", "--seed", "3")) == 0
+    )
     selected = [json.loads(line) for line in open(a / "selected.jsonl")]
     trl = [json.loads(line) for line in open(a / "selected_prompt_completion.jsonl")]
     assert len(selected) == len(trl) == 4
     for s, t in zip(selected, trl, strict=True):
         i = s["pool_index"]
         assert s["id"] == i and s["conversations"][1]["value"] == f"pool question {i}"
-        assert t == {"prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": f"pool question {i}"}],
-                     "completion": [{"role": "assistant", "content": f"pool answer {i % 3}"}]}
+        assert t == {
+            "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": f"pool question {i}"}],
+            "completion": [{"role": "assistant", "content": f"pool answer {i % 3}"}],
+        }
     run = json.loads((a / "run.json").read_text())
     assert run["config"]["select"]["pool"] == str(pool.resolve()) and run["config"]["run"]["seed"] == 3
 
@@ -195,8 +263,16 @@ def test_estimate_numbers(tiny_model_dir, small_files):
     from ntk_selector.selection.run_record import SelectConfigs
 
     domain, pool = small_files
-    cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),
-                        TrainConfig(batch_size=4, epochs=2.0), FeatureConfig(proj_dim=32), PreselectConfig(n=4), ScoreConfig())
+    cfg = SelectConfigs(
+        ModelConfig(model=str(tiny_model_dir)),
+        DataConfig(),
+        LoraSettings(rank=4),
+        RunConfig(quiet=True),
+        TrainConfig(batch_size=4, epochs=2.0),
+        FeatureConfig(proj_dim=32),
+        PreselectConfig(n=4),
+        ScoreConfig(),
+    )
     est = estimate(domain, pool, cfg)
     tok = load_tokenizer(str(tiny_model_dir))
     pool_tokens = sum(e.length for e in encode(list(Records.load(pool, DataConfig()).conversations), tok, DataConfig()))
@@ -205,12 +281,14 @@ def test_estimate_numbers(tiny_model_dir, small_files):
     assert stages["embed"]["tokens"] - round(est["mean_tokens"]["domain"] * 8) == pytest.approx(pool_tokens, abs=1)
     # warm-up: ceil(8 / 4) steps a epoch x 2 epochs; seconds: the timed rate x the steps' padded tokens
     assert est["timed"]["warmup_steps"] == 4
-    assert stages["warm-up"]["seconds"] == pytest.approx(stages["warm-up"]["padded_tokens"]
-                                                         * est["timed"]["warmup_padded_token_seconds"])
+    assert stages["warm-up"]["seconds"] == pytest.approx(
+        stages["warm-up"]["padded_tokens"] * est["timed"]["warmup_padded_token_seconds"]
+    )
     # featurize: the domain's 8 rows and the M = 16 candidates, at their batch plans' padded tokens
     assert stages["featurize"]["padded_tokens"] >= stages["featurize"]["tokens"]
-    assert stages["featurize"]["seconds"] == pytest.approx(stages["featurize"]["padded_tokens"]
-                                                           * est["timed"]["featurize_padded_token_seconds"], rel=1e-3)
+    assert stages["featurize"]["seconds"] == pytest.approx(
+        stages["featurize"]["padded_tokens"] * est["timed"]["featurize_padded_token_seconds"], rel=1e-3
+    )
     assert est["token_budget"] == {"embed": 2048, "featurize": 2048}  # auto on a CPU
     assert all(s["seconds"] >= 0 for s in est["stages"])
 
@@ -233,8 +311,16 @@ def test_select_from_dataset_objects_matches_files(tiny_model_dir, small_files, 
     from ntk_selector.selection.run_record import SelectConfigs
 
     domain, pool = small_files
-    cfg = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4), RunConfig(quiet=True),
-                        TrainConfig(batch_size=4, lr=1e-3), FeatureConfig(proj_dim=32), PreselectConfig(n=4), ScoreConfig())
+    cfg = SelectConfigs(
+        ModelConfig(model=str(tiny_model_dir)),
+        DataConfig(),
+        LoraSettings(rank=4),
+        RunConfig(quiet=True),
+        TrainConfig(batch_size=4, lr=1e-3),
+        FeatureConfig(proj_dim=32),
+        PreselectConfig(n=4),
+        ScoreConfig(),
+    )
     from_files = select(domain, pool, tmp_path / "files", cfg)
     d_ds = datasets.Dataset.from_list([json.loads(line) for line in open(domain)])
     p_ds = datasets.Dataset.from_list([json.loads(line) for line in open(pool)])

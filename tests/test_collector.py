@@ -12,8 +12,11 @@ from ntk_selector.io.tokens import collate, encode
 
 
 def test_collector_matches_batch_of_one_autograd(lora_model, tok):
-    rows = [{"prompt": "short", "response": "a"}, {"prompt": "a somewhat longer prompt", "response": "b c d"},
-            {"prompt": "x", "response": "yes"}]
+    rows = [
+        {"prompt": "short", "response": "a"},
+        {"prompt": "a somewhat longer prompt", "response": "b c d"},
+        {"prompt": "x", "response": "yes"},
+    ]
     enc = encode([to_conversation(r, DataConfig()) for r in rows], tok, DataConfig())
     batch = collate(enc, tok.pad_token_id)
     got: dict[str, torch.Tensor] = {}

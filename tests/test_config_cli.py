@@ -20,13 +20,20 @@ def test_defaults_come_from_dataclasses():
     args = parse(["featurize", "--data", "x.jsonl", "--out", "o"])
     c = configs_from_args(args, (FeatureConfig, LoraSettings))
     assert c[FeatureConfig] == FeatureConfig() and c[LoraSettings] == LoraSettings()
-    assert c[FeatureConfig].proj_dim == 8192 and c[LoraSettings].target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert c[FeatureConfig].proj_dim == 8192 and c[LoraSettings].target_modules == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+    ]
 
 
 def test_yaml_then_command_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("proj_dim: 1024\nrank: 4\ntrain:\n  lr: 0.001\n")
-    args = parse(["select", "--domain", "d", "--pool", "p", "--out", "o", "--config", str(cfg), "--rank", "16", "--n", "3"])
+    args = parse(
+        ["select", "--domain", "d", "--pool", "p", "--out", "o", "--config", str(cfg), "--rank", "16", "--n", "3"]
+    )
     c = configs_from_args(args, (FeatureConfig, LoraSettings, TrainConfig, PreselectConfig))
     assert c[FeatureConfig].proj_dim == 1024  # from YAML
     assert c[LoraSettings].rank == 16  # command line wins
@@ -79,6 +86,8 @@ def test_ci_runs_the_readme_test_command():
 def test_ci_fails_when_no_test_is_collected(tmp_path):
     """.ci/run turns pytest's 'no tests collected' (exit 5) into a failure."""
     env = dict(os.environ, CI_SKIP_SETUP="1", CI_PYTEST_ARGS="-k no_test_has_this_name_at_all")
-    r = subprocess.run(["bash", str(ROOT / ".ci" / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "run")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode != 0
     assert "no tests were collected" in r.stderr

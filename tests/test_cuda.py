@@ -38,8 +38,9 @@ def on_gpu(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model).to(GPU)
 
 
-@pytest.mark.parametrize("objective,logits", [("ntk", "shortcut"), ("ntk", "full"), ("ntk-content", "shortcut"),
-                                             ("ce", "full")])
+@pytest.mark.parametrize(
+    "objective,logits", [("ntk", "shortcut"), ("ntk", "full"), ("ntk-content", "shortcut"), ("ce", "full")]
+)
 def test_gpu_per_sample_gradients_match_cpu_batch_of_one(lora_model, tok, objective, logits):
     encs = encoded_rows(tok)
     with GradientFeaturizer(on_gpu(lora_model), 0, 0, objective, logits) as feat:

@@ -54,8 +54,14 @@ def test_hf_arrow_stream_layout(tmp_path):
 
 
 def test_messages_last_assistant_is_response():
-    rec = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}
+    rec = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+        ]
+    }
     conv = to_conversation(rec, DataConfig())
     assert conv.response == "d"
     assert [m["content"] for m in conv.prompt_messages] == ["a", "b", "c"]
@@ -64,10 +70,12 @@ def test_messages_last_assistant_is_response():
 def test_chat_template_response_mask(tok):
     cfg = DataConfig()
     enc = encode([to_conversation(ROWS[1], cfg)], tok, cfg)[0]
-    full = tok.apply_chat_template([{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}], tokenize=False)
+    full = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}], tokenize=False
+    )
     # the response is the content and the one end-of-turn token; the template's "\n" after it is not in the row
     assert full.endswith("<|im_end|>\n") and tok.decode(enc.input_ids) == full[:-1]
-    assert tok.decode(enc.input_ids[enc.response_start:]) == "hi there<|im_end|>"
+    assert tok.decode(enc.input_ids[enc.response_start :]) == "hi there<|im_end|>"
     b = collate([enc], tok.pad_token_id)
     # logits at t predict token t+1: target positions are exactly response_start-1 .. len-2
     t = np.flatnonzero(b.target_mask[0].numpy())
@@ -91,9 +99,11 @@ def test_response_tokens_under_a_qwen3_style_template(tok, content):
     tok.chat_template = QWEN3_STYLE
     cfg = DataConfig()
     enc = encode([to_conversation({"prompt": "Say hi", "response": content}, cfg)], tok, cfg)[0]
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True)
-    assert tok.decode(enc.input_ids[:enc.response_start]) == prompt + "<think>\n\n</think>\n\n"
-    response = enc.input_ids[enc.response_start:].tolist()
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True
+    )
+    assert tok.decode(enc.input_ids[: enc.response_start]) == prompt + "<think>\n\n</think>\n\n"
+    response = enc.input_ids[enc.response_start :].tolist()
     assert response[-1] == tok.convert_tokens_to_ids("<|im_end|>")
     assert tok.decode(response[:-1]) == content
     assert response[:-1] == tok(content, add_special_tokens=False)["input_ids"]
@@ -105,8 +115,9 @@ def test_chatml_and_no_template_give_the_same_response_token_count(tok):
     with_t = encode([to_conversation(r, DataConfig()) for r in rows], tok, DataConfig())
     without = encode([to_conversation(r, DataConfig()) for r in rows], tok, DataConfig(no_chat_template=True))
     assert [e.n_response_tokens for e in with_t] == [e.n_response_tokens for e in without]
-    assert [len(tok(r["response"], add_special_tokens=False)["input_ids"]) + 1 for r in rows] == \
-        [e.n_response_tokens for e in with_t]
+    assert [len(tok(r["response"], add_special_tokens=False)["input_ids"]) + 1 for r in rows] == [
+        e.n_response_tokens for e in with_t
+    ]
 
 
 def test_no_chat_template_layout(tok):
@@ -183,14 +194,20 @@ def test_plan_batches_is_the_cheapest_contiguous_cut(seed):
     assert _plan_cost(batches, lengths) == best
 
 
-@pytest.mark.parametrize("content,needle", [
-    (b'{"prompt": "a", "response": "b"}\n{"prompt": "a", \n', "x.jsonl:2: malformed JSON"),
-    (b'{"prompt": "a"}\n', "x.jsonl:1: missing field 'response'"),
-    (b'{"prompt": "a", "response": 3}\n', "x.jsonl:1: field 'response' must be a string"),
-    (b'', "no records"),
-    (b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff\xfe", "response": "b"}\n', "x.jsonl:2: bytes that are not UTF-8"),
-    (b'[1, 2]\n', "x.jsonl:1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (b'{"prompt": "a", "response": "b"}\n{"prompt": "a", \n', "x.jsonl:2: malformed JSON"),
+        (b'{"prompt": "a"}\n', "x.jsonl:1: missing field 'response'"),
+        (b'{"prompt": "a", "response": 3}\n', "x.jsonl:1: field 'response' must be a string"),
+        (b"", "no records"),
+        (
+            b'{"prompt": "a", "response": "b"}\n{"prompt": "\xff\xfe", "response": "b"}\n',
+            "x.jsonl:2: bytes that are not UTF-8",
+        ),
+        (b"[1, 2]\n", "x.jsonl:1: expected a JSON object"),
+    ],
+)
 def test_bad_input_messages(tmp_path, content, needle):
     path = tmp_path / "x.jsonl"
     path.write_bytes(content)
@@ -204,10 +221,18 @@ def test_template_parts_found_once_give_the_same_rows_as_one_at_a_time(tok):
     when it is encoded alone (including rows with a system turn, and a template whose text differs by role)."""
     tok.chat_template = QWEN3_STYLE
     cfg = DataConfig()
-    rows = [{"prompt": "a", "response": "x"}, {"prompt": "bb", "response": "think"},
-            {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                          {"role": "assistant", "content": "n"}]},
-            {"prompt": "c", "response": "<|im_end|>"}]
+    rows = [
+        {"prompt": "a", "response": "x"},
+        {"prompt": "bb", "response": "think"},
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "n"},
+            ]
+        },
+        {"prompt": "c", "response": "<|im_end|>"},
+    ]
     convs = [to_conversation(r, cfg) for r in rows]
     together = encode(convs, tok, cfg)
     alone = [encode([c], tok, cfg)[0] for c in convs]

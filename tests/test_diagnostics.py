@@ -43,7 +43,9 @@ def stability_curve(model_dir, domain_path, pool_path, lr, points=4):
     domain, pool = Records.load(domain_path, DATA), Records.load(pool_path, DATA)
     probe = choose_probe(domain, pool, 8, 0, s.tokenizer, DATA)
     train = TrainConfig(epochs=2, lr=lr, batch_size=4)
-    curve, _, stats = ntk_stability(s.model, s.tokenizer, domain, probe, DATA, train, DiagnoseConfig(stability_points=points), 0, True)
+    curve, _, stats = ntk_stability(
+        s.model, s.tokenizer, domain, probe, DATA, train, DiagnoseConfig(stability_points=points), 0, True
+    )
     return curve, stats, probe, train
 
 
@@ -84,8 +86,13 @@ def test_projection_error_shrinks_with_p(lora_model):
     errs = [e["relative_gram_error"] for e in res["ladder"][:-1]]
     assert all(a > b for a, b in itertools.pairwise(errs)), errs
     assert errs[-1] < 0.5 * errs[0]
-    assert res["ladder"][-1] == {"proj_dim": "raw", "relative_gram_error": 0.0, "relative_gram_error_std": 0.0,
-                                 "top_overlap": 1.0, "spearman": 1.0}
+    assert res["ladder"][-1] == {
+        "proj_dim": "raw",
+        "relative_gram_error": 0.0,
+        "relative_gram_error_std": 0.0,
+        "top_overlap": 1.0,
+        "spearman": 1.0,
+    }
     # projecting raw rows equals featurizing with the projector directly (same layout and seed)
     e = torch.zeros(1, dim)
     e[0, 5] = 1.0
@@ -97,10 +104,40 @@ def test_projection_error_shrinks_with_p(lora_model):
 def test_diagnose_command(tiny_model_dir, small_files, tmp_path, capsys):
     domain, pool = small_files
     out = tmp_path / "diag"
-    rc = main(["diagnose", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(tiny_model_dir),
-               "--rank", "4", "--batch-size", "4", "--lr", "0.5", "--epochs", "2", "--max-length", "160",
-               "--probe-rows", "12", "--approx-rows", "6", "--approx-outputs", "16", "--projection-dims", "64", "512",
-               "--stability-points", "2"])
+    rc = main(
+        [
+            "diagnose",
+            "--domain",
+            str(domain),
+            "--pool",
+            str(pool),
+            "--out",
+            str(out),
+            "--model",
+            str(tiny_model_dir),
+            "--rank",
+            "4",
+            "--batch-size",
+            "4",
+            "--lr",
+            "0.5",
+            "--epochs",
+            "2",
+            "--max-length",
+            "160",
+            "--probe-rows",
+            "12",
+            "--approx-rows",
+            "6",
+            "--approx-outputs",
+            "16",
+            "--projection-dims",
+            "64",
+            "512",
+            "--stability-points",
+            "2",
+        ]
+    )
     assert rc == 0
     d = json.loads((out / "diagnostics.json").read_text())
     assert d["probe"]["rows"] == 12 and len(d["probe"]["domain_rows"]) == 6
@@ -122,13 +159,46 @@ def test_diagnose_command(tiny_model_dir, small_files, tmp_path, capsys):
 def test_diagnose_without_warmup_uses_the_initial_lora(tiny_model_dir, small_files, tmp_path, capsys):
     domain, pool = small_files
     out = tmp_path / "diag"
-    common = ["--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(tiny_model_dir),
-              "--rank", "4", "--max-length", "160", "--probe-rows", "8", "--approx-rows", "4", "--quiet"]
-    assert main(["diagnose", *common, "--checks", "approximation", "projection", "--projection-dims", "128",
-                 "--approx-outputs", "32"]) == 0
+    common = [
+        "--domain",
+        str(domain),
+        "--pool",
+        str(pool),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--rank",
+        "4",
+        "--max-length",
+        "160",
+        "--probe-rows",
+        "8",
+        "--approx-rows",
+        "4",
+        "--quiet",
+    ]
+    assert (
+        main(
+            [
+                "diagnose",
+                *common,
+                "--checks",
+                "approximation",
+                "projection",
+                "--projection-dims",
+                "128",
+                "--approx-outputs",
+                "32",
+            ]
+        )
+        == 0
+    )
     d = json.loads((out / "diagnostics.json").read_text())
     assert "ntk_stability" not in d and d["kernel_model"] == "LoRA at init"
-    assert d["approximation"]["outputs"] == 32 and d["approximation"]["scale"] == pytest.approx(d["approximation"]["vocab"] / 32)
+    assert d["approximation"]["outputs"] == 32 and d["approximation"]["scale"] == pytest.approx(
+        d["approximation"]["vocab"] / 32
+    )
     assert d["projection"]["rows"] == 8 and not (out / "diag_stability.png").exists()
     assert main(["diagnose", *common, "--checks", "speed"]) == 2
     assert "--checks must be one of stability, approximation, projection, got 'speed'" in capsys.readouterr().err

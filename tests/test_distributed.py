@@ -24,9 +24,20 @@ EXIT_PROBE = Path(__file__).with_name("torchrun_exit_probe.py")
 
 
 def torchrun(*args, nproc=2, timeout=240, entry=("-m", "ntk_selector")):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *map(str, entry),
-           *map(str, args)]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *map(str, entry),
+        *map(str, args),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**env, "OMP_NUM_THREADS": "1"})
 
 
@@ -34,7 +45,9 @@ def test_env_and_shard():
     assert distributed.current() == distributed.Dist(0, 1, 0)  # not under torchrun: one process
     d = distributed.Dist(rank=1, world=3)
     assert list(distributed.shard(list(range(8)), d)) == [1, 4, 7]
-    assert sorted(sum((list(distributed.shard(range(8), distributed.Dist(r, 3))) for r in range(3)), [])) == list(range(8))
+    assert sorted(sum((list(distributed.shard(range(8), distributed.Dist(r, 3))) for r in range(3)), [])) == list(
+        range(8)
+    )
 
 
 def test_ranks_write_disjoint_rows_that_equal_one_process(tmp_path, tok):
@@ -67,8 +80,25 @@ def test_torchrun_select_equals_one_process(tiny_model_dir, small_files, tmp_pat
     """2 ranks: embed and featurize sharded into the same stores, bit for bit, and the same selection."""
     domain, pool = small_files
     # -n: torchrun's own parser rejects "--n" as an ambiguous abbreviation of its flags
-    common = ["--domain", domain, "--pool", pool, "--model", tiny_model_dir, "-n", "5", "--proj-dim", "32", "--rank", "4",
-              "--batch-size", "4", "--max-batch-size", "3", "--quiet"]
+    common = [
+        "--domain",
+        domain,
+        "--pool",
+        pool,
+        "--model",
+        tiny_model_dir,
+        "-n",
+        "5",
+        "--proj-dim",
+        "32",
+        "--rank",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-batch-size",
+        "3",
+        "--quiet",
+    ]
     assert main(["select", *map(str, common), "--out", str(tmp_path / "one")]) == 0
     monkeypatch.setenv("EXIT_PROBE_DIR", str(tmp_path))
     proc = torchrun("select", *common, "--out", tmp_path / "two", entry=(EXIT_PROBE,))

@@ -49,7 +49,7 @@ def test_links_of_the_root_documents_resolve(name):
 def _nav_files(nav) -> list[str]:
     out = []
     for item in nav:
-        for value in (item.values() if isinstance(item, dict) else [item]):
+        for value in item.values() if isinstance(item, dict) else [item]:
             out += _nav_files(value) if isinstance(value, list) else [value]
     return out
 
@@ -59,9 +59,22 @@ def test_every_docs_page_is_in_the_navigation():
     nav = _nav_files(mkdocs["nav"])
     pages = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
     assert sorted(nav) == pages
-    for page in ("getting-started.md", "data.md", "outputs.md", "configuration.md", "index-once.md", "stores.md",
-                 "distributed.md", "diagnostics.md", "finetune-evaluate.md", "method.md", "architecture.md",
-                 "api.md", "benchmarks/index.md", "faq.md"):
+    for page in (
+        "getting-started.md",
+        "data.md",
+        "outputs.md",
+        "configuration.md",
+        "index-once.md",
+        "stores.md",
+        "distributed.md",
+        "diagnostics.md",
+        "finetune-evaluate.md",
+        "method.md",
+        "architecture.md",
+        "api.md",
+        "benchmarks/index.md",
+        "faq.md",
+    ):
         assert page in nav, page
 
 

@@ -87,8 +87,12 @@ def test_jacobian_free_kernel_matches_featurizer(lora_model, tok):
 def test_several_batches_equal_one(lora_model, tok):
     encoded = encode(CONVS, tok, DataConfig(max_length=48))
     one = exact_entk(lora_model, collate(encoded, tok.pad_token_id), max_outputs=6, seed=1)
-    split = exact_entk(lora_model, [collate(encoded[:1], tok.pad_token_id), collate(encoded[1:], tok.pad_token_id)],
-                       max_outputs=6, seed=1)
+    split = exact_entk(
+        lora_model,
+        [collate(encoded[:1], tok.pad_token_id), collate(encoded[1:], tok.pad_token_id)],
+        max_outputs=6,
+        seed=1,
+    )
     for a, b in ((one.k_exact, split.k_exact), (one.k_jf, split.k_jf)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(a).max())
     assert one.mean_output_cosine == pytest.approx(split.mean_output_cosine, rel=1e-4)

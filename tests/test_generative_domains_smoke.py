@@ -12,8 +12,10 @@ from conftest import load_benchmark, synthetic_rows, write_jsonl
 
 
 def free_text(n: int, seed: int) -> list[dict]:
-    return [{"prompt": "Q: " + r["prompt"][:40], "response": f"summary {seed} {i} " + r["response"][:20]}
-            for i, r in enumerate(synthetic_rows(n, seed, ("dom",)))]
+    return [
+        {"prompt": "Q: " + r["prompt"][:40], "response": f"summary {seed} {i} " + r["response"][:20]}
+        for i, r in enumerate(synthetic_rows(n, seed, ("dom",)))
+    ]
 
 
 def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, one_thread):
@@ -23,9 +25,38 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
         write_jsonl(data / "generative" / "toy" / f"{part}.jsonl", free_text(n, seed))
     write_jsonl(data / "pool.jsonl", synthetic_rows(150, 4))
     results, cache = tmp_path / "results", tmp_path / "cache"
-    args = ["--data", str(data), "--model", str(tiny_model_dir), "--seeds", "0", "1", "--lrs", "1e-3", "3e-3",
-            "--epochs", "1", "--max-length", "96", "--proj-dim", "32", "--rank", "4", "--n-factor", "2",
-            "--max-new-tokens", "6", "--results", str(results), "--cache", str(cache), "--phases", "seed0", "seeds", "ncurve"]
+    args = [
+        "--data",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--seeds",
+        "0",
+        "1",
+        "--lrs",
+        "1e-3",
+        "3e-3",
+        "--epochs",
+        "1",
+        "--max-length",
+        "96",
+        "--proj-dim",
+        "32",
+        "--rank",
+        "4",
+        "--n-factor",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--results",
+        str(results),
+        "--cache",
+        str(cache),
+        "--phases",
+        "seed0",
+        "seeds",
+        "ncurve",
+    ]
     mod = load_benchmark("generative_domains.py", "generative_domains_bench")
     assert mod.main(args) == 0
     evals = {p.stem: json.loads(p.read_text()) for p in (results / "eval").glob("*.json")}
@@ -35,20 +66,27 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
         arm = mod.arm_evals(evals, "toy", m, "test", lr)
         assert len(arm) == (2 if m in mod.SEEDED_METHODS else 1), (m, len(arm))
         for e in arm:
-            assert e["task"] == "generation" and e["n"] == 10 and len(e["row_nll"]) == 10 and len(e["row_rouge_l"]) == 10
+            assert (
+                e["task"] == "generation" and e["n"] == 10 and len(e["row_nll"]) == 10 and len(e["row_rouge_l"]) == 10
+            )
             assert e["nll_per_token"] == pytest.approx(sum(e["row_nll"]) / sum(e["row_tokens"]), rel=1e-4)
     for factor in mod.NCURVE_FACTORS:
         for m in mod.NCURVE_METHODS:
             assert len(mod.arm_evals(evals, "toy", m, "test", lr, factor)) == 1
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
-    assert len(sels["toy_natural_ntk_sel0"]["pool_index"]) == 12 and len(sels["toy_natural_ntk_sel0_n20"]["pool_index"]) == 120
+    assert (
+        len(sels["toy_natural_ntk_sel0"]["pool_index"]) == 12
+        and len(sels["toy_natural_ntk_sel0_n20"]["pool_index"]) == 120
+    )
     assert len(sels["toy_natural_random_sel0_n1"]["pool_index"]) == 6
     # the bootstrap of an arm against itself is exactly zero; against another arm it brackets the pooled difference
     ntk, rnd = mod.arm_evals(evals, "toy", "ntk", "test", lr), mod.arm_evals(evals, "toy", "random", "test", lr)
     assert mod.paired_bootstrap_nll(ntk, ntk) == (0.0, 0.0, 0.0)
     d, lo, hi = mod.paired_bootstrap_nll(ntk, rnd)
     tokens = np.array(ntk[0]["row_tokens"], dtype=float)
-    want = (np.mean([r["row_nll"] for r in ntk], 0).sum() - np.mean([r["row_nll"] for r in rnd], 0).sum()) / tokens.sum()
+    want = (
+        np.mean([r["row_nll"] for r in ntk], 0).sum() - np.mean([r["row_nll"] for r in rnd], 0).sum()
+    ) / tokens.sum()
     assert d == pytest.approx(want) and lo <= d <= hi
     table = (results / "table.md").read_text()
     assert f"## toy (lr {lr:g}" in table and "| ntk | 2 |" in table and "N = 20·|D|" in table

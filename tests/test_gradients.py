@@ -52,9 +52,18 @@ def bf16_base_copy(model):
     return half
 
 
-@pytest.mark.parametrize("objective,logits", [("ntk", "shortcut"), ("ntk", "full"), ("ntk-all", "shortcut"),
-                                             ("ntk-all", "full"), ("ntk-content", "shortcut"),
-                                             ("ntk-content", "full"), ("ce", "full")])
+@pytest.mark.parametrize(
+    "objective,logits",
+    [
+        ("ntk", "shortcut"),
+        ("ntk", "full"),
+        ("ntk-all", "shortcut"),
+        ("ntk-all", "full"),
+        ("ntk-content", "shortcut"),
+        ("ntk-content", "full"),
+        ("ce", "full"),
+    ],
+)
 def test_per_sample_raw_gradients_match_batch_of_one(lora_model, tok, objective, logits):
     encs = encoded_rows(tok)
     batch = collate(encs, tok.pad_token_id)
@@ -83,7 +92,9 @@ def test_auto_falls_back_to_full_logits_with_softcapping(tok):
 
     model = make_model(len(tok))
     torch.manual_seed(1)
-    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    pm = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     # A head that is not a plain linear map: soft-cap the logits with tanh.
     base = pm.get_base_model()
     orig_forward = base.forward
@@ -125,7 +136,7 @@ def test_raw_layout_is_named_parameters_order(lora_model, tok):
     offset = 0
     for n, p in lora_parameters(lora_model):
         k = p.numel()
-        assert rel_err(got[0, offset:offset + k], ref[offset:offset + k]) < 1e-5, n
+        assert rel_err(got[0, offset : offset + k], ref[offset : offset + k]) < 1e-5, n
         offset += k
     assert offset == got.shape[1]
 
@@ -135,7 +146,9 @@ def test_tied_embeddings_model(tok):
 
     model = make_model(len(tok), tie=True)
     torch.manual_seed(2)
-    pm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "o_proj"], init_lora_weights=False))
+    pm = get_peft_model(
+        model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "o_proj"], init_lora_weights=False)
+    )
     encs = encoded_rows(tok, n=3)
     batch = collate(encs, tok.pad_token_id)
     with GradientFeaturizer(pm, 0, 0, "ntk", "auto", probe=batch) as feat:
@@ -156,7 +169,7 @@ def test_projected_features_are_projection_of_raw(lora_model, tok):
         offset = 0
         for n, p in lora_parameters(lora_model):
             k = p.numel()
-            proj_f.projector.accumulate(n, raw[:, offset:offset + k].reshape(-1, *p.shape), expect)
+            proj_f.projector.accumulate(n, raw[:, offset : offset + k].reshape(-1, *p.shape), expect)
             offset += k
     assert rel_err(proj, expect) < 1e-5
 

@@ -54,8 +54,10 @@ def test_index_equals_featurize_and_embed_of_the_base_model(tiny_model_dir, pool
 def test_select_index_equals_scoring_the_index_by_hand(tiny_model_dir, pool_and_index):
     tmp, pool, domain = pool_and_index
     out = tmp / "sel"
-    assert main(["select", "--index", str(tmp / "idx"), "--domain", str(domain), "-n", "5", "--out", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(["select", "--index", str(tmp / "idx"), "--domain", str(domain), "-n", "5", "--out", str(out), "--quiet"])
+        == 0
+    )
     # by hand: the domain through featurize / embed with the same settings, votes, mean inner product
     common = ["--data", str(domain), "--model", str(tiny_model_dir), *SPACE]
     assert main(["featurize", *common, "--out", str(tmp / "dfeat")]) == 0
@@ -129,9 +131,18 @@ def test_crashed_index_resumes_to_the_uninterrupted_one(tiny_model_dir, pool_and
     assert np.array_equal(ref.status, got.status)
 
 
-@pytest.mark.parametrize("change, differs", [(["--seed", "1"], "seed: 0 -> 1"), (["--proj-dim", "16"], "proj_dim: 32 -> 16"),
-                                             (["--rank", "2"], "lora.rank: 4 -> 2"), (["--model"], "model_fingerprint")])
-def test_reuse_with_other_settings_is_refused(tiny_model_dir, pool_and_index, tmp_path_factory, capsys, change, differs):
+@pytest.mark.parametrize(
+    "change, differs",
+    [
+        (["--seed", "1"], "seed: 0 -> 1"),
+        (["--proj-dim", "16"], "proj_dim: 32 -> 16"),
+        (["--rank", "2"], "lora.rank: 4 -> 2"),
+        (["--model"], "model_fingerprint"),
+    ],
+)
+def test_reuse_with_other_settings_is_refused(
+    tiny_model_dir, pool_and_index, tmp_path_factory, capsys, change, differs
+):
     tmp, pool, domain = pool_and_index
     args = ["--pool", str(pool), "--out", str(tmp / "idx"), "--model", str(tiny_model_dir), *SPACE]
     if change == ["--model"]:
@@ -144,8 +155,24 @@ def test_reuse_with_other_settings_is_refused(tiny_model_dir, pool_and_index, tm
     err = capsys.readouterr().err
     assert "holds another run" in err and differs in err, err
     # select against the index with a conflicting setting is refused too, naming it
-    assert main(["select", "--index", str(tmp / "idx"), "--domain", str(domain), "-n", "3", "--out",
-                 str(tmp / "refused"), "--quiet", *change]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--index",
+                str(tmp / "idx"),
+                "--domain",
+                str(domain),
+                "-n",
+                "3",
+                "--out",
+                str(tmp / "refused"),
+                "--quiet",
+                *change,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "built with other settings" in err and differs.split(":")[0] in err, err
 
@@ -153,8 +180,25 @@ def test_reuse_with_other_settings_is_refused(tiny_model_dir, pool_and_index, tm
 def test_select_index_refuses_another_pool(pool_and_index, tmp_path, capsys):
     tmp, _, domain = pool_and_index
     other = write_jsonl(tmp_path / "other.jsonl", synthetic_rows(40, 9))
-    assert main(["select", "--index", str(tmp / "idx"), "--pool", str(other), "--domain", str(domain), "-n", "3",
-                 "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "select",
+                "--index",
+                str(tmp / "idx"),
+                "--pool",
+                str(other),
+                "--domain",
+                str(domain),
+                "-n",
+                "3",
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "is not the pool indexed" in capsys.readouterr().err
 
 
@@ -162,10 +206,40 @@ def test_embed_prefix_from_the_full_forward_equals_embedding_the_prefix(tiny_mod
     """--embed-max-length L: the index pools the first L positions of the featurizer's forward; embed
     runs the model on the L-token prefix alone. Causal attention makes them the same."""
     _, pool, _ = pool_and_index
-    assert main(["index", "--pool", str(pool), "--out", str(tmp_path / "idx"), "--model", str(tiny_model_dir), *SPACE,
-                 "--embed-max-length", "9"]) == 0
-    assert main(["embed", "--data", str(pool), "--model", str(tiny_model_dir), *EMB, "--embed-max-length", "9",
-                 "--out", str(tmp_path / "emb")]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--pool",
+                str(pool),
+                "--out",
+                str(tmp_path / "idx"),
+                "--model",
+                str(tiny_model_dir),
+                *SPACE,
+                "--embed-max-length",
+                "9",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "embed",
+                "--data",
+                str(pool),
+                "--model",
+                str(tiny_model_dir),
+                *EMB,
+                "--embed-max-length",
+                "9",
+                "--out",
+                str(tmp_path / "emb"),
+            ]
+        )
+        == 0
+    )
     full = open_pool_index(pool_and_index[0] / "idx").embeddings
     got, emb = open_pool_index(tmp_path / "idx").embeddings, open_store(tmp_path / "emb")[0]
     np.testing.assert_allclose(got, emb, rtol=1e-5, atol=1e-6)
@@ -179,8 +253,23 @@ def test_minilm_embedder(tiny_model_dir, pool_and_index, tmp_path):
     from ntk_selector.model.sentence_encoder import SentenceEncoder
 
     tmp, pool, domain = pool_and_index
-    assert main(["index", "--pool", str(pool), "--out", str(tmp_path / "idx"), "--model", str(tiny_model_dir), *SPACE,
-                 "--embedder", "minilm"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "--pool",
+                str(pool),
+                "--out",
+                str(tmp_path / "idx"),
+                "--model",
+                str(tiny_model_dir),
+                *SPACE,
+                "--embedder",
+                "minilm",
+            ]
+        )
+        == 0
+    )
     index = open_pool_index(tmp_path / "idx")
     assert index.embeddings.shape == (40, 384)
     np.testing.assert_array_equal(index.features, open_pool_index(tmp / "idx").features)  # the features do not change
@@ -192,8 +281,23 @@ def test_minilm_embedder(tiny_model_dir, pool_and_index, tmp_path):
     np.testing.assert_allclose(index.embeddings[ok], ref[ok], atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(index.embeddings[ok], axis=1), 1.0, atol=1e-5)
     assert not np.asarray(index.embeddings)[~ok].any()
-    assert main(["select", "--index", str(tmp_path / "idx"), "--domain", str(domain), "-n", "4", "--out",
-                 str(tmp_path / "sel"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--index",
+                str(tmp_path / "idx"),
+                "--domain",
+                str(domain),
+                "-n",
+                "4",
+                "--out",
+                str(tmp_path / "sel"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "sel" / "run.json").read_text())["index"]["embedder"] == "minilm"
 
 
@@ -207,12 +311,39 @@ def two_node_run(*args, timeout=300):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env["OMP_NUM_THREADS"] = "1"
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-                               "-m", "ntk_selector", *map(str, args)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "-m",
+                "ntk_selector",
+                *map(str, args),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
     results = [(p.wait(timeout=timeout), p.stderr.read()) for p in procs]
     for p in procs:
         p.stdout.close()
@@ -239,12 +370,30 @@ def test_two_nodes_index_and_select_equal_one_process(tiny_model_dir, pool_and_i
 def test_index_once_benchmark_on_the_tiny_model(tiny_model_dir, pool_and_index, tmp_path):
     bench = load_benchmark("index_once.py", "index_once")
     _, pool, domain = pool_and_index
-    args = ["--pool", str(pool), "--domain", str(domain), "-n", "5", "--out", str(tmp_path), "--model",
-            str(tiny_model_dir), "--modes", "features", "--coarse", "model:9", "--", *SPACE]
+    args = [
+        "--pool",
+        str(pool),
+        "--domain",
+        str(domain),
+        "-n",
+        "5",
+        "--out",
+        str(tmp_path),
+        "--model",
+        str(tiny_model_dir),
+        "--modes",
+        "features",
+        "--coarse",
+        "model:9",
+        "--",
+        *SPACE,
+    ]
     res = bench.main(args)
     assert bench.main(args) == res  # a rerun keeps what was measured (resume after a crash)
     r = res["domains"][domain.stem]
-    sel = lambda d: {json.loads(x)["pool_index"] for x in (tmp_path / domain.stem / d / "selected.jsonl").read_text().splitlines()}  # noqa: E731
+    sel = lambda d: {
+        json.loads(x)["pool_index"] for x in (tmp_path / domain.stem / d / "selected.jsonl").read_text().splitlines()
+    }  # noqa: E731
     assert r["features"]["top_n_overlap"] == len(sel("paper") & sel("index_features")) / 5
     assert -1.0 <= r["features"]["spearman_on_paper_candidates"] <= 1.0
     assert 0.0 <= r["coarse_recall"]["model:9"] <= 1.0 and res["index_seconds"] > 0
@@ -262,7 +411,22 @@ def test_the_api_index_equals_the_command_line_index(tiny_model_dir, pool_and_in
     assert mine.meta["definitions"] == theirs.meta["definitions"]
     assert np.array_equal(np.asarray(mine.features), np.asarray(theirs.features))
     sel = ntk_selector.select(domain, None, 5, index=str(tmp_path / "idx"), quiet=True)
-    assert main(["select", "--index", str(tmp / "idx"), "--domain", str(domain), "-n", "5", "--out", str(tmp_path / "cli"),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--index",
+                str(tmp / "idx"),
+                "--domain",
+                str(domain),
+                "-n",
+                "5",
+                "--out",
+                str(tmp_path / "cli"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     cli_rows = [json.loads(x)["pool_index"] for x in (tmp_path / "cli" / "selected.jsonl").read_text().splitlines()]
     assert sel.indices.tolist() == cli_rows

@@ -44,8 +44,26 @@ def test_score_rows_at_equals_dense_and_memory_is_one_block(tmp_path):
 
 def test_index_scale_benchmark_at_ci_size(tmp_path):
     bench = load_bench()
-    res = bench.main(["--rows", "20000", "--dim", "64", "--emb-dim", "16", "--domain", "50", "-n", "100",
-                      "--store-dtype", "float16", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "r.json")])
+    res = bench.main(
+        [
+            "--rows",
+            "20000",
+            "--dim",
+            "64",
+            "--emb-dim",
+            "16",
+            "--domain",
+            "50",
+            "-n",
+            "100",
+            "--store-dtype",
+            "float16",
+            "--work",
+            str(tmp_path / "w"),
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert res["query"]["candidates"] == 400 and res["query"]["selected"] == 100
     assert not (tmp_path / "w").exists()
     # the query's top rows equal a dense computation over the same synthetic index

@@ -14,8 +14,21 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ntk_selector"
 # (config, errors, distributed, version) form the ground floor that every layer may use, and
 # settings (flags, YAML and keywords -> configs) and demo (its data, built from third-party packages)
 # belong with the API, above the library
-LAYERS = {"": 0, "io": 1, "model": 2, "features": 3, "training": 4, "selection": 5, "analysis": 6, "api": 7,
-          "settings": 7, "demo": 7, "cli": 8, "__main__": 8, "__init__": 8}
+LAYERS = {
+    "": 0,
+    "io": 1,
+    "model": 2,
+    "features": 3,
+    "training": 4,
+    "selection": 5,
+    "analysis": 6,
+    "api": 7,
+    "settings": 7,
+    "demo": 7,
+    "cli": 8,
+    "__main__": 8,
+    "__init__": 8,
+}
 
 
 def module_names(package_dir: Path) -> dict[str, Path]:
@@ -45,7 +58,7 @@ def imports_of(path: Path, package: str, modules: set[str], here: str) -> set[st
 
     def add(target: str) -> None:
         if target == package or target.startswith(package + "."):
-            inner = _resolve(target[len(package) + 1:], modules)
+            inner = _resolve(target[len(package) + 1 :], modules)
             if inner is not None:
                 found.add(inner)
 
@@ -61,12 +74,16 @@ def imports_of(path: Path, package: str, modules: set[str], here: str) -> set[st
                 anchor = anchor[: max(len(anchor) - (node.level - 1), 0)]
                 base = ".".join([package, *anchor, *([node.module] if node.module else [])])
             for alias in node.names:
-                inner = base[len(package) + 1:] if base.startswith(package + ".") else ""
+                inner = base[len(package) + 1 :] if base.startswith(package + ".") else ""
                 name = f"{inner}.{alias.name}" if inner else alias.name
                 add(f"{package}.{name}" if name in modules else base)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and isinstance(node.args[0].value, str) and getattr(node.func, "attr", getattr(node.func, "id", "")) \
-                in ("__import__", "import_module"):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("__import__", "import_module")
+        ):
             add(node.args[0].value)
     return found
 
@@ -122,8 +139,11 @@ def test_nothing_below_the_command_line_imports_it():
     graph = import_graph(PACKAGE)
     assert "cli.commands" in graph and "api" in graph
     assert {m for m in graph if m.startswith("cli.")} >= {"cli.train", "cli.evaluate", "cli.predict", "cli.diagnose"}
-    offenders = sorted(m for m, deps in graph.items()
-                       if any(d == "cli" or d.startswith("cli.") for d in deps) and layer_of(m) not in ("cli", "__main__"))
+    offenders = sorted(
+        m
+        for m, deps in graph.items()
+        if any(d == "cli" or d.startswith("cli.") for d in deps) and layer_of(m) not in ("cli", "__main__")
+    )
     assert offenders == [], f"library modules importing the CLI: {offenders}"
     assert graph["__main__"] == {"cli.commands"}
 
@@ -134,8 +154,9 @@ def test_no_import_loops():
 
 def test_subpackages_import_only_their_own_layer_or_below():
     graph = import_graph(PACKAGE)
-    upward = sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
-                    if LAYERS[layer_of(d)] > LAYERS[layer_of(m)])
+    upward = sorted(
+        f"{m} -> {d}" for m, deps in graph.items() for d in deps if LAYERS[layer_of(d)] > LAYERS[layer_of(m)]
+    )
     assert upward == [], f"imports from a higher layer: {upward}"
 
 
@@ -149,7 +170,9 @@ def test_every_module_lives_in_a_subpackage_but_the_ground_floor():
 def test_the_library_does_not_import_the_demo():
     graph = import_graph(PACKAGE)
     assert "demo.data" in graph and graph["demo.data"] <= {"io.files"}
-    users = sorted(m for m, deps in graph.items() if any(d.split(".")[0] == "demo" for d in deps) and layer_of(m) != "demo")
+    users = sorted(
+        m for m, deps in graph.items() if any(d.split(".")[0] == "demo" for d in deps) and layer_of(m) != "demo"
+    )
     assert users == ["cli.commands"], users
 
 
@@ -157,7 +180,9 @@ def test_the_command_line_loads_its_subcommands_with_plain_imports():
     tree = ast.parse((PACKAGE / "cli" / "commands.py").read_text(encoding="utf-8"))
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "__import__"]
     assert calls == []
-    assert {"cli.train", "cli.evaluate", "cli.diagnose", "cli.predict", "settings"} <= import_graph(PACKAGE)["cli.commands"]
+    assert {"cli.train", "cli.evaluate", "cli.diagnose", "cli.predict", "settings"} <= import_graph(PACKAGE)[
+        "cli.commands"
+    ]
     for stage in ("training/finetune.py", "analysis/evaluate.py", "analysis/predict.py", "analysis/diagnostics.py"):
         source = (PACKAGE / stage).read_text(encoding="utf-8")
         assert "argparse" not in source and "def register_cli" not in source, f"{stage} still holds command-line code"

@@ -81,7 +81,9 @@ def test_stage_memory_does_not_grow_with_the_pool(bench, pools, stage, one_threa
             "load": lambda: bench.stage_load(folder / "pool.jsonl"),
             "filter": lambda: bench.stage_filter(folder / "pool.jsonl", folder / "test.jsonl"),
             # prompt + response + EOS tokens: the chat template's path streams the same way, several times slower
-            "tokenize": lambda: bench.stage_tokenize(folder / "pool.jsonl", folder / "tok_store", tok, chat_template=False),
+            "tokenize": lambda: bench.stage_tokenize(
+                folder / "pool.jsonl", folder / "tok_store", tok, chat_template=False
+            ),
             "preselect": lambda: bench.stage_preselect(folder / "emb_domain", folder / "emb_pool", 50),
         }[stage]
 

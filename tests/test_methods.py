@@ -17,8 +17,33 @@ def test_registry_fields_decide_the_stages(tiny_model_dir, small_files, tmp_path
     seen = {}
     for name in ("random", "embedding", "less"):
         out = tmp_path / name
-        assert main(["select", "--domain", str(domain), "--pool", str(pool), "-n", "4", "--out", str(out), "--method", name,
-                     "--model", str(tiny_model_dir), "--proj-dim", "16", "--rank", "4", "--quiet", "--work-dir", str(work)]) == 0
+        assert (
+            main(
+                [
+                    "select",
+                    "--domain",
+                    str(domain),
+                    "--pool",
+                    str(pool),
+                    "-n",
+                    "4",
+                    "--out",
+                    str(out),
+                    "--method",
+                    name,
+                    "--model",
+                    str(tiny_model_dir),
+                    "--proj-dim",
+                    "16",
+                    "--rank",
+                    "4",
+                    "--quiet",
+                    "--work-dir",
+                    str(work),
+                ]
+            )
+            == 0
+        )
         seen[name] = set(json.loads((out / "run.json").read_text())["seconds"])
         header, *lines = (out / "scores.csv").read_text().splitlines()
         score_name = METHODS[name].score_name
@@ -41,5 +66,10 @@ def test_registry_fields_decide_the_stages(tiny_model_dir, small_files, tmp_path
 
 def test_score_names_say_what_the_column_holds():
     names = {m.name: m.score_name for m in METHODS.values()}
-    assert names == {"ntk": "ntk_score", "less": "less_max_cosine", "embedding": "embedding_votes", "random": "no_score",
-                     "preselect-random": "no_score"}
+    assert names == {
+        "ntk": "ntk_score",
+        "less": "less_max_cosine",
+        "embedding": "embedding_votes",
+        "random": "no_score",
+        "preselect-random": "no_score",
+    }

@@ -37,8 +37,10 @@ def test_predict_labels_on_separable_features():
 
 
 def test_features_do_not_see_the_response(lora_model, tok):
-    convs = [Conversation([{"role": "user", "content": "same prompt"}], "first answer"),
-             Conversation([{"role": "user", "content": "same prompt"}], "a different, longer answer")]
+    convs = [
+        Conversation([{"role": "user", "content": "same prompt"}], "first answer"),
+        Conversation([{"role": "user", "content": "same prompt"}], "a different, longer answer"),
+    ]
     enc = prompt_only(encode(convs, tok, DataConfig()))
     assert enc[0].length == enc[1].length and enc[0].n_response_tokens == 1
     batch = collate(enc, tok.pad_token_id)
@@ -63,8 +65,27 @@ def test_predict_command_on_a_separable_case(tiny_model_dir, tmp_path):
     domain = write_jsonl(tmp_path / "d.jsonl", _rows(16, 0))
     test = write_jsonl(tmp_path / "t.jsonl", _rows(10, 1))
     out = tmp_path / "pred"
-    assert main(["predict", "--domain", str(domain), "--test", str(test), "--out", str(out), "--model", str(tiny_model_dir),
-                 "--proj-dim", "0", "--rank", "4", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--domain",
+                str(domain),
+                "--test",
+                str(test),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--proj-dim",
+                "0",
+                "--rank",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "predict.json").read_text())
     assert res["classes"] == ["no", "yes"] and res["test_rows"] == 10 and res["train_rows"] == 16
     assert res["majority_accuracy"] == pytest.approx(0.5)

@@ -37,8 +37,10 @@ def test_a_slice_rebuilds_with_the_documented_counts(tmp_path, capsys):
         assert (len(parts["domain"]), len(parts["valid"]), len(parts["test"])) == (d, v, t)
         assert len({r["response"] for r in parts["test"]}) == DISTINCT_TEST_ANSWERS[name]  # free text, not labels
     # samsum: split by dialogue (one summary, one dialogue): no summary in two parts
-    summaries = {p: {r["response"].lower() for r in rows(out / "generative" / "samsum" / f"{p}.jsonl")}
-                 for p in ("domain", "valid", "test")}
+    summaries = {
+        p: {r["response"].lower() for r in rows(out / "generative" / "samsum" / f"{p}.jsonl")}
+        for p in ("domain", "valid", "test")
+    }
     assert not (summaries["domain"] & summaries["test"]) and not (summaries["valid"] & summaries["test"])
     # PubMedQA: the official test ids, the same in both forms of the domain
     official = set(json.loads((SHARED / "pubmedqa" / "test_ground_truth.json").read_text()))
@@ -50,8 +52,9 @@ def test_a_slice_rebuilds_with_the_documented_counts(tmp_path, capsys):
     assert not any(t.startswith("samsum") for t in per_template)
     from ntk_selector.selection.filters import ngrams
 
-    tests = [rows(out / n / "test.jsonl") for n in DOMAINS] + \
-            [rows(out / "generative" / n / "test.jsonl") for n in GENERATIVE]
+    tests = [rows(out / n / "test.jsonl") for n in DOMAINS] + [
+        rows(out / "generative" / n / "test.jsonl") for n in GENERATIVE
+    ]
     banned = set().union(*(ngrams(r["prompt"] + " " + r["response"], 13) for t in tests for r in t))
     assert not any(ngrams(r["prompt"] + " " + r["response"], 13) & banned for r in pool)
     summary = json.loads((out / "summary.json").read_text())

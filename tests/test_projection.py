@@ -3,8 +3,12 @@ import torch
 
 from ntk_selector.features.projection import FactoredRademacher, RawGradient, make_projector
 
-SHAPES = [("l0.q.lora_A.weight", (4, 24)), ("l0.q.lora_B.weight", (24, 4)), ("l0.v.lora_A.weight", (4, 24)),
-          ("l0.v.lora_B.weight", (12, 4))]
+SHAPES = [
+    ("l0.q.lora_A.weight", (4, 24)),
+    ("l0.q.lora_B.weight", (24, 4)),
+    ("l0.v.lora_A.weight", (4, 24)),
+    ("l0.v.lora_B.weight", (12, 4)),
+]
 
 
 def project(shapes, grads, dim, seed):
@@ -95,5 +99,5 @@ def test_sign_cache_budget_changes_memory_not_numbers():
     from ntk_selector.features.projection import rademacher
 
     name, _ = SHAPES[0]
-    ref = rademacher((24, 4), 2, name).float() * 4 ** -0.5
+    ref = rademacher((24, 4), 2, name).float() * 4**-0.5
     assert torch.equal(FactoredRademacher(SHAPES, 16, seed=2, cache_bytes=1 << 20).matrix(name), ref)

@@ -16,7 +16,9 @@ def load_script():
 
 def labelled(n: int, seed: int, labels=("yes", "no", "meh")) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": "Q: " + r["prompt"][:40], "response": rng.choice(labels)} for r in synthetic_rows(n, seed, ("dom",))]
+    return [
+        {"prompt": "Q: " + r["prompt"][:40], "response": rng.choice(labels)} for r in synthetic_rows(n, seed, ("dom",))
+    ]
 
 
 def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, one_thread):
@@ -24,24 +26,66 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     write_jsonl(tmp_path / "bal.jsonl", labelled(6, 5))
     write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
     write_jsonl(tmp_path / "t.jsonl", labelled(12, 3))
-    pool = synthetic_rows(40, 4) + [{"prompt": "Q: x y z", "response": "yes", "task": "dom-like"}] * 2 + \
-        [{"prompt": f"Q: is {w} a word?", "response": "Yes.", "task": "dom-like"} for w in ("ab", "cd", "ef")]
+    pool = (
+        synthetic_rows(40, 4)
+        + [{"prompt": "Q: x y z", "response": "yes", "task": "dom-like"}] * 2
+        + [{"prompt": f"Q: is {w} a word?", "response": "Yes.", "task": "dom-like"} for w in ("ab", "cd", "ef")]
+    )
     write_jsonl(tmp_path / "pool.jsonl", pool)
     results, cache = tmp_path / "results", tmp_path / "cache"
-    args = ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
-            "--domain-test", str(tmp_path / "t.jsonl"), "--domain-balanced", str(tmp_path / "bal.jsonl"),
-            "--pool", str(tmp_path / "pool.jsonl"), "--model", str(tiny_model_dir), "--seeds", "0", "1",
-            "--lrs", "1e-3", "3e-3", "--epochs", "1", "--max-length", "96", "--proj-dim", "32", "--rank", "4",
-            "--n-factor", "2", "--results", str(results), "--cache", str(cache)]
+    args = [
+        "--name",
+        "toy",
+        "--domain-train",
+        str(tmp_path / "d.jsonl"),
+        "--domain-valid",
+        str(tmp_path / "v.jsonl"),
+        "--domain-test",
+        str(tmp_path / "t.jsonl"),
+        "--domain-balanced",
+        str(tmp_path / "bal.jsonl"),
+        "--pool",
+        str(tmp_path / "pool.jsonl"),
+        "--model",
+        str(tiny_model_dir),
+        "--seeds",
+        "0",
+        "1",
+        "--lrs",
+        "1e-3",
+        "3e-3",
+        "--epochs",
+        "1",
+        "--max-length",
+        "96",
+        "--proj-dim",
+        "32",
+        "--rank",
+        "4",
+        "--n-factor",
+        "2",
+        "--results",
+        str(results),
+        "--cache",
+        str(cache),
+    ]
     mod = load_script()
     assert mod.main(args) == 0
     evals = {p.stem: json.loads(p.read_text()) for p in (results / "eval").glob("*.json")}
     # the settings sweep ran on valid only, once per learning rate
-    assert {k for k in evals if k.startswith("toy_natural_domain_ft0_") and k.endswith("_token__valid")} == \
-        {"toy_natural_domain_ft0_lr0.001_token__valid", "toy_natural_domain_ft0_lr0.003_token__valid"}
+    assert {k for k in evals if k.startswith("toy_natural_domain_ft0_") and k.endswith("_token__valid")} == {
+        "toy_natural_domain_ft0_lr0.001_token__valid",
+        "toy_natural_domain_ft0_lr0.003_token__valid",
+    }
     chosen = mod.chosen_lrs(evals, ["toy"], mod.Settings(lrs=(1e-3, 3e-3)))["toy"][0]
-    want = min((-round(evals[f"toy_natural_domain_ft0_lr{lr:g}_token__valid"]["balanced_accuracy"], 6),
-                evals[f"toy_natural_domain_ft0_lr{lr:g}_token__valid"]["gold_nll"], lr) for lr in (1e-3, 3e-3))[2]
+    want = min(
+        (
+            -round(evals[f"toy_natural_domain_ft0_lr{lr:g}_token__valid"]["balanced_accuracy"], 6),
+            evals[f"toy_natural_domain_ft0_lr{lr:g}_token__valid"]["gold_nll"],
+            lr,
+        )
+        for lr in (1e-3, 3e-3)
+    )[2]
     assert chosen == want
     for m in mod.METHODS:
         arms = mod.group(evals, "toy", m, "test", lr=chosen)
@@ -53,7 +97,12 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
             assert len(mod.group(evals, "toy", m, "test", variant, chosen)) == 1, (variant, m)
     # selections: deterministic methods once, random per seed; N = 2 x |D|
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
-    assert {"toy_natural_ntk_sel0", "toy_natural_random_sel0", "toy_natural_random_sel1", "toy_balanced_ntk_sel0"} <= set(sels)
+    assert {
+        "toy_natural_ntk_sel0",
+        "toy_natural_random_sel0",
+        "toy_natural_random_sel1",
+        "toy_balanced_ntk_sel0",
+    } <= set(sels)
     assert "toy_natural_ntk_sel1" not in sels and all(len(s["pool_index"]) == 12 for s in sels.values())
     assert {"embed_pool", "features_domain"} <= set(sels["toy_natural_ntk_sel0"]["store_seconds"])
     # answers counted like D's labels: "Yes." is "yes"; the exact count does not see it
@@ -74,9 +123,13 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert len(mod.group(evals, "toy", mod.INDEX_METHOD, "test", lr=chosen)) == 1
     assert "toy_natural_ntk-index_sel0" in sels and "toy_natural_ntk-index_sel1" not in sels
     agree = sels["toy_natural_ntk-index_sel0"]["agreement_with_ntk"]
-    overlap = len(set(sels["toy_natural_ntk-index_sel0"]["pool_index"]) & set(sels["toy_natural_ntk_sel0"]["pool_index"]))
+    overlap = len(
+        set(sels["toy_natural_ntk-index_sel0"]["pool_index"]) & set(sels["toy_natural_ntk_sel0"]["pool_index"])
+    )
     assert agree["top_n_overlap"] == overlap / 12
-    assert all(0 <= agree[k] <= 1 for k in ("recall_in_preselected", "preselected_overlap", "minilm_recall_in_preselected"))
+    assert all(
+        0 <= agree[k] <= 1 for k in ("recall_in_preselected", "preselected_overlap", "minilm_recall_in_preselected")
+    )
     assert -1 <= agree["spearman_on_paper_candidates"] <= 1
     # the variant arm: seed 0 only, its own features over the same warm-up and pre-selected M as ntk
     assert len(mod.group(evals, "toy", mod.CONTENT_METHOD, "test", lr=chosen)) == 1
@@ -110,10 +163,15 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     lost.unlink()
     del before[lost]
     assert mod.main(args) == 0
-    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name not in ("settings.json", lost.name)} == before
+    assert {
+        p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name not in ("settings.json", lost.name)
+    } == before
     redone = json.loads(lost.read_text())
     assert redone["definition"] == old["definition"]
-    assert (redone["predicted"], redone["gold_nll"]) == (old["predicted"], old["gold_nll"])  # one thread: the same refit
+    assert (redone["predicted"], redone["gold_nll"]) == (
+        old["predicted"],
+        old["gold_nll"],
+    )  # one thread: the same refit
     selected = [json.loads(line) for line in open(sels["toy_natural_ntk_sel0"]["selected_file"])]
     assert selected == [pool[i] for i in sels["toy_natural_ntk_sel0"]["pool_index"]]
 
@@ -124,28 +182,69 @@ def small_domain(tmp_path, model_dir, results, cache, seeds=("0",)) -> list[str]
     write_jsonl(tmp_path / "v.jsonl", labelled(6, 2))
     write_jsonl(tmp_path / "t.jsonl", labelled(8, 3))
     write_jsonl(tmp_path / "pool.jsonl", synthetic_rows(30, 4))
-    return ["--name", "toy", "--domain-train", str(tmp_path / "d.jsonl"), "--domain-valid", str(tmp_path / "v.jsonl"),
-            "--domain-test", str(tmp_path / "t.jsonl"), "--pool", str(tmp_path / "pool.jsonl"),
-            "--model", str(model_dir), "--seeds", *seeds, "--lrs", "1e-3", "--epochs", "1", "--max-length", "96",
-            "--proj-dim", "32", "--rank", "4", "--n-factor", "2", "--results", str(results), "--cache", str(cache)]
+    return [
+        "--name",
+        "toy",
+        "--domain-train",
+        str(tmp_path / "d.jsonl"),
+        "--domain-valid",
+        str(tmp_path / "v.jsonl"),
+        "--domain-test",
+        str(tmp_path / "t.jsonl"),
+        "--pool",
+        str(tmp_path / "pool.jsonl"),
+        "--model",
+        str(model_dir),
+        "--seeds",
+        *seeds,
+        "--lrs",
+        "1e-3",
+        "--epochs",
+        "1",
+        "--max-length",
+        "96",
+        "--proj-dim",
+        "32",
+        "--rank",
+        "4",
+        "--n-factor",
+        "2",
+        "--results",
+        str(results),
+        "--cache",
+        str(cache),
+    ]
 
 
 def test_methods_filter_runs_only_those_cells(tiny_model_dir, tmp_path, one_thread):
     results = tmp_path / "results"
     args = small_domain(tmp_path, tiny_model_dir, results, tmp_path / "c", seeds=("0", "1")) + [
-        "--phases", "seeds", "--methods", "random"]
+        "--phases",
+        "seeds",
+        "--methods",
+        "random",
+    ]
     assert load_script().main(args) == 0
     # the settings sweep (always first), then seed 1 of random only: no model-based selection ran
     assert sorted(p.stem for p in (results / "select").glob("*.json")) == ["toy_natural_random_sel1"]
     assert sorted(p.stem for p in (results / "eval").glob("*.json")) == [
-        "toy_natural_domain_ft0_lr0.001_token__valid", "toy_natural_random_sel1_ft1_lr0.001_token__test",
-        "toy_natural_random_sel1_ft1_lr0.001_token__valid"]
+        "toy_natural_domain_ft0_lr0.001_token__valid",
+        "toy_natural_random_sel1_ft1_lr0.001_token__test",
+        "toy_natural_random_sel1_ft1_lr0.001_token__valid",
+    ]
 
 
 def test_select_only_computes_selections_and_no_fine_tunes(tiny_model_dir, tmp_path, one_thread):
     results = tmp_path / "results"
     args = small_domain(tmp_path, tiny_model_dir, results, tmp_path / "c") + [
-        "--phases", "seed0", "--methods", "base", "embedding", "preselect-random", "--select-only"]
+        "--phases",
+        "seed0",
+        "--methods",
+        "base",
+        "embedding",
+        "preselect-random",
+        "--select-only",
+    ]
     mod = load_script()
     assert mod.main(args) == 0
     sels = {p.stem: json.loads(p.read_text()) for p in (results / "select").glob("*.json")}
@@ -165,7 +264,16 @@ def test_ranks_select_and_index_equal_one_process(tiny_model_dir, tmp_path, one_
     for ranks in (1, 2):
         results = tmp_path / f"results{ranks}"
         args = small_domain(tmp_path, tiny_model_dir, results, tmp_path / f"c{ranks}") + [
-            "--phases", "seed0", "index", "--methods", "ntk", mod.INDEX_METHOD, "--select-only", "--ranks", str(ranks)]
+            "--phases",
+            "seed0",
+            "index",
+            "--methods",
+            "ntk",
+            mod.INDEX_METHOD,
+            "--select-only",
+            "--ranks",
+            str(ranks),
+        ]
         assert mod.main(args) == 0
         logged = capfd.readouterr()
         for command in ("select", "index"):  # the torchrun path ran only when asked for
@@ -183,18 +291,31 @@ def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
     mod = load_script()
     truth = "abcabcabca"
     arms = {  # run key (without the lr/loss tail) -> predictions over the 10 test rows
-        "toy_natural_domain_ft0": "aaaaaaaaaa", "toy_natural_domain_ft1": "aaaaaaaaab",
-        "toy_natural_ntk_sel0_ft0": "abcabcaaaa", "toy_natural_ntk_sel0_ft1": "abcabcabaa",
-        "toy_natural_random_sel0_ft0": "abcaaaaaaa", "toy_natural_random_sel1_ft1": "abcabcabca",
+        "toy_natural_domain_ft0": "aaaaaaaaaa",
+        "toy_natural_domain_ft1": "aaaaaaaaab",
+        "toy_natural_ntk_sel0_ft0": "abcabcaaaa",
+        "toy_natural_ntk_sel0_ft1": "abcabcabaa",
+        "toy_natural_random_sel0_ft0": "abcaaaaaaa",
+        "toy_natural_random_sel1_ft1": "abcabcabca",
     }
     (tmp_path / "eval").mkdir()
 
     def record(predicted: str) -> dict:
         acc = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
-        return {"n": len(truth), "truth": truth, "predicted": predicted, "accuracy": acc, "balanced_accuracy": acc,
-                "macro_f1": acc, "gold_nll": 1 - acc, "calibrated": {"accuracy": acc, "balanced_accuracy": acc}}
+        return {
+            "n": len(truth),
+            "truth": truth,
+            "predicted": predicted,
+            "accuracy": acc,
+            "balanced_accuracy": acc,
+            "macro_f1": acc,
+            "gold_nll": 1 - acc,
+            "calibrated": {"accuracy": acc, "balanced_accuracy": acc},
+        }
 
-    (tmp_path / "eval" / "toy_natural_domain_ft0_lr0.001_token__valid.json").write_text(json.dumps(record("abcabcabca")))
+    (tmp_path / "eval" / "toy_natural_domain_ft0_lr0.001_token__valid.json").write_text(
+        json.dumps(record("abcabcabca"))
+    )
     for key, predicted in arms.items():
         (tmp_path / "eval" / f"{key}_lr0.001_token__test.json").write_text(json.dumps(record(predicted)))
     table = mod.build_table(tmp_path, mod.Settings(lrs=(1e-3,)))
@@ -205,7 +326,8 @@ def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
     assert all(f"ntk − {m}" not in table for m in ("less", "embedding", "preselect-random"))
     # preselect-random at 0.9 of the rows against ntk's 0.85: the isolating comparison, with its sign
     (tmp_path / "eval" / "toy_natural_preselect-random_sel0_ft0_lr0.001_token__test.json").write_text(
-        json.dumps(record("abcabcabcb")))
+        json.dumps(record("abcabcabcb"))
+    )
     table = mod.build_table(tmp_path, mod.Settings(lrs=(1e-3,)))
     assert "ntk − preselect-random: -5.0 points" in table
     assert "ablations" not in table  # no ablation arm yet: no ablation section
@@ -213,7 +335,10 @@ def test_table_intervals_are_the_differences_of_the_named_arms(tmp_path):
     for key, predicted in (("toy_natural_ntk_sel0_ft0", "abcabcabca"), ("toy_natural_random_sel0_ft0", "aaaaaaaaaa")):
         (tmp_path / "eval" / f"{key}_lr0.001_example__test.json").write_text(json.dumps(record(predicted)))
     table = mod.build_table(tmp_path, mod.Settings(lrs=(1e-3,)))
-    assert "| main (token mean, natural D) | ntk | 80.0 |" in table and "| main (token mean, natural D) | random | 60.0 |" in table
+    assert (
+        "| main (token mean, natural D) | ntk | 80.0 |" in table
+        and "| main (token mean, natural D) | random | 60.0 |" in table
+    )
     assert "| per-example loss mean | ntk | 100.0 |" in table and "| per-example loss mean | random | 40.0 |" in table
     assert "- main (token mean, natural D): ntk − random +20.0 points" in table
     assert "- per-example loss mean: ntk − random +60.0 points" in table and "balanced D" not in table

@@ -37,7 +37,9 @@ def test_local_files_of_every_kind_read_the_same(tmp_path):
     ds = datasets.Dataset.from_list(ROWS)
     write_jsonl(tmp_path / "r.jsonl", ROWS)
     (tmp_path / "r.json").write_text(json.dumps(ROWS))  # a JSON array file
-    (tmp_path / "r.csv").write_text("prompt,response,task\n" + "".join(f"{r['prompt']},{r['response']},{r['task']}\n" for r in ROWS))
+    (tmp_path / "r.csv").write_text(
+        "prompt,response,task\n" + "".join(f"{r['prompt']},{r['response']},{r['task']}\n" for r in ROWS)
+    )
     ds.to_parquet(str(tmp_path / "r.parquet"))
     with pa.OSFile(str(tmp_path / "r.arrow"), "wb") as sink, pa.ipc.new_stream(sink, ds.data.table.schema) as w:
         w.write_table(ds.data.table)
@@ -64,7 +66,8 @@ def test_hub_layout_folder_with_split_and_subset(tmp_path):
     (repo / "README.md").write_text(
         "---\nconfigs:\n- config_name: alpha\n  data_files:\n  - split: train\n    path: alpha/train.jsonl\n"
         "  - split: test\n    path: alpha/test.jsonl\n- config_name: beta\n  data_files:\n  - split: train\n"
-        "    path: beta/train.jsonl\n---\n")
+        "    path: beta/train.jsonl\n---\n"
+    )
     test = Records.load(repo, DataConfig(subset="alpha", split="test"))
     assert convs(test) == EXPECTED[3:]
     train = Records.load(repo, DataConfig(subset="alpha", split="train"))
@@ -77,7 +80,9 @@ def test_hub_layout_folder_with_split_and_subset(tmp_path):
 
 
 def test_hub_id_offline_is_a_clear_error():
-    with pytest.raises(DataError, match="HuggingFaceH4/ultrachat_200k: not a local file, and the hub dataset cannot be loaded"):
+    with pytest.raises(
+        DataError, match="HuggingFaceH4/ultrachat_200k: not a local file, and the hub dataset cannot be loaded"
+    ):
         Records.load("HuggingFaceH4/ultrachat_200k", DataConfig(split="train_sft"))
 
 
@@ -89,7 +94,9 @@ def test_hub_id_goes_through_load_dataset(monkeypatch):
 
     def fake_load(path, name=None, split=None, **kw):
         seen.update(path=path, name=name, split=split)
-        return datasets.DatasetDict({"train_sft": datasets.Dataset.from_list(ROWS), "test_sft": datasets.Dataset.from_list(ROWS[:1])})
+        return datasets.DatasetDict(
+            {"train_sft": datasets.Dataset.from_list(ROWS), "test_sft": datasets.Dataset.from_list(ROWS[:1])}
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     with pytest.raises(DataError, match="has splits train_sft, test_sft: choose one with --split"):
@@ -117,8 +124,9 @@ def test_saved_dataset_and_datasetdict_folders(tmp_path):
 
     datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "one"))
     assert convs(Records.load(tmp_path / "one", DataConfig())) == EXPECTED
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS[:2]),
-                          "test": datasets.Dataset.from_list(ROWS[2:])}).save_to_disk(str(tmp_path / "dd"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(ROWS[:2]), "test": datasets.Dataset.from_list(ROWS[2:])}
+    ).save_to_disk(str(tmp_path / "dd"))
     assert convs(Records.load(tmp_path / "dd", DataConfig(split="test"))) == EXPECTED[2:]
     with pytest.raises(DataError, match="has splits train, test: choose one with --split"):
         Records.load(tmp_path / "dd", DataConfig())
@@ -148,27 +156,89 @@ def test_subset_views_and_field_values(tmp_path):
 
 
 FORMAT_FILES = {
-    "prompt-response": ([{"q": "What is 2+2?", "a": "4"}], DataConfig(prompt_field="q", response_field="a"),
-                        [([{"role": "user", "content": "What is 2+2?"}], "4")]),
-    "prompt-completion": ([{"prompt": "Say hi", "completion": "hi"}], DataConfig(),
-                          [([{"role": "user", "content": "Say hi"}], "hi")]),
+    "prompt-response": (
+        [{"q": "What is 2+2?", "a": "4"}],
+        DataConfig(prompt_field="q", response_field="a"),
+        [([{"role": "user", "content": "What is 2+2?"}], "4")],
+    ),
+    "prompt-completion": (
+        [{"prompt": "Say hi", "completion": "hi"}],
+        DataConfig(),
+        [([{"role": "user", "content": "Say hi"}], "hi")],
+    ),
     "prompt-completion conversational": (
-        [{"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
-          "completion": [{"role": "assistant", "content": "Paris."}]}], DataConfig(),
-        [([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], "Paris.")]),
-    "messages": ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                                {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ciao"}]}], DataConfig(),
-                 [([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                    {"role": "user", "content": "bye"}], "ciao")]),
-    "sharegpt": ([{"id": "x1", "conversations": [{"from": "system", "value": "S"}, {"from": "human", "value": "H1"},
-                                                 {"from": "gpt", "value": "G1"}, {"from": "human", "value": "H2"},
-                                                 {"from": "gpt", "value": "G2"}]}], DataConfig(),
-                 [([{"role": "system", "content": "S"}, {"role": "user", "content": "H1"}, {"role": "assistant", "content": "G1"},
-                    {"role": "user", "content": "H2"}], "G2")]),
-    "alpaca": ([{"instruction": "Translate to French.", "input": "cat", "output": "chat"},
-                {"instruction": "Name a colour.", "input": "", "output": "red"}], DataConfig(),
-               [([{"role": "user", "content": "Translate to French.\n\ncat"}], "chat"),
-                ([{"role": "user", "content": "Name a colour."}], "red")]),
+        [
+            {
+                "prompt": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Capital of France?"},
+                ],
+                "completion": [{"role": "assistant", "content": "Paris."}],
+            }
+        ],
+        DataConfig(),
+        [([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], "Paris.")],
+    ),
+    "messages": (
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "bye"},
+                    {"role": "assistant", "content": "ciao"},
+                ]
+            }
+        ],
+        DataConfig(),
+        [
+            (
+                [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                    {"role": "user", "content": "bye"},
+                ],
+                "ciao",
+            )
+        ],
+    ),
+    "sharegpt": (
+        [
+            {
+                "id": "x1",
+                "conversations": [
+                    {"from": "system", "value": "S"},
+                    {"from": "human", "value": "H1"},
+                    {"from": "gpt", "value": "G1"},
+                    {"from": "human", "value": "H2"},
+                    {"from": "gpt", "value": "G2"},
+                ],
+            }
+        ],
+        DataConfig(),
+        [
+            (
+                [
+                    {"role": "system", "content": "S"},
+                    {"role": "user", "content": "H1"},
+                    {"role": "assistant", "content": "G1"},
+                    {"role": "user", "content": "H2"},
+                ],
+                "G2",
+            )
+        ],
+    ),
+    "alpaca": (
+        [
+            {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
+            {"instruction": "Name a colour.", "input": "", "output": "red"},
+        ],
+        DataConfig(),
+        [
+            ([{"role": "user", "content": "Translate to French.\n\ncat"}], "chat"),
+            ([{"role": "user", "content": "Name a colour."}], "red"),
+        ],
+    ),
 }
 
 
@@ -187,7 +257,13 @@ def test_alpaca_input_is_not_dropped(tmp_path):
 
 
 def test_ambiguous_file_is_refused_and_format_names_it(tmp_path):
-    rows = [{"prompt": "p", "response": "r", "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "m"}]}]
+    rows = [
+        {
+            "prompt": "p",
+            "response": "r",
+            "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "m"}],
+        }
+    ]
     path = write_jsonl(tmp_path / "amb.jsonl", rows)
     with pytest.raises(DataError) as e:
         Records.load(path, DataConfig())
@@ -204,29 +280,57 @@ def test_unknown_format_name():
         DataConfig(format="chatml")
 
 
-@pytest.mark.parametrize("rows,needle", [
-    ([{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
-      {"conversations": [{"from": "human", "value": "a"}, {"from": "robot", "value": "b"}]}],
-     "bad.jsonl:2: field 'conversations': unknown speaker 'robot'"),
-    ([{"conversations": [{"from": "human", "value": "only a question"}]}],
-     "bad.jsonl:1: field 'conversations' has no assistant turn"),
-    ([{"instruction": "i", "input": "x", "output": "o"}, {"instruction": "i", "input": 7, "output": "o"}],
-     "bad.jsonl:2: field 'input' must be a string, got int"),
-    ([{"instruction": "i", "output": "o"}, {"instruction": "j"}], "bad.jsonl:2: missing field 'output'"),
-    ([{"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "user", "content": "not an answer"}]}],
-     "bad.jsonl:1: field 'completion' has no assistant turn"),
-    ([{"prompt": "q", "completion": "c"}, {"prompt": "q", "completion": 5}],
-     "bad.jsonl:2: field 'completion' must be a list"),
-    ([{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]}],
-     "bad.jsonl:1: field 'messages': each message needs string 'role' and 'content'"),
-    ([{"messages": [{"role": "assistant", "content": "no question"}]}],
-     "bad.jsonl:1: field 'messages' starts with the assistant turn"),
-    ([{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "\ud800"}]}],
-     "bad.jsonl:1: field 'conversations' holds a lone surrogate"),
-    ([{"instruction": "i", "input": "\udfff", "output": "o"}], "bad.jsonl:1: field 'input' holds a lone surrogate"),
-    ([{"prompt": "p", "response": "r"}, {"prompt": "p", "response": "r", "meta": "\ud800"}],
-     "bad.jsonl:2: a lone surrogate escape (\\ud800)"),
-])
+@pytest.mark.parametrize(
+    "rows,needle",
+    [
+        (
+            [
+                {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+                {"conversations": [{"from": "human", "value": "a"}, {"from": "robot", "value": "b"}]},
+            ],
+            "bad.jsonl:2: field 'conversations': unknown speaker 'robot'",
+        ),
+        (
+            [{"conversations": [{"from": "human", "value": "only a question"}]}],
+            "bad.jsonl:1: field 'conversations' has no assistant turn",
+        ),
+        (
+            [{"instruction": "i", "input": "x", "output": "o"}, {"instruction": "i", "input": 7, "output": "o"}],
+            "bad.jsonl:2: field 'input' must be a string, got int",
+        ),
+        ([{"instruction": "i", "output": "o"}, {"instruction": "j"}], "bad.jsonl:2: missing field 'output'"),
+        (
+            [
+                {
+                    "prompt": [{"role": "user", "content": "q"}],
+                    "completion": [{"role": "user", "content": "not an answer"}],
+                }
+            ],
+            "bad.jsonl:1: field 'completion' has no assistant turn",
+        ),
+        (
+            [{"prompt": "q", "completion": "c"}, {"prompt": "q", "completion": 5}],
+            "bad.jsonl:2: field 'completion' must be a list",
+        ),
+        (
+            [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None}]}],
+            "bad.jsonl:1: field 'messages': each message needs string 'role' and 'content'",
+        ),
+        (
+            [{"messages": [{"role": "assistant", "content": "no question"}]}],
+            "bad.jsonl:1: field 'messages' starts with the assistant turn",
+        ),
+        (
+            [{"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "\ud800"}]}],
+            "bad.jsonl:1: field 'conversations' holds a lone surrogate",
+        ),
+        ([{"instruction": "i", "input": "\udfff", "output": "o"}], "bad.jsonl:1: field 'input' holds a lone surrogate"),
+        (
+            [{"prompt": "p", "response": "r"}, {"prompt": "p", "response": "r", "meta": "\ud800"}],
+            "bad.jsonl:2: a lone surrogate escape (\\ud800)",
+        ),
+    ],
+)
 def test_malformed_rows_name_file_line_and_problem(tmp_path, rows, needle):
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")

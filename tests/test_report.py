@@ -21,19 +21,59 @@ def run_dir(tiny_model_dir, tmp_path_factory):
     domain = write_jsonl(base / "domain.jsonl", synthetic_rows(8, 1, ("dom",)))
     pool = write_jsonl(base / "pool.jsonl", synthetic_rows(40, 2))
     out = base / "out"
-    common = ["--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
-              "--rank", "4", "--batch-size", "4", "--max-length", "160"]
+    common = [
+        "--domain",
+        str(domain),
+        "--pool",
+        str(pool),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        "--rank",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "160",
+    ]
     assert main(["select", *common, "--n", "5", "--proj-dim", "64", "--lr", "1e-3"]) == 0
     assert (out / "report.html").exists()
-    assert main(["diagnose", *common, "--probe-rows", "8", "--approx-rows", "4", "--approx-outputs", "8",
-                 "--projection-dims", "64", "256", "--stability-points", "2"]) == 0
+    assert (
+        main(
+            [
+                "diagnose",
+                *common,
+                "--probe-rows",
+                "8",
+                "--approx-rows",
+                "4",
+                "--approx-outputs",
+                "8",
+                "--projection-dims",
+                "64",
+                "256",
+                "--stability-points",
+                "2",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def test_select_writes_report_with_plots(run_dir):
     page = (run_dir / "report.html").read_text()
-    for png in ("report_scores.png", "report_votes.png", "report_tasks.png", "report_seconds.png", "diag_stability.png",
-                "diag_projection.png", "diag_approximation.png"):
+    for png in (
+        "report_scores.png",
+        "report_votes.png",
+        "report_tasks.png",
+        "report_seconds.png",
+        "diag_stability.png",
+        "diag_projection.png",
+        "diag_approximation.png",
+    ):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
         assert f"src='{png}'" in page
     selected = [json.loads(line) for line in open(run_dir / "selected.jsonl")]
@@ -46,8 +86,13 @@ def test_select_writes_report_with_plots(run_dir):
 
 
 def test_report_escapes_text_and_handles_missing_parts(tmp_path):
-    rec = {"prompt": "<script>alert('x')</script> & more", "response": "<b>bold</b>", "task": "t<1>",
-           "ntk_score": 1.5, "pool_index": 0}
+    rec = {
+        "prompt": "<script>alert('x')</script> & more",
+        "response": "<b>bold</b>",
+        "task": "t<1>",
+        "ntk_score": 1.5,
+        "pool_index": 0,
+    }
     write_jsonl(tmp_path / "selected.jsonl", [rec])
     (tmp_path / "scores.csv").write_text("pool_index,votes,preselected,ntk_score\n0,2,1,1.5\n1,0,0,\n")
     write_report(tmp_path)
@@ -65,9 +110,18 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     from matplotlib.image import imread
 
     shot = tmp_path / "shot.png"
-    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400", f"--screenshot={shot}",
-           (run_dir / "report.html").as_uri()]
+    cmd = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,2400",
+        f"--screenshot={shot}",
+        (run_dir / "report.html").as_uri(),
+    ]
     subprocess.run(cmd, check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     img = (imread(shot)[..., :3] * 255).round().astype(np.int32)
     assert img.shape[0] >= 2000 and img.shape[1] >= 1100

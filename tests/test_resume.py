@@ -20,8 +20,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def featurize_args(model, data, out, *extra):
-    return ["featurize", "--data", str(data), "--out", str(out), "--model", str(model), "--proj-dim", "32",
-            "--max-batch-size", "3", "--quiet", *extra]
+    return [
+        "featurize",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--model",
+        str(model),
+        "--proj-dim",
+        "32",
+        "--max-batch-size",
+        "3",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_kill_9_at_random_points_then_resume_equals_uninterrupted(tiny_model_dir, tmp_path, capsys):
@@ -73,9 +86,25 @@ def test_meta_holds_the_definition_and_mismatch_is_refused(tiny_model_dir, small
     assert main(featurize_args(tiny_model_dir, domain, out)) == 0
     meta = json.loads((out / "meta.json").read_text())
     d = meta["definition"]
-    for key in ("model", "model_fingerprint", "tokenizer_fingerprint", "adapter_fingerprint", "lora", "objective", "logits",
-                "logits_mode", "projection", "proj_dim", "seed", "store_dtype", "compute_dtype", "max_length",
-                "data_fingerprint", "data_rows", "chat_template"):
+    for key in (
+        "model",
+        "model_fingerprint",
+        "tokenizer_fingerprint",
+        "adapter_fingerprint",
+        "lora",
+        "objective",
+        "logits",
+        "logits_mode",
+        "projection",
+        "proj_dim",
+        "seed",
+        "store_dtype",
+        "compute_dtype",
+        "max_length",
+        "data_fingerprint",
+        "data_rows",
+        "chat_template",
+    ):
         assert key in d, key
     assert d["objective"] == "ntk" and d["logits_mode"] == "shortcut" and d["proj_dim"] == 32 and d["max_length"] == 512
     assert d["lora"]["rank"] == 8 and meta["complete"] and meta["counts"]["done"] == 8
@@ -119,8 +148,24 @@ def test_select_rerun_skips_finished_stages(tiny_model_dir, small_files, tmp_pat
     from ntk_selector.selection import pipeline
 
     domain, pool = small_files
-    args = ["select", "--domain", str(domain), "--pool", str(pool), "--out", str(tmp_path / "o"), "--model",
-            str(tiny_model_dir), "--n", "4", "--proj-dim", "16", "--quiet", "--rank", "4"]
+    args = [
+        "select",
+        "--domain",
+        str(domain),
+        "--pool",
+        str(pool),
+        "--out",
+        str(tmp_path / "o"),
+        "--model",
+        str(tiny_model_dir),
+        "--n",
+        "4",
+        "--proj-dim",
+        "16",
+        "--quiet",
+        "--rank",
+        "4",
+    ]
     assert main(args) == 0
     first = (tmp_path / "o" / "selected.jsonl").read_text()
     calls = []
@@ -146,21 +191,34 @@ def test_select_rerun_skips_finished_stages(tiny_model_dir, small_files, tmp_pat
     assert not list((tmp_path / "o").glob("*.tmp"))
 
 
-def test_stores_of_prompt_response_data_keep_the_definition_they_had_before_formats(tiny_model_dir, small_files,
-                                                                                   tmp_path, capsys):
+def test_stores_of_prompt_response_data_keep_the_definition_they_had_before_formats(
+    tiny_model_dir, small_files, tmp_path, capsys
+):
     """Stores and warm-ups written before record formats existed (all prompt/response) must still
     resume: their data definition is unchanged for prompt/response data, and names the format only
     for the newer formats, so a chat file's store is never taken for a prompt/response one."""
     domain, _ = small_files
-    before_formats = {"data_fingerprint", "data_rows", "max_length", "chat_template", "prompt_field", "response_field",
-                      "messages_field", "response_tokens"}
+    before_formats = {
+        "data_fingerprint",
+        "data_rows",
+        "max_length",
+        "chat_template",
+        "prompt_field",
+        "response_field",
+        "messages_field",
+        "response_tokens",
+    }
     out = tmp_path / "store"
     assert main(featurize_args(tiny_model_dir, domain, out)) == 0
     d = json.loads((out / "meta.json").read_text())["definition"]
     assert before_formats <= set(d) and "format" not in d
     rows = [json.loads(line) for line in domain.read_text().splitlines()]
-    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": r["prompt"]},
-                                                               {"role": "assistant", "content": r["response"]}]}
-                                                 for r in rows])
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}]}
+            for r in rows
+        ],
+    )
     assert main(featurize_args(tiny_model_dir, chat, tmp_path / "chat_store")) == 0
     assert json.loads((tmp_path / "chat_store" / "meta.json").read_text())["definition"]["format"] == "messages"

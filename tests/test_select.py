@@ -11,8 +11,29 @@ from ntk_selector.io.records import read_records
 
 
 def run_select(tiny_model_dir, domain, pool, out, *extra):
-    args = ["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model", str(tiny_model_dir),
-            "--n", "5", "--proj-dim", "64", "--quiet", "--rank", "4", "--batch-size", "4", "--lr", "1e-3", *extra]
+    args = [
+        "select",
+        "--domain",
+        str(domain),
+        "--pool",
+        str(pool),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--n",
+        "5",
+        "--proj-dim",
+        "64",
+        "--quiet",
+        "--rank",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        *extra,
+    ]
     return main(args)
 
 
@@ -87,7 +108,18 @@ def test_baseline_methods(tiny_model_dir, small_files, tmp_path, method):
 def test_featurize_command_raw_and_resume(tiny_model_dir, small_files, tmp_path):
     domain, _ = small_files
     out = tmp_path / "store"
-    args = ["featurize", "--data", str(domain), "--out", str(out), "--model", str(tiny_model_dir), "--proj-dim", "0", "--quiet"]
+    args = [
+        "featurize",
+        "--data",
+        str(domain),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--proj-dim",
+        "0",
+        "--quiet",
+    ]
     assert main(args) == 0
     feats = np.load(out / "features.npy", mmap_mode="r")
     meta = json.loads((out / "meta.json").read_text())

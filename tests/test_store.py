@@ -60,9 +60,11 @@ def test_other_definition_is_refused_with_the_difference_then_overwrite(tmp_path
 
 
 def test_second_writer_is_refused_in_process_and_from_another_process(tmp_path):
-    code = ("import sys; from ntk_selector.io.store import RowStore; from ntk_selector.errors import UserError\n"
-            "try:\n    RowStore(sys.argv[1], 4, 2, 'float32', {'model': 'm', 'seed': 0, 'lora': {'rank': 8}})\n"
-            "except UserError as e:\n    print(e); sys.exit(3)\n")
+    code = (
+        "import sys; from ntk_selector.io.store import RowStore; from ntk_selector.errors import UserError\n"
+        "try:\n    RowStore(sys.argv[1], 4, 2, 'float32', {'model': 'm', 'seed': 0, 'lora': {'rank': 8}})\n"
+        "except UserError as e:\n    print(e); sys.exit(3)\n"
+    )
     with RowStore(tmp_path, 4, 2, "float32", DEF):
         with pytest.raises(UserError, match="being written by another process"):
             RowStore(tmp_path, 4, 2, "float32", DEF)
@@ -76,6 +78,7 @@ def test_second_writer_is_refused_in_process_and_from_another_process(tmp_path):
 def test_rows_are_synced_before_they_are_marked_done(tmp_path, monkeypatch):
     """A crash between writing a row and marking it done leaves it pending, never half-done."""
     with RowStore(tmp_path, 4, 2, "float32", DEF) as s:
+
         def crash(fd):
             raise KeyboardInterrupt
 
@@ -118,7 +121,10 @@ def test_iter_row_blocks_matches_the_array(tmp_path, rows):
 
 
 def test_describe_differences_is_readable():
-    assert describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": "x"}) == "b.c: 2 -> 3; d: None -> 'x'"
+    assert (
+        describe_differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": "x"})
+        == "b.c: 2 -> 3; d: None -> 'x'"
+    )
     assert json.dumps(describe_differences({}, {})) == '""'
 
 

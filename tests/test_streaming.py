@@ -91,7 +91,9 @@ def test_reverse_knn_votes_equal_a_faiss_brute_force_reference(kind):
     _, nbrs = index.search(d, 30)
     votes = np.bincount(nbrs.ravel(), minlength=len(pool))
     assert (res.votes == votes).all()
-    assert sorted(res.order.tolist()) == sorted(np.lexsort((np.arange(len(pool)), -res.best_sim, -votes))[:200].tolist())
+    assert sorted(res.order.tolist()) == sorted(
+        np.lexsort((np.arange(len(pool)), -res.best_sim, -votes))[:200].tolist()
+    )
 
 
 def test_auto_picks_exact_for_small_and_ivf_for_large_products():

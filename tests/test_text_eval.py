@@ -18,8 +18,14 @@ from ntk_selector.config import DataConfig
 from ntk_selector.io.formats import to_conversation
 from ntk_selector.io.tokens import encode, fit_to_length
 
-SENTENCES = ("the cat sat on the mat", "a dog ran home fast", "rain fell over the quiet town",
-             "she read two long books", "birds sing at dawn", "the river is cold today")
+SENTENCES = (
+    "the cat sat on the mat",
+    "a dog ran home fast",
+    "rain fell over the quiet town",
+    "she read two long books",
+    "birds sing at dawn",
+    "the river is cold today",
+)
 
 
 def text_rows(n: int, seed: int = 0) -> list[dict]:
@@ -96,8 +102,10 @@ def test_long_prompts_are_cut_not_the_response(tok):
     # the start and the end of the prompt (its template header and the assistant header) are kept
     keep = cut.response_start
     assert cut.input_ids[: keep - keep // 2].tolist() == whole.input_ids[: keep - keep // 2].tolist()
-    assert cut.input_ids[keep - keep // 2 : keep].tolist() == whole.input_ids[whole.response_start - keep // 2 :
-                                                                               whole.response_start].tolist()
+    assert (
+        cut.input_ids[keep - keep // 2 : keep].tolist()
+        == whole.input_ids[whole.response_start - keep // 2 : whole.response_start].tolist()
+    )
 
 
 # ----------------------------------------------------------------------------- NLL against a plain loop
@@ -126,8 +134,20 @@ def test_free_text_evaluate_matches_a_loop_and_the_api(tiny_model_dir, tmp_path)
     rows[3]["prompt"] = " ".join(["filler"] * 120)  # longer than --max-length: its prompt is cut, its answer kept
     test = write_jsonl(tmp_path / "test.jsonl", rows)
     out = tmp_path / "eval"
-    args = ["evaluate", "--data", str(test), "--out", str(out), "--model", str(tiny_model_dir), "--quiet",
-            "--max-length", "200", "--token-budget", "600"]
+    args = [
+        "evaluate",
+        "--data",
+        str(test),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_model_dir),
+        "--quiet",
+        "--max-length",
+        "200",
+        "--token-budget",
+        "600",
+    ]
     assert main(args) == 0
     s = json.loads((out / "eval.json").read_text())
     preds = [json.loads(line) for line in open(out / "predictions.jsonl")]
@@ -148,8 +168,9 @@ def test_free_text_evaluate_matches_a_loop_and_the_api(tiny_model_dir, tmp_path)
     s1 = json.loads((other / "eval.json").read_text())
     assert s1["nll_per_token"] == pytest.approx(s["nll_per_token"], rel=1e-5)
     # the Python API returns the same numbers
-    api = ntk_selector.evaluate(test, tmp_path / "eval-api", model=tiny_model_dir, quiet=True, max_length=200,
-                                token_budget=600)
+    api = ntk_selector.evaluate(
+        test, tmp_path / "eval-api", model=tiny_model_dir, quiet=True, max_length=200, token_budget=600
+    )
     assert api["nll_per_token"] == pytest.approx(s["nll_per_token"], rel=1e-6) and api["task"] == "generation"
 
 
@@ -167,14 +188,54 @@ def test_generation_metrics_of_a_model_that_learned_the_answer(tmp_path, confide
     rows = [{"prompt": r["prompt"], "response": answer} for r in synthetic_rows(24, 5)]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     adapter = tmp_path / "adapter"
-    assert main(["train", "--data", str(data), "--out", str(adapter), "--model", str(confident_model_dir), "--quiet",
-                 "--epochs", "30", "--lr", "1e-2", "--batch-size", "4", "--rank", "8"]) == 0
-    test = write_jsonl(tmp_path / "test.jsonl", [{"prompt": r["prompt"], "response": answer} for r in synthetic_rows(6, 9)])
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(adapter),
+                "--model",
+                str(confident_model_dir),
+                "--quiet",
+                "--epochs",
+                "30",
+                "--lr",
+                "1e-2",
+                "--batch-size",
+                "4",
+                "--rank",
+                "8",
+            ]
+        )
+        == 0
+    )
+    test = write_jsonl(
+        tmp_path / "test.jsonl", [{"prompt": r["prompt"], "response": answer} for r in synthetic_rows(6, 9)]
+    )
     results = {}
     for name, extra in (("tuned", ["--adapter", str(adapter)]), ("base", [])):
         out = tmp_path / name
-        assert main(["evaluate", "--data", str(test), "--out", str(out), "--model", str(confident_model_dir), "--quiet",
-                     "--task", "generation", "--generate", *extra]) == 0
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--data",
+                    str(test),
+                    "--out",
+                    str(out),
+                    "--model",
+                    str(confident_model_dir),
+                    "--quiet",
+                    "--task",
+                    "generation",
+                    "--generate",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         results[name] = json.loads((out / "eval.json").read_text())
         preds = [json.loads(line) for line in open(out / "predictions.jsonl")]
         assert [p["rouge_l"] for p in preds] == pytest.approx(rouge_l([p["prediction"] for p in preds], [answer] * 6))

@@ -14,8 +14,21 @@ from ntk_selector.training import loop as training
 from ntk_selector.training.checkpoint import CHECKPOINT_DIR, CHECKPOINT_FILE
 
 # LoRA dropout makes every step draw random numbers: a resume that lost the random state would differ
-TRAIN = ["--quiet", "--rank", "4", "--batch-size", "3", "--epochs", "2", "--lr", "3e-3", "--lora-dropout", "0.3",
-         "--checkpoint-every", "2"]
+TRAIN = [
+    "--quiet",
+    "--rank",
+    "4",
+    "--batch-size",
+    "3",
+    "--epochs",
+    "2",
+    "--lr",
+    "3e-3",
+    "--lora-dropout",
+    "0.3",
+    "--checkpoint-every",
+    "2",
+]
 
 
 class Crash(RuntimeError):
@@ -102,9 +115,33 @@ def test_select_resumes_a_crashed_warm_up(tiny_model_dir, small_files, tmp_path,
     domain, pool = small_files
 
     def select(out, extra=()):
-        return main(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(out), "--model",
-                     str(tiny_model_dir), "--n", "4", "--proj-dim", "16", "--rank", "4", "--batch-size", "2",
-                     "--lora-dropout", "0.3", "--checkpoint-every", "1", "--quiet", *extra])
+        return main(
+            [
+                "select",
+                "--domain",
+                str(domain),
+                "--pool",
+                str(pool),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_model_dir),
+                "--n",
+                "4",
+                "--proj-dim",
+                "16",
+                "--rank",
+                "4",
+                "--batch-size",
+                "2",
+                "--lora-dropout",
+                "0.3",
+                "--checkpoint-every",
+                "1",
+                "--quiet",
+                *extra,
+            ]
+        )
 
     assert select(tmp_path / "full") == 0
     watch_steps(monkeypatch, crash_at=3)

@@ -24,13 +24,26 @@ from ntk_selector.io.outputs import json_line, our_fields, user_record, with_our
 
 def test_to_dict_and_load_yaml_are_symmetric(tmp_path):
     """A YAML file written from to_dict (flat or sectioned) reads back to the same configs."""
-    changed = [DataConfig(max_length=77), LoraSettings(rank=3, target_modules=["q_proj"]), TrainConfig(lr=3e-5, epochs=0.5),
-               RunConfig(overwrite=True, seed=9), PreselectConfig(n=5, m=7)]
+    changed = [
+        DataConfig(max_length=77),
+        LoraSettings(rank=3, target_modules=["q_proj"]),
+        TrainConfig(lr=3e-5, epochs=0.5),
+        RunConfig(overwrite=True, seed=9),
+        PreselectConfig(n=5, m=7),
+    ]
     configs = changed + [s() for s in SECTIONS if s not in {type(c) for c in changed}]
     (tmp_path / "flat.yaml").write_text(yaml.safe_dump(to_dict(*configs)))
-    (tmp_path / "sections.yaml").write_text(yaml.safe_dump({"data": to_dict(configs[0]), "lora": to_dict(configs[1]),
-                                                             "train": to_dict(configs[2]), "run": to_dict(configs[3]),
-                                                             "preselect": to_dict(configs[4])}))
+    (tmp_path / "sections.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": to_dict(configs[0]),
+                "lora": to_dict(configs[1]),
+                "train": to_dict(configs[2]),
+                "run": to_dict(configs[3]),
+                "preselect": to_dict(configs[4]),
+            }
+        )
+    )
     flat = load_yaml(tmp_path / "flat.yaml")
     for c in configs:
         assert build(type(c), flat) == c
@@ -39,22 +52,41 @@ def test_to_dict_and_load_yaml_are_symmetric(tmp_path):
         assert build(type(c), sectioned) == c
 
 
-@pytest.mark.parametrize("name,value,expected", [
-    ("lr", "1e-4", 1e-4), ("rank", "4", 4), ("rank", 4.0, 4), ("overwrite", "false", False), ("overwrite", "True", True),
-    ("target_modules", "q_proj", ["q_proj"]), ("projection_dims", 64, [64]), ("m", None, None), ("epochs", 2, 2.0),
-])
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("lr", "1e-4", 1e-4),
+        ("rank", "4", 4),
+        ("rank", 4.0, 4),
+        ("overwrite", "false", False),
+        ("overwrite", "True", True),
+        ("target_modules", "q_proj", ["q_proj"]),
+        ("projection_dims", 64, [64]),
+        ("m", None, None),
+        ("epochs", 2, 2.0),
+    ],
+)
 def test_values_are_read_as_meant(name, value, expected):
     got = check_setting(name, value)
     assert got == expected and type(got) is type(expected)
 
 
-@pytest.mark.parametrize("name,value,fragment", [
-    ("rank", True, "--rank must be a whole number, got True"), ("rank", 4.5, "must be a whole number"),
-    ("overwrite", "nope", "must be true or false"), ("lr", "fast", "--lr must be a number, got 'fast'"),
-    ("lr", float("inf"), "finite"), ("max_length", [1, 2], "must be a single number"), ("rank", None, "needs a value"),
-    ("target_modules", [], "non-empty list"), ("prompt_field", "  ", "must not be empty"),
-    ("checks", ["stabilty"], "(did you mean 'stability'?)"), ("projection_top", 0, "greater than 0"),
-])
+@pytest.mark.parametrize(
+    "name,value,fragment",
+    [
+        ("rank", True, "--rank must be a whole number, got True"),
+        ("rank", 4.5, "must be a whole number"),
+        ("overwrite", "nope", "must be true or false"),
+        ("lr", "fast", "--lr must be a number, got 'fast'"),
+        ("lr", float("inf"), "finite"),
+        ("max_length", [1, 2], "must be a single number"),
+        ("rank", None, "needs a value"),
+        ("target_modules", [], "non-empty list"),
+        ("prompt_field", "  ", "must not be empty"),
+        ("checks", ["stabilty"], "(did you mean 'stability'?)"),
+        ("projection_top", 0, "greater than 0"),
+    ],
+)
 def test_wrong_values_name_the_flag(name, value, fragment):
     with pytest.raises(ConfigError) as e:
         check_setting(name, value)
@@ -80,10 +112,16 @@ def test_the_api_checks_too():
         PreselectConfig(n=5, m=3)
 
 
-@pytest.mark.parametrize("record,nested_key", [
-    ({"prompt": "a"}, None), ({"pool_index": "x"}, "ntk_selector"), ({"ntk_score": 1, "ntk_selector": 2}, "_ntk_selector"),
-    ({"ntk_selector": {"pool_index": 9}}, None), ({"__line__": 3, "ntk_score": None}, "ntk_selector"),
-])
+@pytest.mark.parametrize(
+    "record,nested_key",
+    [
+        ({"prompt": "a"}, None),
+        ({"pool_index": "x"}, "ntk_selector"),
+        ({"ntk_score": 1, "ntk_selector": 2}, "_ntk_selector"),
+        ({"ntk_selector": {"pool_index": 9}}, None),
+        ({"__line__": 3, "ntk_score": None}, "ntk_selector"),
+    ],
+)
 def test_our_fields_never_collide(record, nested_key):
     obj = json.loads(json_line(with_our_fields(record, 0.5, 7)))
     assert user_record(obj) == record
@@ -103,8 +141,24 @@ def test_a_failing_report_is_a_warning(tiny_model_dir, small_files, tmp_path, ca
 
     monkeypatch.setattr(report, "write_report", broken)
     domain, pool = small_files
-    rc = main(["select", "--domain", str(domain), "--pool", str(pool), "--out", str(tmp_path / "o"), "--n", "3",
-               "--model", str(tiny_model_dir), "--method", "random", "--quiet"])
+    rc = main(
+        [
+            "select",
+            "--domain",
+            str(domain),
+            "--pool",
+            str(pool),
+            "--out",
+            str(tmp_path / "o"),
+            "--n",
+            "3",
+            "--model",
+            str(tiny_model_dir),
+            "--method",
+            "random",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert "WARNING: the report could not be written (RuntimeError: plot exploded)" in capsys.readouterr().err
     assert len((tmp_path / "o" / "selected.jsonl").read_text().splitlines()) == 3

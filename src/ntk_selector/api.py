@@ -124,8 +124,16 @@ class Selection:
         return datasets.Dataset.from_list(self.records)
 
 
-def select(domain: Any, pool: Any, n: int, *, method: str = "ntk", model: str | Path | None = None,
-           out: str | Path | None = None, **settings: Any) -> Selection | None:
+def select(
+    domain: Any,
+    pool: Any,
+    n: int,
+    *,
+    method: str = "ntk",
+    model: str | Path | None = None,
+    out: str | Path | None = None,
+    **settings: Any,
+) -> Selection | None:
     """Pick ``n`` rows of ``pool`` for the domain; the same run as ``ntk-selector select``.
 
     ``out`` receives selected.jsonl, scores.csv, run.json, the report and stages/; a rerun there
@@ -162,8 +170,9 @@ def select(domain: Any, pool: Any, n: int, *, method: str = "ntk", model: str | 
         return _select_into(domain, pool, Path(tmp), cfg, keep=False)
 
 
-def select_files(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path,
-                 cfg: SelectConfigs) -> dict[str, Any] | None:
+def select_files(
+    domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: SelectConfigs
+) -> dict[str, Any] | None:
     """The select run on record files: against an index when ``cfg.index.index`` names one, else the
     full pipeline; returns run.json's summary (None on ranks other than 0). The CLI's entry too."""
     if cfg.index.index:
@@ -187,9 +196,17 @@ def _select_into(domain: Any, pool: Any, out: Path, cfg: SelectConfigs, keep: bo
         records = [dict(pool[int(i)]) for i in indices]
     else:
         records = [user_record(r) for r in rows]  # the user's fields, also ones named like ours
-    return Selection(indices=indices, scores=pool_scores[indices], votes=pool_votes[indices], records=records,
-                     summary=summary, out=out if keep else None, pool_scores=pool_scores, pool_votes=pool_votes,
-                     preselected=preselected)
+    return Selection(
+        indices=indices,
+        scores=pool_scores[indices],
+        votes=pool_votes[indices],
+        records=records,
+        summary=summary,
+        out=out if keep else None,
+        pool_scores=pool_scores,
+        pool_votes=pool_votes,
+        preselected=preselected,
+    )
 
 
 def _read_scores(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,8 +265,9 @@ def _as_file(data: Any, folder: Path, name: str) -> Path:
     if isinstance(data, (str, Path)) or hasattr(data, "__fspath__"):
         return Path(data)
     if not _in_memory(data):
-        raise UserError(f"{name}: expected a path, a list of dicts, a datasets.Dataset or DatasetDict, got "
-                        f"{type(data).__name__}")
+        raise UserError(
+            f"{name}: expected a path, a list of dicts, a datasets.Dataset or DatasetDict, got {type(data).__name__}"
+        )
     if len(data) == 0:
         raise UserError(f"{name}: no records (empty list)")
     if _is_dataset(data):
@@ -291,8 +309,12 @@ def _records_and_session(data: Any, c: dict[type, Any]) -> Iterator[tuple[Record
     """One input's records and a session with the configured model (and adapter), on every rank."""
     with _files(data, "data", single=True, split=c[DataConfig].split) as (path,):
         records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
-        yield records, distributed.all_ranks(
-            lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter))
+        yield (
+            records,
+            distributed.all_ranks(
+                lambda: Session(c[ModelConfig], c[LoraSettings], c[RunConfig]).load(c[ModelConfig].adapter)
+            ),
+        )
 
 
 def _with_model(settings: dict[str, Any], **given: Any) -> dict[str, Any]:
@@ -302,8 +324,9 @@ def _with_model(settings: dict[str, Any], **given: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- one stage each
 
 
-def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
-              **settings: Any) -> dict[str, Any]:
+def featurize(
+    data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None, **settings: Any
+) -> dict[str, Any]:
     """Projected per-sample LoRA gradient features of every row into the store ``out``.
 
     The same as ``ntk-selector featurize``; a rerun on the same store computes only missing rows.
@@ -321,14 +344,16 @@ def featurize(data: Any, out: str | Path, *, model: str | Path | None = None, ad
     Raises:
         UserError: A bad setting or record, or ``out`` holds a store of another configuration.
     """
-    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "featurize",
-                              MODEL_SECTIONS + (FeatureConfig,))
+    c = configs_from_settings(
+        _with_model(settings, model=model, adapter=adapter), "featurize", MODEL_SECTIONS + (FeatureConfig,)
+    )
     with _records_and_session(data, c) as (records, session):
         return stages.featurize(session, records, Path(out), c[DataConfig], c[FeatureConfig])
 
 
-def embed(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
-          **settings: Any) -> int:
+def embed(
+    data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None, **settings: Any
+) -> int:
     """Pre-selection embeddings of every row into the store ``out``.
 
     The same as ``ntk-selector embed`` (resumes): the model's mean-pooled final hidden states, or with
@@ -347,11 +372,18 @@ def embed(data: Any, out: str | Path, *, model: str | Path | None = None, adapte
     Raises:
         UserError: A bad setting or record, or ``out`` holds a store of another configuration.
     """
-    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "embed",
-                              MODEL_SECTIONS + (EmbedConfig,))
+    c = configs_from_settings(
+        _with_model(settings, model=model, adapter=adapter), "embed", MODEL_SECTIONS + (EmbedConfig,)
+    )
     with _records_and_session(data, c) as (records, session):
-        return stages.embed(session, records, Path(out), c[DataConfig], embedder=c[EmbedConfig].embedder,
-                            embed_max_length=c[EmbedConfig].embed_max_length)
+        return stages.embed(
+            session,
+            records,
+            Path(out),
+            c[DataConfig],
+            embedder=c[EmbedConfig].embedder,
+            embed_max_length=c[EmbedConfig].embed_max_length,
+        )
 
 
 def index(pool: Any, out: str | Path, *, model: str | Path | None = None, **settings: Any) -> dict[str, Any]:
@@ -372,7 +404,9 @@ def index(pool: Any, out: str | Path, *, model: str | Path | None = None, **sett
     Raises:
         UserError: A bad setting or record, or ``out`` holds an index built with other settings.
     """
-    c = configs_from_settings(_with_model(settings, model=model), "index", MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
+    c = configs_from_settings(
+        _with_model(settings, model=model), "index", MODEL_SECTIONS + (FeatureConfig, EmbedConfig)
+    )
     with _files(pool, "pool", single=True, split=c[DataConfig].split) as (path,):
         records = distributed.all_ranks(lambda: Records.load(path, c[DataConfig]))
         session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
@@ -420,8 +454,15 @@ def score(domain_features: str | Path, pool_features: str | Path, **settings: An
     return stages.ntk_scores(Path(domain_features), Path(pool_features), c[ScoreConfig])
 
 
-def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
-          group_by_length: bool = False, **settings: Any) -> dict[str, Any]:
+def train(
+    data: Any,
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    adapter: str | Path | None = None,
+    group_by_length: bool = False,
+    **settings: Any,
+) -> dict[str, Any]:
     """LoRA fine-tune on the union of ``data`` (one input, or a list of them: paths, record lists,
     Selections), as ``ntk-selector train`` (3 epochs unless ``epochs=``). A rerun on the same ``out``
     resumes from its last checkpoint to the same adapter.
@@ -444,16 +485,37 @@ def train(data: Any, out: str | Path, *, model: str | Path | None = None, adapte
         UserError: A bad setting or record, or ``out`` holds files other than a training run's
             (``overwrite=True`` writes beside them and never deletes them).
     """
-    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "train",
-                              (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig))
+    c = configs_from_settings(
+        _with_model(settings, model=model, adapter=adapter),
+        "train",
+        (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig),
+    )
     with _files(data, "data", split=c[DataConfig].split) as paths:
-        return finetune(paths, out, c[ModelConfig], c[DataConfig], c[LoraSettings], c[RunConfig], c[TrainConfig],
-                        group_by_length=group_by_length)
+        return finetune(
+            paths,
+            out,
+            c[ModelConfig],
+            c[DataConfig],
+            c[LoraSettings],
+            c[RunConfig],
+            c[TrainConfig],
+            group_by_length=group_by_length,
+        )
 
 
-def evaluate(data: Any, out: str | Path, *, model: str | Path | None = None, adapter: str | Path | None = None,
-             labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int | None = None,
-             calibrate: bool = False, task: str = "auto", **settings: Any) -> dict[str, Any]:
+def evaluate(
+    data: Any,
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    adapter: str | Path | None = None,
+    labels: Sequence[str] | None = None,
+    generate: bool = False,
+    max_new_tokens: int | None = None,
+    calibrate: bool = False,
+    task: str = "auto",
+    **settings: Any,
+) -> dict[str, Any]:
     """Score a test set as ``ntk-selector evaluate`` does; writes ``eval.json`` and ``predictions.jsonl``.
 
     Label answers are scored by each allowed label's log-likelihood after the prompt (accuracy);
@@ -481,8 +543,19 @@ def evaluate(data: Any, out: str | Path, *, model: str | Path | None = None, ada
     Raises:
         UserError: A bad setting or record, or ``out`` holds the evaluation of other data.
     """
-    c = configs_from_settings(_with_model(settings, model=model, adapter=adapter), "evaluate",
-                              (ModelConfig, DataConfig, RunConfig))
+    c = configs_from_settings(
+        _with_model(settings, model=model, adapter=adapter), "evaluate", (ModelConfig, DataConfig, RunConfig)
+    )
     with _files(data, "test", single=True, split=c[DataConfig].split) as (path,):
-        return run_evaluate(path, out, c[ModelConfig], c[DataConfig], c[RunConfig], labels=labels, generate=generate,
-                            max_new_tokens=max_new_tokens, calibrate=calibrate, task=task)
+        return run_evaluate(
+            path,
+            out,
+            c[ModelConfig],
+            c[DataConfig],
+            c[RunConfig],
+            labels=labels,
+            generate=generate,
+            max_new_tokens=max_new_tokens,
+            calibrate=calibrate,
+            task=task,
+        )

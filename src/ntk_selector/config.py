@@ -65,7 +65,11 @@ class ModelConfig:
     model: str | None = _f(None, "HF model folder or hub id (default: packaged SmolLM2-135M-Instruct)")
     adapter: str | None = _f(None, "PEFT adapter folder (as save_pretrained writes it)")
     device: str = _f("auto", "torch device: auto, cpu, cuda, cuda:1 …", pattern=r"auto|cpu|mps|cuda(:\d+)?")
-    dtype: str = _f("auto", "compute dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = _f(
+        "auto",
+        "compute dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -95,13 +99,21 @@ class DataConfig:
     prompt_field: str = _f("prompt", "record field holding the prompt")
     response_field: str = _f("response", "record field holding the response")
     messages_field: str = _f("messages", "record field holding a chat list (the messages format)")
-    format: str = _f("auto", "record format: auto (found per file from its fields), prompt-response, prompt-completion, messages, sharegpt, alpaca",
-                     choices=("auto", "prompt-response", "prompt-completion", "messages", "sharegpt", "alpaca"))
+    format: str = _f(
+        "auto",
+        "record format: auto (found per file from its fields), prompt-response, prompt-completion, messages, sharegpt, alpaca",
+        choices=("auto", "prompt-response", "prompt-completion", "messages", "sharegpt", "alpaca"),
+    )
     split: str | None = _f(None, "split of a hub dataset or saved DatasetDict (needed when it has several)")
     subset: str | None = _f(None, "subset (configuration name) of a hub dataset")
     max_length: int = _f(512, "truncate tokenized examples to this many tokens", min=2)
     no_chat_template: bool = _f(False, "tokenize prompt + response + EOS instead of the chat template")
-    token_budget: int | str = _f("auto", "max padded tokens per batch (batch size x longest row), or auto: 2048 on a CPU, sized to the free memory on a GPU (measured on the first batch, halved on out-of-memory)", min=1, words=("auto",))
+    token_budget: int | str = _f(
+        "auto",
+        "max padded tokens per batch (batch size x longest row), or auto: 2048 on a CPU, sized to the free memory on a GPU (measured on the first batch, halved on out-of-memory)",
+        min=1,
+        words=("auto",),
+    )
     max_batch_size: int = _f(64, "max rows per batch", min=1)
 
     def __post_init__(self) -> None:
@@ -151,12 +163,23 @@ class RunConfig:
 
     seed: int = _f(0, "seed for shuffling, projections and random baselines", min=0, max=2**32 - 1)
     quiet: bool = _f(False, "no progress bars (ours, transformers', datasets') or summaries")
-    log_level: str = _f("warning", "log messages at and above this level", choices=("debug", "info", "warning", "error"))
+    log_level: str = _f(
+        "warning", "log messages at and above this level", choices=("debug", "info", "warning", "error")
+    )
     debug: bool = _f(False, "show tracebacks on errors")
     overwrite: bool = _f(False, "discard an existing output of another configuration")
-    work_dir: str | None = _f(None, "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same data can share one")
-    checkpoint_every: int = _f(100, "train and warm-up: save a resumable state every this many optimizer steps (0: never); a rerun on the same output resumes from it", min=0)
-    dist_timeout: float = _f(360.0, "minutes ranks of a torchrun job wait for each other (rank 0 alone runs the warm-up)", gt=0)
+    work_dir: str | None = _f(
+        None,
+        "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same data can share one",
+    )
+    checkpoint_every: int = _f(
+        100,
+        "train and warm-up: save a resumable state every this many optimizer steps (0: never); a rerun on the same output resumes from it",
+        min=0,
+    )
+    dist_timeout: float = _f(
+        360.0, "minutes ranks of a torchrun job wait for each other (rank 0 alone runs the warm-up)", gt=0
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -180,11 +203,17 @@ class TrainConfig:
     """
 
     epochs: float = _f(1.0, "training epochs (fractions allowed)", gt=0)
-    lr: float = _f(1e-4, "learning rate (AdamW); 0 leaves the LoRA at its start (a warm-up that changes nothing)", min=0)
+    lr: float = _f(
+        1e-4, "learning rate (AdamW); 0 leaves the LoRA at its start (a warm-up that changes nothing)", min=0
+    )
     batch_size: int = _f(8, "training batch size", min=1)
     weight_decay: float = _f(0.0, "AdamW weight decay", min=0)
     warmup_ratio: float = _f(0.0, "share of steps with linear learning-rate warm-up", min=0, max=1)
-    loss_mean: str = _f("token", "training loss: token (mean over all response tokens of a batch) or example (mean over rows of each row's token mean)", choices=("token", "example"))
+    loss_mean: str = _f(
+        "token",
+        "training loss: token (mean over all response tokens of a batch) or example (mean over rows of each row's token mean)",
+        choices=("token", "example"),
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -210,10 +239,22 @@ class FeatureConfig:
     """
 
     proj_dim: int = _f(8192, "projected feature dimension p (0 stores the raw LoRA gradient)", min=0)
-    objective: str = _f("ntk", "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ntk-content: over the response positions but the one predicting the end-of-turn token; ce: of the mean response cross-entropy (LESS)", choices=("ntk", "ntk-all", "ntk-content", "ce"))
-    logits: str = _f("auto", "auto: summed-logit shortcut u.h when the head is linear; full: real logits", choices=("auto", "full", "shortcut"))
+    objective: str = _f(
+        "ntk",
+        "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ntk-content: over the response positions but the one predicting the end-of-turn token; ce: of the mean response cross-entropy (LESS)",
+        choices=("ntk", "ntk-all", "ntk-content", "ce"),
+    )
+    logits: str = _f(
+        "auto",
+        "auto: summed-logit shortcut u.h when the head is linear; full: real logits",
+        choices=("auto", "full", "shortcut"),
+    )
     store_dtype: str = _f("float32", "dtype of stored features: float32 or float16", choices=("float32", "float16"))
-    projection_cache_mb: int = _f(0, "megabytes of +-1 projection matrices kept (int8) on the device; the rest are regenerated per batch; 0: a quarter of the device's free memory", min=0)
+    projection_cache_mb: int = _f(
+        0,
+        "megabytes of +-1 projection matrices kept (int8) on the device; the rest are regenerated per batch; 0: a quarter of the device's free memory",
+        min=0,
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -234,10 +275,19 @@ class PreselectConfig:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
     """
 
-    n: int = _f(0, "number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)", short="-n", min=0)
+    n: int = _f(
+        0,
+        "number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)",
+        short="-n",
+        min=0,
+    )
     m: int | None = _f(None, "pre-selected candidates M (default 4N, capped at the pool size)", min=1)
     k: int | None = _f(None, "neighbours each domain row votes for (default M/4)", min=1)
-    knn_search: str = _f("auto", "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else ivf", choices=("auto", "flat", "hnsw", "ivf"))
+    knn_search: str = _f(
+        "auto",
+        "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else ivf",
+        choices=("auto", "flat", "hnsw", "ivf"),
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -256,14 +306,23 @@ class IndexConfig:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
     """
 
-    index: str | None = _f(None, "select: an index folder from `ntk-selector index`; the pool is scored from it and never run through the model again")
-    index_mode: str = _f("features", "select --index: features (index embeddings pre-select, index features score: no warm-up) or preselect (index pre-selects, warm model featurizes the M candidates)", choices=("features", "preselect"))
+    index: str | None = _f(
+        None,
+        "select: an index folder from `ntk-selector index`; the pool is scored from it and never run through the model again",
+    )
+    index_mode: str = _f(
+        "features",
+        "select --index: features (index embeddings pre-select, index features score: no warm-up) or preselect (index pre-selects, warm model featurizes the M candidates)",
+        choices=("features", "preselect"),
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
         if self.index_mode != "features" and not self.index:
-            raise ConfigError(f"--index-mode {self.index_mode} needs --index (an index folder from `ntk-selector index`); "
-                              f"without it select runs the whole pipeline")
+            raise ConfigError(
+                f"--index-mode {self.index_mode} needs --index (an index folder from `ntk-selector index`); "
+                f"without it select runs the whole pipeline"
+            )
 
 
 @dataclass
@@ -279,8 +338,14 @@ class EmbedConfig:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
     """
 
-    embedder: str = _f("model", "pre-selection embeddings: model (mean-pooled final hidden state) or minilm (the packaged all-MiniLM-L6-v2 sentence encoder)", choices=("model", "minilm"))
-    embed_max_length: int = _f(0, "embed only the first this many tokens of each row (0: the whole row as tokenized)", min=0)
+    embedder: str = _f(
+        "model",
+        "pre-selection embeddings: model (mean-pooled final hidden state) or minilm (the packaged all-MiniLM-L6-v2 sentence encoder)",
+        choices=("model", "minilm"),
+    )
+    embed_max_length: int = _f(
+        0, "embed only the first this many tokens of each row (0: the whole row as tokenized)", min=0
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -303,8 +368,14 @@ class ScoreConfig:
     """
 
     cosine: bool = _f(False, "score with mean cosine instead of the mean inner product")
-    score_block_mb: int = _f(256, "megabytes of features read per block when scoring (memory does not grow with the pool)", min=1)
-    answer_mix: str = _f("off", "the label mix of the selection (beyond the paper): off = the plain top N by score; keep = the top N under the constraint that the selected rows answering with one of D's labels (D a classification task: at most 20 distinct answers, each about twice or more) give each label D's share, rows answering otherwise unconstrained; FILE.json = target shares instead ({\"label\": share, ...}, summing to 1). Rule: the plain top N's N-m rows with other answers stay; its m rows with D's labels are re-divided by largest-remainder rounding of share x m into per-label quotas, each filled with the label's best-scored candidates; a label with too few candidates gives all it has and the other labels fill its place. Methods that rank by a score only (ntk, less, embedding)", metavar="off|keep|FILE.json")
+    score_block_mb: int = _f(
+        256, "megabytes of features read per block when scoring (memory does not grow with the pool)", min=1
+    )
+    answer_mix: str = _f(
+        "off",
+        "the label mix of the selection (beyond the paper): off = the plain top N by score; keep = the top N under the constraint that the selected rows answering with one of D's labels (D a classification task: at most 20 distinct answers, each about twice or more) give each label D's share, rows answering otherwise unconstrained; FILE.json = target shares instead ({\"label\": share, ...}, summing to 1). Rule: the plain top N's N-m rows with other answers stay; its m rows with D's labels are re-divided by largest-remainder rounding of share x m into per-label quotas, each filled with the label's best-scored candidates; a label with too few candidates gives all it has and the other labels fill its place. Methods that rank by a score only (ntk, less, embedding)",
+        metavar="off|keep|FILE.json",
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -327,10 +398,21 @@ class PoolFilterConfig:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
     """
 
-    dedupe: bool = _f(True, "fold identical pool rows (same prompt and response): only the first copy can be selected; the count is printed and in run.json (--keep-duplicates: any copy may be selected, the earlier behaviour)", off_flag="--keep-duplicates")
-    keep_domain_copies: bool = _f(False, "let pool rows that are exact copies of a domain row (same prompt and response) be selected; by default they are left out, counted in the summary and run.json")
-    decontaminate: str | None = _f(None, "test-set records: pool rows sharing an n-gram with any of them are reported and never selected")
-    ngram: int = _f(13, "n of the whitespace-token n-grams of --decontaminate (texts shorter than n match as a whole)", min=1)
+    dedupe: bool = _f(
+        True,
+        "fold identical pool rows (same prompt and response): only the first copy can be selected; the count is printed and in run.json (--keep-duplicates: any copy may be selected, the earlier behaviour)",
+        off_flag="--keep-duplicates",
+    )
+    keep_domain_copies: bool = _f(
+        False,
+        "let pool rows that are exact copies of a domain row (same prompt and response) be selected; by default they are left out, counted in the summary and run.json",
+    )
+    decontaminate: str | None = _f(
+        None, "test-set records: pool rows sharing an n-gram with any of them are reported and never selected"
+    )
+    ngram: int = _f(
+        13, "n of the whitespace-token n-grams of --decontaminate (texts shorter than n match as a whole)", min=1
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -345,8 +427,11 @@ class OutputConfig:
             the selection as TRL rows).
     """
 
-    output_format: str = _f("records", "besides selected.jsonl, write the selection as TRL rows: prompt-completion (selected_prompt_completion.jsonl) or messages (selected_messages.jsonl); records: selected.jsonl only",
-                            choices=("records", "prompt-completion", "messages"))
+    output_format: str = _f(
+        "records",
+        "besides selected.jsonl, write the selection as TRL rows: prompt-completion (selected_prompt_completion.jsonl) or messages (selected_messages.jsonl); records: selected.jsonl only",
+        choices=("records", "prompt-completion", "messages"),
+    )
 
 
 @dataclass
@@ -373,16 +458,40 @@ class DiagnoseConfig:
     """
 
     probe_rows: int = _f(64, "rows of the stability / projection probe (half domain, half pool, seeded)", min=2)
-    stability_points: int = _f(8, "warm-up steps at which the probe kernel is measured (evenly spaced, plus step 0)", min=1)
-    kernel_proj_dim: int = _f(0, "features of the stability kernel: 0 = raw LoRA gradients (exact); p > 0 projects (large models; skips the projection check)", min=0)
-    approx_rows: int = _f(16, "rows of the exact-eNTK probe (half domain, half pool; every sampled output costs a backward over them)", min=2)
-    approx_outputs: int = _f(64, "output logits in the exact eNTK: all V when V is at most this (or 0), else a seeded sample of this many, scaled by V/sample", min=0)
-    projection_dims: list[int] = _f([256, 512, 1024, 2048, 4096, 8192], "projection dims compared with the raw gradient", min=1)
+    stability_points: int = _f(
+        8, "warm-up steps at which the probe kernel is measured (evenly spaced, plus step 0)", min=1
+    )
+    kernel_proj_dim: int = _f(
+        0,
+        "features of the stability kernel: 0 = raw LoRA gradients (exact); p > 0 projects (large models; skips the projection check)",
+        min=0,
+    )
+    approx_rows: int = _f(
+        16,
+        "rows of the exact-eNTK probe (half domain, half pool; every sampled output costs a backward over them)",
+        min=2,
+    )
+    approx_outputs: int = _f(
+        64,
+        "output logits in the exact eNTK: all V when V is at most this (or 0), else a seeded sample of this many, scaled by V/sample",
+        min=0,
+    )
+    projection_dims: list[int] = _f(
+        [256, 512, 1024, 2048, 4096, 8192], "projection dims compared with the raw gradient", min=1
+    )
     projection_seeds: int = _f(3, "projection seeds averaged per dim", min=1)
-    projection_top: float = _f(0.25, "share of the probe's pool rows that counts as the top-N in the overlap", gt=0, max=1)
-    checks: list[str] = _f(["stability", "approximation", "projection"], "diagnostics to run", choices=("stability", "approximation", "projection"))
+    projection_top: float = _f(
+        0.25, "share of the probe's pool rows that counts as the top-N in the overlap", gt=0, max=1
+    )
+    checks: list[str] = _f(
+        ["stability", "approximation", "projection"],
+        "diagnostics to run",
+        choices=("stability", "approximation", "projection"),
+    )
     warn_stability: float = _f(0.95, "warn when the NTK stability falls below this", min=-1, max=1)
-    warn_spearman: float = _f(0.8, "warn when exact vs Jacobian-free score rank correlation falls below this", min=-1, max=1)
+    warn_spearman: float = _f(
+        0.8, "warn when exact vs Jacobian-free score rank correlation falls below this", min=-1, max=1
+    )
 
     def __post_init__(self) -> None:
         check_section(self)
@@ -408,8 +517,20 @@ class PredictConfig:
 
 
 SECTIONS: tuple[type, ...] = (
-    ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, FeatureConfig, PreselectConfig, IndexConfig,
-    EmbedConfig, ScoreConfig, PoolFilterConfig, OutputConfig, DiagnoseConfig, PredictConfig,
+    ModelConfig,
+    DataConfig,
+    LoraSettings,
+    RunConfig,
+    TrainConfig,
+    FeatureConfig,
+    PreselectConfig,
+    IndexConfig,
+    EmbedConfig,
+    ScoreConfig,
+    PoolFilterConfig,
+    OutputConfig,
+    DiagnoseConfig,
+    PredictConfig,
 )
 
 
@@ -431,10 +552,21 @@ class ConfigError(UserError, ValueError):
 # Sectioned YAML: these names group settings (the attribute names of run_record.SelectConfigs, as
 # run.json's "config" writes them, and the argument groups of --help).
 SECTION_NAMES: dict[str, type] = {
-    "model": ModelConfig, "data": DataConfig, "lora": LoraSettings, "run": RunConfig, "train": TrainConfig,
-    "feature": FeatureConfig, "preselect": PreselectConfig, "score": ScoreConfig, "filters": PoolFilterConfig,
-    "poolfilter": PoolFilterConfig, "diagnose": DiagnoseConfig, "predict": PredictConfig, "index": IndexConfig,
-    "embed": EmbedConfig, "output": OutputConfig,
+    "model": ModelConfig,
+    "data": DataConfig,
+    "lora": LoraSettings,
+    "run": RunConfig,
+    "train": TrainConfig,
+    "feature": FeatureConfig,
+    "preselect": PreselectConfig,
+    "score": ScoreConfig,
+    "filters": PoolFilterConfig,
+    "poolfilter": PoolFilterConfig,
+    "diagnose": DiagnoseConfig,
+    "predict": PredictConfig,
+    "index": IndexConfig,
+    "embed": EmbedConfig,
+    "output": OutputConfig,
 }
 # select's inputs: not settings, but a config file may hold them (a run.json does, in its "select"
 # section, so `select --config run.json` replays the run)
@@ -511,8 +643,10 @@ def _scalar(kind: str, value: Any, where: str) -> Any:
 
 def _in_range(value: Any, meta: Mapping[str, Any], where: str) -> None:
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, meta['choices']))}, got {_describe(value)}"
-                          f"{did_you_mean(str(value), meta['choices'])}")
+        raise ConfigError(
+            f"{where} must be one of {', '.join(map(str, meta['choices']))}, got {_describe(value)}"
+            f"{did_you_mean(str(value), meta['choices'])}"
+        )
     if "pattern" in meta and not re.fullmatch(meta["pattern"], value):
         raise ConfigError(f"{where} must match {meta['pattern']} (e.g. cpu, cuda, cuda:1), got {_describe(value)}")
     if "min" in meta and value < meta["min"]:
@@ -542,24 +676,29 @@ def check_setting(name: str, value: Any, where: str | None = None) -> Any:
             return None
         raise ConfigError(f"{where} needs a value, got nothing (null)")
     if kind.startswith("list["):
-        item = kind[len("list["):-1]
+        item = kind[len("list[") : -1]
         items = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
         if not isinstance(items, (list, tuple)) or not items:
-            raise ConfigError(f"{where} must be a non-empty list of {'text' if item == 'str' else 'whole numbers'}, "
-                              f"got {_describe(value)}")
+            raise ConfigError(
+                f"{where} must be a non-empty list of {'text' if item == 'str' else 'whole numbers'}, "
+                f"got {_describe(value)}"
+            )
         out = [_scalar(item, v, where) for v in items]
         for v in out:
             _in_range(v, f.metadata, where)
         return out
     if isinstance(value, (list, tuple, dict)):
-        raise ConfigError(f"{where} must be a single {'number' if kind in ('int', 'float') else 'value'}, "
-                          f"got {_describe(value)}")
+        raise ConfigError(
+            f"{where} must be a single {'number' if kind in ('int', 'float') else 'value'}, got {_describe(value)}"
+        )
     try:
         out = _scalar(kind, value, where)
     except ConfigError as e:
         if not words:
             raise
-        raise ConfigError(str(e).replace(" must be a whole number,", f" must be a whole number or {' or '.join(words)},")) from None
+        raise ConfigError(
+            str(e).replace(" must be a whole number,", f" must be a whole number or {' or '.join(words)},")
+        ) from None
     _in_range(out, f.metadata, where)
     return out
 
@@ -569,8 +708,10 @@ def check_section(config: Any) -> None:
     for f in dataclasses.fields(config):
         setattr(config, f.name, check_setting(f.name, getattr(config, f.name)))
     if isinstance(config, PreselectConfig) and config.m is not None and config.n > 0 and config.m < config.n:
-        raise ConfigError(f"--m {config.m} is smaller than --n {config.n}: pre-selection must keep at least the N "
-                          f"rows to select (leave --m unset for 4N)")
+        raise ConfigError(
+            f"--m {config.m} is smaller than --n {config.n}: pre-selection must keep at least the N "
+            f"rows to select (leave --m unset for 4N)"
+        )
 
 
 def check_together(*configs: Any) -> None:
@@ -578,8 +719,10 @@ def check_together(*configs: Any) -> None:
     by_type = {type(c): c for c in configs}
     feature, lora = by_type.get(FeatureConfig), by_type.get(LoraSettings)
     if feature is not None and lora is not None and 0 < feature.proj_dim < lora.rank:
-        raise ConfigError(f"--proj-dim {feature.proj_dim} is smaller than --rank {lora.rank}: the projection needs at "
-                          f"least as many dims as the LoRA rank (raise --proj-dim, or 0 for raw gradients)")
+        raise ConfigError(
+            f"--proj-dim {feature.proj_dim} is smaller than --rank {lora.rank}: the projection needs at "
+            f"least as many dims as the LoRA rank (raise --proj-dim, or 0 for raw gradients)"
+        )
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -632,8 +775,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     for key, value in raw.items():
         section = str(key).replace("-", "_")
         if section in SECTION_NAMES and section not in names and not isinstance(value, dict):
-            raise ConfigError(f"{path}: section '{key}' must be a mapping of settings (indented key: value lines), "
-                              f"got {'a list' if isinstance(value, list) else _describe(value)}")
+            raise ConfigError(
+                f"{path}: section '{key}' must be a mapping of settings (indented key: value lines), "
+                f"got {'a list' if isinstance(value, list) else _describe(value)}"
+            )
         if isinstance(value, dict):
             if str(key).replace("-", "_") not in SECTION_NAMES and key != "select":
                 unknown.append(f"section '{key}'{did_you_mean(str(key), SECTION_NAMES)}")
@@ -689,8 +834,12 @@ def _note_other_release(path: str | Path, versions: Any) -> None:
     theirs = versions.get("ntk_selector") if isinstance(versions, dict) else None
     if theirs and theirs != __version__ and str(path) not in _NOTED_RELEASES:
         _NOTED_RELEASES.add(str(path))
-        print(f"WARNING: {path} was written by ntk-selector {theirs}; this is {__version__}: its settings are replayed, "
-              f"but defaults and results may differ", file=sys.stderr, flush=True)
+        print(
+            f"WARNING: {path} was written by ntk-selector {theirs}; this is {__version__}: its settings are replayed, "
+            f"but defaults and results may differ",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def build(section: type, values: Mapping[str, Any]) -> Any:

@@ -43,7 +43,9 @@ class Dist:
 
 def from_env() -> Dist:
     """What torchrun says (RANK, WORLD_SIZE, LOCAL_RANK); single process when unset."""
-    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    return Dist(
+        int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    )
 
 
 def init(timeout_minutes: float = 360.0) -> Dist:
@@ -67,7 +69,11 @@ def init(timeout_minutes: float = 360.0) -> Dist:
 # releasing the last collective's tensors while the interpreter shuts down aborts the process
 # ("terminate called without an active exception", exit -6) after a run that had succeeded.
 # Imported before the group exists, their default is None.
-GROUP_CAPTURING_MODULES = ("torch.distributed.nn", "torch.distributed.optim", "torch.distributed.fsdp.sharded_grad_scaler")
+GROUP_CAPTURING_MODULES = (
+    "torch.distributed.nn",
+    "torch.distributed.optim",
+    "torch.distributed.fsdp.sharded_grad_scaler",
+)
 
 
 def _import_group_capturing_modules() -> None:
@@ -119,7 +125,9 @@ def agree(error: BaseException | None) -> None:
         if error is not None:
             raise error
         return
-    mine = None if error is None else (f"{error}" if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+    mine = (
+        None if error is None else (f"{error}" if isinstance(error, UserError) else f"{type(error).__name__}: {error}")
+    )
     messages: list[str | None] = [None] * d.world
     dist.all_gather_object(messages, mine)
     if error is not None:

@@ -32,21 +32,26 @@ from ntk_selector.errors import UserError
 # rows at 256 tokens and pre-selects with the packaged MiniLM sentence encoder (6x faster than
 # embedding the pool with the model, 95% of the paper mode's top N kept; docs/benchmarks/demo.md and
 # docs/benchmarks/index_once.md) so it finishes in under 5 minutes on a 2-core CPU. `demo --embedder model` runs the paper's mode.
-SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {"train": {"epochs": 3.0},
-                                                  "demo": {"max_length": 256, "embedder": "minilm"}}
+SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "train": {"epochs": 3.0},
+    "demo": {"max_length": 256, "embedder": "minilm"},
+}
 
 MODEL_SECTIONS = (ModelConfig, DataConfig, LoraSettings, RunConfig)
 
 
-def settings_values(given: Mapping[str, Any], command: str, sections: tuple[type, ...],
-                    config_file: str | None = None) -> dict[str, Any]:
+def settings_values(
+    given: Mapping[str, Any], command: str, sections: tuple[type, ...], config_file: str | None = None
+) -> dict[str, Any]:
     """Dataclass defaults < subcommand defaults (< an index's settings for select --index) < YAML < ``given``."""
     values: dict[str, Any] = dict(SUBCOMMAND_DEFAULTS.get(command, {}))
     from_yaml: dict[str, Any] = {}
     if config_file:
         from_yaml = load_yaml(config_file)  # unknown keys and wrong values are refused there, naming the key
-    given = {**{k: v for k, v in from_yaml.items() if k in known_names(sections)},
-             **{k: v for k, v in given.items() if k in known_names(sections)}}
+    given = {
+        **{k: v for k, v in from_yaml.items() if k in known_names(sections)},
+        **{k: v for k, v in given.items() if k in known_names(sections)},
+    }
     if command == "select" and given.get("index"):
         from ntk_selector.selection.index import pool_index_settings
 
@@ -55,8 +60,9 @@ def settings_values(given: Mapping[str, Any], command: str, sections: tuple[type
     return values
 
 
-def build_configs(given: Mapping[str, Any], command: str, sections: tuple[type, ...],
-                  config_file: str | None = None) -> dict[type, Any]:
+def build_configs(
+    given: Mapping[str, Any], command: str, sections: tuple[type, ...], config_file: str | None = None
+) -> dict[type, Any]:
     """One config object per section, from the layered values."""
     values = settings_values(given, command, sections, config_file)
     configs = {s: build(s, values) for s in sections}  # each section checks its fields' types and ranges
@@ -69,8 +75,9 @@ def configs_from_args(args: argparse.Namespace, sections: tuple[type, ...]) -> d
     return build_configs(vars(args), args.command, sections, getattr(args, "config", None))
 
 
-def configs_from_settings(settings: Mapping[str, Any], command: str, sections: tuple[type, ...] = SECTIONS
-                          ) -> dict[type, Any]:
+def configs_from_settings(
+    settings: Mapping[str, Any], command: str, sections: tuple[type, ...] = SECTIONS
+) -> dict[type, Any]:
     """The API's configs: keyword settings named like the flags (``proj_dim=1024``), checked first
     the way the command line checks its flags, so a wrong name or value is a UserError naming it."""
     settings = dict(settings)

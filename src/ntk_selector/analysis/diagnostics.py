@@ -80,11 +80,16 @@ class Probe:
         return self.take(np.concatenate([self.domain[:n_domain], self.pool[:n_pool]]))
 
     def describe(self) -> dict[str, Any]:
-        return {"rows": len(self.encoded), "domain_rows": self.rows[self.is_domain].tolist(),
-                "pool_rows": self.rows[~self.is_domain].tolist()}
+        return {
+            "rows": len(self.encoded),
+            "domain_rows": self.rows[self.is_domain].tolist(),
+            "pool_rows": self.rows[~self.is_domain].tolist(),
+        }
 
 
-def _pick(records: Records, want: int, seed: int, salt: int, tokenizer: Any, data_cfg: DataConfig) -> list[tuple[int, Encoded]]:
+def _pick(
+    records: Records, want: int, seed: int, salt: int, tokenizer: Any, data_cfg: DataConfig
+) -> list[tuple[int, Encoded]]:
     """Up to ``want`` seeded rows with response tokens (tokenizes only as many as needed)."""
     order = np.random.default_rng([seed, salt]).permutation(len(records))
     picked: list[tuple[int, Encoded]] = []
@@ -109,15 +114,25 @@ def choose_probe(domain: Records, pool: Records, rows: int, seed: int, tokenizer
     if not dom or not pl:
         raise UserError("the probe needs domain and pool rows with response tokens (check the files and --max-length)")
     items = dom + pl
-    return Probe([e for _, e in items], np.array([True] * len(dom) + [False] * len(pl)), np.array([i for i, _ in items]))
+    return Probe(
+        [e for _, e in items], np.array([True] * len(dom) + [False] * len(pl)), np.array([i for i, _ in items])
+    )
 
 
 # ----------------------------------------------------------------------------- stability
 
 
 def probe_kernel_features(feat: GradientFeaturizer, probe: Probe, pad_id: int, data_cfg: DataConfig) -> torch.Tensor:
-    return rows_features(feat.features, probe.encoded, pad_id, data_cfg.token_budget, data_cfg.max_batch_size,
-                         device=next(feat.model.parameters()).device, stage="probe features", quiet=True)
+    return rows_features(
+        feat.features,
+        probe.encoded,
+        pad_id,
+        data_cfg.token_budget,
+        data_cfg.max_batch_size,
+        device=next(feat.model.parameters()).device,
+        stage="probe features",
+        quiet=True,
+    )
 
 
 def stability_steps(total_steps: int, points: int) -> list[int]:
@@ -126,9 +141,17 @@ def stability_steps(total_steps: int, points: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, total_steps, points + 1)})
 
 
-def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe: Probe, data_cfg: DataConfig,
-                  train_cfg: TrainConfig, diag: DiagnoseConfig, seed: int, quiet: bool = False
-                  ) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, Any]]:
+def ntk_stability(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    domain: Records,
+    probe: Probe,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    diag: DiagnoseConfig,
+    seed: int,
+    quiet: bool = False,
+) -> tuple[list[dict[str, Any]], torch.Tensor, dict[str, Any]]:
     """Warm up the (fresh) LoRA of ``model`` on the domain as the ``warmup`` stage does, measuring the
     probe kernel along the way. Returns the curve, the probe features at the last step, and training stats."""
     encoded = encode(domain.conversations, tokenizer, data_cfg)  # once: the count and the warm-up share it
@@ -149,12 +172,27 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
             scores = mean_kernel_scores(k, probe.pool, probe.domain)
             if step == 0:
                 state["k0"], state["s0"] = k, scores
-            curve.append({"step": step, "frobenius_cosine": frobenius_cosine(k, state["k0"]),
-                          "score_spearman": finite(spearman(scores, state["s0"]))})
+            curve.append(
+                {
+                    "step": step,
+                    "frobenius_cosine": frobenius_cosine(k, state["k0"]),
+                    "score_spearman": finite(spearman(scores, state["s0"])),
+                }
+            )
             state["features"] = f
 
-        stats = train_lora(model, tokenizer, domain.conversations, data_cfg, train_cfg, seed, quiet=quiet,
-                           desc="warm-up (stability)", on_step=on_step, encoded=encoded)
+        stats = train_lora(
+            model,
+            tokenizer,
+            domain.conversations,
+            data_cfg,
+            train_cfg,
+            seed,
+            quiet=quiet,
+            desc="warm-up (stability)",
+            on_step=on_step,
+            encoded=encoded,
+        )
     for point in curve:
         point["loss"] = stats["losses"][point["step"] - 1] if point["step"] > 0 else None
     return curve, state["features"], {k: v for k, v in stats.items() if k != "losses"}
@@ -163,8 +201,15 @@ def ntk_stability(model: torch.nn.Module, tokenizer: Any, domain: Records, probe
 # ----------------------------------------------------------------------------- approximation
 
 
-def approximation(model: torch.nn.Module, probe: Probe, pad_id: int, diag: DiagnoseConfig, seed: int,
-                  token_budget: int | str, quiet: bool = False) -> dict[str, Any]:
+def approximation(
+    model: torch.nn.Module,
+    probe: Probe,
+    pad_id: int,
+    diag: DiagnoseConfig,
+    seed: int,
+    token_budget: int | str,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Exact (or output-sampled) eNTK vs the Jacobian-free kernel on a few probe rows."""
     vocab = int(output_head(model).weight.shape[0])
     total = len(choose_outputs(vocab, diag.approx_outputs, seed))
@@ -186,8 +231,13 @@ def approximation(model: torch.nn.Module, probe: Probe, pad_id: int, diag: Diagn
     cos_jf = mean_kernel_scores(cosine_normalize(res.k_jf), pool, dom)
     sampled = len(res.outputs) < res.vocab
     out = {
-        "rows": len(probe.encoded), "domain_rows": len(dom), "pool_rows": len(pool),
-        "vocab": res.vocab, "outputs": int(len(res.outputs)), "sampled_outputs": sampled, "scale": res.scale,
+        "rows": len(probe.encoded),
+        "domain_rows": len(dom),
+        "pool_rows": len(pool),
+        "vocab": res.vocab,
+        "outputs": int(len(res.outputs)),
+        "sampled_outputs": sampled,
+        "scale": res.scale,
         "logits_mode": res.logits_mode,
         "cross_term_share": finite(relative_error(res.k_jf, res.k_exact)),
         "mean_output_cosine": finite(res.mean_output_cosine),
@@ -221,8 +271,15 @@ def project_raw(raw: torch.Tensor, shapes: Sequence[tuple[str, tuple[int, ...]]]
     return out
 
 
-def projection_ladder(raw: torch.Tensor, shapes: Sequence[tuple[str, tuple[int, ...]]], probe: Probe,
-                      dims: Sequence[int], seeds: int, top_share: float, seed: int) -> dict[str, Any]:
+def projection_ladder(
+    raw: torch.Tensor,
+    shapes: Sequence[tuple[str, tuple[int, ...]]],
+    probe: Probe,
+    dims: Sequence[int],
+    seeds: int,
+    top_share: float,
+    seed: int,
+) -> dict[str, Any]:
     """Relative Gram error and top-N overlap (pool rows ranked by mean kernel with domain rows) per p."""
     k_raw = gram(raw)
     pool, dom = probe.pool, probe.domain
@@ -237,12 +294,31 @@ def projection_ladder(raw: torch.Tensor, shapes: Sequence[tuple[str, tuple[int, 
             errs.append(relative_error(k, k_raw))
             overlaps.append(top_overlap(sc, s_raw, top))
             rhos.append(spearman(sc, s_raw))
-        ladder.append({"proj_dim": int(p), "relative_gram_error": float(np.mean(errs)),
-                       "relative_gram_error_std": float(np.std(errs)), "top_overlap": float(np.mean(overlaps)),
-                       "spearman": finite(np.mean(rhos))})
-    ladder.append({"proj_dim": "raw", "relative_gram_error": 0.0, "relative_gram_error_std": 0.0, "top_overlap": 1.0,
-                   "spearman": 1.0})
-    return {"raw_dim": int(raw.shape[1]), "rows": int(raw.shape[0]), "top_n": top, "seeds": max(1, seeds), "ladder": ladder}
+        ladder.append(
+            {
+                "proj_dim": int(p),
+                "relative_gram_error": float(np.mean(errs)),
+                "relative_gram_error_std": float(np.std(errs)),
+                "top_overlap": float(np.mean(overlaps)),
+                "spearman": finite(np.mean(rhos)),
+            }
+        )
+    ladder.append(
+        {
+            "proj_dim": "raw",
+            "relative_gram_error": 0.0,
+            "relative_gram_error_std": 0.0,
+            "top_overlap": 1.0,
+            "spearman": 1.0,
+        }
+    )
+    return {
+        "raw_dim": int(raw.shape[1]),
+        "rows": int(raw.shape[0]),
+        "top_n": top,
+        "seeds": max(1, seeds),
+        "ladder": ladder,
+    }
 
 
 # ----------------------------------------------------------------------------- warnings
@@ -255,26 +331,38 @@ def warnings_for(result: dict[str, Any], diag: DiagnoseConfig) -> list[str]:
     if curve:
         worst = min(curve, key=lambda p: p["frobenius_cosine"])
         if worst["frobenius_cosine"] < diag.warn_stability:
-            out.append(f"NTK stability fell to {worst['frobenius_cosine']:.3f} at warm-up step {worst['step']} "
-                       f"(below {diag.warn_stability}): the kernel moved during the warm-up, so scores from the warm "
-                       "model may not reflect the start. Try a shorter warm-up (--epochs), a lower learning rate "
-                       "(--lr), or cosine scores (--cosine).")
+            out.append(
+                f"NTK stability fell to {worst['frobenius_cosine']:.3f} at warm-up step {worst['step']} "
+                f"(below {diag.warn_stability}): the kernel moved during the warm-up, so scores from the warm "
+                "model may not reflect the start. Try a shorter warm-up (--epochs), a lower learning rate "
+                "(--lr), or cosine scores (--cosine)."
+            )
     approx = result.get("approximation") or {}
     rho = approx.get("spearman")
     if rho is not None and rho < diag.warn_spearman:
-        out.append(f"Jacobian-free scores rank the probe's pool rows unlike the exact eNTK (Spearman {rho:.3f}, "
-                   f"below {diag.warn_spearman}). Try cosine scores (--cosine), a lower learning rate (--lr) or a "
-                   "shorter warm-up (--epochs); more probe rows or sampled outputs (--approx-rows, "
-                   "--approx-outputs) make this estimate firmer.")
+        out.append(
+            f"Jacobian-free scores rank the probe's pool rows unlike the exact eNTK (Spearman {rho:.3f}, "
+            f"below {diag.warn_spearman}). Try cosine scores (--cosine), a lower learning rate (--lr) or a "
+            "shorter warm-up (--epochs); more probe rows or sampled outputs (--approx-rows, "
+            "--approx-outputs) make this estimate firmer."
+        )
     return out
 
 
 # ----------------------------------------------------------------------------- the command
 
 
-def diagnose(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
-             data_cfg: DataConfig, lora: LoraSettings, run: RunConfig, train_cfg: TrainConfig,
-             diag: DiagnoseConfig) -> dict[str, Any]:
+def diagnose(
+    domain_path: str | Path,
+    pool_path: str | Path,
+    out_dir: str | Path,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    lora: LoraSettings,
+    run: RunConfig,
+    train_cfg: TrainConfig,
+    diag: DiagnoseConfig,
+) -> dict[str, Any]:
     """Run the chosen checks; write ``diagnostics.json`` and the report into ``out_dir``."""
     checks = [str(c) for c in diag.checks]
     unknown = sorted(set(checks) - set(CHECKS))
@@ -285,8 +373,12 @@ def diagnose(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path
         raise UserError("--probe-rows must be at least 4 and --approx-rows at least 2")
     out = Path(out_dir)
     # diagnose may share a select run's folder (one report for both): either run's record makes the files ours
-    refuse_replacing(out, ("diagnostics.json", "report.html", *DIAG_PLOTS), (("diagnostics.json", "checks"), ("run.json", "inputs")),
-                     run.overwrite)
+    refuse_replacing(
+        out,
+        ("diagnostics.json", "report.html", *DIAG_PLOTS),
+        (("diagnostics.json", "checks"), ("run.json", "inputs")),
+        run.overwrite,
+    )
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -298,18 +390,31 @@ def diagnose(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path
     probe = choose_probe(domain, pool, diag.probe_rows, run.seed, tok, data_cfg)
     seconds["load"] = time.perf_counter() - t0
     result: dict[str, Any] = {
-        "model": model_path(model_cfg, quiet=True), "adapter": model_cfg.adapter,
-        "inputs": {"domain": str(domain.path), "pool": str(pool.path), "domain_fingerprint": domain.fingerprint,
-                   "pool_fingerprint": pool.fingerprint},
-        "config": {"model": to_dict(model_cfg), "data": to_dict(data_cfg), "lora": to_dict(lora), "run": to_dict(run),
-                   "train": to_dict(train_cfg), "diagnose": to_dict(diag)},
-        "probe": probe.describe(), "checks": checks,
+        "model": model_path(model_cfg, quiet=True),
+        "adapter": model_cfg.adapter,
+        "inputs": {
+            "domain": str(domain.path),
+            "pool": str(pool.path),
+            "domain_fingerprint": domain.fingerprint,
+            "pool_fingerprint": pool.fingerprint,
+        },
+        "config": {
+            "model": to_dict(model_cfg),
+            "data": to_dict(data_cfg),
+            "lora": to_dict(lora),
+            "run": to_dict(run),
+            "train": to_dict(train_cfg),
+            "diagnose": to_dict(diag),
+        },
+        "probe": probe.describe(),
+        "checks": checks,
     }
     raw: torch.Tensor | None = None
     if "stability" in checks:
         t = time.perf_counter()
-        curve, last, stats = ntk_stability(session.model, tok, domain, probe, data_cfg, train_cfg, diag, run.seed,
-                                           run.quiet)
+        curve, last, stats = ntk_stability(
+            session.model, tok, domain, probe, data_cfg, train_cfg, diag, run.seed, run.quiet
+        )
         result["ntk_stability"] = curve
         result["stability_final"] = curve[-1]["frobenius_cosine"]
         result["stability_min"] = min(p["frobenius_cosine"] for p in curve)
@@ -327,24 +432,30 @@ def diagnose(domain_path: str | Path, pool_path: str | Path, out_dir: str | Path
             result["projection"] = {"skipped": "the stability kernel is projected (--kernel-proj-dim > 0)"}
         else:
             if raw is None:
-                with GradientFeaturizer(session.model, 0, run.seed, "ntk", "auto",
-                                        collate(probe.encoded[:2], tok.pad_token_id)) as feat:
+                with GradientFeaturizer(
+                    session.model, 0, run.seed, "ntk", "auto", collate(probe.encoded[:2], tok.pad_token_id)
+                ) as feat:
                     raw = probe_kernel_features(feat, probe, tok.pad_token_id, data_cfg)
             shapes = [(n, tuple(p.shape)) for n, p in lora_parameters(session.model)]
-            result["projection"] = projection_ladder(raw, shapes, probe, dims, diag.projection_seeds,
-                                                     diag.projection_top, run.seed)
+            result["projection"] = projection_ladder(
+                raw, shapes, probe, dims, diag.projection_seeds, diag.projection_top, run.seed
+            )
         seconds["projection"] = time.perf_counter() - t
     if "approximation" in checks:
         t = time.perf_counter()
         n_dom = min(diag.approx_rows // 2, len(probe.domain))
         small = probe.head(n_dom, min(diag.approx_rows - n_dom, len(probe.pool)))
-        result["approximation"] = approximation(session.model, small, tok.pad_token_id, diag, run.seed,
-                                                data_cfg.token_budget, run.quiet)
+        result["approximation"] = approximation(
+            session.model, small, tok.pad_token_id, diag, run.seed, data_cfg.token_budget, run.quiet
+        )
         seconds["approximation"] = time.perf_counter() - t
     result["warnings"] = warnings_for(result, diag)
     result["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    result["machine"] = {"device": str(next(session.model.parameters()).device), "threads": torch.get_num_threads(),
-                         "python": platform.python_version()}
+    result["machine"] = {
+        "device": str(next(session.model.parameters()).device),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
     result["versions"] = {"ntk_selector": __version__, "torch": torch.__version__}
     write_json_atomic(out / "diagnostics.json", result)
     from ntk_selector.selection.report import write_report

@@ -121,8 +121,14 @@ def output_head(model: torch.nn.Module) -> torch.nn.Module:
     return base.get_output_embeddings()
 
 
-def exact_entk(model: torch.nn.Module, batches: Batch | Sequence[Batch], max_outputs: int, seed: int,
-               logits: str = "auto", progress: Callable[[int, int], None] | None = None) -> ENTKResult:
+def exact_entk(
+    model: torch.nn.Module,
+    batches: Batch | Sequence[Batch],
+    max_outputs: int,
+    seed: int,
+    logits: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> ENTKResult:
     """Exact (or output-sampled) eNTK and Jacobian-free kernel of the rows of the given batches
     (rows in batch order; several length-bucketed batches waste less compute on padding)."""
     batches = [batches] if isinstance(batches, Batch) else list(batches)

@@ -64,8 +64,9 @@ def middle_truncate(ids: np.ndarray, budget: int) -> np.ndarray:
     return np.concatenate([ids[: budget - tail], ids[len(ids) - tail :]]) if tail else ids[:budget]
 
 
-def prompt_and_label_ids(conversations: Sequence[Conversation], labels: Sequence[str], tokenizer: Any,
-                         data_cfg: DataConfig) -> tuple[list[np.ndarray], list[list[np.ndarray]], int]:
+def prompt_and_label_ids(
+    conversations: Sequence[Conversation], labels: Sequence[str], tokenizer: Any, data_cfg: DataConfig
+) -> tuple[list[np.ndarray], list[list[np.ndarray]], int]:
     """Per example: prompt ids (middle-truncated to fit) and each label's response ids; plus the truncation count."""
     whole = dataclasses.replace(data_cfg, max_length=1 << 30)
     pairs = [Conversation(c.prompt_messages, label) for c in conversations for label in labels]
@@ -98,8 +99,9 @@ def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def _packed_batch(prompts: Sequence[np.ndarray], labels: Sequence[Sequence[np.ndarray]], pad_id: int,
-                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _packed_batch(
+    prompts: Sequence[np.ndarray], labels: Sequence[Sequence[np.ndarray]], pad_id: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded rows [pad, prompt, label_1, …, label_K] with a block mask: each label sees the prompt and itself."""
     lengths = [len(p) + sum(len(r) for r in labs) for p, labs in zip(prompts, labels, strict=True)]
     B, T = len(prompts), max(lengths)
@@ -127,8 +129,15 @@ def _packed_batch(prompts: Sequence[np.ndarray], labels: Sequence[Sequence[np.nd
 
 
 @torch.inference_mode()
-def label_log_likelihoods(model: torch.nn.Module, prompts: Sequence[np.ndarray], labels: Sequence[Sequence[np.ndarray]],
-                          pad_id: int, data_cfg: DataConfig, *, quiet: bool = True) -> np.ndarray:
+def label_log_likelihoods(
+    model: torch.nn.Module,
+    prompts: Sequence[np.ndarray],
+    labels: Sequence[Sequence[np.ndarray]],
+    pad_id: int,
+    data_cfg: DataConfig,
+    *,
+    quiet: bool = True,
+) -> np.ndarray:
     """[n, K] summed log-probabilities of each label's response tokens after each prompt."""
     n, k = len(prompts), len(labels[0]) if labels else 0
     out = np.zeros((n, k), dtype=np.float64)
@@ -145,8 +154,13 @@ def label_log_likelihoods(model: torch.nn.Module, prompts: Sequence[np.ndarray],
         tails = [sum(len(r) for r in labs) for labs in ls]
         keep = max(tails) + 1  # every label token's predictor lies in the last `keep` positions
         kwargs = {"logits_to_keep": keep} if keep_arg else {}
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                       use_cache=False, **kwargs).logits[:, -keep:]
+        logits = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=pos.to(device),
+            use_cache=False,
+            **kwargs,
+        ).logits[:, -keep:]
         rows, cols, targets = [], [], []
         for b, labs in enumerate(ls):
             last_prompt = keep - tails[b] - 1  # index in the kept window
@@ -180,8 +194,11 @@ def label_log_likelihoods(model: torch.nn.Module, prompts: Sequence[np.ndarray],
 
 def stop_token_ids(tokenizer: Any, data_cfg: DataConfig) -> list[int]:
     """EOS plus the special tokens the template puts after a response (e.g. ``<|im_end|>``)."""
-    probe = encode([Conversation([{"role": "user", "content": "q"}], "x")], tokenizer,
-                   dataclasses.replace(data_cfg, max_length=1 << 30))[0]
+    probe = encode(
+        [Conversation([{"role": "user", "content": "q"}], "x")],
+        tokenizer,
+        dataclasses.replace(data_cfg, max_length=1 << 30),
+    )[0]
     suffix = probe.input_ids[probe.response_start :].tolist()
     special = set(tokenizer.all_special_ids)
     ids = [t for t in suffix if t in special]
@@ -191,8 +208,16 @@ def stop_token_ids(tokenizer: Any, data_cfg: DataConfig) -> list[int]:
 
 
 @torch.inference_mode()
-def greedy_generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[np.ndarray], max_new_tokens: int,
-                    stop_ids: Sequence[int], data_cfg: DataConfig, *, quiet: bool = True) -> list[str]:
+def greedy_generate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[np.ndarray],
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    data_cfg: DataConfig,
+    *,
+    quiet: bool = True,
+) -> list[str]:
     """Greedy continuation of every prompt, cut at the first stop token and decoded without special tokens."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
@@ -208,8 +233,15 @@ def greedy_generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[np
             p = torch.from_numpy(prompts[i])
             ids[b, T - len(p) :] = p
             attn[b, T - len(p) :] = 1
-        out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, num_beams=1, eos_token_id=list(stop_ids), pad_token_id=pad)
+        out = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=attn.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=list(stop_ids),
+            pad_token_id=pad,
+        )
         got = []
         for b in range(len(members)):
             new = out[b, T:].tolist()
@@ -228,7 +260,9 @@ def greedy_generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[np
 # ----------------------------------------------------------------------------- accuracy
 
 
-def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str], matrix: bool = True) -> dict[str, Any]:
+def confusion(
+    truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str], matrix: bool = True
+) -> dict[str, Any]:
     """Accuracy, per-class counts and the confusion matrix (rows: true label, columns: prediction)."""
     cols = list(labels) + ([OTHER] if any(p not in labels for p in predicted) else [])
     col = {c: j for j, c in enumerate(cols)}
@@ -241,12 +275,22 @@ def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[s
     for c in labels:
         n_c = int(counts[row[c]].sum())
         ok = int(counts[row[c], col[c]])
-        per_class[c] = {"n": n_c, "correct": ok, "predicted": int(counts[:, col[c]].sum()),
-                        "accuracy": ok / n_c if n_c else None}
+        per_class[c] = {
+            "n": n_c,
+            "correct": ok,
+            "predicted": int(counts[:, col[c]].sum()),
+            "accuracy": ok / n_c if n_c else None,
+        }
     n = len(truth)
-    return {"accuracy": correct / n if n else 0.0, "n": n, "correct": correct, "labels": list(labels),
-            "per_class": per_class, **class_balanced_scores(per_class),
-            "confusion": {"rows": list(labels), "columns": cols, "matrix": counts.tolist()} if matrix else None}
+    return {
+        "accuracy": correct / n if n else 0.0,
+        "n": n,
+        "correct": correct,
+        "labels": list(labels),
+        "per_class": per_class,
+        **class_balanced_scores(per_class),
+        "confusion": {"rows": list(labels), "columns": cols, "matrix": counts.tolist()} if matrix else None,
+    }
 
 
 def class_balanced_scores(per_class: dict[str, dict[str, Any]]) -> dict[str, float | None]:
@@ -282,15 +326,16 @@ def content_free_conversations(conversations: Sequence[Conversation]) -> list[Co
     content-free input, with the same earlier turns as the first test row."""
     texts = [c.prompt_messages[-1]["content"] for c in conversations]
     prefix = _word_boundary_prefix(texts)
-    rest = [t[len(prefix):] for t in texts]
+    rest = [t[len(prefix) :] for t in texts]
     suffix = _word_boundary_prefix([r[::-1] for r in rest])[::-1]
     head = conversations[0].prompt_messages[:-1]
     last = conversations[0].prompt_messages[-1]
     return [Conversation(head + [{**last, "content": prefix + cf + suffix}], "") for cf in CONTENT_FREE]
 
 
-def content_free_prior(session: Session, conversations: Sequence[Conversation], label_set: Sequence[str],
-                       data_cfg: DataConfig) -> tuple[np.ndarray, list[str]]:
+def content_free_prior(
+    session: Session, conversations: Sequence[Conversation], label_set: Sequence[str], data_cfg: DataConfig
+) -> tuple[np.ndarray, list[str]]:
     """Mean over content-free prompts of the label distribution (softmax of label log-likelihoods)."""
     free = content_free_conversations(conversations)
     prompts, label_ids, _ = prompt_and_label_ids(free, label_set, session.tokenizer, data_cfg)
@@ -320,15 +365,27 @@ def choose_task(truth: Sequence[str], task: str = "auto", labels: Sequence[str] 
         return "classification", "--labels given"
     distinct = len(set(truth))
     if answer_mix(truth, []) is not None:
-        return "classification", (f"{distinct} distinct answers over {len(truth)} rows look like labels (at most "
-                                  f"{MAX_LABELS}, each about twice or more)")
-    return "generation", (f"{distinct} distinct answers over {len(truth)} rows are free text (labels: at most "
-                          f"{MAX_LABELS} distinct answers, each about twice or more)")
+        return "classification", (
+            f"{distinct} distinct answers over {len(truth)} rows look like labels (at most "
+            f"{MAX_LABELS}, each about twice or more)"
+        )
+    return "generation", (
+        f"{distinct} distinct answers over {len(truth)} rows are free text (labels: at most "
+        f"{MAX_LABELS} distinct answers, each about twice or more)"
+    )
 
 
-def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: Sequence[str] | None = None,
-             generate: bool = False, max_new_tokens: int | None = None, calibrate: bool = False,
-             task: str = "auto") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(
+    session: Session,
+    test: Records,
+    data_cfg: DataConfig,
+    *,
+    labels: Sequence[str] | None = None,
+    generate: bool = False,
+    max_new_tokens: int | None = None,
+    calibrate: bool = False,
+    task: str = "auto",
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Summary and per-row predictions of the session's model on the test records: label scores
     (accuracy, ...) for a classification test set, response NLL (and with ``generate`` ROUGE-L, chrF,
     exact match) for free-text answers. ``max_new_tokens`` None: 32 for labels, the longest gold
@@ -343,14 +400,23 @@ def evaluate(session: Session, test: Records, data_cfg: DataConfig, *, labels: S
             raise UserError("--calibrate is for classification (label scores); drop it for free-text answers")
         summary, rows = evaluate_text(session, test, data_cfg, generate=generate, max_new_tokens=max_new_tokens)
     else:
-        summary, rows = evaluate_labels(session, test, data_cfg, truth, labels=labels, generate=generate,
-                                        max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS, calibrate=calibrate)
+        summary, rows = evaluate_labels(
+            session,
+            test,
+            data_cfg,
+            truth,
+            labels=labels,
+            generate=generate,
+            max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+            calibrate=calibrate,
+        )
     summary.update({"task": chosen, "task_reason": reason, "seconds": round(time.perf_counter() - start, 3)})
     return summary, rows
 
 
-def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, generate: bool,
-                  max_new_tokens: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_text(
+    session: Session, test: Records, data_cfg: DataConfig, *, generate: bool, max_new_tokens: int | None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Free-text answers: the gold response's NLL per token; with ``generate``, greedy answers and their metrics."""
     from ntk_selector.analysis.text_metrics import generation_summary, nll_summary
 
@@ -358,8 +424,10 @@ def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, gene
     encoded = encode(test.conversations, tok, data_cfg)
     empty = [i for i, e in enumerate(encoded) if e.n_response_tokens == 0]
     if empty:
-        raise UserError(f"{test.path}: line {test.line(empty[0])} has an empty response: a free-text test set needs a "
-                        f"gold answer on every row ({len(empty)} rows without)")
+        raise UserError(
+            f"{test.path}: line {test.line(empty[0])} has an empty response: a free-text test set needs a "
+            f"gold answer on every row ({len(empty)} rows without)"
+        )
     nll = response_nll(model, encoded, tok.pad_token_id, data_cfg, quiet=quiet)
     summary, rows = nll_summary(nll, encoded)
     truth = [c.response.strip() for c in test.conversations]
@@ -371,23 +439,33 @@ def evaluate_text(session: Session, test: Records, data_cfg: DataConfig, *, gene
         prompts = [e.input_ids[: e.response_start] for e in encoded]
         texts = greedy_generate(model, tok, prompts, limit, stop_token_ids(tok, data_cfg), data_cfg, quiet=quiet)
         gen_summary, gen_rows = generation_summary(texts, truth)
-        summary.update({**gen_summary, "accuracy": gen_summary["exact_match"], "mode": "nll+generate",
-                        "max_new_tokens": limit})
+        summary.update(
+            {**gen_summary, "accuracy": gen_summary["exact_match"], "mode": "nll+generate", "max_new_tokens": limit}
+        )
         rows = [{**r, **g} for r, g in zip(rows, gen_rows, strict=True)]
     return summary, rows
 
 
-def response_nll(model: Any, encoded: Sequence[Encoded], pad_id: int, data_cfg: DataConfig, *,
-                 quiet: bool = True) -> np.ndarray:
+def response_nll(
+    model: Any, encoded: Sequence[Encoded], pad_id: int, data_cfg: DataConfig, *, quiet: bool = True
+) -> np.ndarray:
     """Summed negative log-likelihood (nats) of each row's response tokens given its prompt."""
     prompts = [e.input_ids[: e.response_start] for e in encoded]
     responses = [[e.input_ids[e.response_start :]] for e in encoded]
     return -label_log_likelihoods(model, prompts, responses, pad_id, data_cfg, quiet=quiet)[:, 0]
 
 
-def evaluate_labels(session: Session, test: Records, data_cfg: DataConfig, truth: list[str], *,
-                    labels: Sequence[str] | None, generate: bool, max_new_tokens: int,
-                    calibrate: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate_labels(
+    session: Session,
+    test: Records,
+    data_cfg: DataConfig,
+    truth: list[str],
+    *,
+    labels: Sequence[str] | None,
+    generate: bool,
+    max_new_tokens: int,
+    calibrate: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Label answers: accuracy, balanced accuracy, macro-F1 and gold NLL by label scores (or --generate)."""
     label_set = [s.strip() for s in labels] if labels else sorted(set(truth))
     if any(not s for s in label_set):
@@ -399,17 +477,31 @@ def evaluate_labels(session: Session, test: Records, data_cfg: DataConfig, truth
         raise UserError(f"{test.path}: responses not among --labels: {', '.join(map(repr, unknown[:5]))}")
     tok, model, quiet = session.tokenizer, session.model, session.run.quiet
     # generation needs only the prompts (a one-token stand-in label reserves room for the answer's start)
-    prompts, label_ids, truncated = prompt_and_label_ids(test.conversations, ["x"] if generate else label_set, tok, data_cfg)
+    prompts, label_ids, truncated = prompt_and_label_ids(
+        test.conversations, ["x"] if generate else label_set, tok, data_cfg
+    )
     if generate:
-        texts = greedy_generate(model, tok, prompts, max_new_tokens, stop_token_ids(tok, data_cfg), data_cfg, quiet=quiet)
+        texts = greedy_generate(
+            model, tok, prompts, max_new_tokens, stop_token_ids(tok, data_cfg), data_cfg, quiet=quiet
+        )
         predicted = [t.strip() for t in texts]
-        rows = [{"row": i, "response": t, "prediction": p, "correct": t == p} for i, (t, p) in enumerate(zip(truth, predicted, strict=True))]
+        rows = [
+            {"row": i, "response": t, "prediction": p, "correct": t == p}
+            for i, (t, p) in enumerate(zip(truth, predicted, strict=True))
+        ]
     else:
         scores = label_log_likelihoods(model, prompts, label_ids, tok.pad_token_id, data_cfg, quiet=quiet)
         predicted = [label_set[int(j)] for j in scores.argmax(1)]
-        rows = [{"row": i, "response": t, "prediction": p, "correct": t == p,
-                 "log_likelihood": dict(zip(label_set, map(float, scores[i]), strict=True))}
-                for i, (t, p) in enumerate(zip(truth, predicted, strict=True))]
+        rows = [
+            {
+                "row": i,
+                "response": t,
+                "prediction": p,
+                "correct": t == p,
+                "log_likelihood": dict(zip(label_set, map(float, scores[i]), strict=True)),
+            }
+            for i, (t, p) in enumerate(zip(truth, predicted, strict=True))
+        ]
     summary = confusion(truth, predicted, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS)
     if not generate:
         gold = np.array([label_set.index(t) for t in truth])
@@ -420,28 +512,56 @@ def evaluate_labels(session: Session, test: Records, data_cfg: DataConfig, truth
         cal_pred = [label_set[int(j)] for j in calibrated.argmax(1)]
         for row, p in zip(rows, cal_pred, strict=True):
             row["calibrated_prediction"] = p
-        summary["calibrated"] = {**confusion(truth, cal_pred, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS),
-                                 "label_prior": dict(zip(label_set, map(float, prior), strict=True)),
-                                 "content_free_prompts": free_prompts}
+        summary["calibrated"] = {
+            **confusion(truth, cal_pred, label_set, matrix=len(label_set) <= MAX_MATRIX_LABELS),
+            "label_prior": dict(zip(label_set, map(float, prior), strict=True)),
+            "content_free_prompts": free_prompts,
+        }
     summary.update({"mode": "generate" if generate else "log-likelihood", "truncated_prompts": truncated})
     if generate:
         summary["max_new_tokens"] = max_new_tokens
     return summary, rows
 
 
-def run_evaluate(data_path: str | Path, out: str | Path, model_cfg: ModelConfig, data_cfg: DataConfig, run: RunConfig, *,
-                 labels: Sequence[str] | None = None, generate: bool = False, max_new_tokens: int | None = None,
-                 calibrate: bool = False, task: str = "auto", session: Session | None = None) -> dict[str, Any]:
+def run_evaluate(
+    data_path: str | Path,
+    out: str | Path,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    run: RunConfig,
+    *,
+    labels: Sequence[str] | None = None,
+    generate: bool = False,
+    max_new_tokens: int | None = None,
+    calibrate: bool = False,
+    task: str = "auto",
+    session: Session | None = None,
+) -> dict[str, Any]:
     """Evaluate and write ``eval.json`` and ``predictions.jsonl`` atomically into ``out``."""
     refuse_replacing(out, ("eval.json", "predictions.jsonl"), (("eval.json", "data_fingerprint"),), run.overwrite)
     test = Records.load(data_path, data_cfg)
     if session is None:
         session = Session(model_cfg, LoraSettings(), run)
     session.load(model_cfg.adapter)  # no adapter: a fresh LoRA with B = 0, i.e. the base model
-    summary, rows = evaluate(session, test, data_cfg, labels=labels, generate=generate, max_new_tokens=max_new_tokens,
-                             calibrate=calibrate, task=task)
-    summary.update({"data": str(data_path), "data_fingerprint": test.fingerprint, **session.describe(),
-                    "adapter": model_cfg.adapter, "data_config": to_dict(data_cfg)})
+    summary, rows = evaluate(
+        session,
+        test,
+        data_cfg,
+        labels=labels,
+        generate=generate,
+        max_new_tokens=max_new_tokens,
+        calibrate=calibrate,
+        task=task,
+    )
+    summary.update(
+        {
+            "data": str(data_path),
+            "data_fingerprint": test.fingerprint,
+            **session.describe(),
+            "adapter": model_cfg.adapter,
+            "data_config": to_dict(data_cfg),
+        }
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

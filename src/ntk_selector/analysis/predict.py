@@ -49,8 +49,13 @@ def kernel_ridge(k_train: np.ndarray, k_cross: np.ndarray, y: np.ndarray, ridge:
     return k_cross @ alpha
 
 
-def predict_labels(train_features: np.ndarray, train_labels: Sequence[str], test_features: np.ndarray,
-                   ridge: float, cosine: bool = False) -> tuple[list[str], list[str]]:
+def predict_labels(
+    train_features: np.ndarray,
+    train_labels: Sequence[str],
+    test_features: np.ndarray,
+    ridge: float,
+    cosine: bool = False,
+) -> tuple[list[str], list[str]]:
     """(classes, predicted label per test row) by kernel ridge regression on one-hot labels."""
     classes = sorted(set(train_labels))
     y = np.zeros((len(train_labels), len(classes)))
@@ -64,9 +69,17 @@ def predict_labels(train_features: np.ndarray, train_labels: Sequence[str], test
     return classes, [classes[i] for i in scores.argmax(1)]
 
 
-def predict(domain_path: str | Path, test_path: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
-            data_cfg: DataConfig, lora: LoraSettings, run: RunConfig, feat_cfg: FeatureConfig,
-            pred_cfg: PredictConfig) -> dict[str, Any]:
+def predict(
+    domain_path: str | Path,
+    test_path: str | Path,
+    out_dir: str | Path,
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    lora: LoraSettings,
+    run: RunConfig,
+    feat_cfg: FeatureConfig,
+    pred_cfg: PredictConfig,
+) -> dict[str, Any]:
     """Fit on the domain, predict the test rows, write ``predict.json`` (with ``accuracy``)."""
     if feat_cfg.objective != "ntk":
         raise UserError("predict uses the NTK objective (--objective ntk): other objectives would see the labels")
@@ -78,12 +91,25 @@ def predict(domain_path: str | Path, test_path: str | Path, out_dir: str | Path,
     tok = session.tokenizer
     train_enc = prompt_only(encode(domain.conversations, tok, data_cfg))
     test_enc = prompt_only(encode(test.conversations, tok, data_cfg))
-    with GradientFeaturizer(session.model, feat_cfg.proj_dim, run.seed, "ntk", feat_cfg.logits,
-                            collate(train_enc[:2], tok.pad_token_id)) as feat:
+    with GradientFeaturizer(
+        session.model, feat_cfg.proj_dim, run.seed, "ntk", feat_cfg.logits, collate(train_enc[:2], tok.pad_token_id)
+    ) as feat:
+
         def features(enc: list[Encoded]) -> np.ndarray:
-            return rows_features(feat.features, enc, tok.pad_token_id, data_cfg.token_budget, data_cfg.max_batch_size,
-                                 device=next(session.model.parameters()).device, stage="predict features",
-                                 quiet=run.quiet).double().numpy()
+            return (
+                rows_features(
+                    feat.features,
+                    enc,
+                    tok.pad_token_id,
+                    data_cfg.token_budget,
+                    data_cfg.max_batch_size,
+                    device=next(session.model.parameters()).device,
+                    stage="predict features",
+                    quiet=run.quiet,
+                )
+                .double()
+                .numpy()
+            )
 
         f_train, f_test = features(train_enc), features(test_enc)
         dim = feat.out_dim
@@ -99,12 +125,22 @@ def predict(domain_path: str | Path, test_path: str | Path, out_dir: str | Path,
     result = {
         "accuracy": float(np.mean(correct)) if correct else None,
         "majority_accuracy": float(np.mean([t == majority for t in test_labels])) if test_labels else None,
-        "train_rows": len(train_labels), "test_rows": len(test_labels), "classes": classes,
+        "train_rows": len(train_labels),
+        "test_rows": len(test_labels),
+        "classes": classes,
         "test_labels_unseen": int(sum(t not in classes for t in test_labels)),
-        "confusion": confusion, "predictions": predicted,
-        "kernel": model_cfg.adapter or "LoRA at init", "feature_dim": dim,
-        "config": {"model": to_dict(model_cfg), "data": to_dict(data_cfg), "lora": to_dict(lora), "run": to_dict(run),
-                   "feature": to_dict(feat_cfg), "predict": to_dict(pred_cfg)},
+        "confusion": confusion,
+        "predictions": predicted,
+        "kernel": model_cfg.adapter or "LoRA at init",
+        "feature_dim": dim,
+        "config": {
+            "model": to_dict(model_cfg),
+            "data": to_dict(data_cfg),
+            "lora": to_dict(lora),
+            "run": to_dict(run),
+            "feature": to_dict(feat_cfg),
+            "predict": to_dict(pred_cfg),
+        },
         "inputs": {"domain": str(domain.path), "test": str(test.path)},
         "seconds": round(time.perf_counter() - start, 2),
     }

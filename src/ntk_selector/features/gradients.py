@@ -42,11 +42,14 @@ from ntk_selector.model.heads import (  # noqa: F401
 from ntk_selector.model.loading import lora_parameters
 
 
-def per_row_objective(model: torch.nn.Module, batch: Batch, objective: str, head: SummedLogitHead | None) -> torch.Tensor:
+def per_row_objective(
+    model: torch.nn.Module, batch: Batch, objective: str, head: SummedLogitHead | None
+) -> torch.Tensor:
     """f_b for every row of the batch, [B] (rows without response tokens give 0)."""
     if objective in NTK_OBJECTIVES:
-        positions = {"ntk": batch.target_mask, "ntk-all": next_token_mask(batch),
-                     "ntk-content": content_mask(batch)}[objective]
+        positions = {"ntk": batch.target_mask, "ntk-all": next_token_mask(batch), "ntk-content": content_mask(batch)}[
+            objective
+        ]
         if head is not None:
             per_pos = head(last_hidden(model, batch))  # [B, T]
         else:
@@ -83,8 +86,16 @@ def next_token_mask(batch: Batch) -> torch.Tensor:
 class GradientFeaturizer:
     """Projected per-sample gradients of the objective w.r.t. the LoRA parameters."""
 
-    def __init__(self, model: torch.nn.Module, proj_dim: int, seed: int, objective: str = "ntk",
-                 logits: str = "auto", probe: Batch | None = None, cache_bytes: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        proj_dim: int,
+        seed: int,
+        objective: str = "ntk",
+        logits: str = "auto",
+        probe: Batch | None = None,
+        cache_bytes: int | None = None,
+    ):
         self.model = model
         self.objective = objective
         self.params = lora_parameters(model)

@@ -14,9 +14,16 @@ from ntk_selector.features.budget import TokenBudget
 from ntk_selector.io.tokens import Batch, Encoded, collate, plan_batches
 
 
-def rows_features(compute: Callable[[Batch], torch.Tensor], encoded: Sequence[Encoded], pad_id: int,
-                  token_budget: int | str, max_batch_size: int, device: torch.device | None = None,
-                  stage: str = "rows", quiet: bool = False) -> torch.Tensor:
+def rows_features(
+    compute: Callable[[Batch], torch.Tensor],
+    encoded: Sequence[Encoded],
+    pad_id: int,
+    token_budget: int | str,
+    max_batch_size: int,
+    device: torch.device | None = None,
+    stage: str = "rows",
+    quiet: bool = False,
+) -> torch.Tensor:
     """``compute`` over length-bucketed batches of ``encoded``, stacked back in input order (float32, CPU).
     ``token_budget``: a number or auto (sized on ``device``, where ``compute`` runs; see budget.TokenBudget)."""
     lengths = [e.length for e in encoded]

@@ -52,7 +52,9 @@ def smallest_divisor_at_least(p: int, s: int) -> int:
     for k in range(s, p + 1):
         if p % k == 0:
             return k
-    raise UserError(f"--proj-dim {p} is smaller than the LoRA rank side {s} of the adapter; raise --proj-dim (or 0 for raw gradients)")
+    raise UserError(
+        f"--proj-dim {p} is smaller than the LoRA rank side {s} of the adapter; raise --proj-dim (or 0 for raw gradients)"
+    )
 
 
 class RawGradient:
@@ -77,9 +79,15 @@ class RawGradient:
 class FactoredRademacher:
     """Per-module factored Rademacher projection, summed into one p-dimensional space."""
 
-    def __init__(self, shapes: Sequence[tuple[str, tuple[int, ...]]], dim: int, seed: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 cache_bytes: int | None = None):
+    def __init__(
+        self,
+        shapes: Sequence[tuple[str, tuple[int, ...]]],
+        dim: int,
+        seed: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        cache_bytes: int | None = None,
+    ):
         self.out_dim = dim
         self.seed = seed
         self.device = torch.device(device)
@@ -114,7 +122,7 @@ class FactoredRademacher:
         _, _, _, k = self.plan[name]
         cols = self.out_dim // k
         r = (self._signs(name) if signs is None else signs).to(dtype=self.dtype)
-        return r.mul_(cols ** -0.5)
+        return r.mul_(cols**-0.5)
 
     def matrix(self, name: str) -> torch.Tensor:
         """The scaled matrix R_m in the compute dtype (the same numbers whether its signs are cached or not)."""
@@ -141,8 +149,13 @@ def default_cache_bytes(device: torch.device) -> int:
     return DEFAULT_CPU_CACHE_BYTES
 
 
-def make_projector(shapes: Sequence[tuple[str, tuple[int, ...]]], dim: int, seed: int,
-                   device: torch.device | str = "cpu", cache_bytes: int | None = None) -> Projector:
+def make_projector(
+    shapes: Sequence[tuple[str, tuple[int, ...]]],
+    dim: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    cache_bytes: int | None = None,
+) -> Projector:
     if dim == 0:
         return RawGradient(shapes)
     if dim < 0:

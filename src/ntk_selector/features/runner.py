@@ -42,9 +42,20 @@ def _pending_chunks(status: np.ndarray) -> Iterator[tuple[int, int, np.ndarray]]
             yield c, start, todo
 
 
-def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: DataConfig, store: RowStore,
-             compute: Callable[[Batch], torch.Tensor], *, desc: str = "rows", quiet: bool = False,
-             rank: int = 0, world: int = 1, device: torch.device | None = None, known: Sequence[Encoded] = ()) -> int:
+def run_rows(
+    conversations: Sequence[Conversation],
+    tokenizer: Any,
+    data_cfg: DataConfig,
+    store: RowStore,
+    compute: Callable[[Batch], torch.Tensor],
+    *,
+    desc: str = "rows",
+    quiet: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    known: Sequence[Encoded] = (),
+) -> int:
     """Compute ``compute(batch) -> [B, dim]`` for this rank's pending rows; return rows computed here.
 
     ``device``: where ``compute`` runs, for ``--token-budget auto`` (budget.TokenBudget): sized once,
@@ -57,8 +68,9 @@ def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: Da
     delay = float(os.environ.get(DELAY_ENV) or 0.0)
     budget = TokenBudget(data_cfg.token_budget, device, desc, quiet=quiet)
     computed = 0
-    with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0, dynamic_ncols=True
+    ) as bar:
         for c, start, todo in _pending_chunks(status):
             encoded = encode_rows(conversations, start, start + len(todo), tokenizer, data_cfg, known)
             lengths = [e.length for e in encoded]
@@ -87,19 +99,34 @@ def run_rows(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: Da
     return computed
 
 
-def run_texts(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: DataConfig, store: RowStore,
-              compute: Callable[[list[Conversation]], np.ndarray], batch_rows: int, *, desc: str = "rows",
-              quiet: bool = False, rank: int = 0, world: int = 1) -> int:
+def run_texts(
+    conversations: Sequence[Conversation],
+    tokenizer: Any,
+    data_cfg: DataConfig,
+    store: RowStore,
+    compute: Callable[[list[Conversation]], np.ndarray],
+    batch_rows: int,
+    *,
+    desc: str = "rows",
+    quiet: bool = False,
+    rank: int = 0,
+    world: int = 1,
+) -> int:
     """Like ``run_rows`` for encoders that read the records themselves (``compute(convs) -> [n, dim]``):
     fixed batches of ``batch_rows`` consecutive rows; rows with no response tokens under the
     language model's tokenizer are marked as such (zeros), as every store of a run marks them."""
     status = store.status()
     computed = 0
-    with tqdm(total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0,
-              dynamic_ncols=True) as bar:
+    with tqdm(
+        total=int((status == PENDING).sum()), desc=desc, unit="row", disable=quiet or rank != 0, dynamic_ncols=True
+    ) as bar:
         for c, start, todo in _pending_chunks(status):
-            empty_all = np.array([e.n_response_tokens == 0 for e in
-                                  encode(conversations[start : start + len(todo)], tokenizer, data_cfg)])
+            empty_all = np.array(
+                [
+                    e.n_response_tokens == 0
+                    for e in encode(conversations[start : start + len(todo)], tokenizer, data_cfg)
+                ]
+            )
             for b, first in enumerate(range(0, len(todo), batch_rows)):
                 members = np.arange(first, min(first + batch_rows, len(todo)))
                 missing = todo[members]
@@ -115,20 +142,32 @@ def run_texts(conversations: Sequence[Conversation], tokenizer: Any, data_cfg: D
     return computed
 
 
-def fill_store(path: Path, rows: int, dim: int, dtype: str, definition: dict[str, Any], overwrite: bool,
-               work: Callable[[RowStore, distributed.Dist], int], extra: dict[str, Any] | None = None) -> int:
+def fill_store(
+    path: Path,
+    rows: int,
+    dim: int,
+    dtype: str,
+    definition: dict[str, Any],
+    overwrite: bool,
+    work: Callable[[RowStore, distributed.Dist], int],
+    extra: dict[str, Any] | None = None,
+) -> int:
     """Open (or resume) a store and run ``work`` on it, on one process or every rank of a job.
 
     Under torchrun rank 0 creates or checks the store and holds the writer lock; the other ranks
     attach after it, each writes its own rows, and rank 0 records completion once all are done.
     Returns the rows computed by this process.
     """
-    return fill_with(lambda writer: RowStore(path, rows, dim, dtype, definition, overwrite=overwrite and writer,
-                                             writer=writer), work, extra)
+    return fill_with(
+        lambda writer: RowStore(path, rows, dim, dtype, definition, overwrite=overwrite and writer, writer=writer),
+        work,
+        extra,
+    )
 
 
-def fill_with(open_store: Callable[[bool], Any], work: Callable[[Any, distributed.Dist], int],
-              extra: dict[str, Any] | None = None) -> int:
+def fill_with(
+    open_store: Callable[[bool], Any], work: Callable[[Any, distributed.Dist], int], extra: dict[str, Any] | None = None
+) -> int:
     """``fill_store`` for any store-like object: ``open_store(writer)`` opens it as the writer
     (rank 0 or a lone process) or attached (the other ranks)."""
     d = distributed.current()

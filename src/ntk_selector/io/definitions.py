@@ -44,8 +44,14 @@ def read_state(path: str | Path) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def reuse_or_refuse(saved: dict[str, Any] | None, definition: dict[str, Any], refusal: str, *, ready: bool = True,
-                    overwrite: bool = False) -> bool:
+def reuse_or_refuse(
+    saved: dict[str, Any] | None,
+    definition: dict[str, Any],
+    refusal: str,
+    *,
+    ready: bool = True,
+    overwrite: bool = False,
+) -> bool:
     """True: ``saved`` (the definition read back; None when nothing was saved) equals ``definition``
     and the result is ``ready``, so reuse it. False: nothing to reuse, or ``overwrite``; build.
     Otherwise raise a UserError that starts with ``refusal`` and names what differs."""
@@ -56,5 +62,7 @@ def reuse_or_refuse(saved: dict[str, Any] | None, definition: dict[str, Any], re
         return True
     if same or overwrite:
         return False
-    raise UserError(f"{refusal} ({describe_differences(canonical(saved), canonical(definition))}); "
-                    f"use --overwrite or another output folder")
+    raise UserError(
+        f"{refusal} ({describe_differences(canonical(saved), canonical(definition))}); "
+        f"use --overwrite or another output folder"
+    )

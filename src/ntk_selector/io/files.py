@@ -38,8 +38,10 @@ def disk_full(path: str | Path, error: OSError) -> UserError:
     """The error to raise for a failed write: disk full and a folder that cannot be written name the
     path (never our temporary's name); anything else is re-raised as is."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"{path}: no space left on the device while writing; free some space and rerun "
-                             f"the same command (finished work is kept)")
+        return DiskFullError(
+            f"{path}: no space left on the device while writing; free some space and rerun "
+            f"the same command (finished work is kept)"
+        )
     if error.errno in NOT_WRITABLE:
         return not_writable(Path(path).parent, error)
     raise error
@@ -69,8 +71,10 @@ def check_out_folder(path: str | Path, flag: str = "--out") -> None:
     """Refuse an output folder path that is a file or a symlink to nothing, saying what to give instead."""
     path = Path(path)
     if path.is_symlink() and not path.exists():
-        raise UserError(f"{flag} {path} is a symbolic link to a missing target ({os.readlink(path)}); remove the link "
-                        f"or give a new folder path")
+        raise UserError(
+            f"{flag} {path} is a symbolic link to a missing target ({os.readlink(path)}); remove the link "
+            f"or give a new folder path"
+        )
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; give a new folder path (or an earlier run's folder)")
 
@@ -85,7 +89,9 @@ def ensure_folder(path: str | Path, flag: str = "--out") -> Path:
         if e.errno in NOT_WRITABLE:
             raise not_writable(path.parent if not path.exists() else path, e) from None
         if e.errno in (errno.ENOTDIR, errno.EEXIST):
-            raise UserError(f"{flag} {path}: a part of the path is a file, not a folder; give another folder path") from None
+            raise UserError(
+                f"{flag} {path}: a part of the path is a file, not a folder; give another folder path"
+            ) from None
         raise disk_full(path / "x", e) from None
     return path
 
@@ -180,8 +186,9 @@ def release_lock(fh: IO[Any] | None) -> None:
         fh.close()
 
 
-def refuse_replacing(out: str | Path, names: tuple[str, ...], records: tuple[tuple[str, str], ...], overwrite: bool,
-                     flag: str = "--out") -> None:
+def refuse_replacing(
+    out: str | Path, names: tuple[str, ...], records: tuple[tuple[str, str], ...], overwrite: bool, flag: str = "--out"
+) -> None:
     """Refuse to write ``names`` into ``out`` when any of them is there but not from an earlier run of ours.
 
     An earlier run is recognised by one of its ``records``: (file, key) pairs, a JSON file holding
@@ -199,5 +206,7 @@ def refuse_replacing(out: str | Path, names: tuple[str, ...], records: tuple[tup
                 return
         except (OSError, ValueError, UnicodeDecodeError, TypeError):
             continue
-    raise UserError(f"{flag} {out} already holds {', '.join(present)}, not written by an earlier run of this "
-                    f"command; choose another folder, or --overwrite to replace them")
+    raise UserError(
+        f"{flag} {out} already holds {', '.join(present)}, not written by an earlier run of this "
+        f"command; choose another folder, or --overwrite to replace them"
+    )

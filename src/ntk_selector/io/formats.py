@@ -22,8 +22,17 @@ from ntk_selector.errors import DataError
 
 FORMATS = ("prompt-response", "prompt-completion", "messages", "sharegpt", "alpaca")
 SHAREGPT_FIELD = "conversations"
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-                  "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 
 
 @dataclass
@@ -50,8 +59,10 @@ def _text(text: str, name: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise RecordError(f"field '{name}' holds a lone surrogate ({text[e.start]!r} at character {e.start}), "
-                          f"not valid Unicode text; fix or drop the record") from None
+        raise RecordError(
+            f"field '{name}' holds a lone surrogate ({text[e.start]!r} at character {e.start}), "
+            f"not valid Unicode text; fix or drop the record"
+        ) from None
     return text
 
 
@@ -63,8 +74,9 @@ def _string(record: dict[str, Any], name: str) -> str:
     return _text(record[name], name)
 
 
-def _chat(value: Any, name: str, role_key: str = "role", content_key: str = "content",
-          roles: dict[str, str] | None = None) -> list[dict[str, str]]:
+def _chat(
+    value: Any, name: str, role_key: str = "role", content_key: str = "content", roles: dict[str, str] | None = None
+) -> list[dict[str, str]]:
     if not isinstance(value, list) or not all(isinstance(m, dict) for m in value):
         raise RecordError(f"field '{name}' must be a list of {{{role_key}, {content_key}}} objects")
     out = []
@@ -85,8 +97,10 @@ def _split_last_assistant(msgs: list[dict[str, str]], name: str, allow_empty_pro
     if last is None:
         raise RecordError(f"field '{name}' has no assistant turn to use as the response")
     if last == 0 and not allow_empty_prompt:
-        raise RecordError(f"field '{name}' starts with the assistant turn: the response needs a user (or system) "
-                          f"turn before it; add one or drop the record")
+        raise RecordError(
+            f"field '{name}' starts with the assistant turn: the response needs a user (or system) "
+            f"turn before it; add one or drop the record"
+        )
     return Conversation(msgs[:last], msgs[last]["content"])
 
 
@@ -136,16 +150,23 @@ def from_alpaca(record: dict[str, Any], cfg: DataConfig) -> Conversation:
 
 
 CONVERTERS: dict[str, Callable[[dict[str, Any], DataConfig], Conversation]] = {
-    "prompt-response": from_prompt_response, "prompt-completion": from_prompt_completion, "messages": from_messages,
-    "sharegpt": from_sharegpt, "alpaca": from_alpaca,
+    "prompt-response": from_prompt_response,
+    "prompt-completion": from_prompt_completion,
+    "messages": from_messages,
+    "sharegpt": from_sharegpt,
+    "alpaca": from_alpaca,
 }
 
 
 def format_fields(fmt: str, cfg: DataConfig) -> list[str]:
     """The fields a format reads (the reader loads only these columns)."""
-    return {"prompt-response": [cfg.prompt_field, cfg.response_field], "prompt-completion": ["prompt", "completion"],
-            "messages": [cfg.messages_field], "sharegpt": [SHAREGPT_FIELD],
-            "alpaca": ["instruction", "input", "output"]}[fmt]
+    return {
+        "prompt-response": [cfg.prompt_field, cfg.response_field],
+        "prompt-completion": ["prompt", "completion"],
+        "messages": [cfg.messages_field],
+        "sharegpt": [SHAREGPT_FIELD],
+        "alpaca": ["instruction", "input", "output"],
+    }[fmt]
 
 
 def matching_formats(fields: Iterable[str], cfg: DataConfig) -> list[str]:
@@ -175,14 +196,17 @@ def resolve_format(fields: Iterable[str], cfg: DataConfig, where: str) -> str:
         return cfg.format
     found = matching_formats(fields, cfg)
     if len(found) > 1:
-        raise DataError(f"{where}: the fields ({', '.join(fields)}) fit several record formats ({', '.join(found)}); "
-                        f"name one with --format")
+        raise DataError(
+            f"{where}: the fields ({', '.join(fields)}) fit several record formats ({', '.join(found)}); "
+            f"name one with --format"
+        )
     # nothing recognised: read prompt/response so each record's error names the missing field
     return found[0] if found else "prompt-response"
 
 
-def to_conversation(record: dict[str, Any], cfg: DataConfig, path: Any = "<records>", fmt: str | None = None,
-                    line: Any = None) -> Conversation:
+def to_conversation(
+    record: dict[str, Any], cfg: DataConfig, path: Any = "<records>", fmt: str | None = None, line: Any = None
+) -> Conversation:
     """One record as a conversation; errors name ``path:line`` (``path`` alone without a line). The
     format is found from this record's fields unless given."""
     where = f"{path}:{line}" if line is not None else str(path)

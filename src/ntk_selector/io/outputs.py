@@ -21,8 +21,9 @@ from ntk_selector.io.records import Records
 NESTED_KEY = "ntk_selector"
 
 
-def with_our_fields(record: dict[str, Any], score: float | None, pool_row: int,
-                    score_name: str = "ntk_score") -> dict[str, Any]:
+def with_our_fields(
+    record: dict[str, Any], score: float | None, pool_row: int, score_name: str = "ntk_score"
+) -> dict[str, Any]:
     """The user's record unchanged, followed by our fields as its last key(s).
 
     ``pool_row``: the record's 0-based row in the pool, written as the field ``pool_index`` (a file-format
@@ -69,21 +70,28 @@ def write_trl_rows(out: Path, pool: Records, chosen: np.ndarray, kind: str) -> N
     if kind == "records":
         return
     rows = pool.subset(chosen, "").conversations
-    write_text_atomic(out / OUTPUT_FILES[kind], "".join(json.dumps(to_trl_row(c, kind), ensure_ascii=False) + "\n" for c in rows))
+    write_text_atomic(
+        out / OUTPUT_FILES[kind], "".join(json.dumps(to_trl_row(c, kind), ensure_ascii=False) + "\n" for c in rows)
+    )
 
 
 SCORES_HEADER = ("pool_index", "votes", "preselected")  # then the method's score_name
 
 
-def write_scores(path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, score_name: str,
-                 block: int = 65536) -> None:
+def write_scores(
+    path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, score_name: str, block: int = 65536
+) -> None:
     """scores.csv, one line per pool row, written in blocks to an exclusive temporary, then renamed."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write(",".join((*SCORES_HEADER, score_name)) + "\n")
         for start in range(0, len(votes), block):
             rows = range(start, min(len(votes), start + block))
-            fh.write("".join(f"{i},{int(votes[i])},{int(preselected[i])},{'' if not np.isfinite(scores[i]) else repr(float(scores[i]))}\n"
-                             for i in rows))
+            fh.write(
+                "".join(
+                    f"{i},{int(votes[i])},{int(preselected[i])},{'' if not np.isfinite(scores[i]) else repr(float(scores[i]))}\n"
+                    for i in rows
+                )
+            )
 
 
 # Characters that are fine inside a JSON string but that str.splitlines() and some editors treat as

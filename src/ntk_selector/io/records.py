@@ -33,8 +33,15 @@ from ntk_selector.io.formats import (
     to_conversation,
 )
 
-LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".csv": "csv", ".parquet": "parquet",
-                  ".pq": "parquet", ".arrow": "arrow"}
+LOCAL_BUILDERS = {
+    ".jsonl": "json",
+    ".json": "json",
+    ".ndjson": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".arrow": "arrow",
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 CHUNK_ROWS = 4096  # rows turned into Python objects at a time
 log = logging.getLogger(__name__)
@@ -130,8 +137,10 @@ def _open_file(path: Path, cfg: DataConfig) -> Source:
     suffix = path.suffix.lower()
     builder = LOCAL_BUILDERS.get(suffix)
     if builder is None:
-        raise DataError(f"{path}: unknown format '{suffix}' (use .jsonl, .json, .csv, .parquet, .arrow, an HF save_to_disk "
-                        f"folder, a folder of data files or a hub id)")
+        raise DataError(
+            f"{path}: unknown format '{suffix}' (use .jsonl, .json, .csv, .parquet, .arrow, an HF save_to_disk "
+            f"folder, a folder of data files or a hub id)"
+        )
     kwargs: dict[str, Any] = {}
     kind = "rows"
     if builder == "json":
@@ -144,7 +153,10 @@ def _open_file(path: Path, cfg: DataConfig) -> Source:
         _scan_csv(path)  # the csv module streams the file: UTF-8, column counts, quoting
         header = _csv_header(path)
         # every CSV value is text: no numbers guessed from "1", no NaN from an empty cell
-        kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}), "keep_default_na": False}
+        kwargs = {
+            "features": datasets.Features({c: datasets.Value("string") for c in header}),
+            "keep_default_na": False,
+        }
     try:
         with datasets_quiet():
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
@@ -184,8 +196,11 @@ FOLDER_EXTRAS = {"readme.md", "license", "license.md", "license.txt", "dataset_i
 def check_data_folder(path: Path) -> None:
     """A folder of data files is read like a hub dataset, which takes one format and skips the rest
     without a word: refuse a folder where files would be skipped, naming them and why."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     kinds: dict[str, list[str]] = {}
     other: list[str] = []
     for p in files:
@@ -198,11 +213,15 @@ def check_data_folder(path: Path) -> None:
     shown = lambda names: ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")  # noqa: E731
     if len(kinds) > 1:
         groups = "; ".join(f"{b}: {shown(n)}" for b, n in sorted(kinds.items()))
-        raise DataError(f"{path}: holds record files of several formats ({groups}); a folder is read as one format, so "
-                        f"the others would be skipped: convert them to one format, or pass the files one at a time")
+        raise DataError(
+            f"{path}: holds record files of several formats ({groups}); a folder is read as one format, so "
+            f"the others would be skipped: convert them to one format, or pass the files one at a time"
+        )
     if other:
-        raise DataError(f"{path}: holds files that are not record files and would be skipped ({shown(other)}); move them "
-                        f"out of the folder (record files: .jsonl, .json, .csv, .parquet, .arrow; a README.md may stay)")
+        raise DataError(
+            f"{path}: holds files that are not record files and would be skipped ({shown(other)}); move them "
+            f"out of the folder (record files: .jsonl, .json, .csv, .parquet, .arrow; a README.md may stay)"
+        )
     if not kinds:
         raise DataError(f"{path}: no record files in the folder (.jsonl, .json, .csv, .parquet, .arrow)")
 
@@ -217,8 +236,10 @@ def _read_arrow_streams(path: Path) -> Any:
         if not all(isinstance(f, str) and f for f in files):
             raise TypeError("filename is not a string")
     except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{state}: not a valid HF state.json (needs \"_data_files\": [{{\"filename\": ...}}]; {e}); "
-                        f"save the dataset again with save_to_disk") from None
+        raise DataError(
+            f'{state}: not a valid HF state.json (needs "_data_files": [{{"filename": ...}}]; {e}); '
+            f"save the dataset again with save_to_disk"
+        ) from None
     root = path.resolve()
     parts = []
     for name in files:
@@ -248,7 +269,9 @@ def _load_hub_like(source: str, cfg: DataConfig) -> Any:
     except Exception as e:
         if Path(source).exists():
             raise DataError(f"{source}: cannot load this folder as a dataset ({_first_line(e)})") from None
-        raise DataError(f"{source}: not a local file, and the hub dataset cannot be loaded ({_first_line(e)})") from None
+        raise DataError(
+            f"{source}: not a local file, and the hub dataset cannot be loaded ({_first_line(e)})"
+        ) from None
     return pick_split(loaded, cfg.split, source) if isinstance(loaded, datasets.DatasetDict) else loaded
 
 
@@ -348,8 +371,10 @@ def _prescan_jsonl(path: Path, cfg: DataConfig, block_bytes: int = 1 << 22) -> N
 
 # a \\uD800-\\uDFFF escape that is not half of a surrogate pair: not Unicode text, and the Arrow JSON
 # reader does not keep the record intact around it
-LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-                            rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+LONE_SURROGATE = re.compile(
+    rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
 
 
 def _refuse_lone_surrogate(path: Path, cfg: DataConfig) -> None:
@@ -357,8 +382,10 @@ def _refuse_lone_surrogate(path: Path, cfg: DataConfig) -> None:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if LONE_SURROGATE.search(raw):
-                raise DataError(f"{path}:{lineno}: a lone surrogate escape ({LONE_SURROGATE.search(raw).group().decode()}), "
-                                f"not valid Unicode text; fix or drop the record")
+                raise DataError(
+                    f"{path}:{lineno}: a lone surrogate escape ({LONE_SURROGATE.search(raw).group().decode()}), "
+                    f"not valid Unicode text; fix or drop the record"
+                )
 
 
 def _block_bad(block: bytes, not_object: re.Pattern[bytes]) -> bool:
@@ -398,8 +425,10 @@ def _layout_hint(path: Path, records_before: int) -> str:
         return ""
     first = _first_char(path)
     if first == "[":
-        return (f"; the file looks like one JSON array (it starts with '['), not one object a line: "
-                f"name it {path.with_suffix('.json').name}")
+        return (
+            f"; the file looks like one JSON array (it starts with '['), not one object a line: "
+            f"name it {path.with_suffix('.json').name}"
+        )
     if first == "{":
         return "; a record spread over several lines (pretty-printed)? JSONL needs one whole JSON object a line"
     return ""
@@ -419,7 +448,9 @@ def _scan_jsonl(path: Path, cfg: DataConfig) -> None:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){_layout_hint(path, count)}") from None
+                raise DataError(
+                    f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}){_layout_hint(path, count)}"
+                ) from None
             if not isinstance(obj, dict):
                 hint = ""
                 if count == 0 and isinstance(obj, list) and obj and all(isinstance(o, dict) for o in obj):
@@ -514,8 +545,13 @@ class Records:
         rows = np.asarray(rows, dtype=np.int64)
         base = self.conversations.rows
         absolute = rows if base is None else base[rows]
-        return Records(self.path, self.source, ConversationView(self.source, self.format, self.conversations.cfg, absolute),
-                       fingerprint, self.format)
+        return Records(
+            self.path,
+            self.source,
+            ConversationView(self.source, self.format, self.conversations.cfg, absolute),
+            fingerprint,
+            self.format,
+        )
 
     def line(self, row: int) -> int | str:
         """The file line (or 1-based row) of row ``row``, for messages."""
@@ -551,7 +587,9 @@ class Records:
         absolute = self._absolute(rows)
         contiguous = len(absolute) == len(ds) and bool((absolute == np.arange(len(ds))).all())
         for start in range(0, len(absolute), CHUNK_ROWS):
-            part = col[start : start + CHUNK_ROWS] if contiguous else col.select(absolute[start : start + CHUNK_ROWS])[:]
+            part = (
+                col[start : start + CHUNK_ROWS] if contiguous else col.select(absolute[start : start + CHUNK_ROWS])[:]
+            )
             yield from part[name]
 
 

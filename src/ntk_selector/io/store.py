@@ -41,8 +41,23 @@ FEATURES, STATUS, META, CHECKSUMS = "features.npy", "status.npy", "meta.json", "
 FORMAT = 1
 WORK_SECONDS_EVERY = 60.0  # how often a writer saves its running work_seconds while rows are written
 
-__all__ = ["PENDING", "DONE", "EMPTY", "FEATURES", "STATUS", "META", "CHECKSUMS", "LOCK", "RowStore", "open_store",
-           "read_meta", "write_json_atomic", "describe_differences", "iter_row_blocks", "check_same_features"]
+__all__ = [
+    "PENDING",
+    "DONE",
+    "EMPTY",
+    "FEATURES",
+    "STATUS",
+    "META",
+    "CHECKSUMS",
+    "LOCK",
+    "RowStore",
+    "open_store",
+    "read_meta",
+    "write_json_atomic",
+    "describe_differences",
+    "iter_row_blocks",
+    "check_same_features",
+]
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -50,7 +65,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot be read as a store's meta.json ({e}); rerun its stage with --overwrite") from None
+        raise UserError(
+            f"{path}: cannot be read as a store's meta.json ({e}); rerun its stage with --overwrite"
+        ) from None
     if not isinstance(meta, dict):
         raise UserError(f"{path}: not a store's meta.json (expected an object); rerun its stage with --overwrite")
     return meta
@@ -96,21 +113,38 @@ def bad_rows(features: np.ndarray, status: np.ndarray, checksums: np.ndarray, bl
 
 # Definition fields that must agree between a domain store and a pool store scored together:
 # everything that shapes the feature space, not the data.
-FEATURE_SPACE_FIELDS = ("stage", "model", "model_fingerprint", "tokenizer_fingerprint", "adapter_fingerprint", "lora",
-                        "compute_dtype", "objective", "logits_mode", "projection", "proj_dim", "seed", "dim",
-                        "chat_template", "store_format")
+FEATURE_SPACE_FIELDS = (
+    "stage",
+    "model",
+    "model_fingerprint",
+    "tokenizer_fingerprint",
+    "adapter_fingerprint",
+    "lora",
+    "compute_dtype",
+    "objective",
+    "logits_mode",
+    "projection",
+    "proj_dim",
+    "seed",
+    "dim",
+    "chat_template",
+    "store_format",
+)
 
 
-def check_same_features(domain_path: str | Path, domain_meta: dict[str, Any], pool_path: str | Path,
-                        pool_meta: dict[str, Any]) -> None:
+def check_same_features(
+    domain_path: str | Path, domain_meta: dict[str, Any], pool_path: str | Path, pool_meta: dict[str, Any]
+) -> None:
     """Refuse two stores whose rows live in different feature spaces, naming every differing field."""
     a = {**domain_meta.get("definition", {}), "logits_mode": domain_meta.get("logits_mode")}
     b = {**pool_meta.get("definition", {}), "logits_mode": pool_meta.get("logits_mode")}
     a = {k: a.get(k) for k in FEATURE_SPACE_FIELDS}
     b = {k: b.get(k) for k in FEATURE_SPACE_FIELDS}
     if a != b:
-        raise UserError(f"{domain_path} and {pool_path} were made differently and cannot be scored together "
-                        f"({describe_differences(a, b)}); build both with the same settings")
+        raise UserError(
+            f"{domain_path} and {pool_path} were made differently and cannot be scored together "
+            f"({describe_differences(a, b)}); build both with the same settings"
+        )
 
 
 def _data_offset(path: Path) -> int:
@@ -147,12 +181,24 @@ class RowStore:
     locked: it checks the definition and writes its own rows, nothing else.
     """
 
-    def __init__(self, path: str | Path, rows: int, dim: int, dtype: str, definition: dict[str, Any],
-                 overwrite: bool = False, writer: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        rows: int,
+        dim: int,
+        dtype: str,
+        definition: dict[str, Any],
+        overwrite: bool = False,
+        writer: bool = True,
+    ):
         self.path = Path(path)
         self.rows, self.dim, self.dtype = rows, dim, np.dtype(dtype)
-        self.definition = json.loads(json.dumps({**definition, "rows": rows, "dim": dim, "store_dtype": str(self.dtype),
-                                                 "store_format": FORMAT}, default=str))
+        self.definition = json.loads(
+            json.dumps(
+                {**definition, "rows": rows, "dim": dim, "store_dtype": str(self.dtype), "store_format": FORMAT},
+                default=str,
+            )
+        )
         self.writer = writer
         self._opened = self._meta_saved = time.monotonic()
         self._work_before = 0.0  # work_seconds of earlier runs on this store (0 for a new one)
@@ -190,7 +236,11 @@ class RowStore:
         if not (self.path / CHECKSUMS).exists():
             self._create_checksums_from_data()  # a store written before checksums existed: trust its rows once
         geometry = _array_geometry(self.path / CHECKSUMS)
-        if geometry is None or geometry[1] != (self.rows,) or os.path.getsize(self.path / CHECKSUMS) != _expected_size(geometry):
+        if (
+            geometry is None
+            or geometry[1] != (self.rows,)
+            or os.path.getsize(self.path / CHECKSUMS) != _expected_size(geometry)
+        ):
             self._create_array(CHECKSUMS, (self.rows,), np.dtype(np.uint32))  # all rows then fail and are recomputed
         return True
 
@@ -234,8 +284,10 @@ class RowStore:
                     return
             except UserError:
                 return  # a damaged meta.json of ours: _open_or_create says so
-        raise UserError(f"{self.path} holds {', '.join(present)}, not written by ntk-selector as a store; choose another "
-                        f"folder, or --overwrite to replace them")
+        raise UserError(
+            f"{self.path} holds {', '.join(present)}, not written by ntk-selector as a store; choose another "
+            f"folder, or --overwrite to replace them"
+        )
 
     def _open_or_create(self, overwrite: bool) -> None:
         self._refuse_foreign(overwrite)
@@ -253,10 +305,14 @@ class RowStore:
                 self._work_before = float(saved.get("work_seconds", 0.0))
             if whole and old != self.definition:
                 if not self.writer:
-                    raise UserError(f"{self.path}: store definition changed under a running job ({describe_differences(old, self.definition)})")
+                    raise UserError(
+                        f"{self.path}: store definition changed under a running job ({describe_differences(old, self.definition)})"
+                    )
                 if not overwrite:
-                    raise UserError(f"{self.path} holds another run ({describe_differences(old, self.definition)}); "
-                                    f"use --overwrite to start over, or another output folder")
+                    raise UserError(
+                        f"{self.path} holds another run ({describe_differences(old, self.definition)}); "
+                        f"use --overwrite to start over, or another output folder"
+                    )
                 whole = False
         if whole and self.writer and not self._files_intact():
             whole = False  # unreadable or reshaped arrays of this definition: rebuild the store
@@ -272,8 +328,11 @@ class RowStore:
             (self.path / name).unlink(missing_ok=True)
         # meta.json first (replaced atomically): a crash below leaves a store of ours to rebuild, never bare arrays
         self._write_meta(complete=False, status=np.zeros(self.rows, np.uint8))
-        for name, shape, dt in ((FEATURES, (self.rows, self.dim), self.dtype), (STATUS, (self.rows,), np.dtype(np.uint8)),
-                                (CHECKSUMS, (self.rows,), np.dtype(np.uint32))):
+        for name, shape, dt in (
+            (FEATURES, (self.rows, self.dim), self.dtype),
+            (STATUS, (self.rows,), np.dtype(np.uint8)),
+            (CHECKSUMS, (self.rows,), np.dtype(np.uint32)),
+        ):
             self._create_array(name, shape, dt)
         self._write_meta(complete=False, status=np.zeros(self.rows, np.uint8))
 
@@ -288,11 +347,20 @@ class RowStore:
             raise disk_full(self.path / name, e) from None
 
     def _write_meta(self, complete: bool, status: np.ndarray, extra: dict[str, Any] | None = None) -> None:
-        counts = {"rows": self.rows, "done": int((status == DONE).sum()), "no_response_tokens": int((status == EMPTY).sum()),
-                  "pending": int((status == PENDING).sum())}
-        meta = {"definition": self.definition, "counts": counts, "complete": complete,
-                "status_file": STATUS, "status_codes": {"pending": PENDING, "done": DONE, "no_response_tokens": EMPTY},
-                "work_seconds": self.work_seconds}
+        counts = {
+            "rows": self.rows,
+            "done": int((status == DONE).sum()),
+            "no_response_tokens": int((status == EMPTY).sum()),
+            "pending": int((status == PENDING).sum()),
+        }
+        meta = {
+            "definition": self.definition,
+            "counts": counts,
+            "complete": complete,
+            "status_file": STATUS,
+            "status_codes": {"pending": PENDING, "done": DONE, "no_response_tokens": EMPTY},
+            "work_seconds": self.work_seconds,
+        }
         if extra:
             meta.update(extra)
         write_json_atomic(self.path / META, meta)
@@ -398,13 +466,19 @@ def open_store(path: str | Path, verify: bool = True) -> tuple[np.ndarray, np.nd
     for name in (STATUS, FEATURES):
         geometry = _array_geometry(path / name)
         if geometry is None:
-            raise UserError(f"{path / name}: missing or not a .npy array; rerun its stage with --overwrite to rebuild the store")
+            raise UserError(
+                f"{path / name}: missing or not a .npy array; rerun its stage with --overwrite to rebuild the store"
+            )
         if os.path.getsize(path / name) != _expected_size(geometry) or geometry[1][:1] != (rows,):
-            raise UserError(f"{path / name}: truncated or resized ({os.path.getsize(path / name)} bytes, header says "
-                            f"{_expected_size(geometry)}); rerun its stage to repair the store")
+            raise UserError(
+                f"{path / name}: truncated or resized ({os.path.getsize(path / name)} bytes, header says "
+                f"{_expected_size(geometry)}); rerun its stage to repair the store"
+            )
     status = read_status(path)
     if not meta.get("complete") or (status == PENDING).any():
-        raise UserError(f"{path}: store is incomplete ({int((status == PENDING).sum())} rows missing); rerun its stage to resume")
+        raise UserError(
+            f"{path}: store is incomplete ({int((status == PENDING).sum())} rows missing); rerun its stage to resume"
+        )
     features = np.load(path / FEATURES, mmap_mode="r")
     if verify and (path / CHECKSUMS).exists():
         sums = np.load(path / CHECKSUMS)
@@ -412,8 +486,10 @@ def open_store(path: str | Path, verify: bool = True) -> tuple[np.ndarray, np.nd
             raise UserError(f"{path / CHECKSUMS}: wrong shape {sums.shape}; rerun its stage to repair the store")
         bad = bad_rows(features, status, sums)
         if len(bad):
-            raise UserError(f"{path / FEATURES}: {len(bad)} rows fail their checksum (first: row {int(bad[0])}), the file "
-                            f"changed after it was written; rerun its stage to recompute them")
+            raise UserError(
+                f"{path / FEATURES}: {len(bad)} rows fail their checksum (first: row {int(bad[0])}), the file "
+                f"changed after it was written; rerun its stage to recompute them"
+            )
     return features, status, meta
 
 
@@ -434,9 +510,14 @@ def iter_row_blocks(features: np.ndarray, block_rows: int) -> Iterator[tuple[int
     so the pages do not stay mapped in this process: memory stays one block, whatever the pool."""
     path = getattr(features, "filename", None)
     offset = getattr(features, "offset", None)
-    whole = (isinstance(features, np.memmap) and path is not None and offset is not None
-             and features.flags.c_contiguous and os.path.exists(path)
-             and os.path.getsize(path) == offset + features.nbytes)
+    whole = (
+        isinstance(features, np.memmap)
+        and path is not None
+        and offset is not None
+        and features.flags.c_contiguous
+        and os.path.exists(path)
+        and os.path.getsize(path) == offset + features.nbytes
+    )
     n = features.shape[0]
     if not whole:
         for start in range(0, n, block_rows):

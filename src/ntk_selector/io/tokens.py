@@ -39,7 +39,9 @@ class Encoded:
     input_ids: np.ndarray  # int64 [length]
     response_start: int
     prompt_cut: int = 0  # prompt tokens dropped (from its middle) to fit max_length
-    response_cut: int = 0  # response tokens dropped (from its end): only when the response alone nearly fills max_length
+    response_cut: int = (
+        0  # response tokens dropped (from its end): only when the response alone nearly fills max_length
+    )
 
     @property
     def length(self) -> int:
@@ -58,8 +60,9 @@ def uses_chat_template(tokenizer: Any, cfg: DataConfig) -> bool:
 _CONTENT_MARK = "\ue000content\ue001"
 
 
-def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str,
-                          known: dict[tuple[str, ...], tuple[str, str]]) -> tuple[str, str, str]:
+def _assistant_turn_parts(
+    tokenizer: Any, conv: Conversation, prompt: str, known: dict[tuple[str, ...], tuple[str, str]]
+) -> tuple[str, str, str]:
     """(text the template puts before the content, the content as rendered, text after it) of the response turn.
 
     The template's own text around the content (Qwen3's empty ``<think></think>`` block before it,
@@ -68,12 +71,16 @@ def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str,
     is kept in ``known`` per sequence of prompt roles and reused when this row's rendering starts and
     ends with the same text; otherwise the row gets its own.
     """
+
     def render(content: str) -> str:
-        full = tokenizer.apply_chat_template(conv.prompt_messages + [{"role": "assistant", "content": content}],
-                                             tokenize=False)
+        full = tokenizer.apply_chat_template(
+            conv.prompt_messages + [{"role": "assistant", "content": content}], tokenize=False
+        )
         if not full.startswith(prompt):
-            raise DataError("the chat template does not render the prompt as a prefix of the conversation; use --no-chat-template")
-        return full[len(prompt):]
+            raise DataError(
+                "the chat template does not render the prompt as a prefix of the conversation; use --no-chat-template"
+            )
+        return full[len(prompt) :]
 
     def fits(tail: str, before: str, after: str) -> bool:
         return tail.startswith(before) and tail.endswith(after) and len(tail) >= len(before) + len(after)
@@ -91,11 +98,13 @@ def _assistant_turn_parts(tokenizer: Any, conv: Conversation, prompt: str,
     if parts is None or not fits(tail, *parts):
         parts = marked_parts()
         if not fits(tail, *parts):
-            raise DataError("the chat template renders the assistant turn in a way that cannot be split into "
-                            "its content and end-of-turn; use --no-chat-template")
+            raise DataError(
+                "the chat template renders the assistant turn in a way that cannot be split into "
+                "its content and end-of-turn; use --no-chat-template"
+            )
         known.setdefault(roles, parts)
     before, after = parts
-    return before, tail[len(before): len(tail) - len(after)], after
+    return before, tail[len(before) : len(tail) - len(after)], after
 
 
 def _end_of_turn(tokenizer: Any, after_ids: Sequence[int]) -> list[int]:
@@ -135,10 +144,18 @@ def encode(conversations: Sequence[Conversation], tokenizer: Any, cfg: DataConfi
         eos = tokenizer.eos_token_id
         if eos is None:
             raise DataError("the tokenizer has no EOS token; use a chat template or set tokenizer.eos_token")
-        prompt_ids = tokenizer([c.prompt_messages[-1]["content"] if len(c.prompt_messages) == 1 else
-                                "\n".join(m["content"] for m in c.prompt_messages) for c in conversations],
-                               add_special_tokens=True)["input_ids"]
-        response_ids = [ids + [eos] for ids in tokenizer([c.response for c in conversations], add_special_tokens=False)["input_ids"]]
+        prompt_ids = tokenizer(
+            [
+                c.prompt_messages[-1]["content"]
+                if len(c.prompt_messages) == 1
+                else "\n".join(m["content"] for m in c.prompt_messages)
+                for c in conversations
+            ],
+            add_special_tokens=True,
+        )["input_ids"]
+        response_ids = [
+            ids + [eos] for ids in tokenizer([c.response for c in conversations], add_special_tokens=False)["input_ids"]
+        ]
     out = []
     for conv, p, r in zip(conversations, prompt_ids, response_ids, strict=True):
         fp, fr = fit_to_length(list(p), list(r), cfg.max_length)
@@ -242,10 +259,17 @@ def data_definition(records: Records, data_cfg: DataConfig) -> dict[str, Any]:
     """What of the data determines a stage's numbers. The record format is named only when it is not
     prompt/response (the one format before formats existed), so warm-ups and stores written then
     still resume."""
-    definition = {"data_fingerprint": records.fingerprint, "data_rows": len(records), "max_length": data_cfg.max_length,
-                  "chat_template": not data_cfg.no_chat_template, "prompt_field": data_cfg.prompt_field,
-                  "response_field": data_cfg.response_field, "messages_field": data_cfg.messages_field,
-                  "response_tokens": RESPONSE_TOKENS, "truncation": TRUNCATION}
+    definition = {
+        "data_fingerprint": records.fingerprint,
+        "data_rows": len(records),
+        "max_length": data_cfg.max_length,
+        "chat_template": not data_cfg.no_chat_template,
+        "prompt_field": data_cfg.prompt_field,
+        "response_field": data_cfg.response_field,
+        "messages_field": data_cfg.messages_field,
+        "response_tokens": RESPONSE_TOKENS,
+        "truncation": TRUNCATION,
+    }
     if records.format != "prompt-response":
         definition["format"] = records.format
     return definition
@@ -264,34 +288,55 @@ def encode_checked(data: list[Records], tokenizer: Any, data_cfg: DataConfig, wa
     return _check(data, tokenizer, data_cfg, warn, keep=True)[1]
 
 
-def _check(data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool, keep: bool) -> tuple[int, list[list[Encoded]]]:
+def _check(
+    data: list[Records], tokenizer: Any, data_cfg: DataConfig, warn: bool, keep: bool
+) -> tuple[int, list[list[Encoded]]]:
     usable = 0
     kept: list[list[Encoded]] = []
     for records in data:
         encoded = encode(records.conversations, tokenizer, data_cfg)
-        lost = [i for i, (e, c) in enumerate(zip(encoded, records.conversations, strict=True))
-                if e.n_response_tokens == 0 and c.response.strip()]
+        lost = [
+            i
+            for i, (e, c) in enumerate(zip(encoded, records.conversations, strict=True))
+            if e.n_response_tokens == 0 and c.response.strip()
+        ]
         cut = [i for i, e in enumerate(encoded) if e.response_cut and e.n_response_tokens]
         usable += sum(e.n_response_tokens > 0 for e in encoded)
         if lost and warn:
-            print(f"WARNING: {len(lost)} of {len(records)} rows of {records.path} lose their whole response to "
-                  f"--max-length {data_cfg.max_length} (first at line {records.line(lost[0])}) and are skipped; "
-                  f"raise --max-length to keep them", file=sys.stderr, flush=True)
+            print(
+                f"WARNING: {len(lost)} of {len(records)} rows of {records.path} lose their whole response to "
+                f"--max-length {data_cfg.max_length} (first at line {records.line(lost[0])}) and are skipped; "
+                f"raise --max-length to keep them",
+                file=sys.stderr,
+                flush=True,
+            )
         if cut and warn:
-            print(f"WARNING: {len(cut)} of {len(records)} rows of {records.path} have responses longer than "
-                  f"--max-length {data_cfg.max_length} leaves them (first at line {records.line(cut[0])}): their "
-                  f"ends are cut; raise --max-length to keep them whole", file=sys.stderr, flush=True)
+            print(
+                f"WARNING: {len(cut)} of {len(records)} rows of {records.path} have responses longer than "
+                f"--max-length {data_cfg.max_length} leaves them (first at line {records.line(cut[0])}): their "
+                f"ends are cut; raise --max-length to keep them whole",
+                file=sys.stderr,
+                flush=True,
+            )
         if keep:
             kept.append(encoded)
     if usable == 0:
         names = ", ".join(str(r.path) for r in data)
-        raise UserError(f"{names}: no example has response tokens left (empty responses, or all truncated away at "
-                        f"--max-length {data_cfg.max_length}); raise --max-length")
+        raise UserError(
+            f"{names}: no example has response tokens left (empty responses, or all truncated away at "
+            f"--max-length {data_cfg.max_length}); raise --max-length"
+        )
     return usable, kept
 
 
-def encode_rows(conversations: Sequence[Conversation], start: int, stop: int, tokenizer: Any, data_cfg: DataConfig,
-                known: Sequence[Encoded] = ()) -> list[Encoded]:
+def encode_rows(
+    conversations: Sequence[Conversation],
+    start: int,
+    stop: int,
+    tokenizer: Any,
+    data_cfg: DataConfig,
+    known: Sequence[Encoded] = (),
+) -> list[Encoded]:
     """Encodings of rows ``start:stop``; ``known`` holds the encodings of rows ``0:len(known)`` made earlier
     in the same stage, which are reused instead of tokenizing those rows again."""
     head = list(known[start:stop]) if start < len(known) else []

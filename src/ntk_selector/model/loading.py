@@ -17,8 +17,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); "
-                        f"use --device auto or cpu")
+        raise UserError(
+            f"--device {name}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device auto or cpu"
+        )
     if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise UserError(f"--device {name}: MPS is not available here; use --device auto or cpu")
     return device
@@ -124,8 +125,14 @@ def lora_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Paramete
 def adapter_lora_settings(adapter: str) -> LoraSettings:
     """The LoRA settings an adapter folder was trained with (for meta.json)."""
     cfg = json.loads((Path(adapter) / "adapter_config.json").read_text())
-    return LoraSettings(rank=cfg["r"], lora_alpha=float(cfg["lora_alpha"]), lora_dropout=float(cfg.get("lora_dropout", 0.0)),
-                        target_modules=sorted(cfg["target_modules"]) if isinstance(cfg["target_modules"], list) else [cfg["target_modules"]])
+    return LoraSettings(
+        rank=cfg["r"],
+        lora_alpha=float(cfg["lora_alpha"]),
+        lora_dropout=float(cfg.get("lora_dropout", 0.0)),
+        target_modules=sorted(cfg["target_modules"])
+        if isinstance(cfg["target_modules"], list)
+        else [cfg["target_modules"]],
+    )
 
 
 def _looks_like_path(s: str) -> bool:

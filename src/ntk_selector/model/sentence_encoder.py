@@ -52,7 +52,9 @@ class SentenceEncoder:
         return fingerprint_folder(str(minilm_dir()), ("config.json", "model.safetensors", "tokenizer.json"))
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         enc = {k: v.to(self.device) for k, v in enc.items()}
         with torch.inference_mode():
             hidden = self.model(**enc).last_hidden_state.float()

@@ -60,9 +60,11 @@ class Session:
             lora = adapter_lora_settings(self.adapter) if self.adapter else self.lora
             device = resolve_device(self.model_cfg.device)
             self._described[key] = {
-                "model": path, "model_fingerprint": model_fingerprint(path),
+                "model": path,
+                "model_fingerprint": model_fingerprint(path),
                 "tokenizer_fingerprint": fingerprint_folder(path, TOKENIZER_FILES),
-                "adapter_fingerprint": adapter_content_fingerprint(self.adapter), "lora": to_dict(lora),
+                "adapter_fingerprint": adapter_content_fingerprint(self.adapter),
+                "lora": to_dict(lora),
                 "compute_dtype": str(resolve_dtype(self.model_cfg.dtype, device)).replace("torch.", ""),
             }
         return dict(self._described[key])
@@ -74,14 +76,21 @@ def adapter_content_fingerprint(adapter: str | None) -> str | None:
         return None
     cfg_path = Path(adapter) / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    canonical = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in cfg.items()}
+    canonical = {
+        k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in cfg.items()
+    }
     h = hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode())
     h.update(str(fingerprint_folder(adapter, ("adapter_model.safetensors", "adapter_model.bin"))).encode())
     return h.hexdigest()[:16]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 
 
 def fingerprint_folder(path: str | None, names: tuple[str, ...]) -> str | None:

@@ -43,27 +43,35 @@ def answer_mix(domain_responses: Sequence[str], selected_responses: Sequence[str
     labels = sorted(domain)
     per_label = {label: {"domain": domain[label], "selected": selected.get(label, 0)} for label in labels}
     with_labels = sum(v["selected"] for v in per_label.values())
-    missing = [label for label in labels if per_label[label]["selected"] == 0
-               and domain[label] >= MIN_SHARE * len(domain_responses)]
+    missing = [
+        label
+        for label in labels
+        if per_label[label]["selected"] == 0 and domain[label] >= MIN_SHARE * len(domain_responses)
+    ]
     warnings = []
     if with_labels and missing:
         warnings.append(
             f"{with_labels} selected rows answer with the domain's labels, none of them with "
             f"{', '.join(repr(m) for m in missing)} ({', '.join(f'{100 * domain[m] / len(domain_responses):.0f}%' for m in missing)} "
-            "of the domain): fine-tuning on this selection may make the model give that answer less often")
+            "of the domain): fine-tuning on this selection may make the model give that answer less often"
+        )
     return {"labels": per_label, "selected_other": len(selected_responses) - with_labels, "warnings": warnings}
 
 
 def format_answer_mix(mix: dict[str, Any]) -> list[str]:
     """Lines for the select summary printed on the terminal."""
     parts = ", ".join(f"{label} {v['domain']}/{v['selected']}" for label, v in mix["labels"].items())
-    lines = [f"  domain labels (rows in domain/selected): {parts}; selected rows with other answers {mix['selected_other']}"]
+    lines = [
+        f"  domain labels (rows in domain/selected): {parts}; selected rows with other answers {mix['selected_other']}"
+    ]
     if mix.get("constraint"):
         c = mix["constraint"]
         before = ", ".join(f"{label} {k}" for label, k in c["before"]["labels"].items())
         after = ", ".join(f"{label} {k}" for label, k in c["after"]["labels"].items())
-        lines.append(f"  --answer-mix {c['setting']}: selected rows per label {before} (plain top N) -> {after}; "
-                     f"{c['rows_replaced']} rows replaced")
+        lines.append(
+            f"  --answer-mix {c['setting']}: selected rows per label {before} (plain top N) -> {after}; "
+            f"{c['rows_replaced']} rows replaced"
+        )
     return lines + [f"  WARNING: {w}" for w in mix["warnings"]]
 
 
@@ -91,9 +99,11 @@ def mix_target(setting: str, domain_responses: Sequence[str], domain_path: Any) 
     labels = domain_labels(domain_responses)
     if labels is None:
         n_answers = len({normalise_answer(r) for r in domain_responses})
-        raise UserError(f"--answer-mix {setting} needs a classification domain, and {domain_path} is not one: "
-                        f"{n_answers} distinct answers in {len(domain_responses)} rows (labels are at most "
-                        f"{MAX_LABELS} distinct answers, each given twice or more on average)")
+        raise UserError(
+            f"--answer-mix {setting} needs a classification domain, and {domain_path} is not one: "
+            f"{n_answers} distinct answers in {len(domain_responses)} rows (labels are at most "
+            f"{MAX_LABELS} distinct answers, each given twice or more on average)"
+        )
     if setting == "keep":
         total = sum(labels.values())
         return {label: Fraction(labels[label], total) for label in sorted(labels)}
@@ -105,14 +115,17 @@ def _read_target_file(path: Path, labels: list[str]) -> dict[str, Fraction]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: --answer-mix file not found (give off, keep, or a JSON file of target "
-                        f"shares such as {example})") from None
+        raise UserError(
+            f"{path}: --answer-mix file not found (give off, keep, or a JSON file of target shares such as {example})"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: --answer-mix file cannot be read ({e})") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: --answer-mix file is not valid JSON ({e})") from None
     if not isinstance(raw, dict) or not raw:
-        raise UserError(f"{path}: --answer-mix file must hold a JSON object of target shares per label, such as {example}")
+        raise UserError(
+            f"{path}: --answer-mix file must hold a JSON object of target shares per label, such as {example}"
+        )
     shares: dict[str, Fraction] = {label: Fraction(0) for label in labels}
     given: dict[str, str] = {}
     for key, value in raw.items():
@@ -131,8 +144,9 @@ def _read_target_file(path: Path, labels: list[str]) -> dict[str, Fraction]:
     return {label: share / total for label, share in shares.items()}
 
 
-def largest_remainder(shares: Mapping[str, Fraction], slots: int,
-                      next_rank: Callable[[str, int], float] | None = None) -> dict[str, int]:
+def largest_remainder(
+    shares: Mapping[str, Fraction], slots: int, next_rank: Callable[[str, int], float] | None = None
+) -> dict[str, int]:
     """``slots`` divided in proportion to ``shares`` (renormalised to sum to 1): each label gets the floor
     of share x slots, and the slots left over go one each to the largest remainders. Ties: the larger
     share, then the label whose candidate for the extra slot ranks higher (``next_rank(label, floor)``:
@@ -144,8 +158,9 @@ def largest_remainder(shares: Mapping[str, Fraction], slots: int,
     exact = {label: share * slots / total for label, share in shares.items()}
     quota = {label: math.floor(x) for label, x in exact.items()}
     rank = next_rank or (lambda label, k: 0.0)
-    order = sorted(shares, key=lambda label: (-(exact[label] - quota[label]), -shares[label],
-                                              rank(label, quota[label]), label))
+    order = sorted(
+        shares, key=lambda label: (-(exact[label] - quota[label]), -shares[label], rank(label, quota[label]), label)
+    )
     for label in order[: slots - sum(quota.values())]:
         quota[label] += 1
     return quota
@@ -176,7 +191,9 @@ def label_quotas(shares: Mapping[str, Fraction], slots: int, positions: Mapping[
     return {label: fixed.get(label, 0) for label in sorted(shares)}
 
 
-def constrained_top_n(answers: Sequence[str], n: int, shares: Mapping[str, Fraction]) -> tuple[np.ndarray, dict[str, Any]]:
+def constrained_top_n(
+    answers: Sequence[str], n: int, shares: Mapping[str, Fraction]
+) -> tuple[np.ndarray, dict[str, Any]]:
     """The top ``n`` of a ranking (``answers``: the candidates' answers, best-scored first) whose rows with
     one of D's labels have the target shares. Returns positions in the ranking, best first, and the record
     for run.json.
@@ -225,23 +242,32 @@ def constrained_top_n(answers: Sequence[str], n: int, shares: Mapping[str, Fract
     after = Counter(answers[pos] for pos in picked if labelled[pos])
     warnings = []
     if m == 0:
-        warnings.append("--answer-mix: no row of the plain top N answers with one of the domain's labels: "
-                        "nothing to rebalance, the selection is the plain top N")
-    wanted = largest_remainder({label: share for label, share in shares.items() if share > 0}, m,
-                               lambda lb, k: positions[lb][k] if k < available[lb] else math.inf)
+        warnings.append(
+            "--answer-mix: no row of the plain top N answers with one of the domain's labels: "
+            "nothing to rebalance, the selection is the plain top N"
+        )
+    wanted = largest_remainder(
+        {label: share for label, share in shares.items() if share > 0},
+        m,
+        lambda lb, k: positions[lb][k] if k < available[lb] else math.inf,
+    )
     for label in sorted(wanted):
         if quota[label] < wanted[label]:
             warnings.append(
                 f"--answer-mix: the label {label!r} should have {wanted[label]} of the {m} selected rows that give the domain's "
                 f"labels, but only {available.get(label, 0)} pre-selected candidates answer with it; the other labels "
-                f"filled its place (raise --m for more candidates)")
+                f"filled its place (raise --m for more candidates)"
+            )
     record = {
         "target_share": {label: round(float(shares[label]), 6) for label in sorted(shares)},
         "labelled_rows": m,
         "quota": quota,
         "candidates": {label: available.get(label, 0) for label in sorted(shares)},
         "before": {"labels": {label: before.get(label, 0) for label in sorted(shares)}, "other": n - m},
-        "after": {"labels": {label: after.get(label, 0) for label in sorted(shares)}, "other": len(picked) - sum(after.values())},
+        "after": {
+            "labels": {label: after.get(label, 0) for label in sorted(shares)},
+            "other": len(picked) - sum(after.values()),
+        },
         "rows_replaced": len(set(range(n)) - set(picked)),
         "warnings": warnings,
     }
@@ -257,8 +283,9 @@ def with_constraint(mix: dict[str, Any] | None, setting: str, record: dict[str, 
     return {**mix, "constraint": constraint, "warnings": record["warnings"] + mix["warnings"]}
 
 
-def pick_top_n(ranking: np.ndarray, n: int, pool: Any, shares: Mapping[str, Fraction] | None
-               ) -> tuple[np.ndarray, dict[str, Any] | None]:
+def pick_top_n(
+    ranking: np.ndarray, n: int, pool: Any, shares: Mapping[str, Fraction] | None
+) -> tuple[np.ndarray, dict[str, Any] | None]:
     """The selection from ``ranking`` (pool rows, best first): its first ``n`` when ``shares`` is None
     (``--answer-mix off``), else ``constrained_top_n`` over the rows' responses (``pool``: the Records)."""
     if shares is None:

@@ -71,8 +71,9 @@ class PlanProfile:
     padded_per_row: float
 
 
-def plan_profile(sample_lengths: Sequence[int], rows: int, token_budget: int, max_batch_size: int,
-                 cap: int = 0) -> PlanProfile:
+def plan_profile(
+    sample_lengths: Sequence[int], rows: int, token_budget: int, max_batch_size: int, cap: int = 0
+) -> PlanProfile:
     """The plan of ``min(rows, CHUNK_ROWS)`` rows whose lengths follow the sample (each sampled row
     repeated for an equal share), as the stage plans each chunk."""
     n = len(sample_lengths)
@@ -90,8 +91,9 @@ def spread(count: int, k: int) -> list[int]:
     return sorted({min(count - 1, int((j + 0.5) * count / k)) for j in range(k)})
 
 
-def seconds_per_padded_token(fn: Callable[[Any], Any], profile: PlanProfile, encoded: Sequence[Encoded], pad_id: int,
-                             batches: int, cap: int = 0) -> float:
+def seconds_per_padded_token(
+    fn: Callable[[Any], Any], profile: PlanProfile, encoded: Sequence[Encoded], pad_id: int, batches: int, cap: int = 0
+) -> float:
     """Wall seconds a padded token of ``fn`` over ``batches`` batches spread over the simulated plan
     (the first of them run once untimed first, for one-off costs)."""
     picks = [profile.batches[i] for i in spread(len(profile.batches), batches)]
@@ -134,8 +136,9 @@ def seconds_per_row(fn: Callable[[list[str]], Any], texts: Sequence[str], batch_
     return spent / max(rows, 1)
 
 
-def training_padded_tokens(sample_lengths: Sequence[int], rows: int, batch_size: int, epochs: float,
-                           seed: int) -> tuple[int, float]:
+def training_padded_tokens(
+    sample_lengths: Sequence[int], rows: int, batch_size: int, epochs: float, seed: int
+) -> tuple[int, float]:
     """(optimizer steps, expected padded tokens over all of them) of a training run on ``rows`` rows
     whose lengths follow the sample: each step's rows are a random draw (the training loop shuffles
     every epoch), padded to the longest of them."""
@@ -156,16 +159,28 @@ def _warmup_rate(model: Any, tok: Any, d_sample: Records, d_enc: list[Encoded], 
     bs = cfg.train.batch_size
     usable = [i for i, e in enumerate(d_enc) if e.n_response_tokens > 0]
     if not usable:
-        raise UserError(f"{d_sample.path}: no sampled example has response tokens left (empty responses, or all "
-                        f"truncated away at --max-length {cfg.data.max_length}); raise --max-length")
+        raise UserError(
+            f"{d_sample.path}: no sampled example has response tokens left (empty responses, or all "
+            f"truncated away at --max-length {cfg.data.max_length}); raise --max-length"
+        )
     by_length = sorted(usable, key=lambda i: (d_enc[i].length, i))
     want = min(len(by_length), bs * (batches + 1))
     picked = sorted({by_length[int(j * len(by_length) / want)] for j in range(want)}) if want else []
     convs = [d_sample.conversations[i] for i in picked]
     enc = [d_enc[i] for i in picked]
     marks: list[float] = []
-    train_lora(model, tok, convs, cfg.data, replace(cfg.train, epochs=1.0, warmup_ratio=0.0), cfg.run.seed, quiet=True,
-               desc="estimate", on_step=lambda step, m: marks.append(clock()), encoded=enc)
+    train_lora(
+        model,
+        tok,
+        convs,
+        cfg.data,
+        replace(cfg.train, epochs=1.0, warmup_ratio=0.0),
+        cfg.run.seed,
+        quiet=True,
+        desc="estimate",
+        on_step=lambda step, m: marks.append(clock()),
+        encoded=enc,
+    )
     steps = epoch_batches(len(enc), bs, 1.0, cfg.run.seed)
     tokens = [len(s) * max(enc[i].length for i in s) for s in steps]
     seconds = np.diff(marks)  # marks: before step 1, then after every step
@@ -176,7 +191,9 @@ def _warmup_rate(model: Any, tok: Any, d_sample: Records, d_enc: list[Encoded], 
 # ----------------------------------------------------------------------------- the estimate
 
 
-def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, sample_rows: int = SAMPLE_ROWS) -> dict[str, Any]:
+def estimate(
+    domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, sample_rows: int = SAMPLE_ROWS
+) -> dict[str, Any]:
     """Per-stage rows, tokens, predicted seconds and bytes on disk for ``select`` with ``cfg`` (a SelectConfigs)."""
     from ntk_selector.model.session import Session
     from ntk_selector.selection.stages import featurizer_for, model_device
@@ -202,8 +219,9 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
     warm_rate = _warmup_rate(model, tok, d_sample, d_enc, cfg, batches)
     usable_d = [e.length for e in d_enc if e.n_response_tokens > 0]
     usable_rows = round(len(domain) * len(usable_d) / max(1, len(d_enc)))
-    warm_steps, warm_padded = training_padded_tokens(usable_d, usable_rows, cfg.train.batch_size, cfg.train.epochs,
-                                                     cfg.run.seed)
+    warm_steps, warm_padded = training_padded_tokens(
+        usable_d, usable_rows, cfg.train.batch_size, cfg.train.epochs, cfg.run.seed
+    )
 
     def budget_for(fn: Callable[[Any], Any], stage: str) -> int:
         def run(members: list[int]) -> Any:
@@ -212,8 +230,10 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
         return TokenBudget(cfg.data.token_budget, model_device(model), stage, quiet=True).resolve(p_len, run)
 
     def profiles(budget: int, pool_rows: int, cap: int = 0) -> tuple[PlanProfile, PlanProfile]:
-        return (plan_profile(d_len, len(domain), budget, cfg.data.max_batch_size, cap),
-                plan_profile(p_len, pool_rows, budget, cfg.data.max_batch_size, cap))
+        return (
+            plan_profile(d_len, len(domain), budget, cfg.data.max_batch_size, cap),
+            plan_profile(p_len, pool_rows, budget, cfg.data.max_batch_size, cap),
+        )
 
     embed_budget: int | None = None
     if cfg.embed.embedder == "minilm":
@@ -266,32 +286,73 @@ def estimate(domain_source: Any, pool_source: Any, cfg: Any, batches: int = 3, s
     method = cfg.method
     kind = METHODS[method]
     stages = [
-        {"stage": "load data", "rows": len(domain) + len(pool), "tokens": None, "seconds": load_seconds, "disk_bytes": None},
+        {
+            "stage": "load data",
+            "rows": len(domain) + len(pool),
+            "tokens": None,
+            "seconds": load_seconds,
+            "disk_bytes": None,
+        },
     ]
     if kind.uses_model:
         stages += [
-            {"stage": "warm-up", "rows": len(domain), "tokens": round(d_tokens * len(domain)), "padded_tokens": warm_padded,
-             "seconds": warm_rate * warm_padded, "disk_bytes": lora_params * 4},
-            {"stage": "embed", "rows": len(domain) + len(pool), "tokens": round(d_tokens * len(domain) + p_tokens * len(pool)),
-             "padded_tokens": None if embed_padded is None else round(embed_padded), "seconds": embed_seconds,
-             "disk_bytes": (len(domain) + len(pool)) * (embed_dim * 4 + 1)},
-            {"stage": "preselect", "rows": len(pool), "tokens": None, "seconds": pre_seconds, "disk_bytes": len(pool) * 16 + m * 8},
+            {
+                "stage": "warm-up",
+                "rows": len(domain),
+                "tokens": round(d_tokens * len(domain)),
+                "padded_tokens": warm_padded,
+                "seconds": warm_rate * warm_padded,
+                "disk_bytes": lora_params * 4,
+            },
+            {
+                "stage": "embed",
+                "rows": len(domain) + len(pool),
+                "tokens": round(d_tokens * len(domain) + p_tokens * len(pool)),
+                "padded_tokens": None if embed_padded is None else round(embed_padded),
+                "seconds": embed_seconds,
+                "disk_bytes": (len(domain) + len(pool)) * (embed_dim * 4 + 1),
+            },
+            {
+                "stage": "preselect",
+                "rows": len(pool),
+                "tokens": None,
+                "seconds": pre_seconds,
+                "disk_bytes": len(pool) * 16 + m * 8,
+            },
         ]
     if kind.ranking == "features":
         stages += [
-            {"stage": "featurize", "rows": len(domain) + m, "tokens": round(d_tokens * len(domain) + p_tokens * m),
-             "padded_tokens": round(feat_padded), "seconds": feat_rate * feat_padded,
-             "disk_bytes": (len(domain) + m) * (feat_dim * store_bytes + 1)},
+            {
+                "stage": "featurize",
+                "rows": len(domain) + m,
+                "tokens": round(d_tokens * len(domain) + p_tokens * m),
+                "padded_tokens": round(feat_padded),
+                "seconds": feat_rate * feat_padded,
+                "disk_bytes": (len(domain) + m) * (feat_dim * store_bytes + 1),
+            },
             {"stage": "score", "rows": m, "tokens": None, "seconds": score_seconds, "disk_bytes": None},
         ]
-    return {"method": method, "n": n, "m": m, "k": k, "domain_rows": len(domain), "pool_rows": len(pool),
-            "mean_tokens": {"domain": d_tokens, "pool": p_tokens}, "feature_dim": feat_dim,
-            "token_budget": {"embed": embed_budget, "featurize": feat_budget},
-            "timed": {"warmup_padded_token_seconds": warm_rate,
-                      ("embed_row_seconds" if embed_padded is None else "embed_padded_token_seconds"): embed_rate,
-                      "featurize_padded_token_seconds": feat_rate, "warmup_steps": warm_steps, "batches": batches},
-            "stages": stages, "total_seconds": sum(s["seconds"] for s in stages),
-            "total_disk_bytes": sum(s["disk_bytes"] or 0 for s in stages)}
+    return {
+        "method": method,
+        "n": n,
+        "m": m,
+        "k": k,
+        "domain_rows": len(domain),
+        "pool_rows": len(pool),
+        "mean_tokens": {"domain": d_tokens, "pool": p_tokens},
+        "feature_dim": feat_dim,
+        "token_budget": {"embed": embed_budget, "featurize": feat_budget},
+        "timed": {
+            "warmup_padded_token_seconds": warm_rate,
+            ("embed_row_seconds" if embed_padded is None else "embed_padded_token_seconds"): embed_rate,
+            "featurize_padded_token_seconds": feat_rate,
+            "warmup_steps": warm_steps,
+            "batches": batches,
+        },
+        "stages": stages,
+        "total_seconds": sum(s["seconds"] for s in stages),
+        "total_disk_bytes": sum(s["disk_bytes"] or 0 for s in stages),
+    }
 
 
 def _size(n: float | None) -> str:
@@ -309,14 +370,22 @@ def _duration(s: float) -> str:
 
 
 def format_estimate(est: dict[str, Any]) -> str:
-    lines = [f"estimate for select ({est['method']}, N = {est['n']}, M = {est['m']}, K = {est['k']}): "
-             f"{est['domain_rows']} domain rows, {est['pool_rows']} pool rows, "
-             f"{est['mean_tokens']['domain']:.0f} / {est['mean_tokens']['pool']:.0f} tokens a row (domain / pool sample)",
-             f"  {'stage':<12}{'rows':>12}{'tokens':>14}{'seconds':>12}{'disk':>12}"]
+    lines = [
+        f"estimate for select ({est['method']}, N = {est['n']}, M = {est['m']}, K = {est['k']}): "
+        f"{est['domain_rows']} domain rows, {est['pool_rows']} pool rows, "
+        f"{est['mean_tokens']['domain']:.0f} / {est['mean_tokens']['pool']:.0f} tokens a row (domain / pool sample)",
+        f"  {'stage':<12}{'rows':>12}{'tokens':>14}{'seconds':>12}{'disk':>12}",
+    ]
     for s in est["stages"]:
         tokens = "-" if s["tokens"] is None else str(s["tokens"])
-        lines.append(f"  {s['stage']:<12}{s['rows']:>12}{tokens:>14}{_duration(s['seconds']):>12}{_size(s['disk_bytes']):>12}")
-    lines.append(f"  {'total':<12}{'':>12}{'':>14}{_duration(est['total_seconds']):>12}{_size(est['total_disk_bytes']):>12}")
-    lines.append("  (seconds: a few batches per stage timed on this machine, from the longest rows to the shortest, scaled by "
-                 "the padded tokens of the stage's batch plan; one process)")
+        lines.append(
+            f"  {s['stage']:<12}{s['rows']:>12}{tokens:>14}{_duration(s['seconds']):>12}{_size(s['disk_bytes']):>12}"
+        )
+    lines.append(
+        f"  {'total':<12}{'':>12}{'':>14}{_duration(est['total_seconds']):>12}{_size(est['total_disk_bytes']):>12}"
+    )
+    lines.append(
+        "  (seconds: a few batches per stage timed on this machine, from the longest rows to the shortest, scaled by "
+        "the padded tokens of the stage's batch plan; one process)"
+    )
     return "\n".join(lines)

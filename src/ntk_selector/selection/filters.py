@@ -34,8 +34,9 @@ def conversation_keys(conversations: Sequence[Conversation]) -> np.ndarray:
     keys = np.empty((len(conversations), 16), dtype=np.uint8)
     for start in range(0, len(conversations), chunk_rows):
         part = conversations[start : start + chunk_rows]
-        keys[start : start + len(part)] = np.frombuffer(b"".join(conversation_key(c) for c in part),
-                                                        dtype=np.uint8).reshape(-1, 16)
+        keys[start : start + len(part)] = np.frombuffer(
+            b"".join(conversation_key(c) for c in part), dtype=np.uint8
+        ).reshape(-1, 16)
     return keys
 
 
@@ -112,29 +113,41 @@ def copies_of(keys: np.ndarray, other: Sequence[Conversation]) -> np.ndarray:
     return np.fromiter((bytes(k) in theirs for k in keys), dtype=bool, count=len(keys))
 
 
-def pool_filter(conversations: Sequence[Conversation], cfg: PoolFilterConfig,
-                domain: Sequence[Conversation] | None = None) -> PoolFilter:
+def pool_filter(
+    conversations: Sequence[Conversation], cfg: PoolFilterConfig, domain: Sequence[Conversation] | None = None
+) -> PoolFilter:
     """Find duplicates (later copies excluded with ``dedupe``, the default), exact copies of a domain
     row (excluded unless ``keep_domain_copies``) and test-set overlaps (always excluded)."""
     keys = conversation_keys(conversations)
     dup = duplicate_of(conversations, keys)
     dup_rows = np.flatnonzero(dup >= 0)
     excluded = (dup >= 0) if cfg.dedupe else np.zeros(len(conversations), dtype=bool)
-    report: dict[str, Any] = {"duplicates": {
-        "rows": int(len(dup_rows)), "excluded": bool(cfg.dedupe),
-        "pairs": [[int(i), int(dup[i])] for i in dup_rows[:REPORT_ROWS]],
-    }}
+    report: dict[str, Any] = {
+        "duplicates": {
+            "rows": int(len(dup_rows)),
+            "excluded": bool(cfg.dedupe),
+            "pairs": [[int(i), int(dup[i])] for i in dup_rows[:REPORT_ROWS]],
+        }
+    }
     if domain is not None:
         copies = copies_of(keys, domain)
         if not cfg.keep_domain_copies:
             excluded |= copies
-        report["domain_copies"] = {"rows": int(copies.sum()), "excluded": not cfg.keep_domain_copies,
-                                   "pool_indices": np.flatnonzero(copies)[:REPORT_ROWS].tolist()}
+        report["domain_copies"] = {
+            "rows": int(copies.sum()),
+            "excluded": not cfg.keep_domain_copies,
+            "pool_indices": np.flatnonzero(copies)[:REPORT_ROWS].tolist(),
+        }
     if cfg.decontaminate:
         grams = read_test_ngrams(cfg.decontaminate, cfg.ngram)
         hit = overlapping_rows(conversations, grams, cfg.ngram)
         excluded |= hit
-        report["decontamination"] = {"test_file": str(cfg.decontaminate), "ngram": cfg.ngram, "rows": int(hit.sum()),
-                                     "excluded": True, "pool_indices": np.flatnonzero(hit)[:REPORT_ROWS].tolist()}
+        report["decontamination"] = {
+            "test_file": str(cfg.decontaminate),
+            "ngram": cfg.ngram,
+            "rows": int(hit.sum()),
+            "excluded": True,
+            "pool_indices": np.flatnonzero(hit)[:REPORT_ROWS].tolist(),
+        }
     report["excluded_rows"] = int(excluded.sum())
     return PoolFilter(excluded, report)

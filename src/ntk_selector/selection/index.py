@@ -56,7 +56,15 @@ EMBEDDINGS, FEATURES = "embeddings", "features"
 FORMAT = 1
 # definition keys that describe the rows themselves (and where a file keeps them), not the space
 # they are mapped into; logits_mode follows from the model and --logits, which are compared
-DATA_KEYS = ("stage", "data_fingerprint", "data_rows", "prompt_field", "response_field", "messages_field", "logits_mode")
+DATA_KEYS = (
+    "stage",
+    "data_fingerprint",
+    "data_rows",
+    "prompt_field",
+    "response_field",
+    "messages_field",
+    "logits_mode",
+)
 
 
 class PairStore:
@@ -108,11 +116,14 @@ class HiddenCatcher:
         self._handle.remove()
 
 
-def build_pool_index(session: Session, pool: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
-                embed_cfg: EmbedConfig) -> dict[str, Any]:
+def build_pool_index(
+    session: Session, pool: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig, embed_cfg: EmbedConfig
+) -> dict[str, Any]:
     """Embeddings and base-model NTK features of every pool row into the index at ``out``."""
     if session.model_cfg.adapter:
-        raise UserError("index maps the pool with the base model and a seeded LoRA initialisation; --adapter is not used")
+        raise UserError(
+            "index maps the pool with the base model and a seeded LoRA initialisation; --adapter is not used"
+        )
     refuse_replacing(out, (INDEX_META,), ((INDEX_META, "definitions"),), session.run.overwrite)  # the user's index.json
     ensure_folder(out)
     if session.run.overwrite and distributed.current().is_main:
@@ -131,49 +142,88 @@ def build_pool_index(session: Session, pool: Records, out: Path, data_cfg: DataC
             def compute(batch: Batch) -> torch.Tensor:
                 features = feat.features(batch)
                 assert catcher.hidden is not None
-                pooled = pool_hidden(catcher.hidden, batch.attention_mask.to(catcher.hidden.device),
-                                     embed_cfg.embed_max_length)
+                pooled = pool_hidden(
+                    catcher.hidden, batch.attention_mask.to(catcher.hidden.device), embed_cfg.embed_max_length
+                )
                 catcher.hidden = None
                 return torch.cat([features, pooled.to(features.device)], 1)
 
             def open_pair(writer: bool) -> PairStore:
                 overwrite = session.run.overwrite and writer
-                emb = RowStore(out / EMBEDDINGS, len(pool), hidden_dim, "float32", emb_def, overwrite=overwrite, writer=writer)
+                emb = RowStore(
+                    out / EMBEDDINGS, len(pool), hidden_dim, "float32", emb_def, overwrite=overwrite, writer=writer
+                )
                 try:
-                    fs = RowStore(out / FEATURES, len(pool), feat.out_dim, feat_cfg.store_dtype, feat_def,
-                                  overwrite=overwrite, writer=writer)
+                    fs = RowStore(
+                        out / FEATURES,
+                        len(pool),
+                        feat.out_dim,
+                        feat_cfg.store_dtype,
+                        feat_def,
+                        overwrite=overwrite,
+                        writer=writer,
+                    )
                 except BaseException:
                     emb.close()
                     raise
                 return PairStore(emb, fs)
 
             def work(store: PairStore, d: distributed.Dist) -> int:
-                return run_rows(pool.conversations, session.tokenizer, data_cfg, store, compute, desc="index pool",
-                                quiet=quiet, rank=d.rank, world=d.world, device=next(session.model.parameters()).device,
-                                known=head)
+                return run_rows(
+                    pool.conversations,
+                    session.tokenizer,
+                    data_cfg,
+                    store,
+                    compute,
+                    desc="index pool",
+                    quiet=quiet,
+                    rank=d.rank,
+                    world=d.world,
+                    device=next(session.model.parameters()).device,
+                    known=head,
+                )
 
             try:
-                computed = fill_with(open_pair, work, extra={"logits_mode": feat.logits_mode,
-                                                             "parameters": [n for n, _ in feat.params]})
+                computed = fill_with(
+                    open_pair, work, extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]}
+                )
             finally:
                 catcher.close()
     else:
         info = featurize(session, pool, out / FEATURES, data_cfg, feat_cfg, desc="index pool features")
         feat_def["logits_mode"] = info["logits_mode"]
         computed = info["computed"]
-        embed(session, pool, out / EMBEDDINGS, data_cfg, desc="index pool embeddings", embedder=embed_cfg.embedder,
-              embed_max_length=embed_cfg.embed_max_length)
+        embed(
+            session,
+            pool,
+            out / EMBEDDINGS,
+            data_cfg,
+            desc="index pool embeddings",
+            embedder=embed_cfg.embedder,
+            embed_max_length=embed_cfg.embed_max_length,
+        )
 
     def record() -> dict[str, Any]:
         _, status, meta_f = open_store(out / FEATURES)
         seconds = [float(m.get("work_seconds", 0.0)) for m in (meta_f, read_meta(out / EMBEDDINGS))]
         # one pass fills both stores at once with the model embedder; the other embedders run after it
         work_seconds = max(seconds) if embed_cfg.embedder == "model" else sum(seconds)
-        meta = {"work_seconds": round(work_seconds, 3), "format": FORMAT, "pool": str(pool.path.resolve()) if pool.path.exists() else str(pool.path), "pool_fingerprint": pool.fingerprint, "rows": len(pool),
-                "embedder": embed_cfg.embedder, "embed_max_length": embed_cfg.embed_max_length,
-                "definitions": {EMBEDDINGS: emb_def, FEATURES: feat_def},
-                "counts": {"rows": len(pool), "done": int((status == DONE).sum()),
-                           "no_response_tokens": int((status == EMPTY).sum())}, "complete": True}
+        meta = {
+            "work_seconds": round(work_seconds, 3),
+            "format": FORMAT,
+            "pool": str(pool.path.resolve()) if pool.path.exists() else str(pool.path),
+            "pool_fingerprint": pool.fingerprint,
+            "rows": len(pool),
+            "embedder": embed_cfg.embedder,
+            "embed_max_length": embed_cfg.embed_max_length,
+            "definitions": {EMBEDDINGS: emb_def, FEATURES: feat_def},
+            "counts": {
+                "rows": len(pool),
+                "done": int((status == DONE).sum()),
+                "no_response_tokens": int((status == EMPTY).sum()),
+            },
+            "complete": True,
+        }
         write_json_atomic(out / INDEX_META, meta)
         return meta
 
@@ -205,7 +255,9 @@ def open_pool_index(path: str | Path) -> PoolIndex:
             raise UserError(f"--index names an index folder; the neighbour search ('{path}') is set with --knn-search")
         if path.exists() and (path / EMBEDDINGS).exists():
             raise UserError(f"{path}: index is incomplete; rerun `ntk-selector index` with the same settings to resume")
-        raise UserError(f"{path}: not an index (no {INDEX_META}); build one with `ntk-selector index --pool P --out {path}`")
+        raise UserError(
+            f"{path}: not an index (no {INDEX_META}); build one with `ntk-selector index --pool P --out {path}`"
+        )
     meta = json.loads((path / INDEX_META).read_text())
     emb, emb_status, _ = open_store(path / EMBEDDINGS)
     feat, status, _ = open_store(path / FEATURES)
@@ -225,11 +277,21 @@ def pool_index_settings(path: str | Path) -> dict[str, Any]:
     meta = json.loads(meta_path.read_text())
     feat = meta["definitions"][FEATURES]
     lora = feat["lora"]
-    return {"model": feat["model"], "rank": lora["rank"], "lora_alpha": lora["lora_alpha"],
-            "lora_dropout": lora["lora_dropout"], "target_modules": list(lora["target_modules"]), "seed": feat["seed"],
-            "proj_dim": feat["proj_dim"], "objective": feat["objective"], "logits": feat["logits"],
-            "max_length": feat["max_length"], "no_chat_template": not feat["chat_template"],
-            "embedder": meta["embedder"], "embed_max_length": meta["embed_max_length"]}
+    return {
+        "model": feat["model"],
+        "rank": lora["rank"],
+        "lora_alpha": lora["lora_alpha"],
+        "lora_dropout": lora["lora_dropout"],
+        "target_modules": list(lora["target_modules"]),
+        "seed": feat["seed"],
+        "proj_dim": feat["proj_dim"],
+        "objective": feat["objective"],
+        "logits": feat["logits"],
+        "max_length": feat["max_length"],
+        "no_chat_template": not feat["chat_template"],
+        "embedder": meta["embedder"],
+        "embed_max_length": meta["embed_max_length"],
+    }
 
 
 def space_differences(index_definition: dict[str, Any], mine: dict[str, Any]) -> str:

@@ -42,7 +42,9 @@ from ntk_selector.selection.stages import embed, embedding_definition, feature_d
 INDEX_MODES = ("features", "preselect")
 
 
-def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: Any) -> dict[str, Any] | None:
+def select_with_index(
+    domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: Any
+) -> dict[str, Any] | None:
     """``pipeline.select`` against ``cfg.index.index``; same outputs. Under torchrun every rank calls it.
     Rank 0 holds the output folder's lock throughout (one writer per folder)."""
     from ntk_selector.io.files import release_lock, take_lock
@@ -56,8 +58,9 @@ def select_with_index(domain_path: str | Path, pool_path: str | Path | None, out
         release_lock(lock)
 
 
-def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path,
-                              cfg: Any) -> dict[str, Any] | None:
+def _select_with_index_locked(
+    domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: Any
+) -> dict[str, Any] | None:
 
     mode = cfg.index.index_mode
     if mode not in INDEX_MODES:
@@ -83,8 +86,10 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
             domain = Records.load(domain_path, cfg.data)
             pool = Records.load(pool_path, cfg.data)
         if pool.fingerprint != index.meta["pool_fingerprint"] or len(pool) != len(index.status):
-            raise UserError(f"{pool_path} is not the pool indexed in {index.path} (its contents differ); "
-                            f"pass the indexed pool with --pool, or build an index of this one")
+            raise UserError(
+                f"{pool_path} is not the pool indexed in {index.path} (its contents differ); "
+                f"pass the indexed pool with --pool, or build an index of this one"
+            )
         mix = mix_target(cfg.score.answer_mix, [c.response for c in domain.conversations], domain.path)
         check_n(n, len(pool), pool_path)
         check_output_folder(out, domain, pool, cfg)
@@ -102,8 +107,15 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         distributed.all_ranks(lambda: session.load(None))
     _check_same_space(session, domain, index, cfg)
     with clock("embed"):
-        embed(session, domain, stages / "index_embed_domain", cfg.data, desc="embed domain",
-              embedder=cfg.embed.embedder, embed_max_length=cfg.embed.embed_max_length)
+        embed(
+            session,
+            domain,
+            stages / "index_embed_domain",
+            cfg.data,
+            desc="embed domain",
+            embedder=cfg.embed.embedder,
+            embed_max_length=cfg.embed.embed_max_length,
+        )
     if mode == "features":
         with clock("featurize"):
             featurize(session, domain, stages / "index_features_domain", cfg.data, cfg.feature, desc="featurize domain")
@@ -120,6 +132,7 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
     warm_stats = None
     stores = ["index_embed_domain"] + (["index_features_domain"] if mode == "features" else [])
     if mode == "features":
+
         def score() -> np.ndarray:
             d_feat, d_status, _ = open_store(stages / "index_features_domain")
             if not (d_status == DONE).any():
@@ -141,8 +154,9 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
             featurize(session, cand, stages / cand_store, cfg.data, cfg.feature, desc="featurize candidates")
         stores += ["features_domain", cand_store]
         with clock("score"):
-            cand_scores = distributed.on_main(lambda: ntk_scores(stages / "features_domain", stages / cand_store,
-                                                                 cfg.score))
+            cand_scores = distributed.on_main(
+                lambda: ntk_scores(stages / "features_domain", stages / cand_store, cfg.score)
+            )
 
     def finish() -> dict[str, Any]:
         scores[pre.order] = cand_scores
@@ -151,29 +165,65 @@ def _select_with_index_locked(domain_path: str | Path, pool_path: str | Path | N
         preselected = np.zeros(len(pool), dtype=bool)
         preselected[pre.order] = True
         _, d_status, _ = open_store(stages / "index_embed_domain")
-        about_index = {"path": str(index.path), "mode": mode, "embedder": index.meta["embedder"],
-                       "embed_max_length": index.meta["embed_max_length"],
-                       "pool_rows_through_model": 0 if mode == "features" else int(len(pre.order)),
-                       "build_work_seconds": index.meta.get("work_seconds")}
-        return write_outputs(out, cfg, domain, pool, filt, clock, score_name=METHODS[cfg.method].score_name,
-                             chosen=chosen, votes=pre.votes, preselected=preselected, scores=scores, empty=empty,
-                             domain_status=d_status, mix_record=mix_record, stages=stages, stores=stores,
-                             warm_stats=warm_stats, extra={"index": about_index})
+        about_index = {
+            "path": str(index.path),
+            "mode": mode,
+            "embedder": index.meta["embedder"],
+            "embed_max_length": index.meta["embed_max_length"],
+            "pool_rows_through_model": 0 if mode == "features" else int(len(pre.order)),
+            "build_work_seconds": index.meta.get("work_seconds"),
+        }
+        return write_outputs(
+            out,
+            cfg,
+            domain,
+            pool,
+            filt,
+            clock,
+            score_name=METHODS[cfg.method].score_name,
+            chosen=chosen,
+            votes=pre.votes,
+            preselected=preselected,
+            scores=scores,
+            empty=empty,
+            domain_status=d_status,
+            mix_record=mix_record,
+            stages=stages,
+            stores=stores,
+            warm_stats=warm_stats,
+            extra={"index": about_index},
+        )
 
     return distributed.on_main(finish)
 
 
-def preselect_in_index(index: PoolIndex, domain_emb: np.ndarray, domain_status: np.ndarray, n: int, pre_cfg: Any,
-                       pool_valid: np.ndarray, seed: int = 0) -> PreselectResult:
+def preselect_in_index(
+    index: PoolIndex,
+    domain_emb: np.ndarray,
+    domain_status: np.ndarray,
+    n: int,
+    pre_cfg: Any,
+    pool_valid: np.ndarray,
+    seed: int = 0,
+) -> PreselectResult:
     """Reverse-kNN votes of the domain embeddings over the index's (M = 4N, K = M/4 by default)."""
     warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
-    return reverse_knn(domain_emb, index.embeddings, m, k, pool_valid=pool_valid, domain_valid=domain_status == DONE,
-                       knn_search=pre_cfg.knn_search, seed=seed)
+    return reverse_knn(
+        domain_emb,
+        index.embeddings,
+        m,
+        k,
+        pool_valid=pool_valid,
+        domain_valid=domain_status == DONE,
+        knn_search=pre_cfg.knn_search,
+        seed=seed,
+    )
 
 
-def score_in_index(index: PoolIndex, domain_features: np.ndarray, domain_status: np.ndarray, rows: np.ndarray,
-                   score_cfg: Any) -> np.ndarray:
+def score_in_index(
+    index: PoolIndex, domain_features: np.ndarray, domain_status: np.ndarray, rows: np.ndarray, score_cfg: Any
+) -> np.ndarray:
     """NTK scores of the index's ``rows`` against the domain's features, read block by block."""
     if domain_features.shape[1] != index.features.shape[1]:
         raise UserError(f"domain features have {domain_features.shape[1]} dims, the index {index.features.shape[1]}")
@@ -200,13 +250,19 @@ def _check_same_space(session: Session, domain: Records, index: PoolIndex, cfg: 
     """The domain must be mapped exactly as the index mapped the pool: same model, LoRA, seed,
     projection, objective, tokenization and embedder; anything else is refused, naming what differs."""
     defs = index.meta["definitions"]
-    feat_def = {**feature_definition(session, domain, cfg.data, cfg.feature), "logits_mode": defs[FEATURES]["logits_mode"]}
+    feat_def = {
+        **feature_definition(session, domain, cfg.data, cfg.feature),
+        "logits_mode": defs[FEATURES]["logits_mode"],
+    }
     emb_def = embedding_definition(session, domain, cfg.data, cfg.embed.embedder, cfg.embed.embed_max_length)
     diffs: list[str] = []
-    for d in (space_differences(canonical(defs[FEATURES]), canonical(feat_def)),
-              space_differences(canonical(defs[EMBEDDINGS]), canonical(emb_def))):
+    for d in (
+        space_differences(canonical(defs[FEATURES]), canonical(feat_def)),
+        space_differences(canonical(defs[EMBEDDINGS]), canonical(emb_def)),
+    ):
         diffs += [x for x in d.split("; ") if x and x not in diffs]
     if diffs:
-        raise UserError(f"{index.path} was built with other settings ({'; '.join(diffs)}); "
-                        f"select with the index's settings, or build another index")
-
+        raise UserError(
+            f"{index.path} was built with other settings ({'; '.join(diffs)}); "
+            f"select with the index's settings, or build another index"
+        )

@@ -28,15 +28,34 @@ class Method:
         return "features" if objective == "ntk" else f"features_{objective}"
 
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("ntk", "NTK-Selector: the projected NTK features of the M pre-selected rows, scored against D"),
-    Method("random", "N uniformly from the pool rows that have response tokens (no model run)", uses_model=False,
-           ranking="draw", score_name="no_score"),
-    Method("embedding", "the top N pre-selected rows by reverse-kNN votes", ranking="votes", score_name="embedding_votes"),
-    Method("preselect-random", "N uniformly from the M pre-selected rows", ranking="draw", score_name="no_score"),
-    Method("less", "LESS-style: cross-entropy gradient features, max cosine over D's rows", objective="ce",
-           score_rule="max-cosine", store_tag="less_features", score_name="less_max_cosine"),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("ntk", "NTK-Selector: the projected NTK features of the M pre-selected rows, scored against D"),
+        Method(
+            "random",
+            "N uniformly from the pool rows that have response tokens (no model run)",
+            uses_model=False,
+            ranking="draw",
+            score_name="no_score",
+        ),
+        Method(
+            "embedding",
+            "the top N pre-selected rows by reverse-kNN votes",
+            ranking="votes",
+            score_name="embedding_votes",
+        ),
+        Method("preselect-random", "N uniformly from the M pre-selected rows", ranking="draw", score_name="no_score"),
+        Method(
+            "less",
+            "LESS-style: cross-entropy gradient features, max cosine over D's rows",
+            objective="ce",
+            score_rule="max-cosine",
+            store_tag="less_features",
+            score_name="less_max_cosine",
+        ),
+    )
+}
 
 
 def method_help() -> str:

@@ -84,7 +84,9 @@ def check_n_with_responses(n: int, pool: Records, excluded: np.ndarray, cfg: Sel
     check_n(n, usable, pool.path, "with response tokens")
 
 
-def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: SelectConfigs) -> dict[str, Any] | None:
+def select(
+    domain_path: str | Path, pool_path: str | Path | None, out_dir: str | Path, cfg: SelectConfigs
+) -> dict[str, Any] | None:
     """Run the whole selection; return the run summary (also written to run.json).
 
     Under torchrun every rank calls this: rank 0 alone runs the warm-up, pre-selection, scoring
@@ -93,20 +95,26 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
     index_select.select_with_index's; api.select_files picks the one that fits.
     """
     if cfg.index.index:
-        raise ValueError("pipeline.select runs without an index; call api.select_files or index_select.select_with_index")
+        raise ValueError(
+            "pipeline.select runs without an index; call api.select_files or index_select.select_with_index"
+        )
     if pool_path is None:
         raise UserError("select needs --pool (the candidate records), or --index (an index of them)")
     if cfg.method not in METHODS:
         raise UserError(f"unknown method '{cfg.method}' (choose from {', '.join(METHODS)})")
     if cfg.score.answer_mix != "off" and METHODS[cfg.method].ranking == "draw":
-        raise UserError(f"--answer-mix {cfg.score.answer_mix} picks the top N by score, and --method {cfg.method} "
-                        f"draws at random: use it with ntk, less or embedding")
+        raise UserError(
+            f"--answer-mix {cfg.score.answer_mix} picks the top N by score, and --method {cfg.method} "
+            f"draws at random: use it with ntk, less or embedding"
+        )
     check_together(cfg.feature, cfg.lora)
     n = cfg.preselect.n
     if n <= 0:
         raise UserError("--n must be a positive number of examples to select")
     if cfg.output.output_format not in OUTPUT_FORMATS:
-        raise UserError(f"unknown --output-format '{cfg.output.output_format}' (choose from {', '.join(OUTPUT_FORMATS)})")
+        raise UserError(
+            f"unknown --output-format '{cfg.output.output_format}' (choose from {', '.join(OUTPUT_FORMATS)})"
+        )
     out = Path(out_dir)
     stages = Path(cfg.run.work_dir) if cfg.run.work_dir else out / "stages"
     clock = StageClock()
@@ -120,7 +128,12 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         check_output_folder(out, domain, pool, cfg)
         with clock("filter pool"):
             filt = pool_filter(pool.conversations, cfg.filters, domain.conversations)
-        check_n(n, int((~filt.excluded).sum()), pool.path, "after leaving out duplicates, copies of domain rows and test-set overlaps")
+        check_n(
+            n,
+            int((~filt.excluded).sum()),
+            pool.path,
+            "after leaving out duplicates, copies of domain rows and test-set overlaps",
+        )
         if METHODS[cfg.method].uses_model:  # before any model work (the random methods check as they draw)
             with clock("tokenize"):
                 check_n_with_responses(n, pool, filt.excluded, cfg)
@@ -138,8 +151,17 @@ def select(domain_path: str | Path, pool_path: str | Path | None, out_dir: str |
         release_lock(lock)
 
 
-def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, stages: Path, cfg: SelectConfigs,
-                   clock: StageClock, pool_path: str | Path, mix: Any = None) -> dict[str, Any] | None:
+def _select_locked(
+    domain: Records,
+    pool: Records,
+    filt: PoolFilter,
+    out: Path,
+    stages: Path,
+    cfg: SelectConfigs,
+    clock: StageClock,
+    pool_path: str | Path,
+    mix: Any = None,
+) -> dict[str, Any] | None:
     """``mix``: the target label shares of ``--answer-mix`` (answer_mix.mix_target), None for the plain top N."""
     n = cfg.preselect.n
     method = METHODS[cfg.method]
@@ -148,6 +170,7 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
 
     session = Session(cfg.model, cfg.lora, cfg.run)
     with clock("warmup"):
+
         def warm() -> dict[str, Any]:
             # warns before any model work; the warm-up trains on these encodings (the domain is tokenized once)
             encoded = encode_checked([domain], session.load_tokenizer(), cfg.data)[0]
@@ -158,8 +181,15 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
         distributed.all_ranks(lambda: session.load(str(stages / "warmup")))
     with clock("embed"):
         for name, records in (("domain", domain), ("pool", pool)):
-            embed(session, records, stages / f"embed_{name}", cfg.data, desc=f"embed {name}", embedder=cfg.embed.embedder,
-                  embed_max_length=cfg.embed.embed_max_length)
+            embed(
+                session,
+                records,
+                stages / f"embed_{name}",
+                cfg.data,
+                desc=f"embed {name}",
+                embedder=cfg.embed.embedder,
+                embed_max_length=cfg.embed.embed_max_length,
+            )
     _, pool_status, _ = open_store(stages / "embed_pool")
     _, domain_status, _ = open_store(stages / "embed_domain")
     empty = pool_status == EMPTY
@@ -202,16 +232,32 @@ def _select_locked(domain: Records, pool: Records, filt: PoolFilter, out: Path, 
             chosen, mix_record = pick_top_n(ranking, n, pool, mix)
 
     def finish() -> dict[str, Any]:
-        return write_outputs(out, cfg, domain, pool, filt, clock, score_name=method.score_name, chosen=chosen,
-                             votes=votes, preselected=preselected, scores=scores, empty=empty,
-                             domain_status=domain_status, mix_record=mix_record, stages=stages, stores=stores,
-                             warm_stats=warm_stats)
+        return write_outputs(
+            out,
+            cfg,
+            domain,
+            pool,
+            filt,
+            clock,
+            score_name=method.score_name,
+            chosen=chosen,
+            votes=votes,
+            preselected=preselected,
+            scores=scores,
+            empty=empty,
+            domain_status=domain_status,
+            mix_record=mix_record,
+            stages=stages,
+            stores=stores,
+            warm_stats=warm_stats,
+        )
 
     return distributed.on_main(finish)
 
 
-def _select_random(domain: Records, pool: Records, out: Path, cfg: SelectConfigs, filt: PoolFilter,
-                   clock: StageClock) -> dict[str, Any]:
+def _select_random(
+    domain: Records, pool: Records, out: Path, cfg: SelectConfigs, filt: PoolFilter, clock: StageClock
+) -> dict[str, Any]:
     """Random N usable pool rows (no model run; rows without response tokens found by tokenizing)."""
     n = cfg.preselect.n
     with clock("tokenize"):
@@ -220,27 +266,47 @@ def _select_random(domain: Records, pool: Records, out: Path, cfg: SelectConfigs
     check_n(n, len(valid), pool.path, "with response tokens")
     rng = np.random.default_rng(cfg.run.seed)
     chosen = rng.permutation(np.sort(rng.choice(valid, size=n, replace=False)))
-    no_votes, none_preselected, no_scores = np.zeros(len(pool), np.int64), np.zeros(len(pool), bool), np.full(len(pool), np.nan)
-    return write_outputs(out, cfg, domain, pool, filt, clock, score_name=METHODS[cfg.method].score_name, chosen=chosen,
-                         votes=no_votes, preselected=none_preselected, scores=no_scores, empty=empty)
+    no_votes, none_preselected, no_scores = (
+        np.zeros(len(pool), np.int64),
+        np.zeros(len(pool), bool),
+        np.full(len(pool), np.nan),
+    )
+    return write_outputs(
+        out,
+        cfg,
+        domain,
+        pool,
+        filt,
+        clock,
+        score_name=METHODS[cfg.method].score_name,
+        chosen=chosen,
+        votes=no_votes,
+        preselected=none_preselected,
+        scores=no_scores,
+        empty=empty,
+    )
 
 
 def _cached_preselect(stages: Path, cfg: SelectConfigs, excluded: np.ndarray) -> PreselectResult:
     """Pre-selection on rank 0, reused on a rerun when its inputs and settings are unchanged."""
     path, state = stages / "preselect.npz", stages / "preselect.json"
-    definition = {"domain": read_meta(stages / "embed_domain")["definition"], "pool": read_meta(stages / "embed_pool")["definition"],
-                  "preselect": to_dict(cfg.preselect), "seed": cfg.run.seed,
-                  "excluded": hashlib.sha256(np.packbits(excluded).tobytes()).hexdigest()[:16]}
+    definition = {
+        "domain": read_meta(stages / "embed_domain")["definition"],
+        "pool": read_meta(stages / "embed_pool")["definition"],
+        "preselect": to_dict(cfg.preselect),
+        "seed": cfg.run.seed,
+        "excluded": hashlib.sha256(np.packbits(excluded).tobytes()).hexdigest()[:16],
+    }
     definition = canonical(definition)
 
     def compute() -> None:
         if path.exists() and (read_state(state) or {}).get("definition") == definition:
             return
-        result = preselect(stages / "embed_domain", stages / "embed_pool", cfg.preselect, cfg.run.seed, exclude=excluded)
+        result = preselect(
+            stages / "embed_domain", stages / "embed_pool", cfg.preselect, cfg.run.seed, exclude=excluded
+        )
         save_preselect(result, path)
         write_json_atomic(state, {"definition": definition})
 
     distributed.on_main(compute)
     return load_preselect(path)
-
-

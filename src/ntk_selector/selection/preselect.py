@@ -49,8 +49,12 @@ def warn_clamped(pool_rows: int, m: int | None, k: int | None) -> None:
 
     for flag, value in (("--m", m), ("--k", k)):
         if value and value > pool_rows:
-            print(f"WARNING: {flag} {value} is more than the {pool_rows} pool rows that can be pre-selected; "
-                  f"using {pool_rows}", file=sys.stderr, flush=True)
+            print(
+                f"WARNING: {flag} {value} is more than the {pool_rows} pool rows that can be pre-selected; "
+                f"using {pool_rows}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def choose_knn_search(kind: str, domain_rows: int, pool_rows: int) -> str:
@@ -79,8 +83,9 @@ def _valid_blocks(emb: np.ndarray, valid: np.ndarray, block_mb: int = BLOCK_MB, 
             yield start + np.flatnonzero(ok), _normalized(block[ok])
 
 
-def exact_search(queries: np.ndarray, pool_emb: np.ndarray, pool_valid: np.ndarray, k: int,
-                 block_mb: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_search(
+    queries: np.ndarray, pool_emb: np.ndarray, pool_valid: np.ndarray, k: int, block_mb: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k cosine neighbours of normalized ``queries`` among valid pool rows, streaming the pool.
     Returns (similarities, ids) [nq, k], ids -1 where fewer than k rows exist."""
     nq = len(queries)
@@ -137,8 +142,17 @@ def build_ann_search(pool_emb: np.ndarray, pool_valid: np.ndarray, kind: str, k:
     return ann
 
 
-def reverse_knn(domain_emb: np.ndarray, pool_emb: np.ndarray, m: int, k: int, *, pool_valid: np.ndarray | None = None,
-                domain_valid: np.ndarray | None = None, knn_search: str = "auto", seed: int = 0) -> PreselectResult:
+def reverse_knn(
+    domain_emb: np.ndarray,
+    pool_emb: np.ndarray,
+    m: int,
+    k: int,
+    *,
+    pool_valid: np.ndarray | None = None,
+    domain_valid: np.ndarray | None = None,
+    knn_search: str = "auto",
+    seed: int = 0,
+) -> PreselectResult:
     """Votes of each (valid) domain row for its K nearest (valid) pool rows; the top M pool rows."""
     n_pool = pool_emb.shape[0]
     pool_valid = np.ones(n_pool, dtype=bool) if pool_valid is None else np.asarray(pool_valid, dtype=bool)

@@ -51,8 +51,16 @@ log = logging.getLogger(__name__)
 
 
 # The files select writes into --out: never replacing same-named files a user put there.
-SELECT_OUTPUTS = ("selected.jsonl", "scores.csv", "run.json", "report.html", "report_scores.png", "report_votes.png",
-                  "report_tasks.png", "report_seconds.png")
+SELECT_OUTPUTS = (
+    "selected.jsonl",
+    "scores.csv",
+    "run.json",
+    "report.html",
+    "report_scores.png",
+    "report_votes.png",
+    "report_tasks.png",
+    "report_seconds.png",
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,16 +120,36 @@ def finish_run(out: Path, summary: dict[str, Any], clock: StageClock) -> dict[st
             write_report(out)
     except Exception as e:  # noqa: BLE001 - the selection is written; a plot must not undo that
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"WARNING: the report could not be written ({type(e).__name__}: {first}); the selection in {out} is "
-              f"complete", file=sys.stderr, flush=True)
+        print(
+            f"WARNING: the report could not be written ({type(e).__name__}: {first}); the selection in {out} is "
+            f"complete",
+            file=sys.stderr,
+            flush=True,
+        )
     return summary
 
 
-def write_outputs(out: Path, cfg: SelectConfigs, domain: Records, pool: Records, filt: PoolFilter, clock: StageClock, *,
-                  score_name: str, chosen: np.ndarray, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray,
-                  empty: np.ndarray, domain_status: np.ndarray | None = None, mix_record: dict[str, Any] | None = None,
-                  stages: Path | None = None, stores: list[str] | None = None, warm_stats: dict[str, Any] | None = None,
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_outputs(
+    out: Path,
+    cfg: SelectConfigs,
+    domain: Records,
+    pool: Records,
+    filt: PoolFilter,
+    clock: StageClock,
+    *,
+    score_name: str,
+    chosen: np.ndarray,
+    votes: np.ndarray,
+    preselected: np.ndarray,
+    scores: np.ndarray,
+    empty: np.ndarray,
+    domain_status: np.ndarray | None = None,
+    mix_record: dict[str, Any] | None = None,
+    stages: Path | None = None,
+    stores: list[str] | None = None,
+    warm_stats: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Every output of a select run, whichever way it chose (pipeline.py, index_select.py): ``selected.jsonl``,
     the rows in ``--output-format``, ``scores.csv``, then run.json and the report (finish_run).
 
@@ -158,7 +186,9 @@ def store_seconds(stages: Path, names: list[str]) -> dict[str, float]:
 
 def check_n(n: int, usable: int, pool_path: str | Path, which: str = "") -> None:
     if n > usable:
-        raise UserError(f"--n {n} is larger than the pool ({usable} usable rows in {pool_path}{' ' + which if which else ''})")
+        raise UserError(
+            f"--n {n} is larger than the pool ({usable} usable rows in {pool_path}{' ' + which if which else ''})"
+        )
 
 
 def subset_fingerprint(base: str, rows: np.ndarray) -> str:
@@ -166,8 +196,21 @@ def subset_fingerprint(base: str, rows: np.ndarray) -> str:
 
 
 # settings that change how a run goes, not what it selects
-RUN_ONLY = {"quiet", "debug", "overwrite", "device", "work_dir", "dist_timeout", "token_budget", "max_batch_size",
-            "score_block_mb", "checkpoint_every", "projection_cache_mb", "output_format", "log_level"}
+RUN_ONLY = {
+    "quiet",
+    "debug",
+    "overwrite",
+    "device",
+    "work_dir",
+    "dist_timeout",
+    "token_budget",
+    "max_batch_size",
+    "score_block_mb",
+    "checkpoint_every",
+    "projection_cache_mb",
+    "output_format",
+    "log_level",
+}
 
 
 def settings_record(cfg: SelectConfigs) -> dict[str, Any]:
@@ -195,23 +238,37 @@ def check_output_folder(out: Path, domain: Records, pool: Records, cfg: SelectCo
         old = json.loads(run_json.read_text(encoding="utf-8"))
         old.get("inputs")
     except (ValueError, UnicodeDecodeError, AttributeError):
-        raise UserError(f"{run_json} cannot be read as an earlier run's record; use --overwrite or another --out folder") from None
-    mine = {"domain_fingerprint": domain.fingerprint, "pool_fingerprint": pool.fingerprint, "method": cfg.method,
-            "settings": settings_record(cfg)}
+        raise UserError(
+            f"{run_json} cannot be read as an earlier run's record; use --overwrite or another --out folder"
+        ) from None
+    mine = {
+        "domain_fingerprint": domain.fingerprint,
+        "pool_fingerprint": pool.fingerprint,
+        "method": cfg.method,
+        "settings": settings_record(cfg),
+    }
     theirs = {k: old.get("inputs", {}).get(k) for k in mine}
     if theirs["settings"] is None:
         theirs["settings"] = mine["settings"]  # written before settings were recorded
     elif isinstance(theirs["settings"], dict):  # a setting added since that run, at its default, is the same run
         defaults = default_settings()
-        theirs["settings"] = {**{k: v for k, v in mine["settings"].items() if k not in theirs["settings"]
-                                 and k in defaults and defaults[k] == v}, **theirs["settings"]}
+        theirs["settings"] = {
+            **{
+                k: v
+                for k, v in mine["settings"].items()
+                if k not in theirs["settings"] and k in defaults and defaults[k] == v
+            },
+            **theirs["settings"],
+        }
     if theirs != mine:
-        raise UserError(f"{out} holds another run ({describe_differences(theirs, mine)}); "
-                        f"use --overwrite or another --out folder")
+        raise UserError(
+            f"{out} holds another run ({describe_differences(theirs, mine)}); use --overwrite or another --out folder"
+        )
 
 
-def task_counts(records: Records | list[dict[str, Any]], rows: np.ndarray | None = None,
-                field: str = "task") -> dict[str, int]:
+def task_counts(
+    records: Records | list[dict[str, Any]], rows: np.ndarray | None = None, field: str = "task"
+) -> dict[str, int]:
     """Rows per value of ``field`` (all rows when ``rows`` is None), read a chunk at a time."""
     if isinstance(records, Records):
         values = records.field_values(field, rows)
@@ -224,37 +281,72 @@ def task_counts(records: Records | list[dict[str, Any]], rows: np.ndarray | None
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def run_summary(cfg: SelectConfigs, domain: Records, pool: Records, chosen: np.ndarray, empty: np.ndarray, n_pre: int,
-             seconds: dict[str, float], out: Path, filt: PoolFilter) -> dict[str, Any]:
+def run_summary(
+    cfg: SelectConfigs,
+    domain: Records,
+    pool: Records,
+    chosen: np.ndarray,
+    empty: np.ndarray,
+    n_pre: int,
+    seconds: dict[str, float],
+    out: Path,
+    filt: PoolFilter,
+) -> dict[str, Any]:
     import torch
     import transformers
 
     empty_rows = np.flatnonzero(empty)
     return {
         "method": cfg.method,
-        "inputs": {"domain": str(domain.path), "pool": str(pool.path), "domain_fingerprint": domain.fingerprint,
-                   "pool_fingerprint": pool.fingerprint, "method": cfg.method, "settings": settings_record(cfg)},
+        "inputs": {
+            "domain": str(domain.path),
+            "pool": str(pool.path),
+            "domain_fingerprint": domain.fingerprint,
+            "pool_fingerprint": pool.fingerprint,
+            "method": cfg.method,
+            "settings": settings_record(cfg),
+        },
         # every resolved setting plus the inputs, sectioned: `select --config run.json --out NEW` replays the run
-        "config": {**{k: to_dict(v) for k, v in vars(cfg).items() if k != "method"},
-                   "select": {"domain": replayable(domain.path), "pool": replayable(pool.path), "method": cfg.method}},
+        "config": {
+            **{k: to_dict(v) for k, v in vars(cfg).items() if k != "method"},
+            "select": {"domain": replayable(domain.path), "pool": replayable(pool.path), "method": cfg.method},
+        },
         "record_formats": {"domain": domain.format, "pool": pool.format},
         "world_size": distributed.current().world,
-        "counts": {"domain": len(domain), "pool": len(pool), "selected": int(len(chosen)),
-                   "pool_no_response_tokens": int(len(empty_rows)), "pool_duplicates": filt.report["duplicates"]["rows"],
-                   "pool_test_overlap": filt.report.get("decontamination", {}).get("rows", 0),
-                   "pool_domain_copies": filt.report.get("domain_copies", {}).get("rows", 0),
-                   "pool_excluded": filt.report["excluded_rows"], "preselected": n_pre},
+        "counts": {
+            "domain": len(domain),
+            "pool": len(pool),
+            "selected": int(len(chosen)),
+            "pool_no_response_tokens": int(len(empty_rows)),
+            "pool_duplicates": filt.report["duplicates"]["rows"],
+            "pool_test_overlap": filt.report.get("decontamination", {}).get("rows", 0),
+            "pool_domain_copies": filt.report.get("domain_copies", {}).get("rows", 0),
+            "pool_excluded": filt.report["excluded_rows"],
+            "preselected": n_pre,
+        },
         "pool_filter": filt.report,
         "pool_rows_without_response_tokens": empty_rows[:1000].tolist(),
         "selected_per_task": task_counts(pool, chosen),
-        "answer_mix": answer_mix([c.response for c in domain.conversations],
-                                 [c.response for c in pool.subset(chosen, "").conversations]),
+        "answer_mix": answer_mix(
+            [c.response for c in domain.conversations], [c.response for c in pool.subset(chosen, "").conversations]
+        ),
         "pool_per_task": task_counts(pool),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
-        "versions": {"ntk_selector": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
-        "outputs": {"selected": str(out / "selected.jsonl"), "scores": str(out / "scores.csv"),
-                    **({"trl_rows": str(out / OUTPUT_FILES[cfg.output.output_format])} if cfg.output.output_format in OUTPUT_FILES else {})},
+        "versions": {
+            "ntk_selector": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "outputs": {
+            "selected": str(out / "selected.jsonl"),
+            "scores": str(out / "scores.csv"),
+            **(
+                {"trl_rows": str(out / OUTPUT_FILES[cfg.output.output_format])}
+                if cfg.output.output_format in OUTPUT_FILES
+                else {}
+            ),
+        },
     }
 
 

@@ -20,8 +20,9 @@ def _row_norms(block: np.ndarray) -> np.ndarray:
     return np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-30)
 
 
-def domain_direction(domain_features: np.ndarray, domain_status: np.ndarray, cosine: bool,
-                     block_rows: int | None = None) -> np.ndarray:
+def domain_direction(
+    domain_features: np.ndarray, domain_status: np.ndarray, cosine: bool, block_rows: int | None = None
+) -> np.ndarray:
     """Mean domain feature (of unit-normalized rows when ``cosine``), float64."""
     block_rows = block_rows or block_rows_for(domain_features.shape[1])
     total = np.zeros(domain_features.shape[1], dtype=np.float64)
@@ -38,8 +39,13 @@ def domain_direction(domain_features: np.ndarray, domain_status: np.ndarray, cos
     return total / count
 
 
-def score_rows(pool_features: np.ndarray, pool_status: np.ndarray, direction: np.ndarray, cosine: bool,
-               block_rows: int | None = None) -> np.ndarray:
+def score_rows(
+    pool_features: np.ndarray,
+    pool_status: np.ndarray,
+    direction: np.ndarray,
+    cosine: bool,
+    block_rows: int | None = None,
+) -> np.ndarray:
     """Score of every pool row (NaN for rows without response tokens), float64."""
     block_rows = block_rows or block_rows_for(pool_features.shape[1])
     scores = np.full(pool_features.shape[0], np.nan, dtype=np.float64)
@@ -53,8 +59,13 @@ def score_rows(pool_features: np.ndarray, pool_status: np.ndarray, direction: np
     return scores
 
 
-def max_cosine_rows(pool_features: np.ndarray, pool_status: np.ndarray, domain_features: np.ndarray,
-                    domain_status: np.ndarray, block_mb: int = BLOCK_MB) -> np.ndarray:
+def max_cosine_rows(
+    pool_features: np.ndarray,
+    pool_status: np.ndarray,
+    domain_features: np.ndarray,
+    domain_status: np.ndarray,
+    block_mb: int = BLOCK_MB,
+) -> np.ndarray:
     """LESS-style rule: max over domain rows of the cosine with each pool row (NaN for rows without
     response tokens), the pool read in blocks."""
     dom = np.asarray(domain_features, dtype=np.float64)[domain_status == DONE]
@@ -88,8 +99,14 @@ def read_rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def score_rows_at(features: np.ndarray, status: np.ndarray, rows: np.ndarray, direction: np.ndarray, cosine: bool,
-                  block_rows: int | None = None) -> np.ndarray:
+def score_rows_at(
+    features: np.ndarray,
+    status: np.ndarray,
+    rows: np.ndarray,
+    direction: np.ndarray,
+    cosine: bool,
+    block_rows: int | None = None,
+) -> np.ndarray:
     """Scores of the given rows (in the given order; NaN for rows without response tokens), read
     in blocks of sorted rows: memory is one block whatever the store's size."""
     rows = np.asarray(rows, dtype=np.int64)

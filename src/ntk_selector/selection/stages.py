@@ -38,8 +38,14 @@ from ntk_selector.training.loop import check_adapter_folder, save_adapter_atomic
 # ----------------------------------------------------------------------------- warm-up
 
 
-def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
-           encoded: list[Encoded] | None = None) -> dict[str, Any]:
+def warmup(
+    session: Session,
+    domain: Records,
+    out: Path,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    encoded: list[Encoded] | None = None,
+) -> dict[str, Any]:
     """Train a fresh LoRA on the domain and save it to ``out`` (skipped when already there with the same setup).
 
     Only our files are written into ``out`` (see training.check_adapter_folder), under the folder's lock.
@@ -51,22 +57,50 @@ def warmup(session: Session, domain: Records, out: Path, data_cfg: DataConfig, t
         return _warmup_locked(session, domain, out, data_cfg, train_cfg, encoded)
 
 
-def _warmup_locked(session: Session, domain: Records, out: Path, data_cfg: DataConfig, train_cfg: TrainConfig,
-                   encoded: list[Encoded] | None) -> dict[str, Any]:
-    definition = {"stage": "warmup", **session.describe(), **data_definition(domain, data_cfg), "train": to_dict(train_cfg),
-                  "seed": session.run.seed}
+def _warmup_locked(
+    session: Session,
+    domain: Records,
+    out: Path,
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    encoded: list[Encoded] | None,
+) -> dict[str, Any]:
+    definition = {
+        "stage": "warmup",
+        **session.describe(),
+        **data_definition(domain, data_cfg),
+        "train": to_dict(train_cfg),
+        "seed": session.run.seed,
+    }
     state_file = out / "ntk_selector_warmup.json"
     state = read_state(state_file) or {}  # absent, or damaged outside our atomic write: redo the warm-up
-    if reuse_or_refuse(state.get("definition"), definition, f"{out} holds a warm-up of another setup",
-                       ready=(out / "adapter_config.json").exists(), overwrite=session.run.overwrite):
+    if reuse_or_refuse(
+        state.get("definition"),
+        definition,
+        f"{out} holds a warm-up of another setup",
+        ready=(out / "adapter_config.json").exists(),
+        overwrite=session.run.overwrite,
+    ):
         return state["stats"]
     if encoded is None:
         encoded = encode_checked([domain], session.load_tokenizer(), data_cfg)[0]
     session.load(None)
     checkpoint = TrainCheckpoint(out, definition, session.run.checkpoint_every, session.run.overwrite)
-    state_file.unlink(missing_ok=True)  # the marker goes first and comes back last: a half-saved adapter never looks finished
-    stats = train_lora(session.model, session.tokenizer, domain.conversations, data_cfg, train_cfg, session.run.seed,
-                       quiet=session.run.quiet, desc="warm-up", checkpoint=checkpoint, encoded=encoded)
+    state_file.unlink(
+        missing_ok=True
+    )  # the marker goes first and comes back last: a half-saved adapter never looks finished
+    stats = train_lora(
+        session.model,
+        session.tokenizer,
+        domain.conversations,
+        data_cfg,
+        train_cfg,
+        session.run.seed,
+        quiet=session.run.quiet,
+        desc="warm-up",
+        checkpoint=checkpoint,
+        encoded=encoded,
+    )
     save_adapter_atomic(session.model, out)
     checkpoint.discard()
     write_json_atomic(state_file, {"definition": definition, "stats": stats})
@@ -84,8 +118,9 @@ def model_device(model: Any) -> Any:
 EMBEDDERS = ("model", "minilm")
 
 
-def embedding_definition(session: Session, records: Records, data_cfg: DataConfig, embedder: str = "model",
-                         embed_max_length: int = 0) -> dict[str, Any]:
+def embedding_definition(
+    session: Session, records: Records, data_cfg: DataConfig, embedder: str = "model", embed_max_length: int = 0
+) -> dict[str, Any]:
     """What determines an embedding store's numbers (the embedder keys only when not the default, so
     stores written before they existed still resume)."""
     if embedder not in EMBEDDERS:
@@ -100,8 +135,15 @@ def embedding_definition(session: Session, records: Records, data_cfg: DataConfi
     return definition
 
 
-def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, desc: str = "embed",
-          embedder: str = "model", embed_max_length: int = 0) -> int:
+def embed(
+    session: Session,
+    records: Records,
+    out: Path,
+    data_cfg: DataConfig,
+    desc: str = "embed",
+    embedder: str = "model",
+    embed_max_length: int = 0,
+) -> int:
     """Pre-selection embeddings of every row into a store at ``out`` (resumes; shards over ranks):
     the model's mean-pooled final hidden states, or the MiniLM sentence encoder's. Returns the rows
     computed by this process."""
@@ -113,17 +155,35 @@ def embed(session: Session, records: Records, out: Path, data_cfg: DataConfig, d
         encoder = SentenceEncoder(resolve_device(session.model_cfg.device), embed_max_length)
 
         def work_text(store: RowStore, d: distributed.Dist) -> int:
-            return run_texts(records.conversations, session.tokenizer, data_cfg, store,
-                             lambda convs: encoder.embed([conversation_text(c) for c in convs]), BATCH_ROWS,
-                             desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world)
+            return run_texts(
+                records.conversations,
+                session.tokenizer,
+                data_cfg,
+                store,
+                lambda convs: encoder.embed([conversation_text(c) for c in convs]),
+                BATCH_ROWS,
+                desc=desc,
+                quiet=session.run.quiet,
+                rank=d.rank,
+                world=d.world,
+            )
 
         return fill_store(out, len(records), encoder.dim, "float32", definition, session.run.overwrite, work_text)
     dim = int(session.model.config.hidden_size)
 
     def work(store: RowStore, d: distributed.Dist) -> int:
-        return run_rows(records.conversations, session.tokenizer, data_cfg, store,
-                        lambda b: mean_pooled(session.model, b, embed_max_length),
-                        desc=desc, quiet=session.run.quiet, rank=d.rank, world=d.world, device=model_device(session.model))
+        return run_rows(
+            records.conversations,
+            session.tokenizer,
+            data_cfg,
+            store,
+            lambda b: mean_pooled(session.model, b, embed_max_length),
+            desc=desc,
+            quiet=session.run.quiet,
+            rank=d.rank,
+            world=d.world,
+            device=model_device(session.model),
+        )
 
     return fill_store(out, len(records), dim, "float32", definition, session.run.overwrite, work)
 
@@ -136,24 +196,47 @@ def probe_head(session: Session, records: Records, data_cfg: DataConfig, feat_cf
     return []
 
 
-def featurizer_for(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig,
-                   head: list[Encoded] | None = None) -> GradientFeaturizer:
+def featurizer_for(
+    session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig, head: list[Encoded] | None = None
+) -> GradientFeaturizer:
     """The stage's featurizer; ``head``: probe_head's encodings when the caller keeps them."""
     head = probe_head(session, records, data_cfg, feat_cfg) if head is None else head
     probe = collate(head, session.tokenizer.pad_token_id) if head else None
     cache = feat_cfg.projection_cache_mb * (1 << 20) if feat_cfg.projection_cache_mb > 0 else None
-    return GradientFeaturizer(session.model, feat_cfg.proj_dim, session.run.seed, feat_cfg.objective, feat_cfg.logits, probe,
-                              cache_bytes=cache)
+    return GradientFeaturizer(
+        session.model,
+        feat_cfg.proj_dim,
+        session.run.seed,
+        feat_cfg.objective,
+        feat_cfg.logits,
+        probe,
+        cache_bytes=cache,
+    )
 
 
-def feature_definition(session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig) -> dict[str, Any]:
-    return {"stage": "featurize", **session.describe(), **data_definition(records, data_cfg),
-            "objective": feat_cfg.objective, "logits": feat_cfg.logits, "projection": PROJECTION_KIND[feat_cfg.proj_dim == 0],
-            "proj_dim": feat_cfg.proj_dim, "seed": session.run.seed}
+def feature_definition(
+    session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig
+) -> dict[str, Any]:
+    return {
+        "stage": "featurize",
+        **session.describe(),
+        **data_definition(records, data_cfg),
+        "objective": feat_cfg.objective,
+        "logits": feat_cfg.logits,
+        "projection": PROJECTION_KIND[feat_cfg.proj_dim == 0],
+        "proj_dim": feat_cfg.proj_dim,
+        "seed": session.run.seed,
+    }
 
 
-def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfig, feat_cfg: FeatureConfig,
-              desc: str = "featurize") -> dict[str, Any]:
+def featurize(
+    session: Session,
+    records: Records,
+    out: Path,
+    data_cfg: DataConfig,
+    feat_cfg: FeatureConfig,
+    desc: str = "featurize",
+) -> dict[str, Any]:
     """Projected per-sample gradient features of every row into a store at ``out`` (resumes; shards over ranks)."""
     definition = feature_definition(session, records, data_cfg, feat_cfg)
     head = probe_head(session, records, data_cfg, feat_cfg)
@@ -162,20 +245,39 @@ def featurize(session: Session, records: Records, out: Path, data_cfg: DataConfi
         definition["logits_mode"] = feat.logits_mode
 
         def work(store: RowStore, d: distributed.Dist) -> int:
-            return run_rows(records.conversations, session.tokenizer, data_cfg, store, feat.features, desc=desc,
-                            quiet=session.run.quiet, rank=d.rank, world=d.world, device=model_device(session.model),
-                            known=head)
+            return run_rows(
+                records.conversations,
+                session.tokenizer,
+                data_cfg,
+                store,
+                feat.features,
+                desc=desc,
+                quiet=session.run.quiet,
+                rank=d.rank,
+                world=d.world,
+                device=model_device(session.model),
+                known=head,
+            )
 
-        computed = fill_store(out, len(records), feat.out_dim, feat_cfg.store_dtype, definition, session.run.overwrite, work,
-                              extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]})
+        computed = fill_store(
+            out,
+            len(records),
+            feat.out_dim,
+            feat_cfg.store_dtype,
+            definition,
+            session.run.overwrite,
+            work,
+            extra={"logits_mode": feat.logits_mode, "parameters": [n for n, _ in feat.params]},
+        )
         return {"logits_mode": feat.logits_mode, "dim": feat.out_dim, "computed": computed}
 
 
 # ----------------------------------------------------------------------------- pre-select / score
 
 
-def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int,
-              exclude: np.ndarray | None = None) -> PreselectResult:
+def preselect(
+    domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int, exclude: np.ndarray | None = None
+) -> PreselectResult:
     """Reverse-kNN votes of the domain embeddings over the pool's (rows in ``exclude`` never get votes)."""
     d_emb, d_status, d_meta = open_store(domain_store)
     p_emb, p_status, p_meta = open_store(pool_store)
@@ -187,14 +289,29 @@ def preselect(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, se
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to vote with")
     warn_clamped(int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
     m, k = default_m_k(pre_cfg.n, int(pool_valid.sum()), pre_cfg.m, pre_cfg.k)
-    return reverse_knn(d_emb, p_emb, m, k, pool_valid=pool_valid, domain_valid=d_status == DONE,
-                       knn_search=pre_cfg.knn_search, seed=seed)
+    return reverse_knn(
+        d_emb,
+        p_emb,
+        m,
+        k,
+        pool_valid=pool_valid,
+        domain_valid=d_status == DONE,
+        knn_search=pre_cfg.knn_search,
+        seed=seed,
+    )
 
 
 def preselect_definition(domain_store: Path, pool_store: Path, pre_cfg: PreselectConfig, seed: int) -> dict[str, Any]:
     """What a pre-selection was made from: both embedding stores' definitions, the settings and the seed."""
-    return canonical({"stage": "preselect", "domain": store_definition(domain_store),
-                      "pool": store_definition(pool_store), "preselect": to_dict(pre_cfg), "seed": seed})
+    return canonical(
+        {
+            "stage": "preselect",
+            "domain": store_definition(domain_store),
+            "pool": store_definition(pool_store),
+            "preselect": to_dict(pre_cfg),
+            "seed": seed,
+        }
+    )
 
 
 def store_definition(store: Path) -> Any:
@@ -222,18 +339,23 @@ def check_preselect_out(out: Path, definition: dict[str, Any], overwrite: bool) 
     if out.is_symlink() and not out.exists():
         raise UserError(f"--out {out} is a symbolic link to a missing target; remove the link or give a new file path")
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; preselect writes one .npz file: give a file path such as "
-                        f"{out / 'preselect.npz'}")
+        raise UserError(
+            f"--out {out} is a folder; preselect writes one .npz file: give a file path such as {out / 'preselect.npz'}"
+        )
     if not out.exists() or overwrite:
         return
     saved = _saved_definition(out)
     if saved is None:
-        raise UserError(f"--out {out} already exists and was not written by preselect; choose another file name, "
-                        f"or --overwrite to replace it")
+        raise UserError(
+            f"--out {out} already exists and was not written by preselect; choose another file name, "
+            f"or --overwrite to replace it"
+        )
     if saved != definition:
         what = describe_differences(saved, definition) if saved else "its settings were not recorded"
-        raise UserError(f"--out {out} holds a pre-selection of other settings ({what}); choose another file name, "
-                        f"or --overwrite to replace it")
+        raise UserError(
+            f"--out {out} holds a pre-selection of other settings ({what}); choose another file name, "
+            f"or --overwrite to replace it"
+        )
 
 
 def save_preselect(result: PreselectResult, out: Path, definition: dict[str, Any] | None = None) -> None:
@@ -253,7 +375,9 @@ def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> 
     p_feat, p_status, p_meta = open_store(pool_store)
     check_same_features(domain_store, d_meta, pool_store, p_meta)
     if d_feat.shape[1] != p_feat.shape[1]:
-        raise UserError(f"{domain_store} has {d_feat.shape[1]} dims but {pool_store} has {p_feat.shape[1]}: featurize both the same way")
+        raise UserError(
+            f"{domain_store} has {d_feat.shape[1]} dims but {pool_store} has {p_feat.shape[1]}: featurize both the same way"
+        )
     if not (d_status == DONE).any():
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")
     rows = block_rows_for(d_feat.shape[1], score_cfg.score_block_mb)

@@ -53,11 +53,25 @@ class TrainCheckpoint:
         """Save after this step? Never after the last one: the finished adapter is saved instead."""
         return self.every > 0 and step % self.every == 0 and step < total_steps
 
-    def save(self, step: int, params: Sequence[torch.Tensor], opt: torch.optim.Optimizer, sched: Any,
-             losses: list[float], seconds: float) -> None:
-        state = {"definition": self.definition, "step": step, "losses": list(losses), "seconds": seconds,
-                 "params": [p.detach().cpu().clone() for p in params], "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state()}
+    def save(
+        self,
+        step: int,
+        params: Sequence[torch.Tensor],
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        losses: list[float],
+        seconds: float,
+    ) -> None:
+        state = {
+            "definition": self.definition,
+            "step": step,
+            "losses": list(losses),
+            "seconds": seconds,
+            "params": [p.detach().cpu().clone() for p in params],
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+        }
         device = params[0].device
         if device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(device)
@@ -86,8 +100,12 @@ class TrainCheckpoint:
             if self.overwrite:
                 return None
             raise UserError(f"{self.path} cannot be read ({e}); delete it or use --overwrite to start over") from e
-        if not reuse_or_refuse(json.loads(state.get("definition", "{}")), json.loads(self.definition),
-                               f"{self.path} is a checkpoint of another training run", overwrite=self.overwrite):
+        if not reuse_or_refuse(
+            json.loads(state.get("definition", "{}")),
+            json.loads(self.definition),
+            f"{self.path} is a checkpoint of another training run",
+            overwrite=self.overwrite,
+        ):
             return None
         if len(state["params"]) != len(params):
             raise UserError(f"{self.path}: holds {len(state['params'])} LoRA tensors, the model has {len(params)}")

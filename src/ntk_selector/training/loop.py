@@ -41,7 +41,9 @@ def response_loss(model: torch.nn.Module, batch: Any, loss_mean: str = "token") 
     per_token = F.cross_entropy(logits.float(), labels, reduction="none")
     n_rows = batch.labels.shape[0]
     sums = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, per_token)
-    counts = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add_(0, rows, torch.ones_like(per_token))
+    counts = torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add_(
+        0, rows, torch.ones_like(per_token)
+    )
     has = counts > 0
     return (sums[has] / counts[has]).mean()
 
@@ -49,8 +51,9 @@ def response_loss(model: torch.nn.Module, batch: Any, loss_mean: str = "token") 
 MEGABATCH = 50  # batches per length-sorted group when grouping by length
 
 
-def epoch_batches(n: int, batch_size: int, epochs: float, seed: int,
-                  lengths: Sequence[int] | None = None) -> list[np.ndarray]:
+def epoch_batches(
+    n: int, batch_size: int, epochs: float, seed: int, lengths: Sequence[int] | None = None
+) -> list[np.ndarray]:
     """Row indices of every optimizer step: each epoch a fresh seeded shuffle; fractional epochs cut the last.
 
     ``epochs`` whole epochs are ``epochs`` full passes, ceil(n / batch_size) steps each (the last
@@ -79,11 +82,21 @@ def epoch_batches(n: int, batch_size: int, epochs: float, seed: int,
     return steps[:total_steps]
 
 
-def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[Conversation], data_cfg: DataConfig,
-               train_cfg: TrainConfig, seed: int, *, quiet: bool = False, desc: str = "train",
-               on_step: Callable[[int, torch.nn.Module], None] | None = None,
-               group_by_length: bool = False, checkpoint: TrainCheckpoint | None = None,
-               encoded: Sequence[Encoded] | None = None) -> dict[str, Any]:
+def train_lora(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    data_cfg: DataConfig,
+    train_cfg: TrainConfig,
+    seed: int,
+    *,
+    quiet: bool = False,
+    desc: str = "train",
+    on_step: Callable[[int, torch.nn.Module], None] | None = None,
+    group_by_length: bool = False,
+    checkpoint: TrainCheckpoint | None = None,
+    encoded: Sequence[Encoded] | None = None,
+) -> dict[str, Any]:
     """Train the model's LoRA parameters in place; return loss history and timing.
 
     With ``checkpoint``, the run first resumes from its saved state (if any) and saves it every
@@ -102,8 +115,13 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
         raise ValueError("no training example has response tokens")
     params = [p for _, p in lora_parameters(model)]
     device = params[0].device
-    steps = epoch_batches(len(encoded), train_cfg.batch_size, train_cfg.epochs, seed,
-                          [e.length for e in encoded] if group_by_length else None)
+    steps = epoch_batches(
+        len(encoded),
+        train_cfg.batch_size,
+        train_cfg.epochs,
+        seed,
+        [e.length for e in encoded] if group_by_length else None,
+    )
     opt = torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, int(train_cfg.warmup_ratio * len(steps)), len(steps))
     torch.manual_seed(seed)
@@ -117,8 +135,9 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
         on_step(0, model)
     model.train()
     try:
-        progress = tqdm(steps[done:], desc=desc, unit="step", disable=quiet, dynamic_ncols=True, initial=done,
-                        total=len(steps))
+        progress = tqdm(
+            steps[done:], desc=desc, unit="step", disable=quiet, dynamic_ncols=True, initial=done, total=len(steps)
+        )
         for step, members in enumerate(progress, start=done + 1):
             batch = collate([encoded[i] for i in members], tokenizer.pad_token_id).to(device)
             loss = response_loss(model, batch, train_cfg.loss_mean)
@@ -135,8 +154,15 @@ def train_lora(model: torch.nn.Module, tokenizer: Any, conversations: Sequence[C
                 model.train()
     finally:
         model.eval()
-    return {"steps": len(steps), "examples": len(encoded), "loss_first": losses[0], "loss_last": losses[-1],
-            "losses": losses, "seconds": seconds_before + time.perf_counter() - start, "resumed_at_step": done}
+    return {
+        "steps": len(steps),
+        "examples": len(encoded),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "losses": losses,
+        "seconds": seconds_before + time.perf_counter() - start,
+        "resumed_at_step": done,
+    }
 
 
 # What train and the warm-up write into their --out folder; anything else there belongs to the user.
@@ -149,9 +175,13 @@ def foreign_files(out: str | Path) -> list[str]:
     out = Path(out)
     if not out.is_dir():
         return []
-    return sorted(p.name for p in out.iterdir()
-                  if p.name not in OWN_NAMES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
-                  and not _peft_model_card(p))
+    return sorted(
+        p.name
+        for p in out.iterdir()
+        if p.name not in OWN_NAMES
+        and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        and not _peft_model_card(p)
+    )
 
 
 def _peft_model_card(path: Path) -> bool:
@@ -171,8 +201,10 @@ def check_adapter_folder(out: str | Path, overwrite: bool) -> None:
     foreign = foreign_files(out)
     if foreign and not overwrite:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise UserError(f"--out {out} holds files ntk-selector did not write ({shown}); choose a new or empty folder, "
-                        f"or --overwrite to write the adapter beside them (they are kept)")
+        raise UserError(
+            f"--out {out} holds files ntk-selector did not write ({shown}); choose a new or empty folder, "
+            f"or --overwrite to write the adapter beside them (they are kept)"
+        )
 
 
 def save_adapter_atomic(model: torch.nn.Module, out: str | Path) -> None:
