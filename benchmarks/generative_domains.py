@@ -339,11 +339,17 @@ def estimate_hours(bench: GenBench, rate_train: float, rate_fwd: float, gen_rate
         pool = tokens(dom.pool) if pool is None else pool
         d, valid, test = tokens(dom.domain), tokens(dom.valid), tokens(dom.test)
         n = bench.s.n_factor * len(d)
-        ft = lambda rows: bench.s.epochs * rows / rate_train  # noqa: E731
+
+        def ft(rows):
+            return bench.s.epochs * rows / rate_train
+
         evals = (valid.sum() + test.sum()) / rate_fwd + len(test) * bench.s.max_new_tokens / gen_rate
         sel = pool.sum() / rate_fwd + 2 * 4 * n * pool.mean() / rate_train
         arm = ft(d.sum() + n * pool.mean()) + evals
-        add = lambda k, v: hours.__setitem__(k, hours.get(k, 0) + v / 3600)  # noqa: E731
+
+        def add(k, v):
+            hours[k] = hours.get(k, 0) + v / 3600
+
         add("settings", len(bench.s.lrs) * (ft(d.sum()) + valid.sum() / rate_fwd))
         add("seed0", sel + 5 * arm + ft(d.sum()) + evals)
         add("seeds", 2 * (3 * arm + ft(d.sum()) + evals))

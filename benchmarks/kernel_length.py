@@ -152,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for p in sorted(args.results.glob("*.json"), key=lambda p: json.loads(p.read_text())["domain_response_tokens"]):
         r = json.loads(p.read_text())
-        f = lambda x: "–" if x is None else f"{x:.3f}"  # noqa: E731
+
+        def f(x):
+            return "–" if x is None else f"{x:.3f}"
+
         lines.append(
             f"| {r['run']} | {r['domain_response_tokens']:.1f} | {f(r['cross_term_share'])} | "
             f"{f(r['kernel_cosine'])} | {f(r['spearman'])} | {f(r['spearman_cosine'])} | {f(r['sampling_spearman'])} |"

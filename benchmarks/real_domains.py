@@ -983,7 +983,10 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         d = tokens(dom.domain)
         n = bench.s.n_factor * len(d)
         mean_sel = pool.mean()
-        ft = lambda rows_tokens: bench.s.epochs * rows_tokens / rate_train  # noqa: E731
+
+        def ft(rows_tokens):
+            return bench.s.epochs * rows_tokens / rate_train
+
         test_fwd = tokens(dom.test).sum() / rate_fwd  # the prompt once plus every label's few tokens
         valid_fwd = tokens(dom.valid).sum() / rate_fwd
         sel = pool.sum() / rate_fwd + 2 * 4 * n * mean_sel / rate_train  # pool embedding, ntk + less candidates

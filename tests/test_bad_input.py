@@ -198,8 +198,11 @@ def test_unusable_duplicate_and_contaminated_rows_are_reported_and_never_selecte
     kinds = [r["kind"] for r in rows]
     usable = {i for i, k in enumerate(kinds) if k in ("normal", "long")}
     dups = {i for i, k in enumerate(kinds) if k == "duplicate"}
+
     # which copy comes first decides which one is "the duplicate": count the later copy of each pair
-    key = lambda r: (r["prompt"], r["response"])  # noqa: E731
+    def key(r):
+        return (r["prompt"], r["response"])
+
     first = {}
     later = set()
     for i, r in enumerate(rows):

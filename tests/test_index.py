@@ -88,7 +88,10 @@ def test_preselect_mode_featurizes_the_index_candidates_with_the_warm_model(pool
     args = ["select", "--index", str(tmp / "idx"), "--domain", str(domain), "-n", "5", "--quiet", "--batch-size", "4"]
     assert main([*args, "--out", str(tmp / "pre"), "--index-mode", "preselect"]) == 0
     assert main([*args, "--out", str(tmp / "feat_mode")]) == 0
-    read = lambda d: list(csv.DictReader(open(tmp / d / "scores.csv")))  # noqa: E731
+
+    def read(d):
+        return list(csv.DictReader(open(tmp / d / "scores.csv")))
+
     pre_rows, feat_rows = read("pre"), read("feat_mode")
     # the same candidates (the index pre-selects in both modes), scored by other features
     assert [r["preselected"] for r in pre_rows] == [r["preselected"] for r in feat_rows]
@@ -391,9 +394,13 @@ def test_index_once_benchmark_on_the_tiny_model(tiny_model_dir, pool_and_index, 
     res = bench.main(args)
     assert bench.main(args) == res  # a rerun keeps what was measured (resume after a crash)
     r = res["domains"][domain.stem]
-    sel = lambda d: {
-        json.loads(x)["pool_index"] for x in (tmp_path / domain.stem / d / "selected.jsonl").read_text().splitlines()
-    }  # noqa: E731
+
+    def sel(d):
+        return {
+            json.loads(x)["pool_index"]
+            for x in (tmp_path / domain.stem / d / "selected.jsonl").read_text().splitlines()
+        }
+
     assert r["features"]["top_n_overlap"] == len(sel("paper") & sel("index_features")) / 5
     assert -1.0 <= r["features"]["spearman_on_paper_candidates"] <= 1.0
     assert 0.0 <= r["coarse_recall"]["model:9"] <= 1.0 and res["index_seconds"] > 0

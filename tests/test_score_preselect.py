@@ -92,7 +92,10 @@ def test_max_cosine_rule_matches_a_dense_reference():
     d_status = np.array([DONE, DONE, EMPTY, DONE, DONE], dtype=np.uint8)
     p_status = np.full(40, DONE, dtype=np.uint8)
     p_status[[3, 17]] = EMPTY
-    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+
+    def unit(a):
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
     want = (unit(pool) @ unit(dom[d_status == DONE]).T).max(1)
     want[[3, 17]] = np.nan
     for block_mb in (256, 0):  # 0: one row per block

@@ -110,7 +110,10 @@ class OneSpelling(argparse.Action):
         seen = namespace.__dict__.setdefault("_spellings", {})
         earlier = seen.get(self.dest)
         if earlier is not None and earlier[0] != option_string and earlier[1] != values:
-            shown = lambda v: " ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+
+            def shown(v):
+                return " ".join(map(str, v)) if isinstance(v, list) else str(v)
+
             parser.error(
                 f"{earlier[0]} {shown(earlier[1])} and {option_string} {shown(values)} set the same setting; "
                 f"give one of them"

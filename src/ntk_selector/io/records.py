@@ -210,7 +210,10 @@ def check_data_folder(path: Path) -> None:
             kinds.setdefault(builder, []).append(rel)
         elif p.name.lower() not in FOLDER_EXTRAS:
             other.append(rel)
-    shown = lambda names: ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")  # noqa: E731
+
+    def shown(names):
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
     if len(kinds) > 1:
         groups = "; ".join(f"{b}: {shown(n)}" for b, n in sorted(kinds.items()))
         raise DataError(
