@@ -42,7 +42,8 @@ WORDS = (
     "more day could go come did number sound no most people my over know water than call first who may down"
 ).split()
 CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+    "'\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
@@ -118,7 +119,7 @@ def make_tokenizer():
     return tok
 
 
-# ----------------------------------------------------------------------------- the stages (also used by tests/test_memory_bound.py)
+# ----------------------------------------------------------------- the stages (also used by tests/test_memory_bound.py)
 
 
 def stage_load(pool: Path):

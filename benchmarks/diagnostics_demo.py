@@ -78,7 +78,8 @@ def main() -> None:
     print(f"approximation: {a}")
     for e in summary["projection"].get("ladder", []):
         print(
-            f"p={e['proj_dim']}: relative Gram error {e['relative_gram_error']:.4f}, top-{summary['projection']['top_n']} "
+            f"p={e['proj_dim']}: relative Gram error {e['relative_gram_error']:.4f}, "
+            f"top-{summary['projection']['top_n']} "
             f"overlap {e['top_overlap']:.2f}, Spearman {e['spearman']}"
         )
     print(f"written {args.results}")

@@ -63,7 +63,8 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("m-all", "M = the whole pool: no pre-selection", settings={"m": "{pool}"}),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
-NATURAL = "natural-prior"  # base, domain only, random and ntk again (every seed) with D drawn with the train split's label mix
+# base, domain only, random and ntk again (every seed) with D drawn with the train split's label mix
+NATURAL = "natural-prior"
 NATURAL_METHODS = ("base", "domain", "random", "ntk")
 # run order: the variants that reuse the main run's features first, then the D with the natural label
 # mix (the main D is balanced, valid and test are 65-72% positive), then the ones that featurize again

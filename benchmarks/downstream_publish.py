@@ -52,7 +52,8 @@ def update_benchmarks_md(path: Path, table: str, command: str, results: Path) ->
     n_eval = len(load_units(results, "eval"))
     body = (
         f"{SECTION}\n\nCommand: `{command}` (resumable: a rerun skips finished units, and "
-        f"`benchmarks/run_downstream.sh` reruns it in the background after a crash; `--only-table --update-benchmarks-md BENCHMARKS.md` rebuilds this section from the cached results).\n"
+        "`benchmarks/run_downstream.sh` reruns it in the background after a crash; `--only-table "
+        "--update-benchmarks-md BENCHMARKS.md` rebuilds this section from the cached results).\n"
         f"Machine: 2-core CPU ({platform.machine()}), no GPU, at times shared with other jobs while it ran. "
         f"Date: {dt.date.today():%Y-%m-%d}; {n_eval} evaluations finished so far.\n\n"
         f"{DESIGN_NOTES}\n\n{table}\n"

@@ -34,7 +34,8 @@ class Settings:
     curve_domain_sizes: tuple[int, ...] = (50, 100, 400)
     curve_methods: tuple[str, ...] = ("random", "ntk")
     data_dir: str | None = None  # prebuilt domain/domain_valid/test/pool files instead of the demo (smoke test)
-    token_budget: int = 2048  # padded tokens per batch in select and evaluate (the package default; ~1 MB of backward activations per token)
+    # padded tokens per batch in select and evaluate (the package default; ~1 MB of backward activations per token)
+    token_budget: int = 2048
 
 
 def lr_tag(lr: float) -> str:

@@ -353,7 +353,8 @@ def markdown_table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {r['mean_tokens']:.0f} | {r['forward_rows_per_s']:.2f} | {r['ce_step_rows_per_s']:.2f} | "
             f"{r['less_loop_rows_per_s']:.2f} | {r['embed_rows_per_s']:.2f} | {r['featurize_rows_per_s']:.2f} | "
-            f"**{r['featurize_vs_ce_step']:.2f}x** | **{r['featurize_vs_less_loop']:.2f}x** | **{r['embed_vs_forward']:.2f}x** | "
+            f"**{r['featurize_vs_ce_step']:.2f}x** | **{r['featurize_vs_less_loop']:.2f}x** | "
+            f"**{r['embed_vs_forward']:.2f}x** | "
             f"{100 * r['projection_share']:.1f}% | {r['peak_rss_mb_after_featurize']:.0f} |"
         )
     return "\n".join(lines)

@@ -20,7 +20,8 @@ under ``--results`` (committed) and ``--cache`` (ignored), as in ``real_domains.
     python benchmarks/prepare_real_domains.py --out DATA
     python benchmarks/generative_domains.py --data DATA --estimate
     OMP_NUM_THREADS=1 python benchmarks/generative_domains.py --data DATA --commit-every 1 &
-    OMP_NUM_THREADS=1 python benchmarks/generative_domains.py --data DATA --commit-every 1 --domains samsum pubmedqa_long &
+    OMP_NUM_THREADS=1 python benchmarks/generative_domains.py --data DATA --commit-every 1 \\
+        --domains samsum pubmedqa_long &
     python benchmarks/generative_domains.py --data DATA --only-table
 """
 
@@ -290,7 +291,8 @@ def build_table(results: Path, s: Settings) -> str:
             dtext = "–" if not delta else f"{delta[0]:+.4f} ({delta[1]:+.4f} to {delta[2]:+.4f})"
             lines.append(
                 f"| {method} | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
-                f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | {fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
+                f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
+                f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
                 f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | {dtext} |"
             )
         for factor in NCURVE_FACTORS:
@@ -298,8 +300,10 @@ def build_table(results: Path, s: Settings) -> str:
                 arm = arm_evals(evals, name, method, "test", lr, factor)
                 if arm:
                     lines.append(
-                        f"| {method}, N = {factor}·|D| | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
-                        f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | {fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
+                        f"| {method}, N = {factor}·|D| | {len(arm)} | "
+                        f"{fmt([r['nll_per_token'] for r in arm], digits=4)} | "
+                        f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
+                        f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
                         f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | |"
                     )
         lines.append("")

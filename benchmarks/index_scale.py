@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.out.write_text(json.dumps(result, indent=2))
     print(
         f"| step | rows | seconds | peak RSS (MB) |\n|---|---|---|---|\n"
-        f"| build index ({result['index_gb']:.1f} GB) | {args.rows:,} | {build['seconds']:.1f} | {build['peak_rss_mb']:.0f} |\n"
+        f"| build index ({result['index_gb']:.1f} GB) | {args.rows:,} | {build['seconds']:.1f} | "
+        f"{build['peak_rss_mb']:.0f} |\n"
         f"| query: pre-select {q['candidates']:,} + score + top {args.n:,} | {args.rows:,} | "
         f"{q['preselect_s']:.1f} + {q['score_s']:.1f} | {q['peak_rss_mb']:.0f} |"
     )

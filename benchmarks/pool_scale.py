@@ -204,7 +204,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         print(
-            f"| {r['task']} | {r['rows']:,} | {r['seconds']} | {r['peak_rss_mb']:.0f} | {r['rss_after_imports_mb']:.0f} | "
+            f"| {r['task']} | {r['rows']:,} | {r['seconds']} | {r['peak_rss_mb']:.0f} | "
+            f"{r['rss_after_imports_mb']:.0f} | "
             f"{r.get('overlap_with_exact', '')} |"
         )
     if not args.keep:

@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     for r in rows:
         print(
-            f"| {r['budget_mb']:g} | {r['cached_modules']}/{r['modules']} | {r['cached_share']:.2f} | {r['cache_mb']:.0f} | "
+            f"| {r['budget_mb']:g} | {r['cached_modules']}/{r['modules']} | {r['cached_share']:.2f} | "
+            f"{r['cache_mb']:.0f} | "
             f"{r['seconds_per_batch']:.3f} | {r['rows_per_second']:.1f} |"
         )
     return rows

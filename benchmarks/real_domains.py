@@ -36,7 +36,8 @@ independent units. ``--methods`` limits a worker to some methods.
     python benchmarks/prepare_real_domains.py
     python benchmarks/real_domains.py --data benchmarks/cache/real_domains/data --commit-every 3
     OMP_NUM_THREADS=1 python benchmarks/real_domains.py --data DATA --commit-every 2 &
-    OMP_NUM_THREADS=1 python benchmarks/real_domains.py --data DATA --commit-every 2 --domains tfns pubmedqa mmlu_med fpb &
+    OMP_NUM_THREADS=1 python benchmarks/real_domains.py --data DATA --commit-every 2 \\
+        --domains tfns pubmedqa mmlu_med fpb &
 """
 
 from __future__ import annotations
@@ -800,7 +801,8 @@ def build_table(results: Path, s: Settings) -> str:
         lines += [
             f"## {name}: test (mean ± std over fine-tune seeds; %; NLL in nats)",
             "",
-            "| method | seeds | acc | bal. acc | macro-F1 | gold NLL | calibrated acc | calibrated bal. acc | valid bal. acc |",
+            "| method | seeds | acc | bal. acc | macro-F1 | gold NLL | calibrated acc | calibrated bal. acc | "
+            "valid bal. acc |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for m in TABLE_METHODS:
@@ -857,7 +859,8 @@ def build_table(results: Path, s: Settings) -> str:
         lines += [
             f"### {name}: what each method picked (selection seed 0)",
             "",
-            "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | shared with ntk |",
+            "| method | top pool tasks | answers like D's labels (any case, final period ignored) | selection s | "
+            "shared with ntk |",
             "|---|---|---|---|---|",
         ]
         ntk_pick = set(sels.get(f"{name}_natural_ntk_sel0", {}).get("pool_index", []))

@@ -1673,7 +1673,7 @@ CASES += [
 ]
 
 
-# ----------------------------------------------------------------------------- second round: siblings of the cases above
+# ------------------------------------------------------------------------ second round: siblings of the cases above
 
 
 def _out_is_for(kind: str, command: str) -> Callable[[Ctx], list[Any]]:

@@ -101,7 +101,8 @@ class DataConfig:
     messages_field: str = _f("messages", "record field holding a chat list (the messages format)")
     format: str = _f(
         "auto",
-        "record format: auto (found per file from its fields), prompt-response, prompt-completion, messages, sharegpt, alpaca",
+        "record format: auto (found per file from its fields), prompt-response, prompt-completion, messages, "
+        "sharegpt, alpaca",
         choices=("auto", "prompt-response", "prompt-completion", "messages", "sharegpt", "alpaca"),
     )
     split: str | None = _f(None, "split of a hub dataset or saved DatasetDict (needed when it has several)")
@@ -110,7 +111,8 @@ class DataConfig:
     no_chat_template: bool = _f(False, "tokenize prompt + response + EOS instead of the chat template")
     token_budget: int | str = _f(
         "auto",
-        "max padded tokens per batch (batch size x longest row), or auto: 2048 on a CPU, sized to the free memory on a GPU (measured on the first batch, halved on out-of-memory)",
+        "max padded tokens per batch (batch size x longest row), or auto: 2048 on a CPU, sized to the free memory "
+        "on a GPU (measured on the first batch, halved on out-of-memory)",
         min=1,
         words=("auto",),
     )
@@ -170,11 +172,13 @@ class RunConfig:
     overwrite: bool = _f(False, "discard an existing output of another configuration")
     work_dir: str | None = _f(
         None,
-        "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same data can share one",
+        "folder for intermediate stage outputs (default OUT/stages); select runs of several methods on the same "
+        "data can share one",
     )
     checkpoint_every: int = _f(
         100,
-        "train and warm-up: save a resumable state every this many optimizer steps (0: never); a rerun on the same output resumes from it",
+        "train and warm-up: save a resumable state every this many optimizer steps (0: never); a rerun on the same "
+        "output resumes from it",
         min=0,
     )
     dist_timeout: float = _f(
@@ -211,7 +215,8 @@ class TrainConfig:
     warmup_ratio: float = _f(0.0, "share of steps with linear learning-rate warm-up", min=0, max=1)
     loss_mean: str = _f(
         "token",
-        "training loss: token (mean over all response tokens of a batch) or example (mean over rows of each row's token mean)",
+        "training loss: token (mean over all response tokens of a batch) or example (mean over rows of each row's "
+        "token mean)",
         choices=("token", "example"),
     )
 
@@ -241,7 +246,9 @@ class FeatureConfig:
     proj_dim: int = _f(8192, "projected feature dimension p (0 stores the raw LoRA gradient)", min=0)
     objective: str = _f(
         "ntk",
-        "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt too); ntk-content: over the response positions but the one predicting the end-of-turn token; ce: of the mean response cross-entropy (LESS)",
+        "ntk: gradient of the mean summed logits over response positions; ntk-all: over all positions (prompt "
+        "too); ntk-content: over the response positions but the one predicting the end-of-turn token; ce: of the "
+        "mean response cross-entropy (LESS)",
         choices=("ntk", "ntk-all", "ntk-content", "ce"),
     )
     logits: str = _f(
@@ -252,7 +259,8 @@ class FeatureConfig:
     store_dtype: str = _f("float32", "dtype of stored features: float32 or float16", choices=("float32", "float16"))
     projection_cache_mb: int = _f(
         0,
-        "megabytes of +-1 projection matrices kept (int8) on the device; the rest are regenerated per batch; 0: a quarter of the device's free memory",
+        "megabytes of +-1 projection matrices kept (int8) on the device; the rest are regenerated per batch; 0: a "
+        "quarter of the device's free memory",
         min=0,
     )
 
@@ -285,7 +293,8 @@ class PreselectConfig:
     k: int | None = _f(None, "neighbours each domain row votes for (default M/4)", min=1)
     knn_search: str = _f(
         "auto",
-        "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up to 2e9 domain x pool pairs, else ivf",
+        "neighbour search: flat (exact, streamed over the pool), hnsw or ivf (FAISS, approximate); auto: flat up "
+        "to 2e9 domain x pool pairs, else ivf",
         choices=("auto", "flat", "hnsw", "ivf"),
     )
 
@@ -308,11 +317,13 @@ class IndexConfig:
 
     index: str | None = _f(
         None,
-        "select: an index folder from `ntk-selector index`; the pool is scored from it and never run through the model again",
+        "select: an index folder from `ntk-selector index`; the pool is scored from it and never run through the "
+        "model again",
     )
     index_mode: str = _f(
         "features",
-        "select --index: features (index embeddings pre-select, index features score: no warm-up) or preselect (index pre-selects, warm model featurizes the M candidates)",
+        "select --index: features (index embeddings pre-select, index features score: no warm-up) or preselect "
+        "(index pre-selects, warm model featurizes the M candidates)",
         choices=("features", "preselect"),
     )
 
@@ -340,7 +351,8 @@ class EmbedConfig:
 
     embedder: str = _f(
         "model",
-        "pre-selection embeddings: model (mean-pooled final hidden state) or minilm (the packaged all-MiniLM-L6-v2 sentence encoder)",
+        "pre-selection embeddings: model (mean-pooled final hidden state) or minilm (the packaged all-MiniLM-L6-v2 "
+        "sentence encoder)",
         choices=("model", "minilm"),
     )
     embed_max_length: int = _f(
@@ -373,7 +385,14 @@ class ScoreConfig:
     )
     answer_mix: str = _f(
         "off",
-        "the label mix of the selection (beyond the paper): off = the plain top N by score; keep = the top N under the constraint that the selected rows answering with one of D's labels (D a classification task: at most 20 distinct answers, each about twice or more) give each label D's share, rows answering otherwise unconstrained; FILE.json = target shares instead ({\"label\": share, ...}, summing to 1). Rule: the plain top N's N-m rows with other answers stay; its m rows with D's labels are re-divided by largest-remainder rounding of share x m into per-label quotas, each filled with the label's best-scored candidates; a label with too few candidates gives all it has and the other labels fill its place. Methods that rank by a score only (ntk, less, embedding)",
+        "the label mix of the selection (beyond the paper): off = the plain top N by score; keep = the top N under "
+        "the constraint that the selected rows answering with one of D's labels (D a classification task: at most "
+        "20 distinct answers, each about twice or more) give each label D's share, rows answering otherwise "
+        'unconstrained; FILE.json = target shares instead ({"label": share, ...}, summing to 1). Rule: the plain '
+        "top N's N-m rows with other answers stay; its m rows with D's labels are re-divided by largest-remainder "
+        "rounding of share x m into per-label quotas, each filled with the label's best-scored candidates; a label "
+        "with too few candidates gives all it has and the other labels fill its place. Methods that rank by a "
+        "score only (ntk, less, embedding)",
         metavar="off|keep|FILE.json",
     )
 
@@ -400,12 +419,14 @@ class PoolFilterConfig:
 
     dedupe: bool = _f(
         True,
-        "fold identical pool rows (same prompt and response): only the first copy can be selected; the count is printed and in run.json (--keep-duplicates: any copy may be selected, the earlier behaviour)",
+        "fold identical pool rows (same prompt and response): only the first copy can be selected; the count is "
+        "printed and in run.json (--keep-duplicates: any copy may be selected, the earlier behaviour)",
         off_flag="--keep-duplicates",
     )
     keep_domain_copies: bool = _f(
         False,
-        "let pool rows that are exact copies of a domain row (same prompt and response) be selected; by default they are left out, counted in the summary and run.json",
+        "let pool rows that are exact copies of a domain row (same prompt and response) be selected; by default "
+        "they are left out, counted in the summary and run.json",
     )
     decontaminate: str | None = _f(
         None, "test-set records: pool rows sharing an n-gram with any of them are reported and never selected"
@@ -429,7 +450,8 @@ class OutputConfig:
 
     output_format: str = _f(
         "records",
-        "besides selected.jsonl, write the selection as TRL rows: prompt-completion (selected_prompt_completion.jsonl) or messages (selected_messages.jsonl); records: selected.jsonl only",
+        "besides selected.jsonl, write the selection as TRL rows: prompt-completion "
+        "(selected_prompt_completion.jsonl) or messages (selected_messages.jsonl); records: selected.jsonl only",
         choices=("records", "prompt-completion", "messages"),
     )
 
@@ -463,7 +485,8 @@ class DiagnoseConfig:
     )
     kernel_proj_dim: int = _f(
         0,
-        "features of the stability kernel: 0 = raw LoRA gradients (exact); p > 0 projects (large models; skips the projection check)",
+        "features of the stability kernel: 0 = raw LoRA gradients (exact); p > 0 projects (large models; skips the "
+        "projection check)",
         min=0,
     )
     approx_rows: int = _f(
@@ -473,7 +496,8 @@ class DiagnoseConfig:
     )
     approx_outputs: int = _f(
         64,
-        "output logits in the exact eNTK: all V when V is at most this (or 0), else a seeded sample of this many, scaled by V/sample",
+        "output logits in the exact eNTK: all V when V is at most this (or 0), else a seeded sample of this many, "
+        "scaled by V/sample",
         min=0,
     )
     projection_dims: list[int] = _f(

@@ -31,7 +31,8 @@ from ntk_selector.errors import UserError
 # Subcommand-specific defaults: the final fine-tune trains longer than the warm-up; the demo caps
 # rows at 256 tokens and pre-selects with the packaged MiniLM sentence encoder (6x faster than
 # embedding the pool with the model, 95% of the paper mode's top N kept; docs/benchmarks/demo.md and
-# docs/benchmarks/index_once.md) so it finishes in under 5 minutes on a 2-core CPU. `demo --embedder model` runs the paper's mode.
+# docs/benchmarks/index_once.md) so it finishes in under 5 minutes on a 2-core CPU. `demo --embedder model`
+# runs the paper's mode.
 SUBCOMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"epochs": 3.0},
     "demo": {"max_length": 256, "embedder": "minilm"},

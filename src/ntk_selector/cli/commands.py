@@ -267,7 +267,8 @@ def cmd_warmup(args: argparse.Namespace) -> int:
     stats = warmup(session, Records.load(args.domain, c[DataConfig]), Path(args.out), c[DataConfig], c[TrainConfig])
     _say(
         c[RunConfig],
-        f"warm-up: {stats['steps']} steps, loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; adapter in {args.out}",
+        f"warm-up: {stats['steps']} steps, loss {stats['loss_first']:.3f} -> {stats['loss_last']:.3f}; adapter in "
+        f"{args.out}",
     )
     return 0
 
@@ -547,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--estimate",
         action="store_true",
-        help="time a few batches of each stage on this model and data, print rows, tokens, seconds and disk per stage, and exit",
+        help="time a few batches of each stage on this model and data, print rows, tokens, seconds and disk per "
+        "stage, and exit",
     )
 
     p = add("demo", cmd_demo, "build the packaged drug-review demo and run select on it", SELECT_SECTIONS)

@@ -1,1 +1,2 @@
-"""Per-row features: tokenization, the per-sample gradient collector, projection, embeddings, the batch runner, kernels."""
+"""Per-row features: tokenization, the per-sample gradient collector, projection, embeddings, the batch
+runner, kernels."""

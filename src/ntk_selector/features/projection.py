@@ -53,7 +53,8 @@ def smallest_divisor_at_least(p: int, s: int) -> int:
         if p % k == 0:
             return k
     raise UserError(
-        f"--proj-dim {p} is smaller than the LoRA rank side {s} of the adapter; raise --proj-dim (or 0 for raw gradients)"
+        f"--proj-dim {p} is smaller than the LoRA rank side {s} of the adapter; raise --proj-dim (or 0 for raw "
+        "gradients)"
     )
 
 

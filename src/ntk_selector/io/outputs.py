@@ -78,6 +78,11 @@ def write_trl_rows(out: Path, pool: Records, chosen: np.ndarray, kind: str) -> N
 SCORES_HEADER = ("pool_index", "votes", "preselected")  # then the method's score_name
 
 
+def _score_text(value: float) -> str:
+    """A score as scores.csv writes it: empty when not finite, else the float's shortest repr."""
+    return "" if not np.isfinite(value) else repr(float(value))
+
+
 def write_scores(
     path: Path, votes: np.ndarray, preselected: np.ndarray, scores: np.ndarray, score_name: str, block: int = 65536
 ) -> None:
@@ -86,12 +91,7 @@ def write_scores(
         fh.write(",".join((*SCORES_HEADER, score_name)) + "\n")
         for start in range(0, len(votes), block):
             rows = range(start, min(len(votes), start + block))
-            fh.write(
-                "".join(
-                    f"{i},{int(votes[i])},{int(preselected[i])},{'' if not np.isfinite(scores[i]) else repr(float(scores[i]))}\n"
-                    for i in rows
-                )
-            )
+            fh.write("".join(f"{i},{int(votes[i])},{int(preselected[i])},{_score_text(scores[i])}\n" for i in rows))
 
 
 # Characters that are fine inside a JSON string but that str.splitlines() and some editors treat as

@@ -306,7 +306,8 @@ class RowStore:
             if whole and old != self.definition:
                 if not self.writer:
                     raise UserError(
-                        f"{self.path}: store definition changed under a running job ({describe_differences(old, self.definition)})"
+                        f"{self.path}: store definition changed under a running job "
+                        f"({describe_differences(old, self.definition)})"
                     )
                 if not overwrite:
                     raise UserError(

@@ -52,7 +52,8 @@ def answer_mix(domain_responses: Sequence[str], selected_responses: Sequence[str
     if with_labels and missing:
         warnings.append(
             f"{with_labels} selected rows answer with the domain's labels, none of them with "
-            f"{', '.join(repr(m) for m in missing)} ({', '.join(f'{100 * domain[m] / len(domain_responses):.0f}%' for m in missing)} "
+            f"{', '.join(repr(m) for m in missing)} "
+            f"({', '.join(f'{100 * domain[m] / len(domain_responses):.0f}%' for m in missing)} "
             "of the domain): fine-tuning on this selection may make the model give that answer less often"
         )
     return {"labels": per_label, "selected_other": len(selected_responses) - with_labels, "warnings": warnings}
@@ -254,7 +255,8 @@ def constrained_top_n(
     for label in sorted(wanted):
         if quota[label] < wanted[label]:
             warnings.append(
-                f"--answer-mix: the label {label!r} should have {wanted[label]} of the {m} selected rows that give the domain's "
+                f"--answer-mix: the label {label!r} should have {wanted[label]} of the {m} selected rows that give "
+                "the domain's "
                 f"labels, but only {available.get(label, 0)} pre-selected candidates answer with it; the other labels "
                 f"filled its place (raise --m for more candidates)"
             )

@@ -1,7 +1,7 @@
-"""``index``: the pool paid for once, as a pool index (``PoolIndex``, a folder). One pass over the pool stores, per row, the pre-selection
-embedding and the NTK feature of the base model with a seeded LoRA initialisation (no domain
-involved), so that ``select --index`` can pick rows for any number of new domains without running
-a pool row through the model again.
+"""``index``: the pool paid for once, as a pool index (``PoolIndex``, a folder). One pass over the
+pool stores, per row, the pre-selection embedding and the NTK feature of the base model with a
+seeded LoRA initialisation (no domain involved), so that ``select --index`` can pick rows for any
+number of new domains without running a pool row through the model again.
 
 With the model embedder the embedding is the mean-pooled final hidden state of the very forward
 whose backward gives the feature (caught by a hook on the decoder), so a row costs one forward and

@@ -19,13 +19,16 @@ MAX_TEXT = 300
 EXAMPLES_SHOWN = 5
 
 CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;color:#222;background:#fff}
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;
+  margin:2em auto;max-width:1100px;color:#222;background:#fff}
 h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:2px solid #4a6f8a;padding-bottom:.2em}
-table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.6em 0}
+td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}
 th{background:#eef3f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .warn{background:#fff3cd;border-left:6px solid #e0a800;padding:.6em 1em;margin:.6em 0}
 .ok{background:#e7f5e9;border-left:6px solid #2ca02c;padding:.6em 1em;margin:.6em 0}
-img{max-width:100%;border:1px solid #ddd;margin:.4em 0}.text{font-family:ui-monospace,monospace;font-size:.85em;white-space:pre-wrap}
+img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
+.text{font-family:ui-monospace,monospace;font-size:.85em;white-space:pre-wrap}
 """
 
 
@@ -441,7 +444,8 @@ def _diagnostics_section(out: Path, diag: dict[str, Any]) -> str:
     parts += [f"<div class='warn'><b>Warning.</b> {_esc(w)}</div>" for w in warns]
     if not warns:
         parts.append(
-            "<div class='ok'>No warnings: the kernel stayed stable and the Jacobian-free scores rank like the exact eNTK on the probe.</div>"
+            "<div class='ok'>No warnings: the kernel stayed stable and the Jacobian-free scores rank like the "
+            "exact eNTK on the probe.</div>"
         )
     warn = float(((diag.get("config") or {}).get("diagnose") or {}).get("warn_stability", 0.95))
     curve = diag.get("ntk_stability")

@@ -1,6 +1,7 @@
 """Every scoring rule, streamed: the NTK score ``s(c) = mean_d <g(c), g(d)> = <g(c), mean_d g(d)>``
-(or mean cosine) and the LESS-style max cosine, read from the feature stores block by block, so memory is one block (a fixed number of
-megabytes) plus 8 bytes of score per pool row, whatever the pool size."""
+(or mean cosine) and the LESS-style max cosine, read from the feature stores block by block, so
+memory is one block (a fixed number of megabytes) plus 8 bytes of score per pool row, whatever the
+pool size."""
 
 from __future__ import annotations
 

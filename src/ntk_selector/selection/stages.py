@@ -376,7 +376,8 @@ def ntk_scores(domain_store: Path, pool_store: Path, score_cfg: ScoreConfig) -> 
     check_same_features(domain_store, d_meta, pool_store, p_meta)
     if d_feat.shape[1] != p_feat.shape[1]:
         raise UserError(
-            f"{domain_store} has {d_feat.shape[1]} dims but {pool_store} has {p_feat.shape[1]}: featurize both the same way"
+            f"{domain_store} has {d_feat.shape[1]} dims but {pool_store} has {p_feat.shape[1]}: featurize both the "
+            "same way"
         )
     if not (d_status == DONE).any():
         raise UserError(f"{domain_store}: no domain row has response tokens: nothing to score against")
