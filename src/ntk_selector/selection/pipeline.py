@@ -68,19 +68,12 @@ def empty_rows_by_tokenizing(records: Records, tokenizer: Any, data_cfg: DataCon
     return empty
 
 
-def check_n_with_responses(n: int, pool: Records, excluded: np.ndarray, cfg: SelectConfigs) -> None:
-    """Refuse --n above the pool rows that keep response tokens, by tokenizing (no model); stops as
-    soon as n such rows are found, so a usual N far below the pool size costs a few chunks."""
-    tokenizer = load_tokenizer(model_path(cfg.model, cfg.run.quiet))
-    usable = 0
-    for start in range(0, len(pool), 4096):
-        keep = ~excluded[start : start + 4096]
-        if not keep.any():
-            continue
-        enc = encode(pool.conversations[start : start + 4096], tokenizer, cfg.data)
-        usable += sum(1 for e, k in zip(enc, keep, strict=True) if k and e.n_response_tokens > 0)
-        if usable >= n:
-            return
+def check_n_with_responses(n: int, pool: Records, excluded: np.ndarray) -> None:
+    """Refuse --n above the pool rows that keep response tokens, before any model work. A row keeps
+    response tokens exactly when its response text is not blank: rows longer than --max-length lose
+    prompt tokens first and never their whole response (``io.tokens.fit_to_length``), so no
+    tokenizing is needed."""
+    usable = sum(1 for c, x in zip(pool.conversations, excluded, strict=True) if not x and c.response.strip())
     check_n(n, usable, pool.path, "with response tokens")
 
 
@@ -135,8 +128,7 @@ def select(
             "after leaving out duplicates, copies of domain rows and test-set overlaps",
         )
         if METHODS[cfg.method].uses_model:  # before any model work (the random methods check as they draw)
-            with clock("tokenize"):
-                check_n_with_responses(n, pool, filt.excluded, cfg)
+            check_n_with_responses(n, pool, filt.excluded)
         return domain, pool, filt, mix
 
     domain, pool, filt, mix = distributed.all_ranks(load)
