@@ -236,8 +236,9 @@ class FeatureConfig:
         logits: ``auto`` (the summed-logit shortcut when the head is linear), ``full`` (real logits)
             or ``shortcut``.
         store_dtype: ``float32`` or ``float16`` for the stored features.
-        projection_cache_mb: Megabytes of ±1 projection signs kept on the device (0: a quarter of the
-            device's free memory, 1 GiB on a CPU); the rest are regenerated per batch.
+        projection_cache_mb: Megabytes of projection matrices kept on the device (0: a quarter of the
+            device's free memory, 1 GiB on a CPU): all of them in fp32 when they fit, else the ±1 signs
+            (int8) of as many layers as fit; the rest are regenerated per batch.
 
     Raises:
         ConfigError: A field has a wrong type or is out of range (the message names its flag).
@@ -259,8 +260,8 @@ class FeatureConfig:
     store_dtype: str = _f("float32", "dtype of stored features: float32 or float16", choices=("float32", "float16"))
     projection_cache_mb: int = _f(
         0,
-        "megabytes of +-1 projection matrices kept (int8) on the device; the rest are regenerated per batch; 0: a "
-        "quarter of the device's free memory",
+        "megabytes of projection matrices kept on the device (all in fp32 when they fit, else the +-1 signs of as "
+        "many layers as fit, as int8); the rest are regenerated per batch; 0: a quarter of the device's free memory",
         min=0,
     )
 

@@ -135,8 +135,10 @@ class GradientFeaturizer:
             with self.collector.track():
                 f = per_row_objective(self.model, batch, self.objective, self.head)
                 torch.autograd.grad(f.sum(), self.collector.tensors, allow_unused=True)
+            self.projector.flush(self._out)
             return self._out
         finally:
+            self.projector.reset()
             self._out = None
 
     def close(self) -> None:
