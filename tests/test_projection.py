@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from ntk_selector.features.projection import FactoredRademacher, RawGradient, make_projector
@@ -11,8 +12,8 @@ SHAPES = [
 ]
 
 
-def project(shapes, grads, dim, seed):
-    proj = make_projector(shapes, dim, seed)
+def project(shapes, grads, dim, seed, dtype="float32"):
+    proj = make_projector(shapes, dim, seed, dtype=dtype)
     out = torch.zeros(grads[0].shape[0], proj.out_dim)
     for (name, _), g in zip(shapes, grads, strict=True):
         proj.accumulate(name, g, out)
@@ -32,8 +33,10 @@ def test_same_seed_identical_other_seed_differs():
     assert not torch.allclose(a, c)
 
 
-def test_projected_inner_products_unbiased():
-    """Averaged over many seeds, <Pg, Pg'> converges to <g, g'> (incl. cross terms of other pairs)."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_projected_inner_products_unbiased(dtype):
+    """Averaged over many seeds, <Pg, Pg'> converges to <g, g'> (incl. cross terms of other pairs);
+    the bf16 products too, at the same tolerance."""
     g = random_grads(3, 1)
     raw = torch.cat([x.reshape(3, -1) for x in g], 1)
     exact = raw @ raw.T
@@ -41,7 +44,7 @@ def test_projected_inner_products_unbiased():
     acc = torch.zeros(3, 3, dtype=torch.float64)
     single_err = []
     for s in range(seeds):
-        p = project(SHAPES, g, 32, s).double()
+        p = project(SHAPES, g, 32, s, dtype).double()
         gram = p @ p.T
         acc += gram
         single_err.append(float((gram - exact).abs().max()))
@@ -124,7 +127,7 @@ def test_fused_cache_kinds_give_the_same_numbers():
 
 
 def project_with(proj, shapes, grads, order=None):
-    out = torch.zeros(grads[0].shape[0], proj.out_dim, dtype=proj.dtype)
+    out = torch.zeros(grads[0].shape[0], proj.out_dim, dtype=torch.float64 if proj.dtype == torch.float64 else None)
     for i in order if order is not None else range(len(shapes)):
         proj.accumulate(shapes[i][0], grads[i], out)
     proj.flush(out)
@@ -169,3 +172,26 @@ def test_fused_equals_per_module_up_to_summation_order():
     a = project_with(FactoredRademacher(LAYERS, 48, seed=1, fuse=False, cache_matrices=False), LAYERS, g32)
     b = project_with(FactoredRademacher(LAYERS, 48, seed=1), LAYERS, g32)
     assert float((a - b).norm() / a.norm()) < 1e-6
+
+
+def test_bf16_products_against_fp32():
+    """bf16 products (fp32 accumulation, bf16 results): the same seed gives the same numbers, cached or
+    not; projected values within 1e-2 of fp32, inner products within 1e-3 of the norms' product. Not
+    within the 1e-5 feature tolerance of the fp32 path (tests/test_gradients.py), hence off by default."""
+    gen = torch.Generator().manual_seed(3)
+    g = [torch.randn(4, *s, generator=gen) for _, s in LAYERS]
+    bf = [
+        project_with(FactoredRademacher(LAYERS, 256, seed=1, dtype=torch.bfloat16, cache_bytes=b), LAYERS, g)
+        for b in (0, 1 << 20)
+    ]
+    assert torch.equal(bf[0], bf[1])
+    fp = project_with(FactoredRademacher(LAYERS, 256, seed=1), LAYERS, g).double()
+    low = bf[0].double()
+    rel = float((low - fp).norm() / fp.norm())
+    assert 1e-5 < rel < 1e-2, rel
+    norms = fp.norm(dim=1)
+    gram_err = ((low @ low.T - fp @ fp.T) / torch.outer(norms, norms)).abs().max()
+    assert float(gram_err) < 1e-3, float(gram_err)
+    assert make_projector(LAYERS, 256, 1, dtype="bfloat16").dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="projection dtype"):
+        make_projector(LAYERS, 256, 1, dtype="float8")

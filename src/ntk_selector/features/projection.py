@@ -99,6 +99,11 @@ class RawGradient:
 class FactoredRademacher:
     """Per-module factored Rademacher projection, summed into one p-dimensional space.
 
+    ``dtype`` is the dtype of the products: float32 (the default), or bfloat16, where each product
+    takes bf16 gradients and the exact +-1 signs, accumulates in fp32 inside the matmul, rounds each
+    projected value to bf16, and is scaled and summed into ``out`` in fp32 (an approximation:
+    ``benchmarks/featurize_profile.py --compare-projection`` measures its inner-product error).
+
     ``fuse`` (the default) projects the modules of one layer container that share a rank side s and
     a split k in one product: their gradients ``[B, s, L_m]`` are concatenated along the width into
     ``[B, s, sum L_m]`` and multiplied by the matrices R_m stacked in the same order. That is the sum
@@ -122,6 +127,7 @@ class FactoredRademacher:
         self.seed = seed
         self.device = torch.device(device)
         self.dtype = dtype
+        self.low_precision = dtype in LOW_PRECISION
         self.fuse = fuse
         self.plan: dict[str, tuple[bool, int, int, int]] = {}  # name -> (transpose, s, L, k)
         keyed: dict[tuple[str, int, int], list[str]] = {}
@@ -176,6 +182,8 @@ class FactoredRademacher:
         return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(device=self.device)
 
     def _scaled(self, gi: int, signs: torch.Tensor) -> torch.Tensor:
+        if self.low_precision:  # +-1 is exact in bf16; the scale is applied to the fp32 result
+            return signs.to(dtype=self.dtype)
         return signs.to(dtype=self.dtype).mul_(self._cols(gi) ** -0.5)
 
     def _matrix(self, gi: int) -> torch.Tensor:
@@ -208,7 +216,10 @@ class FactoredRademacher:
         s = g.shape[1]
         proj = torch.matmul(g.to(self.dtype), matrix)  # [B, s, p/k]
         view = out.view(proj.shape[0], self.out_dim // self._cols(gi), self._cols(gi))
-        view[:, :s] += proj.to(out.dtype)
+        if self.low_precision:
+            view[:, :s] += proj.to(out.dtype).mul_(self._cols(gi) ** -0.5)
+        else:
+            view[:, :s] += proj.to(out.dtype)
 
     def flush(self, out: torch.Tensor) -> None:
         """Project the gradients of groups not every module of which received one (module by module)."""
@@ -235,6 +246,9 @@ def layer_container(name: str) -> str:
     return name
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+PROJECTION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 DEFAULT_CPU_CACHE_BYTES = 1 << 30
 
 
@@ -253,12 +267,17 @@ def make_projector(
     seed: int,
     device: torch.device | str = "cpu",
     cache_bytes: int | None = None,
+    dtype: str = "float32",
 ) -> Projector:
+    """The projector for ``dim`` (0: the raw gradient); ``dtype``: a key of PROJECTION_DTYPES, the
+    dtype of the projection's products (the raw gradient ignores it)."""
     if dim == 0:
         return RawGradient(shapes)
     if dim < 0:
         raise ValueError("proj-dim must be >= 0")
-    return FactoredRademacher(shapes, dim, seed, device=device, cache_bytes=cache_bytes)
+    if dtype not in PROJECTION_DTYPES:
+        raise ValueError(f"unknown projection dtype '{dtype}' ({', '.join(PROJECTION_DTYPES)})")
+    return FactoredRademacher(shapes, dim, seed, device=device, cache_bytes=cache_bytes, dtype=PROJECTION_DTYPES[dtype])
 
 
 PROJECTION_KIND = {True: "raw", False: "factored-rademacher"}
