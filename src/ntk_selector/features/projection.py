@@ -194,7 +194,8 @@ class FactoredRademacher:
         return self._scaled(gi, self._signs(gi) if kept is None else kept)
 
     def matrix(self, name: str) -> torch.Tensor:
-        """The scaled matrix R_m in the compute dtype (the same numbers whether it is cached or not)."""
+        """The scaled matrix R_m in the compute dtype (the same numbers whether it is cached or not; in
+        bf16 the +-1 signs alone, as the scale is applied to the product)."""
         a, b = self._rows[name]
         return self._matrix(self._group_of[name])[a:b]
 
