@@ -67,19 +67,29 @@ def test_gpu_projected_features_equal_cpu_and_ignore_batching(lora_model, tok):
 
 
 def test_gpu_sign_cache_budget_changes_memory_not_numbers():
-    shapes = SHAPES[:3]  # 24 x 4 signs each at p = 16, k = 4
+    shapes = SHAPES[:3]  # 24 x 4 signs each at p = 16, k = 4; one layer group of 72 x 4
     gen = torch.Generator().manual_seed(0)
     grads = [torch.randn(3, *s, generator=gen) for _, s in shapes]
-    outs = []
-    for device, budget in (("cpu", 1 << 20), ("cuda", 0), ("cuda", 24 * 4), ("cuda", 1 << 20)):
-        proj = FactoredRademacher(shapes, 16, seed=2, device=device, cache_bytes=budget)
+    outs, kinds = [], []
+    for device, budget, fuse in (
+        ("cpu", 1 << 20, True),
+        ("cuda", 0, True),  # regenerated per batch
+        ("cuda", 3 * 24 * 4, True),  # the group's int8 signs
+        ("cuda", 1 << 20, True),  # the group's fp32 matrix
+        ("cuda", 24 * 4, False),  # one product per module, one module's signs kept
+    ):
+        proj = FactoredRademacher(shapes, 16, seed=2, device=device, cache_bytes=budget, fuse=fuse, cache_matrices=fuse)
         out = torch.zeros(3, 16, device=device)
         for (name, _), g in zip(shapes, grads, strict=True):
             proj.accumulate(name, g.to(device), out)
+        proj.flush(out)
         assert all(t.device.type == device for t in proj._cache.values())
         outs.append(out.cpu())
+        kinds.append((proj.cache_kind, proj.cached_modules))
+    assert kinds == [("matrices", 3), ("signs", 0), ("signs", 3), ("matrices", 3), ("signs", 1)]
     assert torch.equal(outs[1], outs[2]) and torch.equal(outs[1], outs[3])
     assert torch.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(outs[4], outs[1], rtol=1e-5, atol=1e-6)
 
 
 def test_gpu_bf16_base_close_to_fp32(lora_model, tok):

@@ -171,7 +171,24 @@ def test_projected_features_are_projection_of_raw(lora_model, tok):
             k = p.numel()
             proj_f.projector.accumulate(n, raw[:, offset : offset + k].reshape(-1, *p.shape), expect)
             offset += k
+        proj_f.projector.flush(expect)
     assert rel_err(proj, expect) < 1e-5
+
+
+def test_fused_projection_equals_per_module(lora_model, tok):
+    """Features with one projection product per layer group equal one product per module, to float rounding."""
+    from ntk_selector.features.projection import FactoredRademacher
+
+    batch = collate(encoded_rows(tok, n=4), tok.pad_token_id)
+    shapes = [(n, tuple(p.shape)) for n, p in lora_parameters(lora_model)]
+    outs = []
+    for fuse in (False, True):
+        with GradientFeaturizer(lora_model, 128, 7, "ntk", "shortcut") as feat:
+            feat.projector = FactoredRademacher(shapes, 128, 7, fuse=fuse, cache_matrices=fuse)
+            assert len(feat.projector.groups) == (len(shapes) // 8 if fuse else len(shapes))  # q/k/v/o A and B
+            outs.append(feat.features(batch))
+    assert rel_err(outs[1], outs[0]) < 1e-6
+    assert not torch.equal(outs[1], torch.zeros_like(outs[1]))
 
 
 def test_bf16_base_gives_features_close_to_fp32(lora_model, tok):

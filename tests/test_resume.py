@@ -222,3 +222,27 @@ def test_stores_of_prompt_response_data_keep_the_definition_they_had_before_form
     )
     assert main(featurize_args(tiny_model_dir, chat, tmp_path / "chat_store")) == 0
     assert json.loads((tmp_path / "chat_store" / "meta.json").read_text())["definition"]["format"] == "messages"
+
+
+def test_bf16_projection_is_part_of_the_definition(tiny_model_dir, small_files, tmp_path, capsys):
+    """--projection-dtype bfloat16 is named in the store's definition (float32, the default, is not, so
+    older stores resume); a store of one is never resumed or scored with the other."""
+    from ntk_selector.errors import UserError
+    from ntk_selector.io.store import check_same_features
+
+    domain, _ = small_files
+    fp, bf = tmp_path / "fp32", tmp_path / "bf16"
+    assert main(featurize_args(tiny_model_dir, domain, fp)) == 0
+    meta_fp = json.loads((fp / "meta.json").read_text())
+    assert "projection_dtype" not in meta_fp["definition"]
+    capsys.readouterr()
+    assert main(featurize_args(tiny_model_dir, domain, fp, "--projection-dtype", "bfloat16")) == 2
+    assert "projection_dtype: None -> 'bfloat16'" in capsys.readouterr().err
+    assert main(featurize_args(tiny_model_dir, domain, bf, "--projection-dtype", "bfloat16")) == 0
+    meta_bf = json.loads((bf / "meta.json").read_text())
+    assert meta_bf["definition"]["projection_dtype"] == "bfloat16"
+    a, b = np.load(fp / "features.npy"), np.load(bf / "features.npy")
+    rel = np.linalg.norm(a - b) / np.linalg.norm(a)
+    assert 0 < rel < 1e-2, rel
+    with pytest.raises(UserError, match="projection_dtype"):
+        check_same_features(fp, meta_fp, bf, meta_bf)

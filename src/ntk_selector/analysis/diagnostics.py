@@ -266,6 +266,7 @@ def project_raw(raw: torch.Tensor, shapes: Sequence[tuple[str, tuple[int, ...]]]
         size = int(np.prod(shape))
         projector.accumulate(name, raw[:, pos : pos + size].reshape(raw.shape[0], *shape), out)
         pos += size
+    projector.flush(out)
     if pos != raw.shape[1]:
         raise ValueError(f"raw features have {raw.shape[1]} columns, the LoRA parameters {pos}")
     return out

@@ -92,7 +92,13 @@ def predict(
     train_enc = prompt_only(encode(domain.conversations, tok, data_cfg))
     test_enc = prompt_only(encode(test.conversations, tok, data_cfg))
     with GradientFeaturizer(
-        session.model, feat_cfg.proj_dim, run.seed, "ntk", feat_cfg.logits, collate(train_enc[:2], tok.pad_token_id)
+        session.model,
+        feat_cfg.proj_dim,
+        run.seed,
+        "ntk",
+        feat_cfg.logits,
+        collate(train_enc[:2], tok.pad_token_id),
+        projection_dtype=feat_cfg.projection_dtype,
     ) as feat:
 
         def features(enc: list[Encoded]) -> np.ndarray:

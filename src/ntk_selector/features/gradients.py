@@ -95,6 +95,7 @@ class GradientFeaturizer:
         logits: str = "auto",
         probe: Batch | None = None,
         cache_bytes: int | None = None,
+        projection_dtype: str = "float32",
     ):
         self.model = model
         self.objective = objective
@@ -104,7 +105,9 @@ class GradientFeaturizer:
         device = self.params[0][1].device
         self.device = device
         shapes = [(n, tuple(p.shape)) for n, p in self.params]
-        self.projector: Projector = make_projector(shapes, proj_dim, seed, device=device, cache_bytes=cache_bytes)
+        self.projector: Projector = make_projector(
+            shapes, proj_dim, seed, device=device, cache_bytes=cache_bytes, dtype=projection_dtype
+        )
         self.out_dim = self.projector.out_dim
         self.head = self._choose_head(logits, probe)
         self.logits_mode = "shortcut" if self.head is not None else "full"
@@ -135,8 +138,10 @@ class GradientFeaturizer:
             with self.collector.track():
                 f = per_row_objective(self.model, batch, self.objective, self.head)
                 torch.autograd.grad(f.sum(), self.collector.tensors, allow_unused=True)
+            self.projector.flush(self._out)
             return self._out
         finally:
+            self.projector.reset()
             self._out = None
 
     def close(self) -> None:

@@ -125,6 +125,7 @@ FEATURE_SPACE_FIELDS = (
     "logits_mode",
     "projection",
     "proj_dim",
+    "projection_dtype",
     "seed",
     "dim",
     "chat_template",

@@ -285,6 +285,7 @@ def pool_index_settings(path: str | Path) -> dict[str, Any]:
         "target_modules": list(lora["target_modules"]),
         "seed": feat["seed"],
         "proj_dim": feat["proj_dim"],
+        "projection_dtype": feat.get("projection_dtype", "float32"),
         "objective": feat["objective"],
         "logits": feat["logits"],
         "max_length": feat["max_length"],

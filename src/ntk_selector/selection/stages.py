@@ -211,13 +211,16 @@ def featurizer_for(
         feat_cfg.logits,
         probe,
         cache_bytes=cache,
+        projection_dtype=feat_cfg.projection_dtype,
     )
 
 
 def feature_definition(
     session: Session, records: Records, data_cfg: DataConfig, feat_cfg: FeatureConfig
 ) -> dict[str, Any]:
-    return {
+    """What determines a feature store's numbers (``projection_dtype`` only when not the default float32,
+    so stores written before it existed still resume)."""
+    definition = {
         "stage": "featurize",
         **session.describe(),
         **data_definition(records, data_cfg),
@@ -227,6 +230,9 @@ def feature_definition(
         "proj_dim": feat_cfg.proj_dim,
         "seed": session.run.seed,
     }
+    if feat_cfg.proj_dim > 0 and feat_cfg.projection_dtype != "float32":
+        definition["projection_dtype"] = feat_cfg.projection_dtype
+    return definition
 
 
 def featurize(
