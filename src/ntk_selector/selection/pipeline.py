@@ -16,7 +16,6 @@ import numpy as np
 
 from ntk_selector import distributed
 from ntk_selector.config import (
-    DataConfig,
     check_together,
     to_dict,
 )
@@ -31,8 +30,7 @@ from ntk_selector.io.files import (
 from ntk_selector.io.formats import OUTPUT_FORMATS
 from ntk_selector.io.records import Records
 from ntk_selector.io.store import EMPTY, open_store, read_meta
-from ntk_selector.io.tokens import encode, encode_checked
-from ntk_selector.model.loading import load_tokenizer, model_path
+from ntk_selector.io.tokens import encode_checked
 from ntk_selector.model.session import Session
 from ntk_selector.selection.answer_mix import mix_target, pick_top_n
 from ntk_selector.selection.filters import PoolFilter, pool_filter
@@ -59,22 +57,16 @@ from ntk_selector.selection.stages import (
 )
 
 
-def empty_rows_by_tokenizing(records: Records, tokenizer: Any, data_cfg: DataConfig) -> np.ndarray:
-    """Rows with no response tokens after truncation (for methods that never run the model)."""
-    empty = np.zeros(len(records), dtype=bool)
-    for start in range(0, len(records), 4096):
-        enc = encode(records.conversations[start : start + 4096], tokenizer, data_cfg)
-        empty[start : start + len(enc)] = [e.n_response_tokens == 0 for e in enc]
-    return empty
+def rows_without_response(records: Records) -> np.ndarray:
+    """Rows with no response tokens, found without tokenizing: a row has none exactly when its response
+    text is blank, since rows longer than --max-length lose prompt tokens first and never their whole
+    response (``io.tokens.fit_to_length``)."""
+    return np.fromiter((not c.response.strip() for c in records.conversations), dtype=bool, count=len(records))
 
 
 def check_n_with_responses(n: int, pool: Records, excluded: np.ndarray) -> None:
-    """Refuse --n above the pool rows that keep response tokens, before any model work. A row keeps
-    response tokens exactly when its response text is not blank: rows longer than --max-length lose
-    prompt tokens first and never their whole response (``io.tokens.fit_to_length``), so no
-    tokenizing is needed."""
-    usable = sum(1 for c, x in zip(pool.conversations, excluded, strict=True) if not x and c.response.strip())
-    check_n(n, usable, pool.path, "with response tokens")
+    """Refuse --n above the pool rows that keep response tokens, before any model work."""
+    check_n(n, int((~rows_without_response(pool) & ~excluded).sum()), pool.path, "with response tokens")
 
 
 def select(
@@ -252,8 +244,7 @@ def _select_random(
 ) -> dict[str, Any]:
     """Random N usable pool rows (no model run; rows without response tokens found by tokenizing)."""
     n = cfg.preselect.n
-    with clock("tokenize"):
-        empty = empty_rows_by_tokenizing(pool, load_tokenizer(model_path(cfg.model, cfg.run.quiet)), cfg.data)
+    empty = rows_without_response(pool)
     valid = np.flatnonzero(~empty & ~filt.excluded)
     check_n(n, len(valid), pool.path, "with response tokens")
     rng = np.random.default_rng(cfg.run.seed)
