@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -234,20 +235,11 @@ def paired_bootstrap_nll(
 def arm_evals(
     evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, lr: float, n_factor: int = 0
 ) -> list[dict[str, Any]]:
-    """The evaluations of one arm (every seed) at the chosen learning rate."""
-    tail = f"_n{n_factor}" if n_factor else ""
-    out = []
-    for key, r in evals.items():
-        head, _, rest = key.partition("__")
-        if rest != split or not head.endswith(f"_lr{lr:g}_token"):
-            continue
-        if method == "domain" and head.startswith(f"{domain}_natural_domain_ft"):
-            out.append(r)
-        elif head.startswith(f"{domain}_natural_{method}_sel") and (
-            f"{tail}_ft" in head if tail else "_n" not in head.split("_sel")[1].split("_ft")[0]
-        ):
-            out.append(r)
-    return out
+    """The evaluations of one arm (every seed) at the chosen learning rate, matched on the unit key
+    that ``Run.key`` / ``GenRun.sel_key`` write."""
+    arm = "domain" if method == "domain" else rf"{re.escape(method)}_sel\d+" + (f"_n{n_factor}" if n_factor else "")
+    key = re.compile(rf"{re.escape(domain)}_natural_{arm}_ft\d+_lr{re.escape(f'{lr:g}')}_token__{re.escape(split)}")
+    return [r for k, r in evals.items() if key.fullmatch(k)]
 
 
 def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
