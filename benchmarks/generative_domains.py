@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the real-domain benchmark's classes and helpers
 from bench_common import count_units, exit_cleanly_on_sigterm, git_commit, log, read_jsonl, write_json  # noqa: E402
-from real_domains import INDEX_METHOD, Bench, Domain, Run, Settings, load, selection_seed  # noqa: E402
+from real_domains import INDEX_METHOD, Bench, Domain, Run, Settings, load, row_token_counter, selection_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("domain", "random", "embedding", "preselect-random", "less", "ntk")
@@ -318,16 +318,7 @@ def domains_from_data(data: Path, names: list[str] | None) -> dict[str, Domain]:
 def estimate_hours(bench: GenBench, rate_train: float, rate_fwd: float, gen_rate: float) -> dict[str, float]:
     """Predicted hours per phase from token counts, tokens/s of training and forward passes, and
     generated tokens/s (greedy, batched)."""
-    from ntk_selector.config import DataConfig, ModelConfig
-    from ntk_selector.io.formats import to_conversation
-    from ntk_selector.io.tokens import encode
-    from ntk_selector.model.loading import load_tokenizer, model_path
-
-    tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))
-    cfg = DataConfig(max_length=bench.s.max_length)
-
-    def tokens(path: Path) -> np.ndarray:
-        return np.array([e.length for e in encode([to_conversation(r, cfg) for r in read_jsonl(path)], tok, cfg)])
+    tokens = row_token_counter(bench.s.model, bench.s.max_length)
 
     hours: dict[str, float] = {}
     pool = None

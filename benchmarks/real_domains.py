@@ -962,24 +962,30 @@ def plot(results: Path, s: Settings) -> None:
 # ----------------------------------------------------------------------------- estimate
 
 
-def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]) -> dict[str, float]:
-    """Predicted hours per phase from token counts and measured tokens/s (forward+backward, forward)."""
+def row_token_counter(model: str | None, max_length: int) -> Callable[[Path], np.ndarray]:
+    """A function giving the token count of every row of a records file (cached per file), as the
+    stages tokenize them: for the cost estimates."""
     from ntk_selector.config import DataConfig, ModelConfig
     from ntk_selector.io.formats import to_conversation
     from ntk_selector.io.tokens import encode
     from ntk_selector.model.loading import load_tokenizer, model_path
 
-    tok = load_tokenizer(model_path(ModelConfig(model=bench.s.model), quiet=True))
-    cfg = DataConfig(max_length=bench.s.max_length)
+    tok = load_tokenizer(model_path(ModelConfig(model=model), quiet=True))
+    cfg = DataConfig(max_length=max_length)
     cache: dict[Path, np.ndarray] = {}
 
     def tokens(path: Path) -> np.ndarray:
         if path not in cache:
-            cache[path] = np.array(
-                [e.length for e in encode([to_conversation(r, cfg) for r in read_jsonl(path)], tok, cfg)]
-            )
+            rows = [to_conversation(r, cfg) for r in read_jsonl(path)]
+            cache[path] = np.array([e.length for e in encode(rows, tok, cfg)])
         return cache[path]
 
+    return tokens
+
+
+def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]) -> dict[str, float]:
+    """Predicted hours per phase from token counts and measured tokens/s (forward+backward, forward)."""
+    tokens = row_token_counter(bench.s.model, bench.s.max_length)
     hours: dict[str, float] = {}
     for dom in bench.domains.values():
         pool = tokens(dom.pool)
