@@ -1,4 +1,4 @@
-"""The benchmarks' unit cache (benchmarks/bench_common.py): a finished unit is reused while its
+"""The benchmarks' unit cache (benchmarks/common.py): a finished unit is reused while its
 definition matches, and workers sharing a results folder never compute one unit twice."""
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_common  # noqa: E402
-from conftest import load_benchmark  # noqa: E402
+from benchmarks import common as bench_common
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +21,10 @@ def fast_poll(monkeypatch):
 
 @pytest.fixture()
 def real_domains():
-    """benchmarks/real_domains.py loaded as a module."""
-    return load_benchmark("real_domains.py", "real_domains_units")
+    """benchmarks/quality/real_domains/real_domains.py."""
+    from benchmarks.quality.real_domains import real_domains
+
+    return real_domains
 
 
 def test_reused_while_the_definition_matches(tmp_path):
@@ -127,14 +127,14 @@ def test_sigterm_releases_the_unit_lock(tmp_path):
     path = tmp_path / "eval" / "f.json"
     code = f"""
 import sys, time
-sys.path.insert(0, {str(Path(bench_common.__file__).parent)!r})
-import bench_common
+from benchmarks import common as bench_common
 bench_common.exit_cleanly_on_sigterm()
 def slow():
     time.sleep(60)
 bench_common.cached_unit(__import__("pathlib").Path({str(path)!r}), {{"x": 1}}, slow, "unit f")
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    root = Path(bench_common.__file__).resolve().parents[1]  # where `benchmarks` imports from
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, cwd=root)
     deadline = time.time() + 30
     while not path.with_name("f.json.lock").exists() and time.time() < deadline:
         time.sleep(0.05)

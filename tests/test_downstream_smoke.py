@@ -1,17 +1,19 @@
-"""Smoke test of benchmarks/downstream.py: every method end to end on the tiny model, a table, a resume."""
+"""Smoke test of benchmarks/quality/downstream: every method end to end on the tiny model, a table, a resume."""
 
 from __future__ import annotations
 
 import json
 import random
 
-from conftest import load_benchmark, synthetic_rows, write_jsonl
+from conftest import synthetic_rows, write_jsonl
 
 METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", "ntk")
 
 
 def load_script():
-    return load_benchmark("downstream.py", "downstream_bench")
+    from benchmarks.quality.downstream import downstream
+
+    return downstream
 
 
 def labelled(n: int, seed: int) -> list[dict]:
