@@ -6,7 +6,8 @@ naming the place, correct outputs), silently wrong (exit 0 where an error was du
 outputs), lost (a user file or record field changed), unclear (anything else). Runs on tiny
 random models built here, in a temporary folder; a couple of minutes on 2 cores.
 
-    PYTHONPATH=src .venv/bin/python -m benchmarks.bad_inputs.bad_inputs [--json benchmarks/results/bad_inputs.json]
+    PYTHONPATH=src .venv/bin/python -m benchmarks.bad_inputs.bad_inputs \\
+        [--json benchmarks/results/bad_inputs/bad_inputs.json]
 """
 
 from __future__ import annotations

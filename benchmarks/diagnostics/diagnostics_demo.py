@@ -5,7 +5,7 @@ the default warm-up, exact eNTK vs the Jacobian-free kernel, and projection erro
 
 Builds the demo data (100 domain rows, 1500 pool rows, seed 0), runs ``ntk-selector diagnose``
 with sizes that fit ~15 minutes on a 2-core CPU, prints a table and writes
-``benchmarks/results/diagnostics_demo.json``. ``--reuse`` summarises an existing run instead.
+``benchmarks/results/diagnostics/diagnostics_demo.json``. ``--reuse`` summarises an existing run instead.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import platform
 from pathlib import Path
 
+from benchmarks import RESULTS
 from ntk_selector.cli.commands import main as cli_main
 from ntk_selector.demo.data import build_demo
 
@@ -58,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/diag_demo")
     ap.add_argument("--reuse", action="store_true", help="summarise OUT/out/diagnostics.json without running")
-    ap.add_argument("--results", default="benchmarks/results/diagnostics_demo.json")
+    ap.add_argument("--results", default=str(RESULTS / "diagnostics" / "diagnostics_demo.json"))
     args = ap.parse_args()
     out = Path(args.out)
     paths = build_demo(out / "data", n_domain=100, pool_size=1500, seed=0)

@@ -8,7 +8,7 @@ clusters, features). Then, each step in a fresh subprocess so its peak RSS is it
 - query: what ``select --index`` does for a new domain once the domain is featurized
   (index_select.preselect_in_index + score_in_index: reverse-kNN votes over every pool embedding,
   mean inner products of the M = 4N candidates' features, top N).
-Writes benchmarks/results/index_scale.json and prints a Markdown table.
+Writes benchmarks/results/index_once/index_scale.json (--out) and prints a Markdown table.
 
     .venv/bin/python -m benchmarks.index_once.index_scale                    # 10^6 rows, p = 8192 fp16 (~18 GB of disk)
     .venv/bin/python -m benchmarks.index_once.index_scale --rows 20000 --dim 256   # a quick look
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--knn-search", default="auto")
     p.add_argument("--work", type=Path, default=CACHE / "index_scale_work")
     p.add_argument("--keep", action="store_true")
-    p.add_argument("--out", type=Path, default=RESULTS / "index_scale.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "index_once" / "index_scale.json")
     p.add_argument("--step", choices=("build", "query"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.step == "build":

@@ -14,7 +14,7 @@ tokens than a real tokenizer would give), so no model download is needed.
 
     .venv/bin/python -m benchmarks.scale.data_scale --rows 10000000      # the headline size
     .venv/bin/python -m benchmarks.scale.data_scale --rows 1000000        # a few minutes on 2 cores
-Writes benchmarks/results/data_scale_<rows>.json and prints a Markdown table.
+Writes benchmarks/results/scale/data_scale_<rows>.json and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -311,7 +311,7 @@ def main() -> None:
         "stages": results,
         "command": command,
     }
-    out_path = RESULTS / f"data_scale_{args.rows}.json"
+    out_path = RESULTS / "scale" / f"data_scale_{args.rows}.json"
     if out_path.exists():  # stages measured by earlier runs (and not again now) are kept, each with its command
         earlier = json.loads(out_path.read_text())
         kept = [

@@ -8,7 +8,7 @@ then measures, each in a fresh subprocess so the peak RSS is that task's alone:
 - score: streaming mean inner products (``ntk_scores``) and the top --n;
 - preselect-flat / -ivf: reverse-kNN votes over the whole pool (N = --n, M = 4N, K = M/4);
 - preselect-hnsw: the same over the first --hnsw-rows pool rows (HNSW builds slowly on CPUs).
-Writes benchmarks/results/pool_scale.json and prints a Markdown table.
+Writes benchmarks/results/scale/pool_scale.json and prints a Markdown table.
 
     .venv/bin/python -m benchmarks.scale.pool_scale            # 1M rows (about 10 minutes on 2 cores)
     .venv/bin/python -m benchmarks.scale.pool_scale --rows 100000 --hnsw-rows 20000   # quick look
@@ -155,7 +155,7 @@ def main() -> None:
     p.add_argument("--tasks", nargs="+", default=["score", "preselect-flat", "preselect-ivf", "preselect-hnsw"])
     p.add_argument("--work", default="/tmp/ntk-pool-scale", help="folder for the synthetic stores")
     p.add_argument("--keep", action="store_true", help="keep the synthetic stores")
-    p.add_argument("--out", default=str(RESULTS / "pool_scale.json"))
+    p.add_argument("--out", default=str(RESULTS / "scale" / "pool_scale.json"))
     p.add_argument("--measure", help=argparse.SUPPRESS)
     args = p.parse_args()
     work = Path(args.work)

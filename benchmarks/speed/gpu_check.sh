@@ -8,12 +8,12 @@
 #      (benchmarks/speed/featurize_speed.py).
 # Each step has its own time limit, so one slow step still leaves the others' results. About eight
 # minutes on an H200 (the sum of the steps' times measured on 2026-12-04: BENCHMARKS.md, "On a GPU").
-# Results go to $RESULTS (default benchmarks/results/gpu), one JSON per step and log.txt; copy them
-# into benchmarks/results/gpu and BENCHMARKS.md.
+# Results go to $RESULTS (default benchmarks/results/speed/gpu), one JSON per step and log.txt; copy them
+# into benchmarks/results/speed/gpu, docs/benchmarks/speed.md and BENCHMARKS.md.
 #
 #   bash benchmarks/speed/gpu_check.sh            # from the repository root
 set -uo pipefail
-RESULTS=${RESULTS:-benchmarks/results/gpu}
+RESULTS=${RESULTS:-benchmarks/results/speed/gpu}
 PY=${PYTHON:-python3}
 mkdir -p "$RESULTS"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1

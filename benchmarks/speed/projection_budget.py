@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         action="store_true",
         help="one product per LoRA matrix and int8 signs only (the path before layer groups)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS / "projection_budget.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "speed" / "projection_budget.json")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     shapes = llama3_8b_lora_shapes(args.layers)

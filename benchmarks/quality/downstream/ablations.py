@@ -180,7 +180,7 @@ def ablation_table(
     ``key_of(method, prior="balanced")`` is the main table's run key of a method (seeds stripped),
     ``selection_of(method, prior="balanced")`` the name of its seed-0 selection;
     ``mean_std`` formats a list of seeds' scores (the main table's formatter)."""
-    sel_dir = results / "downstream" / "select"
+    sel_dir = results / "select"
     main = sel_dir / f"{selection_of('ntk')}.json"
     if not main.exists():
         return []

@@ -20,14 +20,14 @@ truncated), 3 epochs (the paper), LoRA r 8 on q/k/v/o, batch 8, length-grouped b
 learning rate is picked on ``domain_valid`` by fine-tuning on D alone with each candidate (phase 0).
 
 Every unit (a selection, a fine-tune, an evaluation) writes one JSON under
-``benchmarks/results/downstream/`` (adapters and selections under the ignored
+``benchmarks/results/quality/downstream/{select,train,eval}/`` (adapters and selections under the ignored
 ``benchmarks/cache/downstream/``); a rerun skips finished units, so
 ``python -m benchmarks.quality.downstream.downstream`` resumes (a fine-tune in flight goes on from its
 last checkpoint); run_downstream.sh reruns it in the background after a crash. Work runs most
 informative first: the settings sweep, seed 0 of all methods, seeds 1-2, the method variants, seed 0
 of the curves (N and |D| curves with the balanced D, then the |D| curve with D in the train split's
 label mix), then seeds 1-2 of the same curves. ``--only-table`` rebuilds
-``benchmarks/results/downstream.md`` and the plots from the cached JSONs; ``--update-benchmarks-md``
+``downstream.md`` and the plots in that folder from the cached JSONs; ``--update-benchmarks-md``
 also writes the table into BENCHMARKS.md.
 
 This file is the command line; the work is in the other modules of this package, one job each:
@@ -76,7 +76,9 @@ def parse_args(argv: list[str] | None) -> tuple[Settings, argparse.Namespace]:
     ap.add_argument(
         "--data-dir", default=None, help="use these domain/domain_valid/test/pool .jsonl instead of the demo"
     )
-    ap.add_argument("--results", default=str(RESULTS), help="folder of result JSONs, table, plots")
+    ap.add_argument(
+        "--results", default=str(RESULTS / "quality" / "downstream"), help="folder of result JSONs, table, plots"
+    )
     ap.add_argument("--cache", default=str(CACHE / "downstream"), help="folder of big intermediates")
     ap.add_argument("--only-table", action="store_true", help="rebuild the table and plots from cached results")
     ap.add_argument(

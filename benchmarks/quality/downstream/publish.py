@@ -1,5 +1,5 @@
-"""Where the downstream benchmark's results go: ``results/downstream.md`` and its plots, a git commit of
-them with the unit JSONs (``--commit-every``), and the downstream section of BENCHMARKS.md."""
+"""Where the downstream benchmark's results go: ``downstream.md`` and its plots beside the unit JSONs, a git
+commit of them all (``--commit-every``), and the downstream section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -40,11 +40,7 @@ def publish(s: Settings, results: Path, cache: Path, commit: bool) -> None:
         return
     write_text(results / "downstream.md", text)
     if commit:
-        units = results / "downstream"
-        git_commit(
-            [units, results / "downstream.md", *sorted(results.glob("downstream_*.png"))],
-            f"downstream benchmark: results so far ({count_units(units)} units)",
-        )
+        git_commit([results], f"downstream benchmark: results so far ({count_units(results)} units)")
 
 
 def update_benchmarks_md(path: Path, table: str, command: str, results: Path) -> None:

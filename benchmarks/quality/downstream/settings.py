@@ -1,6 +1,6 @@
 """What defines the downstream benchmark's numbers (Settings) and how its units are named (Run keys).
 
-The names are the file names of the cached results under ``benchmarks/results/downstream/``:
+The names are the file names of the cached results under ``benchmarks/results/quality/downstream/{select,train,eval}/``:
 changing one orphans every result computed so far.
 """
 

@@ -1,4 +1,4 @@
-"""The downstream benchmark's report: ``results/downstream.md`` built from the cached unit JSONs alone
+"""The downstream benchmark's report: ``downstream.md`` (in ``--results``) built from the cached unit JSONs alone
 (no model work), so ``--only-table`` can rebuild it at any time."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SHARED_STAGES = ("warmup", "load model", "embed")  # computed once per |D| in th
 
 
 def load_units(results: Path, kind: str) -> list[dict[str, Any]]:
-    folder = results / "downstream" / kind
+    folder = results / kind
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
 
@@ -282,7 +282,8 @@ def build_table(s: Settings, results: Path, cache: Path) -> str:
         ]
     write_plots(results, plot_rows, s, curve_n, curve_d, curve_d_natural)
     lines += [
-        "Plots: `benchmarks/results/downstream_accuracy.png`, `downstream_curve_n.png`, `downstream_curve_d.png`.",
+        "Plots: `benchmarks/results/quality/downstream/downstream_accuracy.png`, `downstream_curve_n.png`, "
+        "`downstream_curve_d.png`.",
         "",
     ]
     return "\n".join(lines)

@@ -1,5 +1,5 @@
 """The downstream benchmark's units: a selection, a fine-tune, an evaluation, each one cached JSON under
-``results/downstream/{select,train,eval}/`` (benchmarks.common.cached_unit) with its big files under the cache."""
+``--results``/{select,train,eval}/ (benchmarks.common.cached_unit) with its big files under the cache."""
 
 from __future__ import annotations
 
@@ -28,10 +28,6 @@ class Bench:
     finished: int = 0
     _eval_session: Any = None
     _data: dict[tuple[int, str], dict[str, Path]] = field(default_factory=dict)
-
-    @property
-    def out(self) -> Path:
-        return self.results / "downstream"
 
     # -- units -----------------------------------------------------------------
 
@@ -70,7 +66,7 @@ class Bench:
         if prior != "balanced":  # (the main table's definitions stay as they were cached)
             definition["prior"] = prior
         return self.unit(
-            self.out / "select" / f"{key}.json",
+            self.results / "select" / f"{key}.json",
             definition,
             lambda: self._select(d, n, method, sel, prior),
             f"select {key}",
@@ -158,7 +154,7 @@ class Bench:
             "group_by_length": self.s.group_by_length,
         }
         return self.unit(
-            self.out / "train" / f"{run.key}.json", definition, lambda: self._train(run, files), f"train {run.key}"
+            self.results / "train" / f"{run.key}.json", definition, lambda: self._train(run, files), f"train {run.key}"
         )
 
     def _train(self, run: Run, files: list[Path]) -> dict[str, Any]:
@@ -189,10 +185,10 @@ class Bench:
             "max_length": self.s.eval_max_length,
             "train_finished": None
             if adapter is None
-            else json.loads((self.out / "train" / f"{run.key}.json").read_text())["finished"],
+            else json.loads((self.results / "train" / f"{run.key}.json").read_text())["finished"],
         }
         return self.unit(
-            self.out / "eval" / f"{run.key}__{split}.json",
+            self.results / "eval" / f"{run.key}__{split}.json",
             definition,
             lambda: self._evaluate(run, adapter, path, split),
             f"evaluate {run.key} on {split}",

@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rank", type=int, default=d.rank)
     ap.add_argument("--n-factor", type=int, default=d.n_factor)
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    ap.add_argument("--results", default=str(RESULTS / "generative_domains"))
+    ap.add_argument("--results", default=str(RESULTS / "quality" / "generative_domains"))
     ap.add_argument("--cache", default=str(CACHE / "generative_domains"))
     ap.add_argument(
         "--phases",

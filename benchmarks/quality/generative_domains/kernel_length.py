@@ -17,7 +17,7 @@ The pool side of the probe is the same P3 pool rows in every run (same seed). Fo
 records the mean response tokens of the probe's domain rows, the cross-term share (relative size of
 what the Jacobian-free kernel leaves out), the Frobenius cosine of the two kernels and the Spearman
 correlation of the mean-inner-product scores of the probe's pool rows. Results:
-``benchmarks/results/kernel_length/<name>.json`` (one per run, reused on a rerun) and ``table.md``.
+``benchmarks/results/quality/kernel_length/<name>.json`` (one per run, reused on a rerun) and ``table.md``.
 
     python -m benchmarks.quality.generative_domains.kernel_length --data DATA  # DATA: prepare_real_domains' output
 """
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--work", type=Path, default=CACHE / "kernel_length")
-    ap.add_argument("--results", type=Path, default=RESULTS / "kernel_length")
+    ap.add_argument("--results", type=Path, default=RESULTS / "quality" / "kernel_length")
     ap.add_argument("--only", nargs="*", default=None, help="only these runs")
     args = ap.parse_args(argv)
     args.results.mkdir(parents=True, exist_ok=True)

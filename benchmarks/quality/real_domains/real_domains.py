@@ -1074,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
     ap.add_argument("--rank", type=int, default=d.rank)
     ap.add_argument("--n-factor", type=int, default=d.n_factor)
-    ap.add_argument("--results", default=str(RESULTS / "real_domains"))
+    ap.add_argument("--results", default=str(RESULTS / "quality" / "real_domains"))
     ap.add_argument("--cache", default=str(CACHE / "real_domains"))
     ap.add_argument(
         "--phases",
