@@ -1,16 +1,11 @@
-"""Tiny random Llama + byte-level tokenizer with a ChatML template, built inside the tests
-(no downloads), and small JSONL domain/pool files."""
+"""Fixtures on the tiny random Llama + byte-level tokenizer with a ChatML template and the small JSONL
+domain/pool files of benchmarks/tiny.py (built in-process, no downloads)."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
-import random
-import sys
 import tempfile
 from pathlib import Path
-from types import ModuleType
 
 # No network in tests, and the datasets library's Arrow cache in a throw-away folder.
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -20,68 +15,9 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="ntk-selector
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmarks.tiny import make_model, make_tokenizer, synthetic_rows, write_jsonl
 
-
-def load_benchmark(script: str, module_name: str) -> ModuleType:
-    """A script of benchmarks/ (not part of the package) loaded as a module, registered in sys.modules
-    under ``module_name`` because dataclasses look their module up while the file runs."""
-    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / script)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
-    "'\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def make_tokenizer(chat_template: bool = True):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    specials = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
-    vocab = {t: i for i, t in enumerate(specials + alphabet)}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    if chat_template:
-        tok.chat_template = CHATML
-    return tok
-
-
-def make_model(vocab_size: int, seed: int = 0, tie: bool = False, layers: int = 2):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=tie,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(cfg)
-    model.eval()
-    return model
+__all__ = ["make_model", "make_tokenizer", "synthetic_rows", "write_jsonl"]  # imported by the test modules
 
 
 @pytest.fixture(scope="session")
@@ -138,30 +74,6 @@ def lora_model(tok):
     peft_model = get_peft_model(model, cfg)
     peft_model.eval()
     return peft_model
-
-
-WORDS = (
-    "good bad great awful fine poor nice terrible okay superb dull bright code python movie drug pain sleep "
-    "headline market debate vote chat hello answer question"
-).split()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
-    return path
-
-
-def synthetic_rows(n: int, seed: int, tasks: tuple[str, ...] = ("a", "b", "c")) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        task = tasks[i % len(tasks)]
-        prompt = f"[{task}] " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12)))
-        response = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 5)))
-        rows.append({"prompt": prompt, "response": response, "task": task})
-    return rows
 
 
 @pytest.fixture()

@@ -1,9 +1,10 @@
-"""Every case of the bad-input table (tests/bad_input_cases.py) ends clear: the expected exit code,
+"""Every case of the bad-input table (benchmarks/bad_inputs/bad_input_cases.py) ends clear: the expected exit code,
 one line naming the place and what to do, no traceback, no user file or field changed, and
 correct outputs where the input was valid."""
 
 import pytest
-from bad_input_cases import CASES, run_case
+
+from benchmarks.bad_inputs.bad_input_cases import CASES, run_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""The benchmarks' unit cache (benchmarks/bench_common.py): a finished unit is reused while its
+"""The benchmarks' unit cache (benchmarks/common.py): a finished unit is reused while its
 definition matches, and workers sharing a results folder never compute one unit twice."""
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_common  # noqa: E402
-from conftest import load_benchmark  # noqa: E402
+from benchmarks import common
 
 
 @pytest.fixture(autouse=True)
 def fast_poll(monkeypatch):
-    monkeypatch.setattr(bench_common, "UNIT_LOCK_POLL_SECONDS", 0.02)
+    monkeypatch.setattr(common, "UNIT_LOCK_POLL_SECONDS", 0.02)
 
 
 @pytest.fixture()
 def real_domains():
-    """benchmarks/real_domains.py loaded as a module."""
-    return load_benchmark("real_domains.py", "real_domains_units")
+    """benchmarks/quality/real_domains/real_domains.py."""
+    from benchmarks.quality.real_domains import real_domains
+
+    return real_domains
 
 
 def test_reused_while_the_definition_matches(tmp_path):
@@ -35,11 +35,11 @@ def test_reused_while_the_definition_matches(tmp_path):
         return {"value": len(calls)}
 
     path = tmp_path / "eval" / "a.json"
-    first, computed = bench_common.cached_unit(path, {"lr": 1e-3}, compute, "unit a")
+    first, computed = common.cached_unit(path, {"lr": 1e-3}, compute, "unit a")
     assert computed and first["value"] == 1 and not path.with_name("a.json.lock").exists()
-    again, computed = bench_common.cached_unit(path, {"lr": 1e-3}, compute, "unit a")
+    again, computed = common.cached_unit(path, {"lr": 1e-3}, compute, "unit a")
     assert not computed and again["value"] == 1 and len(calls) == 1
-    changed, computed = bench_common.cached_unit(path, {"lr": 3e-3}, compute, "unit a")
+    changed, computed = common.cached_unit(path, {"lr": 3e-3}, compute, "unit a")
     assert computed and changed["value"] == 2
 
 
@@ -48,15 +48,15 @@ def test_a_unit_another_live_worker_holds_is_waited_for_not_computed(tmp_path):
     path.parent.mkdir(parents=True)
     lock = path.with_name("b.json.lock")
     pid = __import__("os").getpid()
-    lock.write_text(f"{pid} {bench_common._process_identity(pid)} now\n")  # a live process: this one
+    lock.write_text(f"{pid} {common._process_identity(pid)} now\n")  # a live process: this one
 
     def other_worker_finishes():
         time.sleep(0.2)
-        path.write_text(json.dumps({"value": "theirs", "definition": bench_common.canonical({"seed": 0})}))
+        path.write_text(json.dumps({"value": "theirs", "definition": common.canonical({"seed": 0})}))
         lock.unlink()
 
     threading.Thread(target=other_worker_finishes).start()
-    result, computed = bench_common.cached_unit(path, {"seed": 0}, lambda: pytest.fail("computed twice"), "unit b")
+    result, computed = common.cached_unit(path, {"seed": 0}, lambda: pytest.fail("computed twice"), "unit b")
     assert not computed and result["value"] == "theirs"
 
 
@@ -64,7 +64,7 @@ def test_a_stale_lock_is_removed_and_the_unit_computed(tmp_path):
     path = tmp_path / "select" / "c.json"
     path.parent.mkdir(parents=True)
     path.with_name("c.json.lock").write_text("999999999 long ago\n")  # no such process
-    result, computed = bench_common.cached_unit(path, {"n": 5}, lambda: {"value": "mine"}, "unit c")
+    result, computed = common.cached_unit(path, {"n": 5}, lambda: {"value": "mine"}, "unit c")
     assert computed and result["value"] == "mine" and not path.with_name("c.json.lock").exists()
 
 
@@ -73,9 +73,9 @@ def test_a_lock_of_a_reused_process_number_is_stale(tmp_path):
     path = tmp_path / "select" / "g.json"
     path.parent.mkdir(parents=True)
     pid = __import__("os").getpid()
-    boot, _ = bench_common._process_identity(pid).split(":")
+    boot, _ = common._process_identity(pid).split(":")
     path.with_name("g.json.lock").write_text(f"{pid} {boot}:1 long ago\n")
-    result, computed = bench_common.cached_unit(path, {"n": 5}, lambda: {"value": "mine"}, "unit g")
+    result, computed = common.cached_unit(path, {"n": 5}, lambda: {"value": "mine"}, "unit g")
     assert computed and result["value"] == "mine"
 
 
@@ -86,7 +86,7 @@ def test_the_lock_is_released_when_the_unit_fails(tmp_path):
         raise RuntimeError("model crashed")
 
     with pytest.raises(RuntimeError):
-        bench_common.cached_unit(path, {"x": 1}, broken, "unit d")
+        common.cached_unit(path, {"x": 1}, broken, "unit d")
     assert not path.exists() and not path.with_name("d.json.lock").exists()
 
 
@@ -94,9 +94,9 @@ def test_wait_false_raises_busy_instead_of_waiting(tmp_path):
     path = tmp_path / "eval" / "e.json"
     path.parent.mkdir(parents=True)
     pid = __import__("os").getpid()
-    path.with_name("e.json.lock").write_text(f"{pid} {bench_common._process_identity(pid)} now\n")
-    with pytest.raises(bench_common.UnitBusy, match="unit e"):
-        bench_common.cached_unit(path, {"x": 1}, lambda: pytest.fail("computed"), "unit e", wait=False)
+    path.with_name("e.json.lock").write_text(f"{pid} {common._process_identity(pid)} now\n")
+    with pytest.raises(common.UnitBusy, match="unit e"):
+        common.cached_unit(path, {"x": 1}, lambda: pytest.fail("computed"), "unit e", wait=False)
 
 
 def test_real_domains_puts_busy_cells_off_to_the_end(monkeypatch, real_domains):
@@ -108,7 +108,7 @@ def test_real_domains_puts_busy_cells_off_to_the_end(monkeypatch, real_domains):
     def evaluate(run, split):
         tries[run.method] = tries.get(run.method, 0) + 1
         if run.method == "ntk" and bench.defer_busy:  # busy while others may still run
-            raise bench_common.UnitBusy("select d_natural_ntk_sel0")
+            raise common.UnitBusy("select d_natural_ntk_sel0")
         done.append((run.method, split))
 
     monkeypatch.setattr(bench, "plan", lambda phases: iter([(r, ("test",)) for r in runs]))
@@ -127,14 +127,14 @@ def test_sigterm_releases_the_unit_lock(tmp_path):
     path = tmp_path / "eval" / "f.json"
     code = f"""
 import sys, time
-sys.path.insert(0, {str(Path(bench_common.__file__).parent)!r})
-import bench_common
-bench_common.exit_cleanly_on_sigterm()
+from benchmarks import common
+common.exit_cleanly_on_sigterm()
 def slow():
     time.sleep(60)
-bench_common.cached_unit(__import__("pathlib").Path({str(path)!r}), {{"x": 1}}, slow, "unit f")
+common.cached_unit(__import__("pathlib").Path({str(path)!r}), {{"x": 1}}, slow, "unit f")
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+    root = Path(common.__file__).resolve().parents[1]  # where `benchmarks` imports from
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, cwd=root)
     deadline = time.time() + 30
     while not path.with_name("f.json.lock").exists() and time.time() < deadline:
         time.sleep(0.05)

@@ -1,17 +1,19 @@
-"""Smoke test of benchmarks/downstream.py: every method end to end on the tiny model, a table, a resume."""
+"""Smoke test of benchmarks/quality/downstream: every method end to end on the tiny model, a table, a resume."""
 
 from __future__ import annotations
 
 import json
 import random
 
-from conftest import load_benchmark, synthetic_rows, write_jsonl
+from conftest import synthetic_rows, write_jsonl
 
 METHODS = ("base", "domain", "random", "embedding", "preselect-random", "less", "ntk")
 
 
 def load_script():
-    return load_benchmark("downstream.py", "downstream_bench")
+    from benchmarks.quality.downstream import downstream
+
+    return downstream
 
 
 def labelled(n: int, seed: int) -> list[dict]:
@@ -73,7 +75,7 @@ def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
     assert mod.main(args) == 0
     evals = {
         json.loads(p.read_text())["definition"]["run"]: json.loads(p.read_text())
-        for p in (results / "downstream" / "eval").glob("*__test.json")
+        for p in (results / "eval").glob("*__test.json")
     }
     for m in METHODS:
         assert any(m in k.split("_") for k in evals), (m, sorted(evals))
@@ -95,17 +97,14 @@ def test_downstream_script_end_to_end_and_resumes(tiny_model_dir, tmp_path):
         assert cells[2] != "pending" and "–" not in cells[3:], line
     assert "balanced accuracy" in table and "Label mix" in table
     assert "Test accuracy % over |D| with D in the train split's label mix" in table
-    natural = [
-        json.loads(p.read_text())["definition"]["run"]
-        for p in (results / "downstream" / "eval").glob("d6natural_*.json")
-    ]
+    natural = [json.loads(p.read_text())["definition"]["run"] for p in (results / "eval").glob("d6natural_*.json")]
     for m in mod.ABLATIONS.NATURAL_METHODS:  # each rerun on the D with the natural label mix, valid and test
         assert sum(m in run.split("_") for run in natural) == 2, (m, natural)
     md = bench_md.read_text()
     assert "| ntk |" in md and "## Next\n\nkept" in md and "(pending)" not in md
     # a rerun recomputes nothing
-    before = {p: p.stat().st_mtime_ns for p in (results / "downstream").rglob("*.json")}
+    before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json")}
     assert mod.main(args) == 0
-    assert {p: p.stat().st_mtime_ns for p in (results / "downstream").rglob("*.json")} == before
+    assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json")} == before
     assert mod.main(args + ["--only-table"]) == 0
     assert (results / "downstream.md").read_text() == table

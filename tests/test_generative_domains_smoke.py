@@ -1,6 +1,6 @@
-"""Smoke test of benchmarks/generative_domains.py on the tiny model: the learning rate chosen on valid
-by NLL per token, every arm and the N curve end to end, the table with its bootstrap intervals, and a
-rerun that recomputes nothing."""
+"""Smoke test of benchmarks/quality/generative_domains/generative_domains.py on the tiny model: the
+learning rate chosen on valid by NLL per token, every arm and the N curve end to end, the table with
+its bootstrap intervals, and a rerun that recomputes nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_benchmark, synthetic_rows, write_jsonl
+from conftest import synthetic_rows, write_jsonl
 
 
 def free_text(n: int, seed: int) -> list[dict]:
@@ -57,7 +57,8 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
         "seeds",
         "ncurve",
     ]
-    mod = load_benchmark("generative_domains.py", "generative_domains_bench")
+    from benchmarks.quality.generative_domains import generative_domains as mod
+
     assert mod.main(args) == 0
     evals = {p.stem: json.loads(p.read_text()) for p in (results / "eval").glob("*.json")}
     valid = {lr: evals[f"toy_natural_domain_ft0_lr{lr:g}_token__valid"]["nll_per_token"] for lr in (1e-3, 3e-3)}

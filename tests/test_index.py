@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import load_benchmark, make_model, make_tokenizer, synthetic_rows, write_jsonl
+from conftest import make_model, make_tokenizer, synthetic_rows, write_jsonl
 
 from ntk_selector.cli.commands import main
 from ntk_selector.io.store import DONE, open_store
@@ -371,7 +371,8 @@ def test_two_nodes_index_and_select_equal_one_process(tiny_model_dir, pool_and_i
 
 
 def test_index_once_benchmark_on_the_tiny_model(tiny_model_dir, pool_and_index, tmp_path):
-    bench = load_benchmark("index_once.py", "index_once")
+    from benchmarks.index_once import index_once as bench
+
     _, pool, domain = pool_and_index
     args = [
         "--pool",

@@ -4,14 +4,15 @@ with the pool), and gives the dense answer; the scale benchmark runs end to end 
 import tracemalloc
 
 import numpy as np
-from conftest import load_benchmark
 
 from ntk_selector.io.store import DONE, EMPTY, RowStore, open_store
 from ntk_selector.selection.score import score_rows_at
 
 
 def load_bench():
-    return load_benchmark("index_scale.py", "index_scale")
+    from benchmarks.index_once import index_scale
+
+    return index_scale
 
 
 def test_score_rows_at_equals_dense_and_memory_is_one_block(tmp_path):

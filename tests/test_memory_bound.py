@@ -1,7 +1,7 @@
 """The data stages' memory does not grow with the pool beyond their own arrays: allocation tracking
 (tracemalloc, which sees Python objects and numpy arrays, not the memory-mapped Arrow file) at two
 pool sizes; the growth per added row must stay under 200 bytes. Holding the pool as Python dicts,
-as a reference, grows by well over that, so the check can fail. benchmarks/data_scale.py runs the
+as a reference, grows by well over that, so the check can fail. benchmarks/scale/data_scale.py runs the
 same stages at 10^7 rows and measures process memory."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import tracemalloc
 
 import pytest
-from conftest import load_benchmark
 
 SMALL, LARGE = 4_000, 20_000
 CHUNK = 512  # rows per chunk in these tests (4096 in a run), so the pools span many chunks
@@ -18,7 +17,9 @@ BOUND = 200  # bytes a pool row
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_benchmark("data_scale.py", "data_scale")
+    from benchmarks.scale import data_scale
+
+    return data_scale
 
 
 @pytest.fixture(scope="module")

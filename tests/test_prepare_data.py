@@ -1,4 +1,4 @@
-"""benchmarks/prepare_real_domains.py rebuilds every real domain and the shared pool from lasting
+"""benchmarks/quality/real_domains/prepare_real_domains.py rebuilds every real domain and the shared pool from lasting
 sources (../shared/data and the packaged tokenizer): a small slice, with the documented counts."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import load_benchmark
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -24,7 +23,8 @@ def rows(path: Path) -> list[dict]:
 
 @pytest.mark.skipif(not (SHARED / "p3_t0" / "pool.jsonl").exists(), reason="needs ../shared/data")
 def test_a_slice_rebuilds_with_the_documented_counts(tmp_path, capsys):
-    mod = load_benchmark("prepare_real_domains.py", "prepare_real_domains_bench")
+    from benchmarks.quality.real_domains import prepare_real_domains as mod
+
     out = tmp_path / "data"
     assert mod.main(["--out", str(out), "--pool-size", "300", "--skip-mmlu"]) == 0
     printed = capsys.readouterr().out

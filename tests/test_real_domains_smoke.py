@@ -1,5 +1,6 @@
-"""Smoke test of benchmarks/real_domains.py: a domain given as files, every method and ablation end to end
-on the tiny model, the table with its bootstrap intervals, and a rerun that recomputes nothing."""
+"""Smoke test of benchmarks/quality/real_domains/real_domains.py: a domain given as files, every method
+and ablation end to end on the tiny model, the table with its bootstrap intervals, and a rerun that
+recomputes nothing."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 import random
 import shutil
 
-from conftest import load_benchmark, synthetic_rows, write_jsonl
+from conftest import synthetic_rows, write_jsonl
 
 
 def load_script():
-    return load_benchmark("real_domains.py", "real_domains_bench")
+    from benchmarks.quality.real_domains import real_domains
+
+    return real_domains
 
 
 def labelled(n: int, seed: int, labels=("yes", "no", "meh")) -> list[dict]:

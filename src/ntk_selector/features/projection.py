@@ -102,7 +102,7 @@ class FactoredRademacher:
     ``dtype`` is the dtype of the products: float32 (the default), or bfloat16, where each product
     takes bf16 gradients and the exact +-1 signs, accumulates in fp32 inside the matmul, rounds each
     projected value to bf16, and is scaled and summed into ``out`` in fp32 (an approximation:
-    ``benchmarks/featurize_profile.py --compare-projection`` measures its inner-product error).
+    ``python -m benchmarks.speed.featurize_profile --compare-projection`` measures its inner-product error).
 
     ``fuse`` (the default) projects the modules of one layer container that share a rank side s and
     a split k in one product: their gradients ``[B, s, L_m]`` are concatenated along the width into

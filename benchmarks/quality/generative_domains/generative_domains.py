@@ -1,0 +1,434 @@
+"""Generative-domain benchmark: does the selection help when the answers are free text?
+
+The real-domain benchmark (``benchmarks/quality/real_domains/real_domains.py``) on domains whose
+answers are sentences, not labels: ``pubmedqa_long`` (a biomedical question and abstract -> the
+study's conclusion) and ``samsum`` (a chat conversation -> its summary), as
+``benchmarks/quality/real_domains/prepare_real_domains.py`` writes them under ``DATA/generative/``,
+with the shared P3 pool ``DATA/pool.jsonl``.
+
+Arms: domain only, random, embedding, preselect-random, LESS, ntk; N = n_factor·|D|; 3 epochs on
+D ∪ S. The learning rate is chosen on ``valid`` by domain-only NLL per response token, before any
+test number, the same for every arm of a domain. **Primary metric, fixed in advance: test NLL per
+response token** (pooled over the test set's response tokens); also ROUGE-L, chrF and exact match of
+greedy answers (``evaluate --generate``). Seeds 0-2 for domain, random, LESS and ntk (seed 0 for the
+rest); a paired bootstrap 95% interval over test rows for ntk − each other arm.
+
+Phases, most informative first: ``seed0`` (domain; ntk, random; embedding, preselect-random, LESS),
+``seeds`` (1-2), ``ncurve`` (ntk and random at N = |D| and 20·|D| on the first domain; 5·|D| is the
+main setting), ``index`` (ntk against an index of the pool built once, seed 0). Every unit is cached
+under ``--results`` (committed) and ``--cache`` (ignored), as in ``real_domains.py``; a rerun resumes.
+
+    python -m benchmarks.quality.real_domains.prepare_real_domains --out DATA
+    python -m benchmarks.quality.generative_domains.generative_domains --data DATA --estimate
+    OMP_NUM_THREADS=1 python -m benchmarks.quality.generative_domains.generative_domains --data DATA --commit-every 1 &
+    OMP_NUM_THREADS=1 python -m benchmarks.quality.generative_domains.generative_domains --data DATA --commit-every 1 \\
+        --domains samsum pubmedqa_long &
+    python -m benchmarks.quality.generative_domains.generative_domains --data DATA --only-table
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import CACHE, RESULTS
+from benchmarks.common import count_units, exit_cleanly_on_sigterm, git_commit, log, read_jsonl, write_json
+from benchmarks.quality.real_domains.real_domains import (
+    INDEX_METHOD,
+    Bench,
+    Domain,
+    Run,
+    Settings,
+    load,
+    row_token_counter,
+    selection_seed,
+)
+
+METHODS = ("domain", "random", "embedding", "preselect-random", "less", "ntk")
+SEEDED_METHODS = ("domain", "random", "less", "ntk")  # seeds 1-2 for these
+SEED0_ORDER = (("domain",), ("ntk", "random"), ("embedding", "preselect-random", "less"))
+NCURVE_FACTORS = (1, 20)  # with the main setting's 5: N = |D|, 5·|D|, 20·|D|
+NCURVE_METHODS = ("ntk", "random")
+
+
+@dataclass
+class GenSettings(Settings):
+    """The real-domain settings with longer rows and the free-text evaluation."""
+
+    max_length: int = 384
+    eval_max_length: int = 384
+    max_new_tokens: int = 160  # greedy answers on the test split; the longest gold answers are about this long
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+
+
+@dataclass(frozen=True)
+class GenRun(Run):
+    """A cell; ``n_factor`` other than the main setting's is a point of the N curve."""
+
+    n_factor: int = 0  # 0: the main setting
+
+    @property
+    def sel_key(self) -> str:
+        tail = f"_n{self.n_factor}" if self.n_factor else ""
+        return f"{self.domain}_{self.d_variant}_{self.method}_sel{self.sel}{tail}"
+
+
+class GenBench(Bench):
+    def selection(self, run: Run) -> dict[str, Any]:
+        factor = getattr(run, "n_factor", 0)
+        if not factor:
+            return super().selection(run)
+        saved = self.s
+        self.s = replace(saved, n_factor=factor)  # the N of this point of the curve
+        try:
+            return super().selection(run)
+        finally:
+            self.s = saved
+
+    def evaluate(self, run: Run, split: str) -> dict[str, Any]:
+        dom = self.domains[run.domain]
+        trained = self.train(run)
+        path = dom.test if split == "test" else dom.valid
+        generate = split == "test"
+        definition = {
+            "kind": "evaluate",
+            "task": "generation",
+            "split": split,
+            "data": str(path),
+            "model": self.s.model,
+            "adapter": trained["adapter"],
+            "train_finished": trained["finished"],
+            "max_length": self.s.eval_max_length,
+            "generate": generate,
+            "max_new_tokens": self.s.max_new_tokens if generate else None,
+        }
+        return self.unit(
+            "eval", f"{run.key}__{split}", definition, lambda: self._evaluate_text(trained, path, run, split, generate)
+        )
+
+    def _evaluate_text(
+        self, trained: dict[str, Any], path: Path, run: Run, split: str, generate: bool
+    ) -> dict[str, Any]:
+        from ntk_selector.analysis.evaluate import run_evaluate
+        from ntk_selector.config import DataConfig, LoraSettings, ModelConfig, RunConfig
+        from ntk_selector.model.session import Session
+
+        self._ensure_adapter(run, trained)
+        model_cfg = ModelConfig(model=self.s.model, adapter=trained["adapter"])
+        if self._session is None:
+            self._session = Session(model_cfg, LoraSettings(), RunConfig(quiet=True))
+        out = self.cache / "eval" / f"{run.key}__{split}"
+        summary = run_evaluate(
+            path,
+            out,
+            model_cfg,
+            DataConfig(max_length=self.s.eval_max_length, token_budget=self.s.token_budget),
+            RunConfig(quiet=True, overwrite=True),
+            task="generation",
+            generate=generate,
+            max_new_tokens=self.s.max_new_tokens if generate else None,
+            session=self._session,
+        )
+        preds = read_jsonl(out / "predictions.jsonl")
+        keep = (
+            "task",
+            "n",
+            "nll_per_token",
+            "perplexity",
+            "mean_row_nll_per_token",
+            "response_tokens",
+            "truncated_prompts",
+            "cut_responses",
+            "seconds",
+            "rouge_l",
+            "chrf",
+            "chrf_sentence_mean",
+            "exact_match",
+            "max_new_tokens",
+        )
+        result = {k: summary[k] for k in keep if k in summary}
+        # per row, for paired bootstrap intervals over test rows
+        result["row_nll"] = [round(p["nll"], 5) for p in preds]
+        result["row_tokens"] = [p["response_tokens"] for p in preds]
+        if generate:
+            result["row_rouge_l"] = [round(p["rouge_l"], 5) for p in preds]
+            result["row_chrf"] = [round(p["chrf"], 4) for p in preds]
+            result["examples"] = [{"response": p["response"], "prediction": p["prediction"]} for p in preds[:3]]
+        return result
+
+    def chosen_lr(self, name: str) -> float:
+        """Lowest domain-only NLL per response token on valid (ties: the smaller rate)."""
+        scored = [
+            (round(self.evaluate(Run(name, "domain", 0, 0, lr), "valid")["nll_per_token"], 6), lr) for lr in self.s.lrs
+        ]
+        return min(scored)[1]
+
+    def main_runs(
+        self, name: str, seeds: tuple[int, ...], lr: float, methods: tuple[str, ...] = METHODS
+    ) -> Iterator[Run]:
+        for seed in seeds:
+            for m in methods:
+                if seed != self.s.seeds[0] and m not in SEEDED_METHODS:
+                    continue
+                yield Run(name, m, selection_seed(m, seed), seed, lr)
+
+    def plan(self, phases: list[str]) -> Iterator[tuple[Run, tuple[str, ...]]]:
+        lrs = {name: self.chosen_lr(name) for name in self.domains}
+        for name, lr in lrs.items():
+            log(f"{name}: learning rate chosen on valid (domain-only NLL per token): {lr:g}")
+        first = next(iter(self.domains))
+        for phase in phases:
+            if phase == "seed0":
+                for methods in SEED0_ORDER:
+                    for name in self.domains:
+                        yield from (
+                            (r, ("test", "valid")) for r in self.main_runs(name, self.s.seeds[:1], lrs[name], methods)
+                        )
+            elif phase == "seeds":
+                for name in self.domains:
+                    yield from (
+                        (r, ("test", "valid"))
+                        for r in self.main_runs(name, self.s.seeds[1:], lrs[name], SEEDED_METHODS)
+                    )
+            elif phase == "ncurve":
+                for factor in NCURVE_FACTORS:
+                    for m in NCURVE_METHODS:
+                        yield GenRun(first, m, 0, self.s.seeds[0], lrs[first], n_factor=factor), ("test",)
+            elif phase == "index":
+                for name in self.domains:
+                    yield Run(name, INDEX_METHOD, 0, self.s.seeds[0], lrs[name]), ("test", "valid")
+
+    def publish(self, commit: bool) -> None:
+        try:
+            (self.results / "table.md").write_text(build_table(self.results, self.s))
+        except Exception as e:  # a table bug must never stop the runs
+            log(f"table failed: {type(e).__name__}: {e}")
+        if commit:
+            git_commit(
+                [self.results], f"generative-domain benchmark: results so far ({count_units(self.results)} units)"
+            )
+
+
+# ----------------------------------------------------------------------------- table
+
+
+def pooled_nll(nll: np.ndarray, tokens: np.ndarray) -> float:
+    return float(nll.sum() / tokens.sum())
+
+
+def paired_bootstrap_nll(
+    a: list[dict[str, Any]], b: list[dict[str, Any]], reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float] | None:
+    """NLL per token of arm a − arm b (each row's NLL averaged over the arm's seeds), pooled over test
+    rows, with a 95% interval from resampling the rows (the same rows for both arms)."""
+    if not a or not b:
+        return None
+    tokens = np.asarray(a[0]["row_tokens"], dtype=np.float64)
+    na = np.mean([r["row_nll"] for r in a], axis=0)
+    nb = np.mean([r["row_nll"] for r in b], axis=0)
+    diff = pooled_nll(na, tokens) - pooled_nll(nb, tokens)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(tokens), size=(reps, len(tokens)))
+    boots = (na[idx].sum(1) - nb[idx].sum(1)) / tokens[idx].sum(1)
+    return diff, float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def arm_evals(
+    evals: dict[str, dict[str, Any]], domain: str, method: str, split: str, lr: float, n_factor: int = 0
+) -> list[dict[str, Any]]:
+    """The evaluations of one arm (every seed) at the chosen learning rate, matched on the unit key
+    that ``Run.key`` / ``GenRun.sel_key`` write."""
+    arm = "domain" if method == "domain" else rf"{re.escape(method)}_sel\d+" + (f"_n{n_factor}" if n_factor else "")
+    key = re.compile(rf"{re.escape(domain)}_natural_{arm}_ft\d+_lr{re.escape(f'{lr:g}')}_token__{re.escape(split)}")
+    return [r for k, r in evals.items() if key.fullmatch(k)]
+
+
+def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
+    if not values:
+        return "–"
+    m = scale * float(np.mean(values))
+    return f"{m:.{digits}f}" + (f" ± {scale * float(np.std(values)):.{digits}f}" if len(values) > 1 else "")
+
+
+def build_table(results: Path, s: Settings) -> str:
+    evals = load(results, "eval")
+    domains = sorted({k.split("_natural_")[0] for k in evals if "_natural_" in k})
+    lines = [
+        "# Generative domains: results so far",
+        "",
+        "Test NLL per response token (primary, lower is better), ROUGE-L ×100, chrF, exact match %; "
+        "mean ± std over seeds (n = seeds). Δ: ntk − arm in NLL per token with a paired bootstrap 95% interval "
+        "over test rows (negative: ntk better).",
+        "",
+    ]
+    for name in domains:
+        lr_scores = {lr: evals.get(f"{name}_natural_domain_ft0_lr{lr:g}_token__valid") for lr in s.lrs}
+        done = {lr: r["nll_per_token"] for lr, r in lr_scores.items() if r}
+        if len(done) < len(s.lrs):
+            lines += [f"## {name}", "", f"learning rate not chosen yet (valid NLL so far: {done})", ""]
+            continue
+        lr = min((round(v, 6), k) for k, v in done.items())[1]
+        lines += [
+            f"## {name} (lr {lr:g}, chosen on valid: " + ", ".join(f"{k:g} → {v:.4f}" for k, v in done.items()) + ")",
+            "",
+            "| arm | n | NLL/token | ROUGE-L | chrF | exact | Δ NLL ntk − arm (95% CI) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        ntk = arm_evals(evals, name, "ntk", "test", lr)
+        for method in METHODS:
+            arm = arm_evals(evals, name, method, "test", lr)
+            if not arm:
+                lines.append(f"| {method} | 0 | – | – | – | – | – |")
+                continue
+            delta = "" if method == "ntk" else paired_bootstrap_nll(ntk, arm)
+            dtext = "–" if not delta else f"{delta[0]:+.4f} ({delta[1]:+.4f} to {delta[2]:+.4f})"
+            lines.append(
+                f"| {method} | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
+                f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
+                f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
+                f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | {dtext} |"
+            )
+        for factor in NCURVE_FACTORS:
+            for method in NCURVE_METHODS:
+                arm = arm_evals(evals, name, method, "test", lr, factor)
+                if arm:
+                    lines.append(
+                        f"| {method}, N = {factor}·|D| | {len(arm)} | "
+                        f"{fmt([r['nll_per_token'] for r in arm], digits=4)} | "
+                        f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
+                        f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
+                        f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | |"
+                    )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def domains_from_data(data: Path, names: list[str] | None) -> dict[str, Domain]:
+    folder = data / "generative"
+    found = {
+        p.name: Domain(p.name, p / "domain.jsonl", p / "valid.jsonl", p / "test.jsonl", data / "pool.jsonl")
+        for p in sorted(folder.iterdir())
+        if (p / "domain.jsonl").exists()
+    }
+    return {n: found[n] for n in (names or sorted(found)) if n in found}
+
+
+def estimate_hours(bench: GenBench, rate_train: float, rate_fwd: float, gen_rate: float) -> dict[str, float]:
+    """Predicted hours per phase from token counts, tokens/s of training and forward passes, and
+    generated tokens/s (greedy, batched)."""
+    tokens = row_token_counter(bench.s.model, bench.s.max_length)
+
+    hours: dict[str, float] = {}
+    pool = None
+    for name, dom in bench.domains.items():
+        pool = tokens(dom.pool) if pool is None else pool
+        d, valid, test = tokens(dom.domain), tokens(dom.valid), tokens(dom.test)
+        n = bench.s.n_factor * len(d)
+
+        def ft(rows):
+            return bench.s.epochs * rows / rate_train
+
+        evals = (valid.sum() + test.sum()) / rate_fwd + len(test) * bench.s.max_new_tokens / gen_rate
+        sel = pool.sum() / rate_fwd + 2 * 4 * n * pool.mean() / rate_train
+        arm = ft(d.sum() + n * pool.mean()) + evals
+
+        def add(k, v):
+            hours[k] = hours.get(k, 0) + v / 3600
+
+        add("settings", len(bench.s.lrs) * (ft(d.sum()) + valid.sum() / rate_fwd))
+        add("seed0", sel + 5 * arm + ft(d.sum()) + evals)
+        add("seeds", 2 * (3 * arm + ft(d.sum()) + evals))
+        if name == next(iter(bench.domains)):
+            add(
+                "ncurve",
+                sum(2 * (ft(d.sum() + f * len(d) * pool.mean()) + evals) for f in NCURVE_FACTORS)
+                + 20 * len(d) * 4 * pool.mean() / rate_train,
+            )
+        add("index", arm + (pool.sum() / rate_train if "index" not in hours else 0))
+    hours["total"] = sum(hours.values())
+    return hours
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = GenSettings()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="prepare_real_domains.py's output (generative/ and pool.jsonl)")
+    ap.add_argument("--domains", nargs="*", default=None, help="only these generative domains, in this order")
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    ap.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs))
+    ap.add_argument("--epochs", type=float, default=d.epochs)
+    ap.add_argument("--max-length", type=int, default=d.max_length)
+    ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
+    ap.add_argument("--rank", type=int, default=d.rank)
+    ap.add_argument("--n-factor", type=int, default=d.n_factor)
+    ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    ap.add_argument("--results", default=str(RESULTS / "quality" / "generative_domains"))
+    ap.add_argument("--cache", default=str(CACHE / "generative_domains"))
+    ap.add_argument(
+        "--phases",
+        nargs="+",
+        default=["seed0", "seeds", "ncurve", "index"],
+        choices=["seed0", "seeds", "ncurve", "index"],
+    )
+    ap.add_argument("--commit-every", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", default=[], choices=METHODS + (INDEX_METHOD,))
+    ap.add_argument("--select-only", action="store_true")
+    ap.add_argument("--ranks", type=int, default=1)
+    ap.add_argument("--only-table", action="store_true")
+    ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
+    ap.add_argument("--rate-train", type=float, default=180.0, help="tokens/s of a LoRA forward+backward (estimate)")
+    ap.add_argument("--rate-forward", type=float, default=575.0, help="tokens/s of a forward pass (estimate)")
+    ap.add_argument("--rate-generate", type=float, default=60.0, help="generated tokens/s, batched greedy (estimate)")
+    args = ap.parse_args(argv)
+    s = GenSettings(
+        model=args.model,
+        seeds=tuple(args.seeds),
+        lrs=tuple(args.lrs),
+        epochs=args.epochs,
+        max_length=args.max_length,
+        eval_max_length=args.max_length,
+        proj_dim=args.proj_dim,
+        rank=args.rank,
+        n_factor=args.n_factor,
+        max_new_tokens=args.max_new_tokens,
+    )
+    results, cache = Path(args.results), Path(args.cache)
+    if args.only_table:
+        results.mkdir(parents=True, exist_ok=True)
+        (results / "table.md").write_text(build_table(results, s))
+        print((results / "table.md").read_text())
+        return 0
+    bench = GenBench(
+        s,
+        domains_from_data(Path(args.data), args.domains),
+        results,
+        cache,
+        args.commit_every,
+        tuple(args.methods),
+        select_only=args.select_only,
+        ranks=args.ranks,
+    )
+    exit_cleanly_on_sigterm()
+    hours = estimate_hours(bench, args.rate_train, args.rate_forward, args.rate_generate)
+    log("estimate (hours at the given rates): " + ", ".join(f"{k} {v:.1f}" for k, v in hours.items()))
+    if args.estimate:
+        return 0
+    results.mkdir(parents=True, exist_ok=True)
+    write_json(results / "settings.json", asdict(s))
+    bench.run([p for p in args.phases])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
