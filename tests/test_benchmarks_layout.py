@@ -4,10 +4,12 @@ every results path and page it names exists, and no file reaches into another th
 
 from __future__ import annotations
 
+import argparse
 import glob
 import importlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -77,3 +79,57 @@ def test_every_results_path_and_page_it_names_exists():
     assert any("docs/benchmarks/" in link for link in links)
     for link in links:
         assert (BENCHMARKS / link.partition("#")[0]).exists(), link
+
+
+def _documented_commands() -> list[tuple[str, list[str]]]:
+    """Every ``python -m benchmarks.…`` command in the READMEs, BENCHMARKS.md and docs/: (module, its arguments)."""
+    files = [
+        ROOT / "README.md",
+        ROOT / "BENCHMARKS.md",
+        BENCHMARKS / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+    ]
+    commands = set()
+    for f in files:
+        text = f.read_text(encoding="utf-8").replace("\\\n", " ")
+        for module, rest in re.findall(r"python -m (benchmarks(?:\.\w+)+)([^\n`|]*)", text):
+            args = shlex.split(rest)
+            for i, tok in enumerate(args):  # the command ends where the shell takes over
+                if tok in {">", ">>", "&&", ";", "2>&1", "&"} or tok.startswith((">", "2>")):
+                    args = args[:i]
+                    break
+            commands.add((module, tuple(args)))
+    return sorted((m, list(a)) for m, a in commands)
+
+
+class _Parsed(Exception):
+    """Raised in place of running a benchmark once its command line has parsed."""
+
+
+@pytest.mark.parametrize("module,args", _documented_commands(), ids=lambda v: v if isinstance(v, str) else " ".join(v))
+def test_every_documented_command_parses(module, args, monkeypatch):
+    """The flags of every benchmark command in the docs are the script's own (stops before any work)."""
+    original_args = argparse.ArgumentParser.parse_args
+    original_known = argparse.ArgumentParser.parse_known_args
+    depth = [0]
+
+    def parse_args(self, args=None, namespace=None):
+        depth[0] += 1
+        try:
+            ns = original_args(self, args, namespace)
+        finally:
+            depth[0] -= 1
+        raise _Parsed(ns)
+
+    def parse_known_args(self, args=None, namespace=None):
+        out = original_known(self, args, namespace)
+        if depth[0] == 0:
+            raise _Parsed(out[0])
+        return out
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_args)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", parse_known_args)
+    monkeypatch.setattr(sys, "argv", [module, *args])
+    with pytest.raises(SystemExit if "--help" in args else _Parsed) as stop:
+        importlib.import_module(module).main()
+    assert "--help" not in args or stop.value.code == 0
