@@ -54,6 +54,7 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
         str(cache),
         "--phases",
         "seed0",
+        "variants",
         "seeds",
         "ncurve",
     ]
@@ -80,6 +81,12 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
         and len(sels["toy_natural_ntk_sel0_n20"]["pool_index"]) == 120
     )
     assert len(sels["toy_natural_random_sel0_n1"]["pool_index"]) == 6
+    # the cosine variant, seed 0 only, on valid and test: ntk's stored features scored by the mean cosine
+    for split in ("valid", "test"):
+        assert len(mod.arm_evals(evals, "toy", mod.COSINE_METHOD, split, lr)) == 1
+    cosine, paper = sels["toy_natural_ntk-cosine_sel0"], sels["toy_natural_ntk_sel0"]
+    assert cosine["store_seconds"] == paper["store_seconds"] and cosine["preselected"] == paper["preselected"]
+    assert cosine["preselected_scores"] != paper["preselected_scores"] and len(cosine["pool_index"]) == 12
     # the bootstrap of an arm against itself is exactly zero; against another arm it brackets the pooled difference
     ntk, rnd = mod.arm_evals(evals, "toy", "ntk", "test", lr), mod.arm_evals(evals, "toy", "random", "test", lr)
     assert mod.paired_bootstrap_nll(ntk, ntk) == (0.0, 0.0, 0.0)
@@ -91,6 +98,7 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
     assert d == pytest.approx(want) and lo <= d <= hi
     table = (results / "table.md").read_text()
     assert f"## toy (lr {lr:g}" in table and "| ntk | 2 |" in table and "N = 20·|D|" in table
+    assert "| ntk-cosine | 1 |" in table
     # a rerun finds every unit cached
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0

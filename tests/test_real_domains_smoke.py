@@ -143,6 +143,11 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert features[0] == "features_ntk-content_domain" and features[1].startswith("features_ntk-content_pool_")
     assert len(features) == 2 and content["preselected_scores"] != paper["preselected_scores"]
     assert all(content["store_seconds"][k] == paper["store_seconds"][k] for k in ("embed_domain", "embed_pool"))
+    # the cosine variant: ntk's stores (warm-up, embeddings, pre-selection, features) scored by the mean cosine
+    cosine = sels["toy_natural_ntk-cosine_sel0"]
+    assert len(mod.group(evals, "toy", mod.COSINE_METHOD, "test", lr=chosen)) == 1
+    assert cosine["store_seconds"] == paper["store_seconds"] and cosine["preselected"] == paper["preselected"]
+    assert cosine["preselected_scores"] != paper["preselected_scores"] and len(cosine["pool_index"]) == 12
     # the bootstrap: hand-made arms whose difference is known
     a = [{"truth": "0000", "predicted": "0000"}]
     b = [{"truth": "0000", "predicted": "0011"}]

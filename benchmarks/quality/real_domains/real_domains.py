@@ -84,7 +84,10 @@ INDEX_METHOD = "ntk-index"
 # its place). ntk-content: the NTK objective without the position that predicts the end-of-turn token
 # (select --objective ntk-content); with D's one-word answers that position is half of D's feature.
 CONTENT_METHOD = "ntk-content"
-VARIANT_METHODS = (CONTENT_METHOD,)
+COSINE_METHOD = (
+    "ntk-cosine"  # ntk's features scored by the mean cosine with D (the kernel check's better ranking on long answers)
+)
+VARIANT_METHODS = (CONTENT_METHOD, COSINE_METHOD)
 TABLE_METHODS = METHODS + (INDEX_METHOD,) + VARIANT_METHODS
 SELECTION_METHODS = (
     SELECTING + (INDEX_METHOD,) + VARIANT_METHODS
@@ -336,6 +339,8 @@ class Bench:
         method, extra = run.method, ({"work_dir": str(work)} if run.method != "random" else {})
         if run.method == CONTENT_METHOD:  # its features get their own store in the shared work folder
             method, extra = "ntk", {**extra, "objective": "ntk-content"}
+        elif run.method == COSINE_METHOD:  # ntk's stores in the shared work folder, scored another way
+            method, extra = "ntk", {**extra, "cosine": True}
         chosen, info = run_select(
             d_file,
             dom.pool,
@@ -825,6 +830,7 @@ def build_table(results: Path, s: Settings) -> str:
             ("ntk", "domain"),
             (INDEX_METHOD, "ntk"),
             (CONTENT_METHOD, "ntk"),
+            (COSINE_METHOD, "ntk"),
         ):
             bs = paired_bootstrap(group(evals, name, first, "test", lr=lr), group(evals, name, other, "test", lr=lr))
             if bs:
@@ -1004,9 +1010,10 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         hours["seed0"] = hours.get("seed0", 0) + (sel + 5 * arm + domain_arm + test_fwd) / 3600
         hours["seeds"] = hours.get("seeds", 0) + 2 * (5 * arm + domain_arm) / 3600
         hours["ablations"] = hours.get("ablations", 0) + (sel + 2 * (2 * arm + domain_arm)) / 3600
-        # a variant: its features of D and the M = 4N pre-selected candidates, then one arm
+        # a variant: one arm each; ntk-content also its features of D and the M = 4N pre-selected
+        # candidates (ntk-cosine scores ntk's stored features)
         hours["variants"] = (
-            hours.get("variants", 0) + len(VARIANT_METHODS) * (4 * n * mean_sel / rate_train + arm) / 3600
+            hours.get("variants", 0) + (4 * n * mean_sel / rate_train + len(VARIANT_METHODS) * arm) / 3600
         )
         # the index: every pool row forward+backward once (shared by the domains); per domain one arm
         hours["index"] = (
