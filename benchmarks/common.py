@@ -9,6 +9,7 @@ byte layout of these files is fixed: cached results of long runs are read back b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -16,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,19 @@ def _lock_holder_alive(lock: Path) -> bool:
     return pid.isdigit() and _process_identity(int(pid)) == identity
 
 
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """SIGTERM held back (delivered on exit) while a lock file is created and its owner recorded."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _take_unit_lock(lock: Path, what: str) -> bool:
     """True once this process holds ``lock``; False while another live worker holds it."""
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -137,21 +151,23 @@ def cached_unit(
     ``wait=False`` UnitBusy is raised so the caller can do other units first."""
     definition = canonical(definition)
     lock = path.with_name(path.name + ".lock")
-    waited = False
-    while True:
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old.get("definition") == definition:
-                return old, False
-        if _take_unit_lock(lock, what):
-            break
-        if not wait:
-            raise UnitBusy(what)
-        if not waited:
-            log(f"{what}: another worker is computing it; waiting")
-            waited = True
-        time.sleep(UNIT_LOCK_POLL_SECONDS)
+    waited = taken = False
     try:
+        while True:
+            if path.exists():
+                old = json.loads(path.read_text())
+                if old.get("definition") == definition:
+                    return old, False
+            with _sigterm_held():  # a SIGTERM lands once `taken` says whether the lock is ours to remove
+                taken = _take_unit_lock(lock, what)
+            if taken:
+                break
+            if not wait:
+                raise UnitBusy(what)
+            if not waited:
+                log(f"{what}: another worker is computing it; waiting")
+                waited = True
+            time.sleep(UNIT_LOCK_POLL_SECONDS)
         if path.exists():  # finished by another worker between the check and the lock
             old = json.loads(path.read_text())
             if old.get("definition") == definition:
@@ -169,7 +185,8 @@ def cached_unit(
         )
         write_json(path, result)
     finally:
-        lock.unlink(missing_ok=True)
+        if taken:
+            lock.unlink(missing_ok=True)
     extra = "".join(
         f", {k} {result[k]:.4f}" for k in ("accuracy", "balanced_accuracy") if isinstance(result.get(k), float)
     )
