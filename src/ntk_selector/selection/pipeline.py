@@ -119,8 +119,7 @@ def select(
             pool.path,
             "after leaving out duplicates, copies of domain rows and test-set overlaps",
         )
-        if METHODS[cfg.method].uses_model:  # before any model work (the random methods check as they draw)
-            check_n_with_responses(n, pool, filt.excluded)
+        check_n_with_responses(n, pool, filt.excluded)  # before any model work
         return domain, pool, filt, mix
 
     domain, pool, filt, mix = distributed.all_ranks(load)
@@ -242,11 +241,10 @@ def _select_locked(
 def _select_random(
     domain: Records, pool: Records, out: Path, cfg: SelectConfigs, filt: PoolFilter, clock: StageClock
 ) -> dict[str, Any]:
-    """Random N usable pool rows (no model run; rows without response tokens found by tokenizing)."""
+    """Random N usable pool rows (no model run; --n was checked against them in ``select``)."""
     n = cfg.preselect.n
     empty = rows_without_response(pool)
     valid = np.flatnonzero(~empty & ~filt.excluded)
-    check_n(n, len(valid), pool.path, "with response tokens")
     rng = np.random.default_rng(cfg.run.seed)
     chosen = rng.permutation(np.sort(rng.choice(valid, size=n, replace=False)))
     no_votes, none_preselected, no_scores = (
