@@ -13,9 +13,10 @@ response token** (pooled over the test set's response tokens); also ROUGE-L, chr
 greedy answers (``evaluate --generate``). Seeds 0-2 for domain, random, LESS and ntk (seed 0 for the
 rest); a paired bootstrap 95% interval over test rows for ntk − each other arm.
 
-Phases, most informative first: ``seed0`` (domain; ntk, random; embedding, preselect-random, LESS),
+Phases (``PHASES`` is the default order): ``seed0`` (domain; ntk, random; embedding, preselect-random, LESS),
 ``seeds`` (1-2), ``ncurve`` (ntk and random at N = |D| and 20·|D| on the first domain; 5·|D| is the
-main setting), ``index`` (ntk against an index of the pool built once, seed 0). Every unit is cached
+main setting), ``index`` (ntk against an index of the pool built once, seed 0), ``variants`` (beside the
+paper's method: ``ntk-cosine``, ntk's stored features scored by the mean cosine, seed 0). Every unit is cached
 under ``--results`` (committed) and ``--cache`` (ignored), as in ``real_domains.py``; a rerun resumes.
 
     python -m benchmarks.quality.real_domains.prepare_real_domains --out DATA
@@ -60,6 +61,7 @@ NCURVE_METHODS = ("ntk", "random")
 # beside the paper's method, never in its place: ntk's features scored by the mean cosine with D, which
 # ranked closer to the exact eNTK than the mean inner product on long answers (kernel_length.py)
 VARIANT_METHODS = (COSINE_METHOD,)
+BESIDE_METHODS = (INDEX_METHOD,) + VARIANT_METHODS  # the table's rows below the paper's arms
 PHASES = ("seed0", "variants", "seeds", "ncurve", "index")
 
 
@@ -263,6 +265,16 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
     return f"{m:.{digits}f}" + (f" ± {scale * float(np.std(values)):.{digits}f}" if len(values) > 1 else "")
 
 
+def metric_cells(arm: list[dict[str, Any]]) -> str:
+    """An arm's test NLL per token, ROUGE-L ×100, chrF and exact match %, as table cells."""
+    return (
+        f"{fmt([r['nll_per_token'] for r in arm], digits=4)} | "
+        f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
+        f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
+        f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)}"
+    )
+
+
 def build_table(results: Path, s: Settings) -> str:
     evals = load(results, "eval")
     domains = sorted({k.split("_natural_")[0] for k in evals if "_natural_" in k})
@@ -289,35 +301,23 @@ def build_table(results: Path, s: Settings) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         ntk = arm_evals(evals, name, "ntk", "test", lr)
-        for method in METHODS + (INDEX_METHOD,) + VARIANT_METHODS:
-            arm = arm_evals(evals, name, method, "test", lr)
-            valid = [r["nll_per_token"] for r in arm_evals(evals, name, method, "valid", lr)]
-            beside = (INDEX_METHOD,) + VARIANT_METHODS
-            if method == INDEX_METHOD and any(arm_evals(evals, name, m, "test", lr) for m in beside):
+        arms = {m: arm_evals(evals, name, m, "test", lr) for m in METHODS + BESIDE_METHODS}
+        for method, arm in arms.items():
+            valid = fmt([r["nll_per_token"] for r in arm_evals(evals, name, method, "valid", lr)], digits=4)
+            if method == BESIDE_METHODS[0] and any(arms[m] for m in BESIDE_METHODS):
                 lines.append("| *beside the paper's method* | | | | | | | |")
             if not arm:
                 if method in METHODS:
-                    lines.append(f"| {method} | 0 | – | – | – | – | {fmt(valid, digits=4)} | – |")
+                    lines.append(f"| {method} | 0 | – | – | – | – | {valid} | – |")
                 continue
             delta = "" if method == "ntk" else paired_bootstrap_nll(ntk, arm)
             dtext = "–" if not delta else f"{delta[0]:+.4f} ({delta[1]:+.4f} to {delta[2]:+.4f})"
-            lines.append(
-                f"| {method} | {len(arm)} | {fmt([r['nll_per_token'] for r in arm], digits=4)} | "
-                f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
-                f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
-                f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | {fmt(valid, digits=4)} | {dtext} |"
-            )
+            lines.append(f"| {method} | {len(arm)} | {metric_cells(arm)} | {valid} | {dtext} |")
         for factor in NCURVE_FACTORS:
             for method in NCURVE_METHODS:
                 arm = arm_evals(evals, name, method, "test", lr, factor)
                 if arm:
-                    lines.append(
-                        f"| {method}, N = {factor}·|D| | {len(arm)} | "
-                        f"{fmt([r['nll_per_token'] for r in arm], digits=4)} | "
-                        f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
-                        f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
-                        f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | | |"
-                    )
+                    lines.append(f"| {method}, N = {factor}·|D| | {len(arm)} | {metric_cells(arm)} | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
