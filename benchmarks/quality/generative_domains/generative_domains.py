@@ -48,9 +48,11 @@ from benchmarks.quality.real_domains.real_domains import (
     Domain,
     Run,
     Settings,
+    add_settings_arguments,
     load,
     row_token_counter,
     selection_seed,
+    settings_from_arguments,
 )
 
 METHODS = ("domain", "random", "embedding", "preselect-random", "less", "ntk")
@@ -377,14 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="prepare_real_domains.py's output (generative/ and pool.jsonl)")
     ap.add_argument("--domains", nargs="*", default=None, help="only these generative domains, in this order")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    ap.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs))
-    ap.add_argument("--epochs", type=float, default=d.epochs)
-    ap.add_argument("--max-length", type=int, default=d.max_length)
-    ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
-    ap.add_argument("--rank", type=int, default=d.rank)
-    ap.add_argument("--n-factor", type=int, default=d.n_factor)
+    add_settings_arguments(ap, d)
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     ap.add_argument("--results", default=str(RESULTS / "quality" / "generative_domains"))
     ap.add_argument("--cache", default=str(CACHE / "generative_domains"))
@@ -405,16 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-generate", type=float, default=60.0, help="generated tokens/s, batched greedy (estimate)")
     args = ap.parse_args(argv)
     s = GenSettings(
-        model=args.model,
-        seeds=tuple(args.seeds),
-        lrs=tuple(args.lrs),
-        epochs=args.epochs,
-        max_length=args.max_length,
-        eval_max_length=args.max_length,
-        proj_dim=args.proj_dim,
-        rank=args.rank,
-        n_factor=args.n_factor,
-        max_new_tokens=args.max_new_tokens,
+        **settings_from_arguments(args), eval_max_length=args.max_length, max_new_tokens=args.max_new_tokens
     )
     results, cache = Path(args.results), Path(args.cache)
     if args.only_table:

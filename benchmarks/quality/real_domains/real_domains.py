@@ -1062,6 +1062,32 @@ def domains_from_args(args: argparse.Namespace) -> dict[str, Domain]:
     }
 
 
+def add_settings_arguments(ap: argparse.ArgumentParser, d: Settings) -> None:
+    """The flags of the settings this benchmark and the generative one share, defaulting to ``d``."""
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    ap.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs))
+    ap.add_argument("--epochs", type=float, default=d.epochs)
+    ap.add_argument("--max-length", type=int, default=d.max_length)
+    ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
+    ap.add_argument("--rank", type=int, default=d.rank)
+    ap.add_argument("--n-factor", type=int, default=d.n_factor)
+
+
+def settings_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Settings`` fields that ``add_settings_arguments``'s flags set."""
+    return {
+        "model": args.model,
+        "seeds": tuple(args.seeds),
+        "lrs": tuple(args.lrs),
+        "epochs": args.epochs,
+        "max_length": args.max_length,
+        "proj_dim": args.proj_dim,
+        "rank": args.rank,
+        "n_factor": args.n_factor,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     d = Settings()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -1073,14 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--domain-test", help="... the test set ...")
     ap.add_argument("--domain-balanced", help="... optionally D balanced over the labels (ablation) ...")
     ap.add_argument("--pool", help="... and the pool")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    ap.add_argument("--lrs", type=float, nargs="+", default=list(d.lrs))
-    ap.add_argument("--epochs", type=float, default=d.epochs)
-    ap.add_argument("--max-length", type=int, default=d.max_length)
-    ap.add_argument("--proj-dim", type=int, default=d.proj_dim)
-    ap.add_argument("--rank", type=int, default=d.rank)
-    ap.add_argument("--n-factor", type=int, default=d.n_factor)
+    add_settings_arguments(ap, d)
     ap.add_argument("--results", default=str(RESULTS / "quality" / "real_domains"))
     ap.add_argument("--cache", default=str(CACHE / "real_domains"))
     ap.add_argument(
@@ -1127,16 +1146,7 @@ def main(argv: list[str] | None = None) -> int:
         help="tokens/s of a forward pass (estimate; 2-core CPU, 2 threads; about 275 with one thread)",
     )
     args = ap.parse_args(argv)
-    s = Settings(
-        model=args.model,
-        seeds=tuple(args.seeds),
-        lrs=tuple(args.lrs),
-        epochs=args.epochs,
-        max_length=args.max_length,
-        proj_dim=args.proj_dim,
-        rank=args.rank,
-        n_factor=args.n_factor,
-    )
+    s = Settings(**settings_from_arguments(args))
     results, cache = Path(args.results), Path(args.cache)
     if args.only_table:
         results.mkdir(parents=True, exist_ok=True)
