@@ -33,6 +33,10 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
         synthetic_rows(40, 4)
         + [{"prompt": "Q: x y z", "response": "yes", "task": "dom-like"}] * 2
         + [{"prompt": f"Q: is {w} a word?", "response": "Yes.", "task": "dom-like"} for w in ("ab", "cd", "ef")]
+        + [
+            {"prompt": f"Q: {w} or not?", "response": a, "task": "dom-like"}
+            for w, a in zip("ghij", ("no", "no", "meh", "Meh."), strict=True)
+        ]
     )
     write_jsonl(tmp_path / "pool.jsonl", pool)
     results, cache = tmp_path / "results", tmp_path / "cache"
@@ -148,6 +152,31 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert len(mod.group(evals, "toy", mod.COSINE_METHOD, "test", lr=chosen)) == 1
     assert cosine["store_seconds"] == paper["store_seconds"] and cosine["preselected"] == paper["preselected"]
     assert cosine["preselected_scores"] != paper["preselected_scores"] and len(cosine["pool_index"]) == 12
+    # the label-mix arms: ntk's stores and pre-selection, the top N picked under the constraint, on both Ds
+    for d_variant, variant in (("natural", "main"), ("balanced", "balanced")):
+        ntk = sels[f"toy_{d_variant}_ntk_sel0"]
+        for m in mod.MIX_METHODS:
+            mix = sels[f"toy_{d_variant}_{m}_sel0"]
+            assert f"toy_{d_variant}_{m}_sel1" not in sels
+            assert mix["store_seconds"] == ntk["store_seconds"] and mix["preselected"] == ntk["preselected"]
+            assert len(mix["pool_index"]) == 12 and set(mix["pool_index"]) <= set(mix["preselected"])
+            record = mix["answer_mix"]["constraint"]
+            assert record["setting"] == (
+                "keep" if m == mod.KEEP_METHOD else str(cache / "answer_mix" / f"toy_{d_variant}_valid.json")
+            )
+            # the constraint only re-divides the plain top N's rows that answer with D's labels
+            assert sum(record["before"]["labels"].values()) == sum(record["after"]["labels"].values())
+            plain = ntk["answers_like_d_labels"]
+            assert record["before"]["labels"] == {k: plain.get(k, 0) for k in record["before"]["labels"]}
+            assert mix["answers_like_d_labels"] == {k: v for k, v in record["after"]["labels"].items() if v}
+            if m == mod.KEEP_METHOD:  # D's own labels: every labelled slot is filled by its label's quota
+                assert record["after"]["labels"] == record["quota"]
+            assert len(mod.group(evals, "toy", m, "test", variant, chosen, seed=0)) == 1
+    shares = json.loads((cache / "answer_mix" / "toy_natural_valid.json").read_text())
+    valid = [json.loads(line)["response"] for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    d_answers = {json.loads(line)["response"] for line in (tmp_path / "d.jsonl").read_text().splitlines()}
+    in_d = [a for a in valid if a in d_answers]
+    assert shares == {label: in_d.count(label) / len(in_d) for label in sorted(d_answers)}
     # the bootstrap: hand-made arms whose difference is known
     a = [{"truth": "0000", "predicted": "0000"}]
     b = [{"truth": "0000", "predicted": "0011"}]
@@ -159,6 +188,7 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert "| ntk-index | 1 |" in table and "ntk-index − ntk" in table and "shared with ntk" in table
     assert "| ntk-content | 1 |" in table and "ntk-content − ntk" in table
     assert "share of test rows predicted as each label" in table and "| ntk | meh " in table
+    assert "selection under a label-mix constraint" in table and "balanced D: ntk-mix-keep − random" in table
     assert (results / "balanced_accuracy.png").exists()
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0

@@ -23,7 +23,10 @@ big files under ``--cache`` (ignored); a rerun skips finished units and a fine-t
 from its checkpoint. Phases run most informative first: settings, seed 0 of every method on every
 domain (base and domain only on all domains, then ntk and random, then the other baselines), seeds
 1-2, then the ablations (per-example loss mean; balanced D), then the variants of the method (seed 0,
-beside ntk, never in its place: ``ntk-content``, the NTK objective without the end-of-turn position);
+beside ntk, never in its place: ``ntk-content``, the NTK objective without the end-of-turn position;
+``ntk-cosine``, ntk's features scored by the mean cosine), then ``answer-mix`` (beyond the paper, on the
+domains with a balanced D: ntk's ranking picked under ``select --answer-mix`` with D's label shares,
+``ntk-mix-keep``, or valid's, ``ntk-mix-valid``, on natural and balanced D, beside ntk and random);
 ``--phases ... index`` adds ntk against an index of the pool built once with the base model
 (``select --index``, seed 0). ``--estimate`` prints the
 predicted cost; ``--only-table`` rebuilds the table (``--results``/table.md) and plot from the JSONs.
@@ -88,10 +91,18 @@ COSINE_METHOD = (
     "ntk-cosine"  # ntk's features scored by the mean cosine with D (the kernel check's better ranking on long answers)
 )
 VARIANT_METHODS = (CONTENT_METHOD, COSINE_METHOD)
-TABLE_METHODS = METHODS + (INDEX_METHOD,) + VARIANT_METHODS
+# phase "answer-mix" (beyond the paper): ntk's stores and ranking, its top N picked under a label-mix
+# constraint (select --answer-mix): D's own shares (keep), or valid's shares (the mix expected at test
+# time). Seed 0, natural and balanced D, beside ntk, random and domain only in the same setting.
+KEEP_METHOD = "ntk-mix-keep"
+VALID_MIX_METHOD = "ntk-mix-valid"
+MIX_METHODS = (KEEP_METHOD, VALID_MIX_METHOD)
+MIX_COMPARED = ("domain", "random", "ntk")
+TABLE_METHODS = METHODS + (INDEX_METHOD,) + VARIANT_METHODS + MIX_METHODS
 SELECTION_METHODS = (
-    SELECTING + (INDEX_METHOD,) + VARIANT_METHODS
+    SELECTING + (INDEX_METHOD,) + VARIANT_METHODS + MIX_METHODS
 )  # the arms whose fine-tune adds selected pool rows to D
+PHASES = ("seed0", "index", "seeds", "ablations", "variants", "answer-mix")
 
 
 # ----------------------------------------------------------------------------- settings and keys
@@ -234,7 +245,7 @@ def check_same_rows(sel: dict[str, Any], rows: list[dict[str, Any]], where: str)
 
 
 def selection_seed(method: str, seed: int) -> int:
-    return 0 if method in DETERMINISTIC else seed
+    return 0 if method in DETERMINISTIC + MIX_METHODS else seed
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -341,6 +352,9 @@ class Bench:
             method, extra = "ntk", {**extra, "objective": "ntk-content"}
         elif run.method == COSINE_METHOD:  # ntk's stores in the shared work folder, scored another way
             method, extra = "ntk", {**extra, "cosine": True}
+        elif run.method in MIX_METHODS:  # ntk's stores and scores, the top N picked under a label-mix constraint
+            target = "keep" if run.method == KEEP_METHOD else str(self.valid_mix_file(run, d_file))
+            method, extra = "ntk", {**extra, "answer_mix": target}
         chosen, info = run_select(
             d_file,
             dom.pool,
@@ -358,11 +372,32 @@ class Bench:
             overwrite=True,
             **extra,
         )
-        return {
+        described = {
             **self._describe_selection(run, chosen, out),
             "stage_seconds": info.get("seconds", {}),
             "store_seconds": info.get("store_seconds", {}),
         }
+        if run.method in MIX_METHODS:  # the label mix before (plain top N) and after the constraint
+            described["answer_mix"] = info.get("answer_mix")
+        return described
+
+    def valid_mix_file(self, run: Run, d_file: Path) -> Path:
+        """valid's share of each of D's labels (answers normalised as select normalises them; valid rows
+        answering otherwise left out), as a ``--answer-mix`` target file: the mix a user expects at test time."""
+        from ntk_selector.selection.answer_mix import domain_labels, normalise_answer
+
+        name = run.domain
+        d_labels = domain_labels([r["response"] for r in read_jsonl(d_file)])
+        if d_labels is None:
+            raise ValueError(f"{name}: {d_file} is not a classification domain; no label mix to target")
+        valid = [normalise_answer(r["response"]) for r in read_jsonl(self.domains[name].valid)]
+        counts_in_valid = {label: valid.count(label) for label in sorted(d_labels)}
+        total = sum(counts_in_valid.values())
+        if total == 0:
+            raise ValueError(f"{name}: no valid row answers with one of D's labels")
+        path = self.cache / "answer_mix" / f"{name}_{run.d_variant}_valid.json"  # over the labels of this D
+        write_json(path, {label: c / total for label, c in counts_in_valid.items()})
+        return path
 
     def coarse_recall(self, run: Run, d_file: Path, n: int, paper_top: list[int], index_dir: str) -> float:
         """Share of ntk's top N among the M rows that packaged MiniLM embeddings pre-select (the coarse option)."""
@@ -597,6 +632,16 @@ class Bench:
             for m in ABLATION_METHODS:
                 yield Run(name, m, selection_seed(m, seed), seed, lr, variant)
 
+    def mix_runs(self, name: str, lr: float) -> Iterator[Run]:
+        """Phase answer-mix: on a domain with a balanced D, the two constrained picks and the arms they are
+        compared with, natural and balanced D, seed 0."""
+        if self.domains[name].domain_balanced is None:
+            return
+        seed = self.s.seeds[0]
+        for variant in ("main", "balanced"):
+            for m in MIX_COMPARED + MIX_METHODS:
+                yield Run(name, m, selection_seed(m, seed), seed, lr, variant)
+
     def plan(self, phases: list[str]) -> Iterator[tuple[Run, tuple[str, ...]]]:
         lrs = {name: self.chosen_lr(name) for name in self.domains}  # phase "settings": always first
         for name, lr in lrs.items():
@@ -618,6 +663,8 @@ class Bench:
                     runs = self.main_runs(name, self.s.seeds[1:], lrs[name])
                 elif phase == "ablations":
                     runs = self.ablation_runs(name, lrs[name])
+                elif phase == "answer-mix":
+                    runs = self.mix_runs(name, lrs[name])
                 else:
                     continue
                 for run in runs:
@@ -777,6 +824,53 @@ def ablation_lines(evals: dict[str, dict[str, Any]], name: str, lr: float) -> li
     ]
 
 
+def predicted_mix(r: dict[str, Any]) -> str:
+    """An evaluation's share of test rows predicted as each label."""
+    cols, matrix = r["confusion"]["columns"], np.asarray(r["confusion"]["matrix"])
+    return ", ".join(f"{c} {100 * v / r['n']:.0f}%" for c, v in zip(cols, matrix.sum(0), strict=True))
+
+
+def mix_lines(evals: dict[str, dict[str, Any]], sels: dict[str, dict[str, Any]], name: str, lr: float) -> list[str]:
+    """Phase answer-mix: the constrained picks beside ntk, random and domain only, natural and balanced D
+    (fine-tune seed 0), with the label mix each selection gave and each model predicted."""
+    rows, diffs = [], []
+    for variant, label in (("main", "natural D"), ("balanced", "balanced D")):
+        d_variant = "balanced" if variant == "balanced" else "natural"
+        arms = {m: group(evals, name, m, "test", variant, lr, seed=0) for m in MIX_COMPARED + MIX_METHODS}
+        for m, rs in arms.items():
+            if not rs:
+                continue
+            sel = sels.get(f"{name}_{d_variant}_{m}_sel0", {})
+            picked = ", ".join(f"{t} {c}" for t, c in sel.get("answers_like_d_labels", {}).items()) or "–"
+            rows.append(
+                f"| {label} | {m} | "
+                + " | ".join(f"{100 * rs[0][k]:.1f}" for k, _ in METRICS)
+                + f" | {predicted_mix(rs[0]) if rs[0].get('confusion') else '–'} | {picked} |"
+            )
+        for first in MIX_METHODS:
+            for other in ("ntk", "random"):
+                bs = paired_bootstrap(arms[first], arms[other])
+                if bs:
+                    diffs.append(
+                        f"{label}: {first} − {other} {100 * bs[0]:+.1f} points accuracy "
+                        f"({100 * bs[1]:+.1f} to {100 * bs[2]:+.1f})"
+                    )
+    if not any(m in row for row in rows for m in MIX_METHODS):
+        return []
+    return [
+        f"### {name}: selection under a label-mix constraint (select --answer-mix; fine-tune seed 0)",
+        "",
+        "ntk-mix-keep: D's own label shares; ntk-mix-valid: valid's shares (the mix expected at test time).",
+        "",
+        "| D | method | acc | bal. acc | macro-F1 | predicted on test | selected rows like D's labels |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *(f"- {d}" for d in diffs),
+        "",
+    ]
+
+
 def build_table(results: Path, s: Settings) -> str:
     evals = load(results, "eval")
     sels = load(results, "select")
@@ -905,6 +999,7 @@ def build_table(results: Path, s: Settings) -> str:
             )
         lines.append("")
         lines += ablation_lines(evals, name, lr)
+        lines += mix_lines(evals, sels, name, lr)
     complete = [
         m
         for m in TABLE_METHODS
@@ -1015,6 +1110,10 @@ def estimate(bench: Bench, rate_train: float, rate_fwd: float, phases: list[str]
         hours["variants"] = (
             hours.get("variants", 0) + (4 * n * mean_sel / rate_train + len(VARIANT_METHODS) * arm) / 3600
         )
+        # answer-mix (a domain with a balanced D): two constrained arms on each D, and on the balanced D
+        # its ntk selection and the compared arms (the ablations phase's units when it ran)
+        if dom.domain_balanced is not None:
+            hours["answer-mix"] = hours.get("answer-mix", 0) + (4 * arm + sel + 2 * arm + domain_arm) / 3600
         # the index: every pool row forward+backward once (shared by the domains); per domain one arm
         hours["index"] = (
             hours.get("index", 0) + (0 if "index" in hours else pool.sum() / rate_train / 3600) + arm / 3600
@@ -1105,8 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--phases",
         nargs="+",
-        default=["seed0", "index", "seeds", "ablations", "variants"],
-        choices=["seed0", "index", "seeds", "ablations", "variants"],
+        default=list(PHASES),
+        choices=PHASES,
     )
     ap.add_argument("--commit-every", type=int, default=0, help="git-commit the results every K units (0: never)")
     ap.add_argument(
