@@ -293,7 +293,8 @@ def build_table(results: Path, s: Settings) -> str:
         lr_scores = {lr: evals.get(f"{name}_natural_domain_ft0_lr{lr:g}_token__valid") for lr in s.lrs}
         done = {lr: r["nll_per_token"] for lr, r in lr_scores.items() if r}
         if len(done) < len(s.lrs):
-            lines += [f"## {name}", "", f"learning rate not chosen yet (valid NLL so far: {done})", ""]
+            so_far = ", ".join(f"{lr:g} → {v:.4f}" for lr, v in done.items()) or "none"
+            lines += [f"## {name}", "", f"learning rate not chosen yet (valid NLL per token so far: {so_far})", ""]
             continue
         lr = min((round(v, 6), k) for k, v in done.items())[1]
         lines += [
