@@ -127,6 +127,18 @@ def test_one_domain_from_files_end_to_end_and_resumes(tiny_model_dir, tmp_path, 
     assert mod.label_key(" Yes. ") == "yes" and mod.label_key("C.") == "c"
     # the index arm: one index of the pool for the domain, ntk against it with seed 0 only
     assert [p.stem for p in (results / "index").glob("*.json")] == ["pool"]
+    built = json.loads((results / "index" / "pool.json").read_text())
+    assert built["index"] == str(cache / "index" / "pool_len96")
+    # another benchmark with longer rows (the generative one) shares the build through --index-max-length
+    other = mod.Bench(
+        mod.Settings(model=str(tiny_model_dir), max_length=128, index_max_length=96, proj_dim=32, rank=4),
+        {},
+        tmp_path / "other_results",
+        cache,
+    )
+    shared = other.pool_index(tmp_path / "pool.jsonl")
+    assert shared["index"] == built["index"] and shared["report"]["computed"] == 0
+    assert shared["report"]["meta"] == built["report"]["meta"]
     assert len(mod.group(evals, "toy", mod.INDEX_METHOD, "test", lr=chosen)) == 1
     assert "toy_natural_ntk-index_sel0" in sels and "toy_natural_ntk-index_sel1" not in sels
     agree = sels["toy_natural_ntk-index_sel0"]["agreement_with_ntk"]

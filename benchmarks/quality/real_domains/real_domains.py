@@ -123,6 +123,9 @@ class Settings:
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)  # 3e-3 added once 1e-3, the grid's edge, won on every domain
     proj_dim: int = 8192
     token_budget: int = 2048
+    # the pool index's max length (None: max_length). A pool whose rows all fit both lengths maps the
+    # same either way, so the real-domain and generative benchmarks can share one index of the P3 pool
+    index_max_length: int | None = None
 
 
 @dataclass(frozen=True)
@@ -419,12 +422,13 @@ class Bench:
 
     def pool_index(self, pool: Path) -> dict[str, Any]:
         """``ntk-selector index`` of the pool, once for every domain (same features as the selections)."""
-        out = self.cache / "index" / pool.stem
+        max_length = self.s.index_max_length or self.s.max_length
+        out = self.cache / "index" / f"{pool.stem}_len{max_length}"  # one folder per build that maps rows differently
         definition = {
             "kind": "index",
             "pool": str(pool),
             "model": self.s.model,
-            "max_length": self.s.max_length,
+            "max_length": max_length,
             "proj_dim": self.s.proj_dim,
             "rank": self.s.rank,
             "seed": 0,
@@ -438,7 +442,7 @@ class Bench:
             start = time.perf_counter()
             settings = dict(
                 model=self.s.model or None,
-                max_length=self.s.max_length,
+                max_length=max_length,
                 token_budget=self.s.token_budget,
                 proj_dim=self.s.proj_dim,
                 rank=self.s.rank,
@@ -1229,6 +1233,13 @@ def main(argv: list[str] | None = None) -> int:
         help="torchrun processes of one thread each for the model work of selections and the index build "
         "(on a 2-core CPU, 2 ranks beat one 2-thread process); fine-tunes stay in this process",
     )
+    ap.add_argument(
+        "--index-max-length",
+        type=int,
+        default=None,
+        help="max length of the pool index (default: --max-length); 384 shares the generative benchmark's "
+        "index of the same pool when --cache is shared (the P3 pool's rows fit 256 tokens, so they map the same)",
+    )
     ap.add_argument("--only-table", action="store_true")
     ap.add_argument("--estimate", action="store_true", help="print the predicted hours per phase and stop")
     ap.add_argument(
@@ -1245,7 +1256,7 @@ def main(argv: list[str] | None = None) -> int:
         help="tokens/s of a forward pass (estimate; 2-core CPU, 2 threads; about 275 with one thread)",
     )
     args = ap.parse_args(argv)
-    s = Settings(**settings_from_arguments(args))
+    s = Settings(**settings_from_arguments(args), index_max_length=args.index_max_length)
     results, cache = Path(args.results), Path(args.cache)
     if args.only_table:
         results.mkdir(parents=True, exist_ok=True)
