@@ -99,6 +99,15 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
     table = (results / "table.md").read_text()
     assert f"## toy (lr {lr:g}" in table and "| ntk | 2 |" in table and "N = 20·|D|" in table
     assert "| ntk-cosine | 1 |" in table
+    # what each arm picked: the selected answers' mean length from the pool rows, the overlap with ntk
+    pool = [json.loads(line) for line in (data / "pool.jsonl").read_text().splitlines()]
+    picked = sels["toy_natural_ntk-cosine_sel0"]["pool_index"]
+    words = np.mean([len(pool[i]["response"].split()) for i in picked])
+    shared = len(set(picked) & set(paper["pool_index"])) / len(picked)
+    section = table.split("what each arm picked")[1]
+    row = next(line for line in section.splitlines() if line.startswith("| ntk-cosine | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == f"{words:.1f}" and cells[4] == f"{shared:.2f}"
     # a rerun finds every unit cached
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0

@@ -44,13 +44,16 @@ from benchmarks.common import count_units, exit_cleanly_on_sigterm, git_commit, 
 from benchmarks.quality.real_domains.real_domains import (
     COSINE_METHOD,
     INDEX_METHOD,
+    SELECTION_METHODS,
     Bench,
     Domain,
     Run,
     Settings,
     add_settings_arguments,
+    index_cost_share,
     load,
     row_token_counter,
+    selection_seconds,
     selection_seed,
     settings_from_arguments,
 )
@@ -217,7 +220,9 @@ class GenBench(Bench):
 
     def publish(self, commit: bool) -> None:
         try:
-            (self.results / "table.md").write_text(build_table(self.results, self.s))
+            pool = next(iter(self.domains.values())).pool if self.domains else None
+            text = build_table(self.results, self.s, self.pool_rows(pool) if pool else None)
+            (self.results / "table.md").write_text(text)
         except Exception as e:  # a table bug must never stop the runs
             log(f"table failed: {type(e).__name__}: {e}")
         if commit:
@@ -277,8 +282,40 @@ def metric_cells(arm: list[dict[str, Any]]) -> str:
     )
 
 
-def build_table(results: Path, s: Settings) -> str:
+def selection_lines(sels: dict[str, dict[str, Any]], name: str, pool: list[dict[str, Any]] | None) -> list[str]:
+    """What each arm picked (selection seed 0): the pool's top tasks, the selected answers' mean length
+    in words (when the pool file is at hand: the results keep only indices), the selection's seconds,
+    and its overlap with ntk's pick."""
+    picked = {m: sels[k] for m in SELECTION_METHODS if (k := f"{name}_natural_{m}_sel0") in sels}
+    if not picked:
+        return []
+    ntk = set(picked.get("ntk", {}).get("pool_index", []))
+    lines = [
+        f"### {name}: what each arm picked (selection seed 0)",
+        "",
+        "| arm | top pool tasks | answer words (mean) | selection s | shared with ntk |",
+        "|---|---|---|---|---|",
+    ]
+    for m, r in picked.items():
+        tasks = ", ".join(f"{t} {c}" for t, c in sorted(r["tasks"].items(), key=lambda tc: (-tc[1], tc[0]))[:3])
+        words = "–"
+        if pool is not None and all(i < len(pool) for i in r["pool_index"]):
+            words = f"{np.mean([len(pool[i]['response'].split()) for i in r['pool_index']]):.1f}"
+        shared = f"{len(ntk & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk and m != "ntk" else "–"
+        lines.append(f"| {m} | {tasks} | {words} | {selection_seconds(r):.0f} | {shared} |")
+    agree = picked.get(INDEX_METHOD, {}).get("agreement_with_ntk")
+    if agree:
+        lines.append(
+            f"\n{INDEX_METHOD} against ntk's pick ({index_cost_share(sels, name)}): "
+            + ", ".join(f"{k.replace('_', ' ')} " + ("–" if v is None else f"{v:.3f}") for k, v in agree.items())
+        )
+    return lines + [""]
+
+
+def build_table(results: Path, s: Settings, pool: list[dict[str, Any]] | None = None) -> str:
+    """The table from the unit JSONs under ``results``; ``pool`` (the pool's rows) adds the selected answers' length."""
     evals = load(results, "eval")
+    sels = load(results, "select")
     domains = sorted({k.split("_natural_")[0] for k in evals if "_natural_" in k})
     lines = [
         "# Generative domains: results so far",
@@ -322,6 +359,7 @@ def build_table(results: Path, s: Settings) -> str:
                 if arm:
                     lines.append(f"| {method}, N = {factor}·|D| | {len(arm)} | {metric_cells(arm)} | | |")
         lines.append("")
+        lines += selection_lines(sels, name, pool)
     return "\n".join(lines) + "\n"
 
 
@@ -406,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     results, cache = Path(args.results), Path(args.cache)
     if args.only_table:
         results.mkdir(parents=True, exist_ok=True)
-        (results / "table.md").write_text(build_table(results, s))
+        pool = Path(args.data) / "pool.jsonl"
+        (results / "table.md").write_text(build_table(results, s, read_jsonl(pool) if pool.exists() else None))
         print((results / "table.md").read_text())
         return 0
     bench = GenBench(

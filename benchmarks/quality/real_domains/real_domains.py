@@ -216,6 +216,16 @@ def selection_seconds(sel: dict[str, Any]) -> float:
     return float(sum(v for k, v in stages.items() if k not in ("embed", "featurize")) + sum(stores.values()))
 
 
+def index_cost_share(sels: dict[str, dict[str, Any]], name: str) -> str:
+    """A new domain's seconds against the index as a share of the paper's mode on that domain."""
+    index = sels.get(f"{name}_natural_{INDEX_METHOD}_sel0")
+    paper = sels.get(f"{name}_natural_ntk_sel0")
+    if index is None or paper is None or not selection_seconds(paper):
+        return "no paper-mode selection to compare with"
+    a, b = selection_seconds(index), selection_seconds(paper)
+    return f"a new domain: {a:.0f} s, {100 * a / b:.1f}% of the paper mode's {b:.0f} s"
+
+
 def label_key(answer: str) -> str:
     """An answer compared with D's labels: any case, surrounding space and a final period ignored."""
     return answer.strip().rstrip(".!").strip().lower()
@@ -995,7 +1005,7 @@ def build_table(results: Path, s: Settings) -> str:
                 )
             lines.append(
                 f"\n{INDEX_METHOD}: the pool's index was built once in {cost} for every domain "
-                "(not in its selection seconds). Against ntk's pick: "
+                f"(not in its selection seconds; {index_cost_share(sels, name)}). Against ntk's pick: "
                 + ", ".join(
                     f"{k.replace('_', ' ')} " + ("not kept" if v is None else f"{v:.3f}") for k, v in agree.items()
                 )
