@@ -104,6 +104,11 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
     picked = sels["toy_natural_ntk-cosine_sel0"]["pool_index"]
     words = np.mean([len(pool[i]["response"].split()) for i in picked])
     shared = len(set(picked) & set(paper["pool_index"])) / len(picked)
+    # the greedy answers' mean length in words, from the unit's own record
+    words_ntk = np.mean([np.mean(r["row_generated_words"]) for r in ntk])
+    ntk_row = next(line for line in table.splitlines() if line.startswith("| ntk | 2 |"))
+    assert [c.strip() for c in ntk_row.strip("|").split("|")][6].startswith(f"{words_ntk:.1f} ± ")
+    assert all(len(r["row_generated_words"]) == 10 for r in ntk)
     section = table.split("what each arm picked")[1]
     row = next(line for line in section.splitlines() if line.startswith("| ntk-cosine | "))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -112,3 +117,22 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
     before = {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"}
     assert mod.main(args) == 0
     assert {p: p.stat().st_mtime_ns for p in results.rglob("*.json") if p.name != "settings.json"} == before
+
+
+def test_generated_words_of_older_units_come_from_the_cached_predictions(tmp_path):
+    from benchmarks.quality.generative_domains import generative_domains as mod
+
+    preds = [{"response": "a b c d", "prediction": "x y"}, {"response": "a b", "prediction": ""}]
+    (tmp_path / "eval" / "old__test").mkdir(parents=True)
+    write_jsonl(tmp_path / "eval" / "old__test" / "predictions.jsonl", preds)
+    evals = {
+        "old__test": {"n": 2, "row_rouge_l": [0.1, 0.0]},  # written before units kept the lengths
+        "kept__test": {"n": 2, "row_rouge_l": [0.1, 0.0], "row_generated_words": [5, 1]},
+        "nogen__valid": {"n": 2},  # no greedy answers on valid
+    }
+    mod.add_generated_words(evals, tmp_path)
+    assert evals["old__test"]["row_generated_words"] == [2, 0] and evals["old__test"]["gold_words"] == 3.0
+    assert evals["kept__test"]["row_generated_words"] == [5, 1] and "gold_words" not in evals["kept__test"]
+    assert "row_generated_words" not in evals["nogen__valid"]
+    mod.add_generated_words(evals := {"old__test": {"n": 2, "row_rouge_l": [0, 0]}}, None)
+    assert "row_generated_words" not in evals["old__test"]

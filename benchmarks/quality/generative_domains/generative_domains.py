@@ -173,6 +173,8 @@ class GenBench(Bench):
             result["row_rouge_l"] = [round(p["rouge_l"], 5) for p in preds]
             result["row_chrf"] = [round(p["chrf"], 4) for p in preds]
             result["examples"] = [{"response": p["response"], "prediction": p["prediction"]} for p in preds[:3]]
+            result["row_generated_words"] = [len(p["prediction"].split()) for p in preds]
+            result["gold_words"] = float(np.mean([len(p["response"].split()) for p in preds]))
         return result
 
     def chosen_lr(self, name: str) -> float:
@@ -221,7 +223,7 @@ class GenBench(Bench):
     def publish(self, commit: bool) -> None:
         try:
             pool = next(iter(self.domains.values())).pool if self.domains else None
-            text = build_table(self.results, self.s, self.pool_rows(pool) if pool else None)
+            text = build_table(self.results, self.s, self.pool_rows(pool) if pool else None, self.cache)
             (self.results / "table.md").write_text(text)
         except Exception as e:  # a table bug must never stop the runs
             log(f"table failed: {type(e).__name__}: {e}")
@@ -273,13 +275,29 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 3) -> str:
 
 
 def metric_cells(arm: list[dict[str, Any]]) -> str:
-    """An arm's test NLL per token, ROUGE-L ×100, chrF and exact match %, as table cells."""
+    """An arm's test NLL per token, ROUGE-L ×100, chrF, exact match % and the greedy answers' mean words,
+    as table cells."""
+    words = [float(np.mean(r["row_generated_words"])) for r in arm if r.get("row_generated_words")]
     return (
         f"{fmt([r['nll_per_token'] for r in arm], digits=4)} | "
         f"{fmt([r.get('rouge_l', math.nan) for r in arm], 100, 1)} | "
         f"{fmt([r.get('chrf', math.nan) for r in arm], 1, 1)} | "
-        f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)}"
+        f"{fmt([r.get('exact_match', math.nan) for r in arm], 100, 1)} | "
+        f"{fmt(words, 1, 1) if len(words) == len(arm) else '–'}"
     )
+
+
+def add_generated_words(evals: dict[str, dict[str, Any]], cache: Path | None) -> None:
+    """Each test evaluation's greedy answers' length in words, per row (``row_generated_words``), read
+    from its predictions in ``cache`` for units written before they kept it (in memory only)."""
+    for key, r in evals.items():
+        preds = cache / "eval" / key / "predictions.jsonl" if cache else None
+        if "row_generated_words" in r or not r.get("row_rouge_l") or preds is None or not preds.exists():
+            continue
+        rows = read_jsonl(preds)
+        if len(rows) == r["n"] and all("prediction" in p for p in rows):
+            r["row_generated_words"] = [len(p["prediction"].split()) for p in rows]
+            r["gold_words"] = float(np.mean([len(p["response"].split()) for p in rows]))
 
 
 def selection_lines(sels: dict[str, dict[str, Any]], name: str, pool: list[dict[str, Any]] | None) -> list[str]:
@@ -312,15 +330,18 @@ def selection_lines(sels: dict[str, dict[str, Any]], name: str, pool: list[dict[
     return lines + [""]
 
 
-def build_table(results: Path, s: Settings, pool: list[dict[str, Any]] | None = None) -> str:
-    """The table from the unit JSONs under ``results``; ``pool`` (the pool's rows) adds the selected answers' length."""
+def build_table(results: Path, s: Settings, pool: list[dict[str, Any]] | None = None, cache: Path | None = None) -> str:
+    """The table from the unit JSONs under ``results``; ``pool`` (the pool's rows) adds the selected
+    answers' length, ``cache`` the greedy answers' length of units that did not keep it."""
     evals = load(results, "eval")
+    add_generated_words(evals, cache)
     sels = load(results, "select")
     domains = sorted({k.split("_natural_")[0] for k in evals if "_natural_" in k})
     lines = [
         "# Generative domains: results so far",
         "",
-        "Test NLL per response token (primary, lower is better), ROUGE-L ×100, chrF, exact match %; "
+        "Test NLL per response token (primary, lower is better), ROUGE-L ×100, chrF, exact match %, the greedy "
+        "answers' mean length in words; "
         "mean ± std over seeds (n = seeds); valid NLL per token beside it. Δ: ntk − arm in test NLL per token "
         "with a paired bootstrap 95% interval over test rows (negative: ntk better). Below the line: the index "
         "arm and variants beside the paper's method.",
@@ -334,21 +355,26 @@ def build_table(results: Path, s: Settings, pool: list[dict[str, Any]] | None = 
             lines += [f"## {name}", "", f"learning rate not chosen yet (valid NLL per token so far: {so_far})", ""]
             continue
         lr = min((round(v, 6), k) for k, v in done.items())[1]
+        gold = next(
+            (r["gold_words"] for m in METHODS for r in arm_evals(evals, name, m, "test", lr) if "gold_words" in r), None
+        )
         lines += [
             f"## {name} (lr {lr:g}, chosen on valid: " + ", ".join(f"{k:g} → {v:.4f}" for k, v in done.items()) + ")",
             "",
-            "| arm | n | NLL/token | ROUGE-L | chrF | exact | valid NLL/token | Δ NLL ntk − arm (95% CI) |",
-            "|---|---|---|---|---|---|---|---|",
+            *([f"Test answers: {gold:.1f} words on average.", ""] if gold is not None else []),
+            "| arm | n | NLL/token | ROUGE-L | chrF | exact | answer words | valid NLL/token "
+            "| Δ NLL ntk − arm (95% CI) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         ntk = arm_evals(evals, name, "ntk", "test", lr)
         arms = {m: arm_evals(evals, name, m, "test", lr) for m in METHODS + BESIDE_METHODS}
         for method, arm in arms.items():
             valid = fmt([r["nll_per_token"] for r in arm_evals(evals, name, method, "valid", lr)], digits=4)
             if method == BESIDE_METHODS[0] and any(arms[m] for m in BESIDE_METHODS):
-                lines.append("| *beside the paper's method* | | | | | | | |")
+                lines.append("| *beside the paper's method* | | | | | | | | |")
             if not arm:
                 if method in METHODS:
-                    lines.append(f"| {method} | 0 | – | – | – | – | {valid} | – |")
+                    lines.append(f"| {method} | 0 | – | – | – | – | – | {valid} | – |")
                 continue
             delta = "" if method == "ntk" else paired_bootstrap_nll(ntk, arm)
             dtext = "–" if not delta else f"{delta[0]:+.4f} ({delta[1]:+.4f} to {delta[2]:+.4f})"
@@ -445,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_table:
         results.mkdir(parents=True, exist_ok=True)
         pool = Path(args.data) / "pool.jsonl"
-        (results / "table.md").write_text(build_table(results, s, read_jsonl(pool) if pool.exists() else None))
+        (results / "table.md").write_text(
+            build_table(results, s, read_jsonl(pool) if pool.exists() else None, Path(args.cache))
+        )
         print((results / "table.md").read_text())
         return 0
     bench = GenBench(
