@@ -87,6 +87,19 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
     cosine, paper = sels["toy_natural_ntk-cosine_sel0"], sels["toy_natural_ntk_sel0"]
     assert cosine["store_seconds"] == paper["store_seconds"] and cosine["preselected"] == paper["preselected"]
     assert cosine["preselected_scores"] != paper["preselected_scores"] and len(cosine["pool_index"]) == 12
+    # random-longest: N rows at random among the 2N pool rows with the longest answers, seed 0 only
+    pool = [json.loads(line) for line in (data / "pool.jsonl").read_text().splitlines()]
+    longest = sels["toy_natural_random-longest_sel0"]
+    words = [len(r["response"].split()) for r in pool]
+    threshold = sorted(words, reverse=True)[2 * 12 - 1]
+    assert len(longest["pool_index"]) == 12 and len(set(longest["pool_index"])) == 12
+    assert all(words[i] >= threshold for i in longest["pool_index"])
+    assert longest["drawn_from"] == {"rows": 24, "min_answer_words": threshold}
+    assert "toy_natural_random-longest_sel1" not in sels and "preselected" not in longest
+    for split in ("valid", "test"):
+        assert len(mod.arm_evals(evals, "toy", mod.LONGEST_METHOD, split, lr)) == 1
+    trained = json.loads((results / "train" / f"toy_natural_random-longest_sel0_ft0_lr{lr:g}_token.json").read_text())
+    assert len(trained["definition"]["files"]) == 2  # D and the drawn rows
     # the bootstrap of an arm against itself is exactly zero; against another arm it brackets the pooled difference
     ntk, rnd = mod.arm_evals(evals, "toy", "ntk", "test", lr), mod.arm_evals(evals, "toy", "random", "test", lr)
     assert mod.paired_bootstrap_nll(ntk, ntk) == (0.0, 0.0, 0.0)
@@ -98,7 +111,7 @@ def test_generative_benchmark_end_to_end_and_resumes(tiny_model_dir, tmp_path, o
     assert d == pytest.approx(want) and lo <= d <= hi
     table = (results / "table.md").read_text()
     assert f"## toy (lr {lr:g}" in table and "| ntk | 2 |" in table and "N = 20·|D|" in table
-    assert "| ntk-cosine | 1 |" in table
+    assert "| ntk-cosine | 1 |" in table and "| random-longest | 1 |" in table
     # what each arm picked: the selected answers' mean length from the pool rows, the overlap with ntk
     pool = [json.loads(line) for line in (data / "pool.jsonl").read_text().splitlines()]
     picked = sels["toy_natural_ntk-cosine_sel0"]["pool_index"]

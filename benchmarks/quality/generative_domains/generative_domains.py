@@ -16,7 +16,8 @@ rest); a paired bootstrap 95% interval over test rows for ntk − each other arm
 Phases (``PHASES`` is the default order): ``seed0`` (domain; ntk, random; embedding, preselect-random, LESS),
 ``seeds`` (1-2), ``ncurve`` (ntk and random at N = |D| and 20·|D| on the first domain; 5·|D| is the
 main setting), ``index`` (ntk against an index of the pool built once, seed 0), ``variants`` (beside the
-paper's method: ``ntk-cosine``, ntk's stored features scored by the mean cosine, seed 0). Every unit is cached
+paper's method, seed 0: ``ntk-cosine``, ntk's stored features scored by the mean cosine; ``random-longest``, N
+drawn at random from the 2N pool rows with the longest answers, a check of the pool). Every unit is cached
 under ``--results`` (committed) and ``--cache`` (ignored), as in ``real_domains.py``; a rerun resumes.
 
     python -m benchmarks.quality.real_domains.prepare_real_domains --out DATA
@@ -40,7 +41,16 @@ from typing import Any
 import numpy as np
 
 from benchmarks import CACHE, RESULTS
-from benchmarks.common import count_units, exit_cleanly_on_sigterm, git_commit, log, read_jsonl, write_json
+from benchmarks.common import (
+    count_units,
+    exit_cleanly_on_sigterm,
+    git_commit,
+    log,
+    read_jsonl,
+    run_select,
+    write_json,
+    write_jsonl,
+)
 from benchmarks.quality.real_domains.real_domains import (
     COSINE_METHOD,
     INDEX_METHOD,
@@ -65,7 +75,11 @@ NCURVE_FACTORS = (1, 20)  # with the main setting's 5: N = |D|, 5·|D|, 20·|D|
 NCURVE_METHODS = ("ntk", "random")
 # beside the paper's method, never in its place: ntk's features scored by the mean cosine with D, which
 # ranked closer to the exact eNTK than the mean inner product on long answers (kernel_length.py)
-VARIANT_METHODS = (COSINE_METHOD,)
+# and a question about the pool rather than the selection: N rows drawn at random from the 2N pool rows
+# with the longest answers (in words). Pool answers are mostly far shorter than a generative D's; if length
+# drives the harm of auxiliary rows, this arm shows it without any model work.
+LONGEST_METHOD = "random-longest"
+VARIANT_METHODS = (COSINE_METHOD, LONGEST_METHOD)
 BESIDE_METHODS = (INDEX_METHOD,) + VARIANT_METHODS  # the table's rows below the paper's arms
 PHASES = ("seed0", "variants", "seeds", "ncurve", "index")
 
@@ -93,6 +107,41 @@ class GenRun(Run):
 
 
 class GenBench(Bench):
+    def _train_inputs(self, run: Run) -> list[Path]:
+        files = super()._train_inputs(run)
+        if run.method == LONGEST_METHOD:  # not one of the real-domain benchmark's selecting arms
+            files.append(Path(self.selection(run)["selected_file"]))
+        return files
+
+    def _select(self, run: Run, d_file: Path, n: int) -> dict[str, Any]:
+        if run.method != LONGEST_METHOD:
+            return super()._select(run, d_file, n)
+        dom = self.domains[run.domain]
+        pool = self.pool_rows(dom.pool)
+        words = np.array([len(r["response"].split()) for r in pool])
+        longest = np.argsort(-words, kind="stable")[: 2 * n]  # equal lengths: the earlier row first
+        subset = self.cache / "pools" / f"{run.sel_key}_longest.jsonl"
+        write_jsonl(subset, [pool[i] for i in longest])
+        out = self.cache / "select" / run.sel_key
+        chosen, info = run_select(
+            d_file,
+            subset,
+            out,
+            n,
+            "random",
+            model=self.s.model or None,
+            seed=run.sel,
+            decontaminate=str(dom.test),
+            max_length=self.s.max_length,
+            overwrite=True,
+        )
+        in_pool = [int(longest[i]) for i in chosen]
+        return {
+            **self._describe_selection(run, in_pool, out, with_scores=False),
+            "stage_seconds": info.get("seconds", {}),
+            "drawn_from": {"rows": int(len(longest)), "min_answer_words": int(words[longest].min())},
+        }
+
     def selection(self, run: Run) -> dict[str, Any]:
         factor = getattr(run, "n_factor", 0)
         if not factor:
@@ -304,7 +353,7 @@ def selection_lines(sels: dict[str, dict[str, Any]], name: str, pool: list[dict[
     """What each arm picked (selection seed 0): the pool's top tasks, the selected answers' mean length
     in words (when the pool file is at hand: the results keep only indices), the selection's seconds,
     and its overlap with ntk's pick."""
-    picked = {m: sels[k] for m in SELECTION_METHODS if (k := f"{name}_natural_{m}_sel0") in sels}
+    picked = {m: sels[k] for m in SELECTION_METHODS + (LONGEST_METHOD,) if (k := f"{name}_natural_{m}_sel0") in sels}
     if not picked:
         return []
     ntk = set(picked.get("ntk", {}).get("pool_index", []))

@@ -478,7 +478,7 @@ class Bench:
         chosen = np.random.default_rng(run.sel).choice(pre, size=min(n, len(pre)), replace=False).tolist()
         return {**self._describe_selection(run, chosen, out), "stage_seconds": {"draw": 0.0}}
 
-    def _describe_selection(self, run: Run, chosen: list[int], out: Path) -> dict[str, Any]:
+    def _describe_selection(self, run: Run, chosen: list[int], out: Path, with_scores: bool = True) -> dict[str, Any]:
         """The selection as the table needs it: pool rows, their tasks, and the answers among D's labels."""
         dom = self.domains[run.domain]
         pool = self.pool_rows(dom.pool)
@@ -499,7 +499,7 @@ class Bench:
             ),
         }
         scores_csv = out / "scores.csv"
-        if scores_csv.exists():
+        if with_scores and scores_csv.exists():  # with_scores=False: a scores.csv over other rows than the pool
             from ntk_selector.selection.report import read_scores
 
             scores = read_scores(scores_csv)
