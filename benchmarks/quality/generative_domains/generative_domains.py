@@ -62,6 +62,7 @@ from benchmarks.quality.real_domains.real_domains import (
     add_settings_arguments,
     index_cost_share,
     load,
+    pick_cells,
     row_token_counter,
     selection_seconds,
     selection_seed,
@@ -222,8 +223,7 @@ class GenBench(Bench):
             result["row_rouge_l"] = [round(p["rouge_l"], 5) for p in preds]
             result["row_chrf"] = [round(p["chrf"], 4) for p in preds]
             result["examples"] = [{"response": p["response"], "prediction": p["prediction"]} for p in preds[:3]]
-            result["row_generated_words"] = [len(p["prediction"].split()) for p in preds]
-            result["gold_words"] = float(np.mean([len(p["response"].split()) for p in preds]))
+            result.update(answer_lengths(preds))
         return result
 
     def chosen_lr(self, name: str) -> float:
@@ -336,6 +336,14 @@ def metric_cells(arm: list[dict[str, Any]]) -> str:
     )
 
 
+def answer_lengths(preds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lengths in words from an evaluation's predictions: each greedy answer's, and the gold answers' mean."""
+    return {
+        "row_generated_words": [len(p["prediction"].split()) for p in preds],
+        "gold_words": float(np.mean([len(p["response"].split()) for p in preds])),
+    }
+
+
 def add_generated_words(evals: dict[str, dict[str, Any]], cache: Path | None) -> None:
     """Each test evaluation's greedy answers' length in words, per row (``row_generated_words``), read
     from its predictions in ``cache`` for units written before they kept it (in memory only)."""
@@ -345,8 +353,7 @@ def add_generated_words(evals: dict[str, dict[str, Any]], cache: Path | None) ->
             continue
         rows = read_jsonl(preds)
         if len(rows) == r["n"] and all("prediction" in p for p in rows):
-            r["row_generated_words"] = [len(p["prediction"].split()) for p in rows]
-            r["gold_words"] = float(np.mean([len(p["response"].split()) for p in rows]))
+            r.update(answer_lengths(rows))
 
 
 def selection_lines(sels: dict[str, dict[str, Any]], name: str, pool: list[dict[str, Any]] | None) -> list[str]:
@@ -364,11 +371,10 @@ def selection_lines(sels: dict[str, dict[str, Any]], name: str, pool: list[dict[
         "|---|---|---|---|---|",
     ]
     for m, r in picked.items():
-        tasks = ", ".join(f"{t} {c}" for t, c in sorted(r["tasks"].items(), key=lambda tc: (-tc[1], tc[0]))[:3])
+        tasks, shared = pick_cells(r, m, ntk, top=3)
         words = "–"
         if pool is not None and all(i < len(pool) for i in r["pool_index"]):
             words = f"{np.mean([len(pool[i]['response'].split()) for i in r['pool_index']]):.1f}"
-        shared = f"{len(ntk & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk and m != "ntk" else "–"
         lines.append(f"| {m} | {tasks} | {words} | {selection_seconds(r):.0f} | {shared} |")
     agree = picked.get(INDEX_METHOD, {}).get("agreement_with_ntk")
     if agree:

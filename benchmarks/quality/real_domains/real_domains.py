@@ -226,6 +226,16 @@ def index_cost_share(sels: dict[str, dict[str, Any]], name: str) -> str:
     return f"a new domain: {a:.0f} s, {100 * a / b:.1f}% of the paper mode's {b:.0f} s"
 
 
+def pick_cells(sel: dict[str, Any], method: str, ntk_pick: set[int], top: int) -> tuple[str, str]:
+    """Two cells of a "what each method picked" row: the selection's ``top`` pool tasks by count, and
+    the share of its rows that ntk's pick (``ntk_pick``) also holds ("–" for ntk itself or no ntk pick)."""
+    ranked = sorted(sel["tasks"].items(), key=lambda tc: (-tc[1], tc[0]))[:top]
+    tasks = ", ".join(f"{t} {c}" for t, c in ranked)
+    rows = sel["pool_index"]
+    shared = f"{len(ntk_pick & set(rows)) / len(rows):.2f}" if ntk_pick and method != "ntk" else "–"
+    return tasks, shared
+
+
 def label_key(answer: str) -> str:
     """An answer compared with D's labels: any case, surrounding space and a final period ignored."""
     return answer.strip().rstrip(".!").strip().lower()
@@ -980,15 +990,12 @@ def build_table(results: Path, s: Settings) -> str:
             r = sels.get(f"{name}_natural_{m}_sel0")
             if r is None:
                 continue
-            tasks = ", ".join(f"{t} {c}" for t, c in sorted(r["tasks"].items(), key=lambda tc: (-tc[1], tc[0]))[:4])
+            tasks, shared = pick_cells(r, m, ntk_pick, top=4)
             answers = (
                 ", ".join(f"{t} {c}" for t, c in r.get("answers_like_d_labels", r["answers_in_d_labels"]).items())
                 or "none"
             )
             secs = selection_seconds(r)
-            shared = (
-                f"{len(ntk_pick & set(r['pool_index'])) / len(r['pool_index']):.2f}" if ntk_pick and m != "ntk" else "–"
-            )
             lines.append(f"| {m} | {tasks} | {answers} | {secs:.0f} | {shared} |")
         index = load(results, "index")
         if index and f"{name}_natural_{INDEX_METHOD}_sel0" in sels:
